@@ -1,0 +1,167 @@
+//! The backend interface: the only way the broker touches a state table.
+
+use statecull_proto::{
+    BackendInfo, CheckedSelector, CountReply, IfName, KillReport, Prefix, SelectorField,
+    StateHandle, StateRecord,
+};
+
+use crate::error::BrokerError;
+
+/// Receives snapshot batches; an `Err` (client gone) abandons the listing.
+pub type Sink<'a> = dyn FnMut(Vec<StateRecord>) -> Result<(), String> + 'a;
+
+/// A state table the broker can list and kill in. Implementations get only checked
+/// selectors and may assume the broker verified limits and selector fields against
+/// [`BackendInfo::capabilities`]; they still refuse what they cannot do exactly.
+pub trait Backend: Send + Sync {
+    fn info(&self) -> BackendInfo;
+    /// Why a selector field is not supported and what to use instead, for error messages.
+    fn unsupported_hint(&self, _field: SelectorField) -> Option<String> {
+        None
+    }
+    fn snapshot(
+        &self,
+        selector: Option<&CheckedSelector>,
+        batch: usize,
+        sink: &mut Sink<'_>,
+    ) -> Result<u64, BrokerError>;
+    fn count(&self, selectors: &[CheckedSelector]) -> Result<CountReply, BrokerError>;
+    fn kill_matching(
+        &self,
+        selectors: &[CheckedSelector],
+        match_opposite: bool,
+        protected: &[Prefix],
+    ) -> Result<KillReport, BrokerError>;
+    fn kill_handles(
+        &self,
+        handles: &[StateHandle],
+        protected: &[Prefix],
+    ) -> Result<KillReport, BrokerError>;
+    fn flush(
+        &self,
+        interface: Option<&IfName>,
+        protected: &[Prefix],
+    ) -> Result<KillReport, BrokerError>;
+}
+
+#[cfg(target_os = "linux")]
+pub mod conntrack {
+    //! Linux conntrack through `statecull-conntrack`.
+
+    use std::time::Instant;
+
+    use statecull_conntrack::{Conntrack, CtError};
+    use statecull_proto::{
+        BackendInfo, BackendKind, Capabilities, CheckedSelector, CountReply, IfName, KillReport,
+        Prefix, Selector, SelectorField, StateHandle,
+    };
+
+    use super::{Backend, Sink};
+    use crate::error::BrokerError;
+
+    /// The conntrack table of the broker's network namespace.
+    #[derive(Debug)]
+    pub struct ConntrackBackend {
+        table: Conntrack,
+    }
+
+    impl ConntrackBackend {
+        pub fn open() -> Result<Self, BrokerError> {
+            let table = Conntrack::open().map_err(|e| {
+                BrokerError::Backend(format!(
+                    "cannot use conntrack: {e} (the broker needs CAP_NET_ADMIN and a kernel with \
+                     nf_conntrack and ctnetlink)"
+                ))
+            })?;
+            Ok(Self { table })
+        }
+    }
+
+    fn map(e: CtError) -> BrokerError {
+        match e {
+            CtError::Unsupported(m) => BrokerError::Unsupported(m),
+            other => BrokerError::Backend(other.to_string()),
+        }
+    }
+
+    impl Backend for ConntrackBackend {
+        fn info(&self) -> BackendInfo {
+            let f = self.table.features();
+            BackendInfo {
+                kind: BackendKind::Conntrack,
+                kernel: self.table.kernel().to_owned(),
+                capabilities: Capabilities {
+                    selector_fields: statecull_conntrack::matcher::SUPPORTED_FIELDS.to_vec(),
+                    kernel_mark_flush: f.mark,
+                    kernel_tuple_flush: f.tuple,
+                    match_opposite: false,
+                    flush_by_interface: false,
+                },
+            }
+        }
+
+        fn unsupported_hint(&self, field: SelectorField) -> Option<String> {
+            let mut probe = Selector::default();
+            match field {
+                SelectorField::Gateway => probe.gateway = Some([192, 0, 2, 1].into()),
+                SelectorField::Interface => probe.interface = Some(IfName("x".into())),
+                SelectorField::Label => probe.label = Some(statecull_proto::Label("x".into())),
+                _ => return None,
+            }
+            statecull_conntrack::matcher::check_supported(&probe).err()
+        }
+
+        fn snapshot(
+            &self,
+            selector: Option<&CheckedSelector>,
+            batch: usize,
+            sink: &mut Sink<'_>,
+        ) -> Result<u64, BrokerError> {
+            self.table.snapshot(selector, batch, sink).map_err(map)
+        }
+
+        fn count(&self, selectors: &[CheckedSelector]) -> Result<CountReply, BrokerError> {
+            let started = Instant::now();
+            let c = self.table.count(selectors).map_err(map)?;
+            Ok(CountReply {
+                per_selector: c.per_selector,
+                matching_any: c.matching_any,
+                table_entries: c.table_entries,
+                elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            })
+        }
+
+        fn kill_matching(
+            &self,
+            selectors: &[CheckedSelector],
+            // A conntrack entry covers both directions of a connection, so the "opposite"
+            // state is the entry itself: nothing more to do.
+            _match_opposite: bool,
+            protected: &[Prefix],
+        ) -> Result<KillReport, BrokerError> {
+            self.table.kill_matching(selectors, protected).map_err(map)
+        }
+
+        fn kill_handles(
+            &self,
+            handles: &[StateHandle],
+            protected: &[Prefix],
+        ) -> Result<KillReport, BrokerError> {
+            self.table.kill_handles(handles, protected).map_err(map)
+        }
+
+        fn flush(
+            &self,
+            interface: Option<&IfName>,
+            protected: &[Prefix],
+        ) -> Result<KillReport, BrokerError> {
+            if let Some(i) = interface {
+                return Err(BrokerError::Unsupported(format!(
+                    "conntrack entries do not record interfaces, so a flush cannot be limited \
+                     to {i}; flush without --interface, or kill by --mark or --nat-addr"
+                )));
+            }
+            self.table.flush(protected).map_err(map)
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The broker's own small configuration: where to listen, who may connect, what never to kill.
+//!
+//! A TOML file (`--config`) with unknown keys refused, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use statecull_proto::Prefix;
+
+use crate::error::BrokerError;
+
+pub const DEFAULT_SOCKET: &str = "/run/statecull/broker.sock";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which state table to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Conntrack,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub socket: PathBuf,
+    /// Group the socket is chowned to (so the engine's group can connect).
+    pub socket_gid: Option<u32>,
+    /// Peers allowed besides root.
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+    /// States touching these prefixes are never killed.
+    pub protected: Vec<Prefix>,
+    pub max_connections: usize,
+    pub backend: BackendChoice,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_gid: None,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            protected: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            backend: BackendChoice::Conntrack,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    #[serde(default)]
+    allow_users: Vec<String>,
+    #[serde(default)]
+    allow_groups: Vec<String>,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    #[serde(default)]
+    allow_gids: Vec<u32>,
+    #[serde(default)]
+    protected: Vec<toml::Spanned<String>>,
+    max_connections: Option<usize>,
+    backend: Option<String>,
+    log_format: Option<String>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    match s {
+        "conntrack" => Ok(BackendChoice::Conntrack),
+        other => Err(format!("unknown backend {other:?} (available: conntrack)")),
+    }
+}
+
+pub fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("unknown log format {other:?} (text or json)")),
+    }
+}
+
+/// Resolve a user name or numeric uid.
+pub fn resolve_user(name: &str) -> Result<u32, String> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!("no such user {name:?}")),
+        Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
+    }
+}
+
+/// Resolve a group name or numeric gid.
+pub fn resolve_group(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no such group {name:?}")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
+}
+
+impl Config {
+    /// Load a config file on top of the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, BrokerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parse config text; `origin` names the file in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, BrokerError> {
+        let err = |line: usize, msg: String| BrokerError::Config(format!("{origin}:{line}: {msg}"));
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            err(line, e.message().to_owned())
+        })?;
+        let mut c = Config::default();
+        if let Some(s) = file.socket {
+            c.socket = s;
+        }
+        if let Some(g) = &file.socket_group {
+            c.socket_gid =
+                Some(resolve_group(g).map_err(|m| err(1, format!("socket_group: {m}")))?);
+        }
+        for u in &file.allow_users {
+            c.allowed_uids
+                .push(resolve_user(u).map_err(|m| err(1, format!("allow_users: {m}")))?);
+        }
+        for g in &file.allow_groups {
+            c.allowed_gids
+                .push(resolve_group(g).map_err(|m| err(1, format!("allow_groups: {m}")))?);
+        }
+        c.allowed_uids.extend(&file.allow_uids);
+        c.allowed_gids.extend(&file.allow_gids);
+        for p in &file.protected {
+            let line = line_of(text, p.span().start);
+            let prefix: Prefix = p
+                .get_ref()
+                .parse()
+                .map_err(|e: statecull_proto::ProtoError| err(line, format!("protected: {e}")))?;
+            c.protected.push(prefix);
+        }
+        if let Some(n) = file.max_connections {
+            if n == 0 {
+                return Err(err(1, "max_connections must be at least 1".into()));
+            }
+            c.max_connections = n;
+        }
+        if let Some(b) = &file.backend {
+            c.backend = parse_backend(b).map_err(|m| err(1, m))?;
+        }
+        if let Some(f) = &file.log_format {
+            c.log_format = parse_log_format(f).map_err(|m| err(1, m))?;
+        }
+        Ok(c)
+    }
+
+    /// Is a peer with these credentials allowed? Root always is (the operator).
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        uid == 0 || self.allowed_uids.contains(&uid) || self.allowed_gids.contains(&gid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file() {
+        let c = Config::from_toml(
+            r#"
+socket = "/tmp/x.sock"
+allow_uids = [1000]
+allow_gids = [2000]
+protected = ["192.0.2.0/28", "2001:db8:ffff::/48"]
+max_connections = 4
+log_format = "json"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert!(c.allows(0, 0) && c.allows(1000, 1) && c.allows(5, 2000));
+        assert!(!c.allows(1001, 1));
+        assert_eq!(c.protected.len(), 2);
+        assert_eq!(c.max_connections, 4);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = Config::from_toml("socket = \"/x\"\nbogus = 1\n", "b.toml").unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("b.toml:2") && m.contains("bogus"), "{m}");
+        let e = Config::from_toml("protected = [\n  \"192.0.2.1/24\",\n]\n", "p.toml").unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("p.toml:2") && m.contains("host bits"), "{m}");
+        let e = Config::from_toml("max_connections = 0\n", "m.toml").unwrap_err();
+        assert!(e.to_string().contains("at least 1"));
+    }
+}

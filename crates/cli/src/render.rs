@@ -1,0 +1,245 @@
+//! Human and JSON renderings of what the broker answers.
+
+use serde_json::{Value, json};
+use statecull_proto::{HelloReply, KillReport, L4, StateDetail, StateKey, StateRecord, ipproto};
+
+/// Names of the conntrack `IPS_*` status bits that are set.
+pub fn ct_status_names(status: u32) -> Vec<&'static str> {
+    const NAMES: [&str; 16] = [
+        "EXPECTED",
+        "SEEN_REPLY",
+        "ASSURED",
+        "CONFIRMED",
+        "SRC_NAT",
+        "DST_NAT",
+        "SEQ_ADJUST",
+        "SRC_NAT_DONE",
+        "DST_NAT_DONE",
+        "DYING",
+        "FIXED_TIMEOUT",
+        "TEMPLATE",
+        "NAT_CLASH",
+        "HELPER",
+        "OFFLOAD",
+        "HW_OFFLOAD",
+    ];
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| status & (1 << bit) != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+/// conntrack TCP state names (`TCP_CONNTRACK_*`).
+pub fn tcp_state_name(s: u8) -> &'static str {
+    match s {
+        0 => "NONE",
+        1 => "SYN_SENT",
+        2 => "SYN_RECV",
+        3 => "ESTABLISHED",
+        4 => "FIN_WAIT",
+        5 => "CLOSE_WAIT",
+        6 => "LAST_ACK",
+        7 => "TIME_WAIT",
+        8 => "CLOSE",
+        9 => "SYN_SENT2",
+        _ => "?",
+    }
+}
+
+fn key_json(k: &StateKey) -> Value {
+    let mut v = json!({
+        "proto": ipproto::name(k.proto),
+        "src": k.src.to_string(),
+        "dst": k.dst.to_string(),
+    });
+    match k.l4 {
+        L4::Ports { src, dst } => {
+            v["sport"] = json!(src);
+            v["dport"] = json!(dst);
+        }
+        L4::Icmp { id, kind, code } => {
+            v["icmp_id"] = json!(id);
+            v["icmp_type"] = json!(kind);
+            v["icmp_code"] = json!(code);
+        }
+        L4::None => {}
+    }
+    v
+}
+
+/// One record as a flat JSON object.
+pub fn record_json(r: &StateRecord) -> Value {
+    let mut v = key_json(&r.key);
+    v["family"] = json!(r.key.family().to_string());
+    match &r.detail {
+        StateDetail::Conntrack {
+            reply,
+            mark,
+            zone,
+            status,
+            tcp_state,
+        } => {
+            v["reply"] = key_json(reply);
+            v["mark"] = json!(mark);
+            v["zone"] = json!(zone);
+            v["status"] = json!(ct_status_names(*status));
+            if let Some(s) = tcp_state {
+                v["tcp_state"] = json!(tcp_state_name(*s));
+            }
+        }
+    }
+    let statecull_proto::StateHandle::Conntrack { id, .. } = r.handle;
+    v["id"] = json!(id);
+    if let Some(t) = r.expires_in_secs {
+        v["expires_in"] = json!(t);
+    }
+    if let Some(c) = r.counters {
+        v["counters"] = json!({
+            "orig_packets": c.orig_packets, "orig_bytes": c.orig_bytes,
+            "reply_packets": c.reply_packets, "reply_bytes": c.reply_bytes,
+        });
+    }
+    v
+}
+
+/// One record as one line, in the spirit of `conntrack -L`.
+pub fn record_line(r: &StateRecord) -> String {
+    let mut line = r.key.to_string();
+    match &r.detail {
+        StateDetail::Conntrack {
+            reply,
+            mark,
+            zone,
+            tcp_state,
+            ..
+        } => {
+            if let Some(s) = tcp_state {
+                line.push_str(&format!(" {}", tcp_state_name(*s)));
+            }
+            line.push_str(&format!(
+                "  reply {} -> {}",
+                endpoint(&reply.src, reply.src_port()),
+                endpoint(&reply.dst, reply.dst_port())
+            ));
+            if r.is_nat() {
+                line.push_str(" [NAT]");
+            }
+            line.push_str(&format!("  mark {mark:#x}"));
+            if *zone != 0 {
+                line.push_str(&format!(" zone {zone}"));
+            }
+        }
+    }
+    if let Some(t) = r.expires_in_secs {
+        line.push_str(&format!("  expires {t}s"));
+    }
+    line
+}
+
+fn endpoint(addr: &std::net::IpAddr, port: Option<u16>) -> String {
+    match (addr, port) {
+        (std::net::IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        (a, Some(p)) => format!("{a}:{p}"),
+        (a, None) => a.to_string(),
+    }
+}
+
+pub fn kill_json(k: &KillReport, elapsed_ms: f64) -> Value {
+    json!({
+        "killed": k.killed,
+        "requested": k.requested,
+        "not_found": k.not_found,
+        "spared": k.spared,
+        "failed": k.failed,
+        "first_error": k.first_error,
+        "exact": k.exact,
+        "path": k.path.name(),
+        "table_passes": k.table_passes,
+        "broker_elapsed_ms": k.elapsed_us as f64 / 1000.0,
+        "elapsed_ms": elapsed_ms,
+    })
+}
+
+/// Human summary of a kill, one fact per line.
+pub fn kill_text(k: &KillReport, elapsed_ms: f64) -> String {
+    let mut out = format!(
+        "killed {} state(s) in {:.1} ms (broker {:.1} ms) via {}, {} table pass(es)\n",
+        k.killed,
+        elapsed_ms,
+        k.elapsed_us as f64 / 1000.0,
+        k.path,
+        k.table_passes
+    );
+    if !k.exact {
+        out.push_str(
+            "  count from the table size before and after: exact unless other connections \
+             came or went meanwhile\n",
+        );
+    }
+    if k.requested > 0 {
+        out.push_str(&format!("  requested {}\n", k.requested));
+    }
+    if k.not_found > 0 {
+        out.push_str(&format!("  {} already gone\n", k.not_found));
+    }
+    if k.spared > 0 {
+        out.push_str(&format!(
+            "  spared {} state(s) touching protected prefixes\n",
+            k.spared
+        ));
+    }
+    if k.failed > 0 {
+        out.push_str(&format!(
+            "  FAILED to kill {}: {}\n",
+            k.failed,
+            k.first_error.as_deref().unwrap_or("unknown error")
+        ));
+    } else if let Some(e) = &k.first_error {
+        out.push_str(&format!("  warning: {e}\n"));
+    }
+    out
+}
+
+pub fn hello_text(h: &HelloReply) -> String {
+    let c = &h.backend.capabilities;
+    let mut out = format!(
+        "broker {} (protocol {}), backend {} on kernel {}\n",
+        h.broker_version, h.protocol_version, h.backend.kind, h.backend.kernel
+    );
+    out.push_str(&format!(
+        "  selectors: {}\n",
+        c.selector_fields
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push_str(&format!(
+        "  in-kernel kills: by mark {}, by NAT address/tuple {}\n",
+        yes(c.kernel_mark_flush),
+        yes(c.kernel_tuple_flush)
+    ));
+    out.push_str(&format!(
+        "  limits: {} selectors, {} handles per request, {} records per batch, frames of {} bytes\n",
+        h.limits.max_selectors, h.limits.max_handles, h.limits.max_snapshot_batch, h.limits.max_frame_len
+    ));
+    if h.protected.is_empty() {
+        out.push_str("  protected prefixes: none\n");
+    } else {
+        out.push_str(&format!(
+            "  protected prefixes (never killed): {}\n",
+            h.protected
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    out
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no (dump and delete)" }
+}

@@ -1,0 +1,42 @@
+//! statecull's wire protocol between the engine (or an operator's CLI) and the broker.
+//!
+//! * [`model`]: addresses, prefixes, selectors, state keys, handles and records;
+//! * [`verbs`]: the closed list of requests and responses;
+//! * [`check`]: what makes a decoded value acceptable ([`Selector::check`] and friends);
+//! * [`frame`]: length-prefixed bincode frames, bounded and strict.
+//!
+//! This crate does no I/O and contains no `unsafe`.
+#![forbid(unsafe_code)]
+
+pub mod check;
+mod error;
+pub mod frame;
+pub mod model;
+pub mod verbs;
+
+pub use check::{CheckedSelector, Limits};
+pub use error::ProtoError;
+pub use model::{
+    AddressFamily, Counters, IfName, L4, Label, MarkMatch, PortRange, Prefix, Selector,
+    SelectorField, StateDetail, StateHandle, StateKey, StateRecord, ipproto,
+};
+pub use verbs::{
+    BackendInfo, BackendKind, Capabilities, CountReply, ErrorCode, ErrorReply, Hello, HelloReply,
+    KillPath, KillReport, Request, Response, SnapshotDone, Verb,
+};
+
+/// Version of this protocol; a broker refuses clients that announce another.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bytes in a frame header (the big-endian payload length).
+pub const HEADER_LEN: usize = 4;
+/// Largest frame payload: 1 MiB.
+pub const MAX_FRAME_LEN: u32 = 1 << 20;
+/// Most selectors in one request.
+pub const MAX_SELECTORS: u32 = 64;
+/// Most handles in one `KillHandles` request. A batch of the largest handles (IPv6) stays
+/// well under [`MAX_FRAME_LEN`]; a test proves it.
+pub const MAX_HANDLES: u32 = 8192;
+/// Most records in one snapshot batch; a batch of the largest records fits one frame.
+pub const MAX_SNAPSHOT_BATCH: u32 = 2048;
+/// Longest client name in `Hello`.
+pub const MAX_CLIENT_NAME_LEN: usize = 64;
