@@ -52,8 +52,8 @@ pub mod conntrack {
 
     use statecull_conntrack::{Conntrack, CtError};
     use statecull_proto::{
-        BackendInfo, BackendKind, Capabilities, CheckedSelector, CountReply, IfName, KillReport,
-        Prefix, Selector, SelectorField, StateHandle,
+        AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedSelector, CountReply, IfName,
+        KillReport, Prefix, Selector, SelectorField, StateHandle,
     };
 
     use super::{Backend, Sink};
@@ -93,7 +93,10 @@ pub mod conntrack {
                 capabilities: Capabilities {
                     selector_fields: statecull_conntrack::matcher::SUPPORTED_FIELDS.to_vec(),
                     kernel_mark_flush: f.mark,
-                    kernel_tuple_flush: f.tuple,
+                    kernel_tuple_flush: [AddressFamily::Ipv4, AddressFamily::Ipv6]
+                        .into_iter()
+                        .filter(|fam| f.tuple(*fam))
+                        .collect(),
                     match_opposite: false,
                     flush_by_interface: false,
                 },

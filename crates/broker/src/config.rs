@@ -77,11 +77,7 @@ struct FileConfig {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|b| *b == b'\n')
-        .count()
-        + 1
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
 pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
@@ -147,8 +143,7 @@ impl Config {
                 Some(resolve_group(g).map_err(|m| err(1, format!("socket_group: {m}")))?);
         }
         for u in &file.allow_users {
-            c.allowed_uids
-                .push(resolve_user(u).map_err(|m| err(1, format!("allow_users: {m}")))?);
+            c.allowed_uids.push(resolve_user(u).map_err(|m| err(1, format!("allow_users: {m}")))?);
         }
         for g in &file.allow_groups {
             c.allowed_gids

@@ -28,10 +28,7 @@ pub enum BrokerError {
 
 impl BrokerError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 
     /// The answer a client gets for this error.
@@ -42,9 +39,6 @@ impl BrokerError {
             BrokerError::Backend(_) => ErrorCode::Backend,
             BrokerError::Config(_) | BrokerError::Io { .. } => ErrorCode::Internal,
         };
-        ErrorReply {
-            code,
-            message: self.to_string(),
-        }
+        ErrorReply { code, message: self.to_string() }
     }
 }

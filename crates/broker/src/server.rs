@@ -49,21 +49,13 @@ pub struct Peer {
 fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(io::Error::from)?;
-    Ok(Peer {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid: cred.pid(),
-    })
+    Ok(Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() })
 }
 
 #[cfg(not(target_os = "linux"))]
 fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
     let (uid, gid) = nix::unistd::getpeereid(stream).map_err(io::Error::from)?;
-    Ok(Peer {
-        uid: uid.as_raw(),
-        gid: gid.as_raw(),
-        pid: 0,
-    })
+    Ok(Peer { uid: uid.as_raw(), gid: gid.as_raw(), pid: 0 })
 }
 
 /// State shared by the accept loop and the connection threads.
@@ -87,9 +79,7 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("socket", &self.socket)
-            .finish()
+        f.debug_struct("Server").field("socket", &self.socket).finish()
     }
 }
 
@@ -217,12 +207,7 @@ impl Server {
             }
         };
         if !shared.config.allows(peer.uid, peer.gid) {
-            warn!(
-                uid = peer.uid,
-                gid = peer.gid,
-                pid = peer.pid,
-                "peer not allowed; closing"
-            );
+            warn!(uid = peer.uid, gid = peer.gid, pid = peer.pid, "peer not allowed; closing");
             let mut s = stream;
             let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = send(
@@ -257,21 +242,14 @@ impl Server {
             );
             return;
         }
-        let spawned = std::thread::Builder::new()
-            .name(format!("conn-{}", peer.pid))
-            .spawn({
-                let shared = Arc::clone(&shared);
-                move || {
-                    let _guard = ConnGuard(&shared.connections);
-                    let mut conn = Connection {
-                        stream,
-                        peer,
-                        shared: &shared,
-                        hello: None,
-                    };
-                    conn.serve();
-                }
-            });
+        let spawned = std::thread::Builder::new().name(format!("conn-{}", peer.pid)).spawn({
+            let shared = Arc::clone(&shared);
+            move || {
+                let _guard = ConnGuard(&shared.connections);
+                let mut conn = Connection { stream, peer, shared: &shared, hello: None };
+                conn.serve();
+            }
+        });
         if let Err(e) = spawned {
             shared.connections.fetch_sub(1, Ordering::SeqCst);
             warn!(error = %e, "cannot start a connection thread");
@@ -312,11 +290,7 @@ struct Connection<'a> {
 
 impl Connection<'_> {
     fn serve(&mut self) {
-        debug!(
-            uid = self.peer.uid,
-            pid = self.peer.pid,
-            "connection opened"
-        );
+        debug!(uid = self.peer.uid, pid = self.peer.pid, "connection opened");
         if self.stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
             return;
         }
@@ -325,12 +299,7 @@ impl Connection<'_> {
                 Ok(p) => p,
                 Err(ReadEnd::Closed) | Err(ReadEnd::Shutdown) => break,
                 Err(ReadEnd::Abort(why)) => {
-                    warn!(
-                        uid = self.peer.uid,
-                        pid = self.peer.pid,
-                        why,
-                        "closing connection"
-                    );
+                    warn!(uid = self.peer.uid, pid = self.peer.pid, why, "closing connection");
                     break;
                 }
             };
@@ -346,11 +315,7 @@ impl Connection<'_> {
                 break;
             }
         }
-        debug!(
-            uid = self.peer.uid,
-            pid = self.peer.pid,
-            "connection closed"
-        );
+        debug!(uid = self.peer.uid, pid = self.peer.pid, "connection closed");
     }
 
     /// Read one frame: header, length check, then exactly that many bytes.
@@ -405,9 +370,7 @@ impl Connection<'_> {
             }
             match self.stream.read(buf) {
                 Ok(0) => {
-                    return Err(ReadEnd::Abort(
-                        "peer closed the connection mid-frame".into(),
-                    ));
+                    return Err(ReadEnd::Abort("peer closed the connection mid-frame".into()));
                 }
                 Ok(n) => buf = &mut buf[n..],
                 Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
@@ -471,10 +434,8 @@ impl Connection<'_> {
         }
         let info = self.shared.backend.info();
         for s in &selectors {
-            if let Some(field) = s
-                .fields()
-                .into_iter()
-                .find(|f| !info.capabilities.selector_fields.contains(f))
+            if let Some(field) =
+                s.fields().into_iter().find(|f| !info.capabilities.selector_fields.contains(f))
             {
                 let supported = info
                     .capabilities
@@ -509,17 +470,13 @@ impl Connection<'_> {
             }
             Request::KillHandles { handles } => {
                 let what = format!("{} handle(s)", handles.len());
-                self.mutate(verb, &what, |b, protected| {
-                    b.kill_handles(&handles, protected)
-                })
+                self.mutate(verb, &what, |b, protected| b.kill_handles(&handles, protected))
             }
             Request::Flush { interface } => {
                 let what = interface
                     .as_ref()
                     .map_or("all states".to_owned(), |i| format!("interface {i}"));
-                self.mutate(verb, &what, |b, protected| {
-                    b.flush(interface.as_ref(), protected)
-                })
+                self.mutate(verb, &what, |b, protected| b.flush(interface.as_ref(), protected))
             }
         }
     }
@@ -570,11 +527,7 @@ impl Connection<'_> {
         op: impl FnOnce(&dyn Backend, &[statecull_proto::Prefix]) -> Result<KillReport, BrokerError>,
     ) -> Result<(), ()> {
         let result = {
-            let _one_at_a_time = self
-                .shared
-                .mutation
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let _one_at_a_time = self.shared.mutation.lock().unwrap_or_else(|p| p.into_inner());
             op(self.shared.backend.as_ref(), &self.shared.config.protected)
         };
         match result {
@@ -605,11 +558,7 @@ impl Connection<'_> {
 }
 
 fn describe(selectors: &[CheckedSelector]) -> String {
-    selectors
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(" | ")
+    selectors.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" | ")
 }
 
 fn micros(since: Instant) -> u64 {
@@ -617,8 +566,5 @@ fn micros(since: Instant) -> u64 {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }

@@ -57,17 +57,16 @@ impl BrokerClient {
 
     /// Say hello over an already connected stream.
     pub fn handshake(mut stream: UnixStream, client: &str) -> Result<Self, ClientError> {
-        let name: String = client
-            .chars()
-            .take(statecull_proto::MAX_CLIENT_NAME_LEN)
-            .collect();
-        send_on(
-            &mut stream,
-            &Request::Hello(Hello {
-                protocol_version: PROTOCOL_VERSION,
-                client: name,
-            }),
-        )?;
+        let name: String = client.chars().take(statecull_proto::MAX_CLIENT_NAME_LEN).collect();
+        let hello = Request::Hello(Hello { protocol_version: PROTOCOL_VERSION, client: name });
+        if let Err(e) = send_on(&mut stream, &hello) {
+            // A broker that refuses this peer answers and closes before reading anything,
+            // so our write can fail; its answer is still waiting to be read.
+            return Err(match recv_on(&mut stream) {
+                Err(refused @ ClientError::Refused(_)) => refused,
+                _ => e,
+            });
+        }
         match recv_on(&mut stream)? {
             Response::Hello(hello) => Ok(Self { stream, hello }),
             other => Err(ClientError::Unexpected(format!("{other:?} to Hello"))),
@@ -128,10 +127,7 @@ impl BrokerClient {
         selectors: Vec<Selector>,
         match_opposite: bool,
     ) -> Result<KillReport, ClientError> {
-        self.killed(&Request::KillMatching {
-            selectors,
-            match_opposite,
-        })
+        self.killed(&Request::KillMatching { selectors, match_opposite })
     }
 
     pub fn kill_handles(&mut self, handles: Vec<StateHandle>) -> Result<KillReport, ClientError> {
@@ -145,10 +141,7 @@ impl BrokerClient {
     fn killed(&mut self, req: &Request) -> Result<KillReport, ClientError> {
         match self.call(req)? {
             Response::Killed(k) => Ok(k),
-            other => Err(ClientError::Unexpected(format!(
-                "{other:?} to {}",
-                req.verb()
-            ))),
+            other => Err(ClientError::Unexpected(format!("{other:?} to {}", req.verb()))),
         }
     }
 }

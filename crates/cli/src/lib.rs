@@ -2,6 +2,7 @@
 //! command line that tests reuse.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod client;
 pub mod render;
 pub mod selector_args;

@@ -23,12 +23,7 @@ pub fn ct_status_names(status: u32) -> Vec<&'static str> {
         "OFFLOAD",
         "HW_OFFLOAD",
     ];
-    NAMES
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| status & (1 << bit) != 0)
-        .map(|(_, n)| *n)
-        .collect()
+    NAMES.iter().enumerate().filter(|(bit, _)| status & (1 << bit) != 0).map(|(_, n)| *n).collect()
 }
 
 /// conntrack TCP state names (`TCP_CONNTRACK_*`).
@@ -74,13 +69,7 @@ pub fn record_json(r: &StateRecord) -> Value {
     let mut v = key_json(&r.key);
     v["family"] = json!(r.key.family().to_string());
     match &r.detail {
-        StateDetail::Conntrack {
-            reply,
-            mark,
-            zone,
-            status,
-            tcp_state,
-        } => {
+        StateDetail::Conntrack { reply, mark, zone, status, tcp_state } => {
             v["reply"] = key_json(reply);
             v["mark"] = json!(mark);
             v["zone"] = json!(zone);
@@ -108,13 +97,7 @@ pub fn record_json(r: &StateRecord) -> Value {
 pub fn record_line(r: &StateRecord) -> String {
     let mut line = r.key.to_string();
     match &r.detail {
-        StateDetail::Conntrack {
-            reply,
-            mark,
-            zone,
-            tcp_state,
-            ..
-        } => {
+        StateDetail::Conntrack { reply, mark, zone, tcp_state, .. } => {
             if let Some(s) = tcp_state {
                 line.push_str(&format!(" {}", tcp_state_name(*s)));
             }
@@ -185,10 +168,7 @@ pub fn kill_text(k: &KillReport, elapsed_ms: f64) -> String {
         out.push_str(&format!("  {} already gone\n", k.not_found));
     }
     if k.spared > 0 {
-        out.push_str(&format!(
-            "  spared {} state(s) touching protected prefixes\n",
-            k.spared
-        ));
+        out.push_str(&format!("  spared {} state(s) touching protected prefixes\n", k.spared));
     }
     if k.failed > 0 {
         out.push_str(&format!(
@@ -210,16 +190,17 @@ pub fn hello_text(h: &HelloReply) -> String {
     );
     out.push_str(&format!(
         "  selectors: {}\n",
-        c.selector_fields
-            .iter()
-            .map(|f| f.name())
-            .collect::<Vec<_>>()
-            .join(", ")
+        c.selector_fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
     ));
+    let tuple = if c.kernel_tuple_flush.is_empty() {
+        "no (dump and delete)".to_owned()
+    } else {
+        c.kernel_tuple_flush.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" and ")
+    };
     out.push_str(&format!(
         "  in-kernel kills: by mark {}, by NAT address/tuple {}\n",
         yes(c.kernel_mark_flush),
-        yes(c.kernel_tuple_flush)
+        tuple
     ));
     out.push_str(&format!(
         "  limits: {} selectors, {} handles per request, {} records per batch, frames of {} bytes\n",
@@ -230,11 +211,7 @@ pub fn hello_text(h: &HelloReply) -> String {
     } else {
         out.push_str(&format!(
             "  protected prefixes (never killed): {}\n",
-            h.protected
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            h.protected.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
         ));
     }
     out

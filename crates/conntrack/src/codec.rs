@@ -53,9 +53,7 @@ impl MsgBuilder {
     }
 
     pub fn with_capacity(cap: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(cap),
-        }
+        Self { buf: Vec::with_capacity(cap) }
     }
 
     pub fn len(&self) -> usize {
@@ -139,8 +137,7 @@ impl MsgBuilder {
     pub fn nest_begin(&mut self, kind: u16) -> Mark {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         Mark(start)
     }
 
@@ -262,8 +259,7 @@ impl<'a> Iterator for Attrs<'a> {
 }
 
 fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], CtError> {
-    v.try_into()
-        .map_err(|_| CtError::codec(format!("{what}: {} bytes, expected {N}", v.len())))
+    v.try_into().map_err(|_| CtError::codec(format!("{what}: {} bytes, expected {N}", v.len())))
 }
 
 pub fn get_u8(v: &[u8], what: &str) -> Result<u8, CtError> {
@@ -297,9 +293,7 @@ mod tests {
         b.end(m);
         let bytes = b.as_bytes();
         assert_eq!(bytes.len() % 4, 0);
-        let msgs: Vec<_> = NlMsgs::new(bytes)
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
+        let msgs: Vec<_> = NlMsgs::new(bytes).collect::<Result<_, _>>().unwrap_or_default();
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].msg_type, 0x0102);
         assert_eq!(msgs[0].seq, 7);
@@ -308,11 +302,7 @@ mod tests {
         let attrs: Vec<_> = attrs.collect::<Result<_, _>>().unwrap_or_default();
         assert_eq!(attrs.len(), 2);
         assert_eq!(attrs[0].0, 1, "nested flag is masked off");
-        assert_eq!(
-            attrs[0].1.len(),
-            8,
-            "u8 attribute padded to 8 bytes inside the nest"
-        );
+        assert_eq!(attrs[0].1.len(), 8, "u8 attribute padded to 8 bytes inside the nest");
         assert_eq!(attrs[1], (8, &[1u8, 2, 3, 4][..]));
     }
 

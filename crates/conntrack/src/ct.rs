@@ -154,11 +154,7 @@ impl KernelFilter {
     }
 
     fn reply_flags(&self) -> u32 {
-        if self.reply_dst.is_some() {
-            CTA_FILTER_F_IP_DST
-        } else {
-            0
-        }
+        if self.reply_dst.is_some() { CTA_FILTER_F_IP_DST } else { 0 }
     }
 
     /// Append the filter's attributes to a GET (dump) or DELETE (flush) message.
@@ -232,13 +228,8 @@ fn put_ip(b: &mut MsgBuilder, kind: u16, addr: &IpAddr) {
 /// answers EOPNOTSUPP otherwise), which the caller guarantees.
 pub fn dump_request(b: &mut MsgBuilder, seq: u32, filter: &KernelFilter) {
     let family = filter.family.map_or(NFPROTO_UNSPEC, nfproto);
-    let m = b.begin(
-        msg_type(IPCTNL_MSG_CT_GET),
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-        family,
-        NFNETLINK_V0,
-    );
+    let m =
+        b.begin(msg_type(IPCTNL_MSG_CT_GET), NLM_F_REQUEST | NLM_F_DUMP, seq, family, NFNETLINK_V0);
     filter.put_attrs(b);
     b.end(m);
 }
@@ -251,13 +242,8 @@ pub fn flush_request(b: &mut MsgBuilder, seq: u32, filter: &KernelFilter) {
         Some(f) => (nfproto(f), NFNETLINK_V1),
         None => (NFPROTO_UNSPEC, NFNETLINK_V0),
     };
-    let m = b.begin(
-        msg_type(IPCTNL_MSG_CT_DELETE),
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        family,
-        version,
-    );
+    let m =
+        b.begin(msg_type(IPCTNL_MSG_CT_DELETE), NLM_F_REQUEST | NLM_F_ACK, seq, family, version);
     filter.put_attrs(b);
     b.end(m);
 }
@@ -272,10 +258,7 @@ pub fn flush_request(b: &mut MsgBuilder, seq: u32, filter: &KernelFilter) {
 pub fn probe_tuple_flush_request(b: &mut MsgBuilder, seq: u32) {
     let filter = KernelFilter {
         family: Some(AddressFamily::Ipv4),
-        mark: Some(MarkMatch {
-            value: u32::MAX,
-            mask: u32::MAX,
-        }),
+        mark: Some(MarkMatch { value: u32::MAX, mask: u32::MAX }),
         reply_dst: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         ..KernelFilter::default()
     };
@@ -302,9 +285,7 @@ pub fn parse_stats(attrs: Attrs<'_>) -> Result<u64, CtError> {
             return Ok(u64::from(get_be32(v, "CTA_STATS_GLOBAL_ENTRIES")?));
         }
     }
-    Err(CtError::codec(
-        "stats reply without CTA_STATS_GLOBAL_ENTRIES",
-    ))
+    Err(CtError::codec("stats reply without CTA_STATS_GLOBAL_ENTRIES"))
 }
 
 fn put_tuple(b: &mut MsgBuilder, kind: u16, key: &StateKey) {
@@ -323,11 +304,7 @@ fn put_tuple(b: &mut MsgBuilder, kind: u16, key: &StateKey) {
         }
         L4::Icmp { id, kind, code } => {
             let (id_k, type_k, code_k) = if key.proto == ipproto::ICMPV6 {
-                (
-                    CTA_PROTO_ICMPV6_ID,
-                    CTA_PROTO_ICMPV6_TYPE,
-                    CTA_PROTO_ICMPV6_CODE,
-                )
+                (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE)
             } else {
                 (CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE)
             };
@@ -406,11 +383,9 @@ pub fn new_request(b: &mut MsgBuilder, seq: u32, e: &NewEntry) {
         dst: e.orig.src,
         l4: match e.orig.l4 {
             L4::Ports { src, dst } => L4::Ports { src: dst, dst: src },
-            L4::Icmp { id, kind, code } => L4::Icmp {
-                id,
-                kind: icmp_reply_type(e.orig.proto, kind),
-                code,
-            },
+            L4::Icmp { id, kind, code } => {
+                L4::Icmp { id, kind: icmp_reply_type(e.orig.proto, kind), code }
+            }
             L4::None => L4::None,
         },
     };
@@ -539,12 +514,7 @@ fn parse_tuple(v: &[u8], zone: &mut u16) -> Result<StateKey, CtError> {
         (_, _, Some(id), Some(kind), Some(code)) => L4::Icmp { id, kind, code },
         _ => L4::None,
     };
-    Ok(StateKey {
-        proto,
-        src,
-        dst,
-        l4,
-    })
+    Ok(StateKey { proto, src, dst, l4 })
 }
 
 fn parse_counters(v: &[u8]) -> Result<(u64, u64), CtError> {
@@ -606,32 +576,15 @@ pub fn parse_entry(attrs: Attrs<'_>) -> Result<CtEntry, CtError> {
         }
     }
     let (Some(orig), Some(reply), Some(id)) = (orig, reply, id) else {
-        return Err(CtError::codec(
-            "entry without original tuple, reply tuple or CTA_ID",
-        ));
+        return Err(CtError::codec("entry without original tuple, reply tuple or CTA_ID"));
     };
     let counters = match (c_orig, c_reply) {
         (None, None) => None,
         (o, r) => {
             let (op, ob) = o.unwrap_or_default();
             let (rp, rb) = r.unwrap_or_default();
-            Some(Counters {
-                orig_packets: op,
-                orig_bytes: ob,
-                reply_packets: rp,
-                reply_bytes: rb,
-            })
+            Some(Counters { orig_packets: op, orig_bytes: ob, reply_packets: rp, reply_bytes: rb })
         }
     };
-    Ok(CtEntry {
-        orig,
-        reply,
-        id,
-        zone,
-        mark,
-        status,
-        timeout,
-        tcp_state,
-        counters,
-    })
+    Ok(CtEntry { orig, reply, id, zone, mark, status, timeout, tcp_state, counters })
 }

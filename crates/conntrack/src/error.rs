@@ -49,9 +49,5 @@ pub fn errno_text(errno: i32) -> String {
         105 => "ENOBUFS",
         _ => "errno",
     };
-    format!(
-        "{name} ({}) {}",
-        errno,
-        std::io::Error::from_raw_os_error(errno)
-    )
+    format!("{name} ({}) {}", errno, std::io::Error::from_raw_os_error(errno))
 }

@@ -83,28 +83,13 @@ impl TableSpec {
         let sport = 1024 + u16::try_from((i / 250) % 64_000).unwrap_or(0);
         let server = mix(i, 4);
         let (proto, dport) = if udp {
-            (
-                ipproto::UDP,
-                [53u16, 443, 123, 5060, 3478][(server % 5) as usize],
-            )
+            (ipproto::UDP, [53u16, 443, 123, 5060, 3478][(server % 5) as usize])
         } else {
-            (
-                ipproto::TCP,
-                [443u16, 80, 8443, 993, 5223, 22][(server % 6) as usize],
-            )
+            (ipproto::TCP, [443u16, 80, 8443, 993, 5223, 22][(server % 6) as usize])
         };
         let (src, dst, snat) = if v6 {
             (
-                IpAddr::V6(Ipv6Addr::new(
-                    0x2001,
-                    0xdb8,
-                    1,
-                    0,
-                    0,
-                    0,
-                    0,
-                    u16::from(client),
-                )),
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, u16::from(client))),
                 // Servers in 2001:db8:ff::/48, 2^32 of them.
                 IpAddr::V6(Ipv6Addr::from(
                     (0x2001_0db8_00ff_u128 << 80) | u128::from(server & 0xffff_ffff),
@@ -120,15 +105,7 @@ impl TableSpec {
             )
         };
         NewEntry {
-            orig: StateKey {
-                proto,
-                src,
-                dst,
-                l4: L4::Ports {
-                    src: sport,
-                    dst: dport,
-                },
-            },
+            orig: StateKey { proto, src, dst, l4: L4::Ports { src: sport, dst: dport } },
             snat: Some(snat),
             mark: if self.marked { wan.mark } else { 0 },
             timeout_secs: self.timeout_secs,

@@ -39,9 +39,7 @@ pub fn check_supported(sel: &Selector) -> Result<(), String> {
                 }
                 _ => "pf rule labels do not exist in conntrack; use --mark",
             };
-            return Err(format!(
-                "the conntrack backend cannot match on {field}: {hint}"
-            ));
+            return Err(format!("the conntrack backend cannot match on {field}: {hint}"));
         }
     }
     Ok(())
@@ -99,18 +97,14 @@ pub fn touches(protected: &[Prefix], e: &CtEntry) -> bool {
         return false;
     }
     let addrs = [e.orig.src, e.orig.dst, e.reply.src, e.reply.dst];
-    protected
-        .iter()
-        .any(|p| addrs.iter().any(|a| p.contains(a)))
+    protected.iter().any(|p| addrs.iter().any(|a| p.contains(a)))
 }
 
 /// Same as [`touches`] for a record from a snapshot.
 pub fn record_touches(protected: &[Prefix], r: &StateRecord) -> bool {
     let statecull_proto::StateDetail::Conntrack { reply, .. } = &r.detail;
     let addrs = [r.key.src, r.key.dst, reply.src, reply.dst];
-    protected
-        .iter()
-        .any(|p| addrs.iter().any(|a| p.contains(a)))
+    protected.iter().any(|p| addrs.iter().any(|a| p.contains(a)))
 }
 
 /// What the kernel can do for a selector.
@@ -126,10 +120,37 @@ pub struct KernelPlan {
 /// Which kernel filter features may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelFeatures {
-    /// `CTA_MARK`/`CTA_MARK_MASK` filtering (dumps and flushes).
+    /// `CTA_MARK`/`CTA_MARK_MASK` filtering on dumps and flushes.
     pub mark: bool,
-    /// `CTA_FILTER` tuple filtering and family-honouring flushes (6.x, probed at start-up).
-    pub tuple: bool,
+    /// A flush honours the `nfgenmsg` family (`version = 1`); kernels that accept
+    /// `CTA_FILTER` on flush do.
+    pub family_flush: bool,
+    /// `CTA_FILTER` tuple filtering is accepted *and* its IPv4 address matching was seen to
+    /// select the right entries.
+    pub tuple_v4: bool,
+    /// The same for IPv6. Linux 6.18 accepts IPv6 tuple filters but inverts the address
+    /// comparison (`!ipv6_addr_cmp()` treats equal as different), so this is only true after
+    /// a probe saw a correct answer.
+    pub tuple_v6: bool,
+}
+
+impl KernelFeatures {
+    /// Every filter, trusted (for tests of the planner).
+    pub const ALL: KernelFeatures =
+        KernelFeatures { mark: true, family_flush: true, tuple_v4: true, tuple_v6: true };
+    /// Mark filtering only, as on kernels before 6.x.
+    pub const MARK_ONLY: KernelFeatures =
+        KernelFeatures { mark: true, family_flush: false, tuple_v4: false, tuple_v6: false };
+    /// Nothing in the kernel: every kill dumps and deletes.
+    pub const NONE: KernelFeatures =
+        KernelFeatures { mark: false, family_flush: false, tuple_v4: false, tuple_v6: false };
+
+    pub fn tuple(&self, family: AddressFamily) -> bool {
+        match family {
+            AddressFamily::Ipv4 => self.tuple_v4,
+            AddressFamily::Ipv6 => self.tuple_v6,
+        }
+    }
 }
 
 fn host(p: Option<Prefix>) -> Option<Option<IpAddr>> {
@@ -149,6 +170,10 @@ fn single_port(r: Option<statecull_proto::PortRange>) -> Option<Option<u16>> {
 }
 
 /// Translate as much of `sel` as the kernel can filter on.
+///
+/// The filter is always a necessary condition of the selector (never drops a matching
+/// entry), so it is safe as a dump prefilter; `complete` says whether it is also sufficient,
+/// which a flush needs.
 pub fn kernel_plan(sel: &CheckedSelector, features: KernelFeatures) -> KernelPlan {
     let mut filter = KernelFilter::default();
     let mut complete = true;
@@ -160,55 +185,47 @@ pub fn kernel_plan(sel: &CheckedSelector, features: KernelFeatures) -> KernelPla
         complete = false;
     }
 
-    // Without tuple filtering the kernel can still restrict a dump to one family, but a
-    // flush on such kernels may ignore the family, so a family-only restriction is not
-    // "complete" for a flush there.
-    if !features.tuple {
-        filter.family = family;
-        let tuple_fields = sel.src.is_some_and(|p| p.len > 0)
-            || sel.dst.is_some_and(|p| p.len > 0)
-            || sel.proto.is_some()
-            || sel.src_port.is_some()
-            || sel.dst_port.is_some()
-            || sel.nat_addr.is_some();
-        if tuple_fields || family.is_some() {
-            complete = false;
-        }
-        return KernelPlan { filter, complete };
+    // Dumps always honour the family; a flush only when the kernel says so.
+    filter.family = family;
+    if family.is_some() && !features.family_flush {
+        complete = false;
     }
 
-    filter.family = family;
-    // Exact hosts go to the kernel; shorter prefixes stay in userspace. A /0 prefix narrows
-    // nothing beyond the family, which the kernel already filters.
-    let zero = |p: Option<Prefix>| p.filter(|p| p.len > 0);
-    match host(zero(sel.src)) {
-        Some(a) => filter.orig_src = a,
-        None => complete = false,
-    }
-    match host(zero(sel.dst)) {
-        Some(a) => filter.orig_dst = a,
-        None => complete = false,
-    }
-    filter.proto = sel.proto;
-    match single_port(sel.src_port) {
-        Some(p) => filter.orig_src_port = p,
-        None => complete = false,
-    }
-    match single_port(sel.dst_port) {
-        Some(p) => filter.orig_dst_port = p,
-        None => complete = false,
-    }
-    filter.reply_dst = sel.nat_addr;
-    if filter.uses_tuple_filter() && filter.family.is_none() {
-        // The kernel needs a concrete family for tuple filters; the selector has no address,
-        // so run it per family in userspace instead.
-        filter.orig_src = None;
-        filter.orig_dst = None;
-        filter.proto = None;
-        filter.orig_src_port = None;
-        filter.orig_dst_port = None;
-        filter.reply_dst = None;
+    // A /0 prefix narrows nothing beyond the family, which is already filtered.
+    let nonzero = |p: Option<Prefix>| p.filter(|p| p.len > 0);
+    let src = nonzero(sel.src);
+    let dst = nonzero(sel.dst);
+    let tuple_fields = src.is_some()
+        || dst.is_some()
+        || sel.proto.is_some()
+        || sel.src_port.is_some()
+        || sel.dst_port.is_some()
+        || sel.nat_addr.is_some();
+    let tuple_ok = family.is_some_and(|f| features.tuple(f));
+    if tuple_fields && !tuple_ok {
+        // No family (the kernel needs one for tuple filters) or no trustworthy tuple
+        // filtering for it: userspace does these fields.
         complete = false;
+    } else if tuple_fields {
+        // Exact hosts and single ports go to the kernel; prefixes and ranges stay here.
+        match host(src) {
+            Some(a) => filter.orig_src = a,
+            None => complete = false,
+        }
+        match host(dst) {
+            Some(a) => filter.orig_dst = a,
+            None => complete = false,
+        }
+        filter.proto = sel.proto;
+        match single_port(sel.src_port) {
+            Some(p) => filter.orig_src_port = p,
+            None => complete = false,
+        }
+        match single_port(sel.dst_port) {
+            Some(p) => filter.orig_dst_port = p,
+            None => complete = false,
+        }
+        filter.reply_dst = sel.nat_addr;
     }
     if sel.gateway.is_some() || sel.interface.is_some() || sel.label.is_some() {
         complete = false;
@@ -219,9 +236,7 @@ pub fn kernel_plan(sel: &CheckedSelector, features: KernelFeatures) -> KernelPla
 /// The one family every selector names, if they all name the same one.
 pub fn common_family(sels: &[CheckedSelector]) -> Option<AddressFamily> {
     let first = sels.first()?.family()?;
-    sels.iter()
-        .all(|s| s.family() == Some(first))
-        .then_some(first)
+    sels.iter().all(|s| s.family() == Some(first)).then_some(first)
 }
 
 #[cfg(test)]
@@ -234,19 +249,13 @@ mod tests {
             proto: 6,
             src: "192.0.2.10".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
             dst: "198.18.0.5".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
-            l4: L4::Ports {
-                src: 40000,
-                dst: 443,
-            },
+            l4: L4::Ports { src: 40000, dst: 443 },
         };
         let reply = StateKey {
             proto: 6,
             src: orig.dst,
             dst: nat.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
-            l4: L4::Ports {
-                src: 443,
-                dst: 40000,
-            },
+            l4: L4::Ports { src: 443, dst: 40000 },
         };
         CtEntry {
             orig,
@@ -264,44 +273,22 @@ mod tests {
     fn sel(f: impl FnOnce(&mut Selector)) -> CheckedSelector {
         let mut s = Selector::default();
         f(&mut s);
-        s.check()
-            .unwrap_or_else(|e| panic!("test selector invalid: {e}"))
+        s.check().unwrap_or_else(|e| panic!("test selector invalid: {e}"))
     }
 
     #[test]
     fn match_semantics() {
         let e = entry(1, "198.51.100.1");
-        assert!(matches(
-            &sel(|s| s.mark = Some(MarkMatch {
-                value: 1,
-                mask: 0xff
-            })),
-            &e
-        ));
-        assert!(!matches(
-            &sel(|s| s.mark = Some(MarkMatch {
-                value: 2,
-                mask: 0xff
-            })),
-            &e
-        ));
-        assert!(matches(
-            &sel(|s| s.nat_addr = "198.51.100.1".parse().ok()),
-            &e
-        ));
-        assert!(!matches(
-            &sel(|s| s.nat_addr = "203.0.113.1".parse().ok()),
-            &e
-        ));
+        assert!(matches(&sel(|s| s.mark = Some(MarkMatch { value: 1, mask: 0xff })), &e));
+        assert!(!matches(&sel(|s| s.mark = Some(MarkMatch { value: 2, mask: 0xff })), &e));
+        assert!(matches(&sel(|s| s.nat_addr = "198.51.100.1".parse().ok()), &e));
+        assert!(!matches(&sel(|s| s.nat_addr = "203.0.113.1".parse().ok()), &e));
         assert!(matches(&sel(|s| s.src = "192.0.2.0/24".parse().ok()), &e));
         assert!(!matches(&sel(|s| s.dst = "192.0.2.0/24".parse().ok()), &e));
         assert!(matches(
             &sel(|s| {
                 s.proto = Some(6);
-                s.dst_port = Some(PortRange {
-                    first: 400,
-                    last: 500,
-                });
+                s.dst_port = Some(PortRange { first: 400, last: 500 });
             }),
             &e
         ));
@@ -309,10 +296,7 @@ mod tests {
         assert!(!matches(
             &sel(|s| {
                 s.family = Some(AddressFamily::Ipv6);
-                s.mark = Some(MarkMatch {
-                    value: 1,
-                    mask: 0xff,
-                });
+                s.mark = Some(MarkMatch { value: 1, mask: 0xff });
             }),
             &e
         ));
@@ -332,20 +316,9 @@ mod tests {
 
     #[test]
     fn kernel_plans() {
-        let all = KernelFeatures {
-            mark: true,
-            tuple: true,
-        };
-        let old = KernelFeatures {
-            mark: true,
-            tuple: false,
-        };
-        let mark = sel(|s| {
-            s.mark = Some(MarkMatch {
-                value: 1,
-                mask: 0xff,
-            })
-        });
+        let all = KernelFeatures::ALL;
+        let old = KernelFeatures::MARK_ONLY;
+        let mark = sel(|s| s.mark = Some(MarkMatch { value: 1, mask: 0xff }));
         assert!(kernel_plan(&mark, all).complete);
         assert!(kernel_plan(&mark, old).complete);
         let nat = sel(|s| s.nat_addr = "198.51.100.1".parse().ok());
@@ -367,5 +340,27 @@ mod tests {
         let p = kernel_plan(&proto_only, all);
         assert!(!p.complete);
         assert!(p.filter.is_empty());
+        // Mark plus family needs a family-honouring flush.
+        let mark_v6 = sel(|s| {
+            s.mark = Some(MarkMatch { value: 1, mask: 1 });
+            s.family = Some(AddressFamily::Ipv6);
+        });
+        assert!(kernel_plan(&mark_v6, all).complete);
+        let p = kernel_plan(&mark_v6, old);
+        assert!(!p.complete);
+        assert_eq!(p.filter.family, Some(AddressFamily::Ipv6), "dumps still filter by family");
+    }
+
+    #[test]
+    fn untrusted_ipv6_tuple_filters_are_not_used() {
+        // As on Linux 6.18, where IPv6 address matching in CTA_FILTER is inverted.
+        let v4_only = KernelFeatures { tuple_v6: false, ..KernelFeatures::ALL };
+        let nat6 = sel(|s| s.nat_addr = "2001:db8:a::1".parse().ok());
+        let p = kernel_plan(&nat6, v4_only);
+        assert!(!p.complete, "no flush with an untrusted filter");
+        assert_eq!(p.filter.reply_dst, None, "and no dump prefilter that could hide entries");
+        assert_eq!(p.filter.family, Some(AddressFamily::Ipv6));
+        let nat4 = sel(|s| s.nat_addr = "198.51.100.1".parse().ok());
+        assert!(kernel_plan(&nat4, v4_only).complete);
     }
 }

@@ -34,11 +34,9 @@ impl CtSocket {
     pub(crate) fn open() -> Result<Self, CtError> {
         let mut sock =
             Socket::new(NETLINK_NETFILTER).map_err(|e| CtError::io("open netlink socket", e))?;
-        sock.bind_auto()
-            .map_err(|e| CtError::io("bind netlink socket", e))?;
+        sock.bind_auto().map_err(|e| CtError::io("bind netlink socket", e))?;
         // Errors answer with only the failed message's header, not its whole payload.
-        sock.set_cap_ack(true)
-            .map_err(|e| CtError::io("set NETLINK_CAP_ACK", e))?;
+        sock.set_cap_ack(true).map_err(|e| CtError::io("set NETLINK_CAP_ACK", e))?;
         // SO_RCVBUFFORCE needs CAP_NET_ADMIN, which the broker has; fall back silently to the
         // capped SO_RCVBUF otherwise (only batches of error answers depend on it).
         if setsockopt(&sock, sockopt::RcvBufForce, &RCVBUF).is_err() {
@@ -53,11 +51,7 @@ impl CtSocket {
         );
         setsockopt(&sock, sockopt::ReceiveTimeout, &tv)
             .map_err(|e| CtError::io("set SO_RCVTIMEO", e.into()))?;
-        Ok(Self {
-            sock,
-            seq: 1,
-            buf: Vec::with_capacity(RECV_BUF),
-        })
+        Ok(Self { sock, seq: 1, buf: Vec::with_capacity(RECV_BUF) })
     }
 
     /// A fresh sequence number for the next request.

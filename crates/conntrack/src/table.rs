@@ -1,9 +1,12 @@
 //! The conntrack backend's operations: list, count, kill and flush, each on its own socket.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
 use statecull_proto::{
-    CheckedSelector, KillPath, KillReport, Prefix, StateDetail, StateHandle, StateRecord,
+    AddressFamily, CheckedSelector, KillPath, KillReport, Prefix, StateDetail, StateHandle,
+    StateRecord,
 };
 use tracing::{debug, info, warn};
 
@@ -27,10 +30,21 @@ const DUMP_ATTEMPTS: usize = 3;
 /// Largest delete-by-handle message (IPv6 tuple, zone, id).
 const MAX_DELETE_MSG: usize = 160;
 
+/// What is known about the kernel's `CTA_FILTER` address matching for one family.
+const UNKNOWN: u8 = 0;
+const TRUSTED: u8 = 1;
+const BROKEN: u8 = 2;
+
 /// The Linux conntrack table of the current network namespace.
 #[derive(Debug, Clone)]
 pub struct Conntrack {
-    features: KernelFeatures,
+    mark: bool,
+    /// The kernel accepts `CTA_FILTER` on a flush (probed at open).
+    tuple_accepted: bool,
+    /// Per family (IPv4, IPv6): UNKNOWN, TRUSTED or BROKEN; probed on real entries.
+    tuple_verdict: Arc<[AtomicU8; 2]>,
+    /// Fixed features (tests of the fallback paths); no probing.
+    forced: Option<KernelFeatures>,
     kernel: String,
 }
 
@@ -88,30 +102,102 @@ impl Conntrack {
             }
             Err(e) => return Err(e),
         };
+        let ct = Self {
+            mark,
+            tuple_accepted: tuple,
+            tuple_verdict: Arc::new([AtomicU8::new(UNKNOWN), AtomicU8::new(UNKNOWN)]),
+            forced: None,
+            kernel,
+        };
+        // Verify address matching on whatever entries exist now; families without entries
+        // are verified when first needed.
+        for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
+            ct.verified(family);
+        }
+        let f = ct.features();
         info!(
-            kernel = %kernel,
+            kernel = %ct.kernel,
             entries,
-            kernel_mark_flush = mark,
-            kernel_tuple_flush = tuple,
+            kernel_mark_flush = f.mark,
+            kernel_tuple_filter = tuple,
+            ipv4_tuple_filter = verdict_name(ct.verdict(AddressFamily::Ipv4)),
+            ipv6_tuple_filter = verdict_name(ct.verdict(AddressFamily::Ipv6)),
             probe_us = elapsed_us(started),
             "conntrack backend ready"
         );
-        Ok(Self {
-            features: KernelFeatures { mark, tuple },
-            kernel,
-        })
+        Ok(ct)
     }
 
     /// A backend with fixed features (tests of the fallback paths on a new kernel).
     pub fn with_features(features: KernelFeatures) -> Self {
         Self {
-            features,
+            mark: features.mark,
+            tuple_accepted: features.family_flush,
+            tuple_verdict: Arc::new([AtomicU8::new(UNKNOWN), AtomicU8::new(UNKNOWN)]),
+            forced: Some(features),
             kernel: kernel_release(),
         }
     }
 
+    fn verdict(&self, family: AddressFamily) -> u8 {
+        self.tuple_verdict[family_index(family)].load(Ordering::SeqCst)
+    }
+
+    /// Is `CTA_FILTER` address matching trustworthy for `family`? Probes once on real
+    /// entries if not known yet.
+    fn verified(&self, family: AddressFamily) -> bool {
+        if !self.tuple_accepted {
+            return false;
+        }
+        match self.verdict(family) {
+            TRUSTED => return true,
+            BROKEN => return false,
+            _ => {}
+        }
+        let verdict = match verify_tuple_filter(family) {
+            Ok(v) => v,
+            Err(e) => {
+                debug!(%family, error = %e, "tuple filter probe failed; will retry");
+                UNKNOWN
+            }
+        };
+        if verdict == BROKEN {
+            warn!(
+                %family,
+                kernel = %self.kernel,
+                "this kernel's CTA_FILTER address matching selects the wrong entries for \
+                 {family}; {family} NAT-address and host kills will dump and delete instead"
+            );
+        }
+        if verdict != UNKNOWN {
+            self.tuple_verdict[family_index(family)].store(verdict, Ordering::SeqCst);
+        }
+        verdict == TRUSTED
+    }
+
+    /// The kernel features usable now (without probing).
     pub fn features(&self) -> KernelFeatures {
-        self.features
+        if let Some(f) = self.forced {
+            return f;
+        }
+        KernelFeatures {
+            mark: self.mark,
+            family_flush: self.tuple_accepted,
+            tuple_v4: self.tuple_accepted && self.verdict(AddressFamily::Ipv4) == TRUSTED,
+            tuple_v6: self.tuple_accepted && self.verdict(AddressFamily::Ipv6) == TRUSTED,
+        }
+    }
+
+    /// The kernel features for a request, probing the families its selectors need.
+    fn features_for(&self, selectors: &[&CheckedSelector]) -> KernelFeatures {
+        if self.forced.is_none() {
+            for s in selectors {
+                if let Some(f) = s.family() {
+                    self.verified(f);
+                }
+            }
+        }
+        self.features()
     }
 
     pub fn kernel(&self) -> &str {
@@ -133,7 +219,7 @@ impl Conntrack {
         sink: &mut dyn FnMut(Vec<StateRecord>) -> Result<(), String>,
     ) -> Result<u64, CtError> {
         let filter = match selector {
-            Some(s) => matcher::kernel_plan(s, self.features).filter,
+            Some(s) => matcher::kernel_plan(s, self.features_for(&[s])).filter,
             None => KernelFilter::default(),
         };
         let batch = batch.max(1);
@@ -170,11 +256,7 @@ impl Conntrack {
         let mut per_selector = vec![0u64; selectors.len()];
         let mut matching_any = 0u64;
         if selectors.is_empty() {
-            return Ok(Counts {
-                per_selector,
-                matching_any,
-                table_entries,
-            });
+            return Ok(Counts { per_selector, matching_any, table_entries });
         }
         let filter = self.prefilter(selectors);
         for attempt in 1..=DUMP_ATTEMPTS {
@@ -200,22 +282,17 @@ impl Conntrack {
                 ));
             }
         }
-        Ok(Counts {
-            per_selector,
-            matching_any,
-            table_entries,
-        })
+        Ok(Counts { per_selector, matching_any, table_entries })
     }
 
     /// A kernel filter every selector implies (one selector: its own plan; several: their
     /// common family). Userspace matching stays authoritative.
     fn prefilter(&self, selectors: &[CheckedSelector]) -> KernelFilter {
         match selectors {
-            [one] => matcher::kernel_plan(one, self.features).filter,
-            many => KernelFilter {
-                family: matcher::common_family(many),
-                ..KernelFilter::default()
-            },
+            [one] => matcher::kernel_plan(one, self.features_for(&[one])).filter,
+            many => {
+                KernelFilter { family: matcher::common_family(many), ..KernelFilter::default() }
+            }
         }
     }
 
@@ -234,15 +311,11 @@ impl Conntrack {
             matcher::check_supported(s).map_err(CtError::Unsupported)?;
         }
         if selectors.is_empty() {
-            return Err(CtError::Unsupported(
-                "a kill needs at least one selector".into(),
-            ));
+            return Err(CtError::Unsupported("a kill needs at least one selector".into()));
         }
-        let plans: Vec<_> = selectors
-            .iter()
-            .map(|s| matcher::kernel_plan(s, self.features))
-            .collect();
-        let kernel_can = self.features.mark
+        let features = self.features_for(&selectors.iter().collect::<Vec<_>>());
+        let plans: Vec<_> = selectors.iter().map(|s| matcher::kernel_plan(s, features)).collect();
+        let kernel_can = features.mark
             && protected.is_empty()
             && plans.len() <= MAX_KERNEL_FLUSHES
             && plans.iter().all(|p| p.complete && !p.filter.is_empty());
@@ -322,6 +395,62 @@ impl Conntrack {
     }
 }
 
+fn family_index(f: AddressFamily) -> usize {
+    match f {
+        AddressFamily::Ipv4 => 0,
+        AddressFamily::Ipv6 => 1,
+    }
+}
+
+fn verdict_name(v: u8) -> &'static str {
+    match v {
+        TRUSTED => "verified",
+        BROKEN => "broken (not used)",
+        _ => "not verified yet",
+    }
+}
+
+/// The first entry a (filtered) dump returns; the dump is abandoned after it.
+fn first_entry(filter: &KernelFilter) -> Result<Option<CtEntry>, CtError> {
+    const STOP: &str = "first entry found";
+    let mut found = None;
+    match dump(filter, &mut |e| {
+        found = Some(e);
+        Err(CtError::Aborted(STOP.into()))
+    }) {
+        Ok(_) => Ok(found),
+        Err(CtError::Aborted(m)) if m == STOP => Ok(found),
+        Err(e) => Err(e),
+    }
+}
+
+/// Check on a live entry that a tuple-filtered dump returns entries with the filtered
+/// addresses (read-only: two dumps, each abandoned after its first entry).
+fn verify_tuple_filter(family: AddressFamily) -> Result<u8, CtError> {
+    let base = KernelFilter { family: Some(family), ..KernelFilter::default() };
+    let Some(e) = first_entry(&base)? else { return Ok(UNKNOWN) };
+    let probe = KernelFilter {
+        orig_src: Some(e.orig.src),
+        orig_dst: Some(e.orig.dst),
+        reply_dst: Some(e.reply.dst),
+        ..base
+    };
+    Ok(match first_entry(&probe) {
+        Ok(Some(r))
+            if r.orig.src == e.orig.src
+                && r.orig.dst == e.orig.dst
+                && r.reply.dst == e.reply.dst =>
+        {
+            TRUSTED
+        }
+        Ok(Some(_)) => BROKEN,
+        // The entry may have expired in between: decide another time.
+        Ok(None) => UNKNOWN,
+        Err(CtError::Kernel { .. }) => BROKEN,
+        Err(e) => return Err(e),
+    })
+}
+
 fn elapsed_us(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
@@ -343,10 +472,7 @@ fn table_entries_on(sock: &mut CtSocket) -> Result<u64, CtError> {
             if msg.msg_type == NLMSG_ERROR {
                 let (errno, _) = msg.error()?;
                 if errno != 0 {
-                    return Err(CtError::Kernel {
-                        op: "read conntrack statistics",
-                        errno: -errno,
-                    });
+                    return Err(CtError::Kernel { op: "read conntrack statistics", errno: -errno });
                 }
                 continue;
             }
@@ -373,11 +499,7 @@ fn ack(sock: &mut CtSocket, seq: u32, op: &'static str) -> Result<(), CtError> {
             if for_seq != seq {
                 continue;
             }
-            return if errno == 0 {
-                Ok(())
-            } else {
-                Err(CtError::Kernel { op, errno: -errno })
-            };
+            return if errno == 0 { Ok(()) } else { Err(CtError::Kernel { op, errno: -errno }) };
         }
     }
 }
@@ -485,11 +607,7 @@ fn lookup(sock: &mut CtSocket, handles: &[StateHandle]) -> Result<Vec<Option<CtE
         };
         for msg in NlMsgs::new(buf) {
             let msg = msg?;
-            let seq = if msg.msg_type == NLMSG_ERROR {
-                msg.error()?.1
-            } else {
-                msg.seq
-            };
+            let seq = if msg.msg_type == NLMSG_ERROR { msg.error()?.1 } else { msg.seq };
             let idx = seq.wrapping_sub(first) as usize;
             if idx >= handles.len() || seqs[idx] != seq {
                 continue;
@@ -497,10 +615,7 @@ fn lookup(sock: &mut CtSocket, handles: &[StateHandle]) -> Result<Vec<Option<CtE
             if msg.msg_type == NLMSG_ERROR {
                 let (errno, _) = msg.error()?;
                 if errno != 0 && errno != -2 {
-                    return Err(CtError::Kernel {
-                        op: "look up a state",
-                        errno: -errno,
-                    });
+                    return Err(CtError::Kernel { op: "look up a state", errno: -errno });
                 }
                 answered += 1;
             } else if msg.msg_type == msg_type(IPCTNL_MSG_CT_NEW) {
@@ -659,10 +774,7 @@ fn dump_and_delete(
         }
         // A resize during the walk may have hidden entries: walk again. What is already
         // deleted is gone and will not be seen twice.
-        warn!(
-            attempt,
-            "conntrack table resized during a kill; walking it again"
-        );
+        warn!(attempt, "conntrack table resized during a kill; walking it again");
         deleter.send()?;
     }
     let d = deleter.finish()?;
@@ -690,11 +802,7 @@ fn dump_and_delete(
 /// The protocol record for a dumped entry.
 pub fn to_record(e: CtEntry) -> StateRecord {
     StateRecord {
-        handle: StateHandle::Conntrack {
-            orig: e.orig,
-            id: e.id,
-            zone: e.zone,
-        },
+        handle: StateHandle::Conntrack { orig: e.orig, id: e.id, zone: e.zone },
         key: e.orig,
         detail: StateDetail::Conntrack {
             reply: e.reply,

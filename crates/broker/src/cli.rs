@@ -1,0 +1,215 @@
+//! The `statecull-broker` command line: flags, logging, signals, and the serve loop.
+//!
+//! Lives in the library so the binary is a one-line `main` and integration tests can build
+//! a binary from exactly this code.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::BrokerError;
+use crate::backend::Backend;
+use crate::config::{self, BackendChoice, Config, LogFormat};
+use crate::server::Server;
+use nix::sys::signal::{SigSet, Signal};
+use tracing::error;
+
+const HELP: &str = "\
+statecull-broker: the privileged half of statecull.
+
+It owns the state table (Linux conntrack) and only lists and kills states, for the
+unprivileged statecull-engine and for operators (`statecull broker ...`), over a Unix
+socket. It holds no policy: every request names exactly which states to kill.
+
+USAGE:
+    statecull-broker [OPTIONS]
+
+OPTIONS:
+    -c, --config FILE        TOML configuration (flags below override it)
+    -s, --socket PATH        listening socket [default: /run/statecull/broker.sock]
+        --socket-group GROUP group owning the socket (mode 0660), e.g. the engine's group
+        --allow-user USER    user (name or uid) allowed to connect; repeatable
+        --allow-group GROUP  primary group allowed to connect; repeatable
+                             (root is always allowed, for operators)
+        --protect PREFIX     never kill states touching PREFIX, whatever is asked;
+                             repeatable (e.g. --protect 192.0.2.0/28 for management)
+        --max-connections N  concurrent clients [default: 16]
+        --backend NAME       state table: conntrack [default: conntrack]
+        --log-format FORMAT  text or json [default: text]; RUST_LOG sets the level
+        --check              probe the backend, print what it supports, and exit
+    -h, --help               this text
+    -V, --version            version
+
+CONFIG FILE (all keys optional):
+    socket = \"/run/statecull/broker.sock\"
+    socket_group = \"statecull\"
+    allow_users = [\"statecull\"]        # or allow_uids = [998]
+    allow_groups = []                  # or allow_gids = []
+    protected = [\"192.0.2.0/28\", \"2001:db8:ffff::/48\"]
+    max_connections = 16
+    backend = \"conntrack\"
+    log_format = \"json\"
+
+Every kill is logged as one audit line (target statecull::audit): peer uid/gid/pid,
+verb, selector, killed/not found/spared counts, path taken and microseconds.
+SIGTERM or SIGINT: stop accepting, finish requests in flight, remove the socket, exit.
+";
+
+struct Args {
+    config: Config,
+    check: bool,
+}
+
+fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(argv);
+    let mut config_file: Option<PathBuf> = None;
+    // Flags are applied after the file, in order.
+    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut check = false;
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let value = |p: &mut lexopt::Parser| -> Result<String, String> {
+            p.value()
+                .map_err(|e| e.to_string())?
+                .into_string()
+                .map_err(|_| "argument is not UTF-8".to_owned())
+        };
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            Short('V') | Long("version") => {
+                println!("statecull-broker {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            Short('c') | Long("config") => config_file = Some(PathBuf::from(value(&mut parser)?)),
+            Long("check") => check = true,
+            Short('s') => flags.push(("socket".into(), value(&mut parser)?)),
+            Long(
+                name @ ("socket" | "socket-group" | "allow-user" | "allow-group" | "protect"
+                | "max-connections" | "backend" | "log-format"),
+            ) => {
+                let name = name.to_owned();
+                flags.push((name, value(&mut parser)?));
+            }
+            other => return Err(format!("{}; see --help", other.unexpected())),
+        }
+    }
+    let mut config = match &config_file {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    for (name, v) in flags {
+        let bad = |m: String| format!("--{name} {v}: {m}");
+        match name.as_str() {
+            "socket" => config.socket = PathBuf::from(&v),
+            "socket-group" => config.socket_gid = Some(config::resolve_group(&v).map_err(bad)?),
+            "allow-user" => config.allowed_uids.push(config::resolve_user(&v).map_err(bad)?),
+            "allow-group" => config.allowed_gids.push(config::resolve_group(&v).map_err(bad)?),
+            "protect" => config
+                .protected
+                .push(v.parse().map_err(|e: statecull_proto::ProtoError| bad(e.why()))?),
+            "max-connections" => {
+                config.max_connections = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("expected a number of at least 1".into()))?;
+            }
+            "backend" => config.backend = config::parse_backend(&v).map_err(bad)?,
+            "log-format" => config.log_format = config::parse_log_format(&v).map_err(bad)?,
+            _ => {}
+        }
+    }
+    Ok(Some(Args { config, check }))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> {
+    match choice {
+        #[cfg(target_os = "linux")]
+        BackendChoice::Conntrack => {
+            Ok(Box::new(crate::backend::conntrack::ConntrackBackend::open()?))
+        }
+        #[cfg(not(target_os = "linux"))]
+        BackendChoice::Conntrack => {
+            Err(BrokerError::Config("the conntrack backend exists only on Linux".into()))
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), BrokerError> {
+    // Block the stop signals in every thread; one thread waits for them synchronously.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.add(Signal::SIGINT);
+    stop_signals.thread_block().map_err(|e| BrokerError::io("block signals", e.into()))?;
+
+    let backend = open_backend(args.config.backend)?;
+    if args.check {
+        let info = backend.info();
+        println!("backend: {} (kernel {})", info.kind, info.kernel);
+        let c = &info.capabilities;
+        println!(
+            "selectors: {}",
+            c.selector_fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+        );
+        println!("kernel mark flush: {}", c.kernel_mark_flush);
+        println!(
+            "kernel tuple (NAT address) flush: {}",
+            if c.kernel_tuple_flush.is_empty() {
+                "no".to_owned()
+            } else {
+                c.kernel_tuple_flush.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        );
+        println!("protected prefixes: {}", args.config.protected.len());
+        return Ok(());
+    }
+    let server = Server::bind(args.config, backend)?;
+    let (stop_read, stop_write) =
+        nix::unistd::pipe().map_err(|e| BrokerError::io("pipe", e.into()))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = stop_signals.wait() {
+                tracing::info!(signal = %sig, "stop requested");
+            }
+            let _ = nix::unistd::write(&stop_write, b"x");
+        })
+        .map_err(|e| BrokerError::io("start the signal thread", e))?;
+    server.run(stop_read)
+}
+
+/// Run the broker with these arguments (without the program name).
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args = match parse_args(args.into_iter().collect()) {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("statecull-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(args.config.log_format);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
