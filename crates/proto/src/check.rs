@@ -75,10 +75,7 @@ impl MarkMatch {
     /// A mask of 0 would match every state, and value bits outside the mask can never match.
     pub fn check(&self) -> Result<(), ProtoError> {
         if self.mask == 0 {
-            return Err(ProtoError::invalid(
-                "mark",
-                format!("{self}: mask 0 matches every state"),
-            ));
+            return Err(ProtoError::invalid("mark", format!("{self}: mask 0 matches every state")));
         }
         if self.value & !self.mask != 0 {
             return Err(ProtoError::invalid(
@@ -98,10 +95,7 @@ impl PortRange {
         if self.first > self.last {
             return Err(ProtoError::invalid(
                 "port range",
-                format!(
-                    "{}-{}: the first port is above the last",
-                    self.first, self.last
-                ),
+                format!("{}-{}: the first port is above the last", self.first, self.last),
             ));
         }
         Ok(())
@@ -122,10 +116,7 @@ impl IfName {
         } else {
             return Ok(());
         };
-        Err(ProtoError::invalid(
-            "interface name",
-            format!("{name:?}: {why}"),
-        ))
+        Err(ProtoError::invalid("interface name", format!("{name:?}: {why}")))
     }
 }
 
@@ -201,10 +192,7 @@ impl Selector {
             l.check()?;
         }
         if self.proto == Some(0) {
-            return Err(ProtoError::invalid(
-                "protocol",
-                "0 is not a transport protocol",
-            ));
+            return Err(ProtoError::invalid("protocol", "0 is not a transport protocol"));
         }
         if self.src_port.is_some() || self.dst_port.is_some() {
             match self.proto {
@@ -269,9 +257,7 @@ impl Selector {
         if !narrows {
             return Err(ProtoError::EmptySelector(format!(
                 "\"{self}\" would match every state{}; name at least one of {}, or use flush",
-                family
-                    .map(|(f, _)| format!(" of family {f}"))
-                    .unwrap_or_default(),
+                family.map(|(f, _)| format!(" of family {f}")).unwrap_or_default(),
                 SelectorField::ALL
                     .iter()
                     .filter(|f| **f != SelectorField::Family)
@@ -280,10 +266,7 @@ impl Selector {
                     .join(", "),
             )));
         }
-        Ok(CheckedSelector {
-            selector: self.clone(),
-            family: family.map(|(f, _)| f),
-        })
+        Ok(CheckedSelector { selector: self.clone(), family: family.map(|(f, _)| f) })
     }
 }
 
@@ -317,10 +300,7 @@ impl StateKey {
         if !fits {
             return Err(ProtoError::invalid(
                 "state key",
-                format!(
-                    "layer-4 identity {:?} does not fit protocol {}",
-                    self.l4, self.proto
-                ),
+                format!("layer-4 identity {:?} does not fit protocol {}", self.l4, self.proto),
             ));
         }
         Ok(())
@@ -382,17 +362,10 @@ impl Request {
             Request::KillHandles { handles } => {
                 let max = limits.max_handles as usize;
                 if handles.is_empty() {
-                    return Err(ProtoError::invalid(
-                        "request",
-                        "KillHandles without handles",
-                    ));
+                    return Err(ProtoError::invalid("request", "KillHandles without handles"));
                 }
                 if handles.len() > max {
-                    return Err(ProtoError::TooMany {
-                        what: "handles",
-                        count: handles.len(),
-                        max,
-                    });
+                    return Err(ProtoError::TooMany { what: "handles", count: handles.len(), max });
                 }
                 for h in handles {
                     h.check()?;

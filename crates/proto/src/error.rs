@@ -7,11 +7,7 @@ use crate::verbs::ErrorCode;
 pub enum ProtoError {
     /// Operator or policy text that does not parse.
     #[error("invalid {what} {input:?}: {why}")]
-    Parse {
-        what: &'static str,
-        input: String,
-        why: String,
-    },
+    Parse { what: &'static str, input: String, why: String },
     /// A selector that would not narrow the table.
     #[error("empty selector: {0}")]
     EmptySelector(String),
@@ -20,11 +16,7 @@ pub enum ProtoError {
     Invalid { what: &'static str, why: String },
     /// A list longer than the protocol allows.
     #[error("too many {what}: {count} (at most {max} per request)")]
-    TooMany {
-        what: &'static str,
-        count: usize,
-        max: usize,
-    },
+    TooMany { what: &'static str, count: usize, max: usize },
     /// A length prefix above the frame limit; refused before anything is allocated.
     #[error("frame length {len} exceeds the {max}-byte limit")]
     FrameTooLarge { len: usize, max: usize },
@@ -44,18 +36,11 @@ pub enum ProtoError {
 
 impl ProtoError {
     pub(crate) fn parse(what: &'static str, input: &str, why: impl Into<String>) -> Self {
-        Self::Parse {
-            what,
-            input: input.to_owned(),
-            why: why.into(),
-        }
+        Self::Parse { what, input: input.to_owned(), why: why.into() }
     }
 
     pub(crate) fn invalid(what: &'static str, why: impl Into<String>) -> Self {
-        Self::Invalid {
-            what,
-            why: why.into(),
-        }
+        Self::Invalid { what, why: why.into() }
     }
 
     /// The wire error code a broker answers with for this error.

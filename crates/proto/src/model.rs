@@ -20,6 +20,7 @@ pub const MAX_LABEL_LEN: usize = 63;
 
 /// IP address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AddressFamily {
     Ipv4,
     Ipv6,
@@ -58,11 +59,7 @@ impl FromStr for AddressFamily {
         match s.to_ascii_lowercase().as_str() {
             "4" | "ipv4" | "inet" => Ok(Self::Ipv4),
             "6" | "ipv6" | "inet6" => Ok(Self::Ipv6),
-            _ => Err(ProtoError::parse(
-                "address family",
-                s,
-                "expected ipv4 or ipv6",
-            )),
+            _ => Err(ProtoError::parse("address family", s, "expected ipv4 or ipv6")),
         }
     }
 }
@@ -80,10 +77,7 @@ pub struct Prefix {
 impl Prefix {
     /// A host prefix (/32 or /128) for one address.
     pub fn host(addr: IpAddr) -> Self {
-        Self {
-            addr,
-            len: AddressFamily::of(&addr).bits(),
-        }
+        Self { addr, len: AddressFamily::of(&addr).bits() }
     }
 
     pub fn family(&self) -> AddressFamily {
@@ -117,10 +111,7 @@ impl Prefix {
             IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask_v4(self.len)).into()),
             IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask_v6(self.len)).into()),
         };
-        Self {
-            addr,
-            len: self.len.min(self.family().bits()),
-        }
+        Self { addr, len: self.len.min(self.family().bits()) }
     }
 }
 
@@ -160,18 +151,17 @@ impl FromStr for Prefix {
         let bits = AddressFamily::of(&addr).bits();
         let len = match len_text {
             None => bits,
-            Some(l) => l.parse::<u8>().map_err(|_| {
+            Some(l) => parse_decimal::<u8>(l).ok_or_else(|| {
+                let note = sign_note(l);
                 ProtoError::parse(
                     "prefix",
                     s,
-                    format!("length {l:?} is not a number 0..={bits}"),
+                    format!("length {l:?} is not a number 0..={bits}{note}"),
                 )
             })?,
         };
         let prefix = Prefix { addr, len };
-        prefix
-            .check()
-            .map_err(|e| ProtoError::parse("prefix", s, e.why()))?;
+        prefix.check().map_err(|e| ProtoError::parse("prefix", s, e.why()))?;
         Ok(prefix)
     }
 }
@@ -199,11 +189,39 @@ impl fmt::Display for MarkMatch {
     }
 }
 
+/// Digits of `radix` and nothing else: Rust's integer parsing also accepts a leading `+`,
+/// which operator text must not carry (`10.0.0.0/+8`, port `+80`).
+fn all_digits(text: &str, radix: u32) -> bool {
+    !text.is_empty() && text.chars().all(|c| c.is_digit(radix))
+}
+
+/// An unsigned decimal number written as ASCII digits only (no sign, no space).
+fn parse_decimal<T: FromStr>(text: &str) -> Option<T> {
+    if all_digits(text, 10) { text.parse().ok() } else { None }
+}
+
+/// A hint appended to a "not a number" message when the text carries a sign.
+fn sign_note(digits: &str) -> &'static str {
+    if digits.starts_with(['+', '-']) { " (write digits only, without a sign)" } else { "" }
+}
+
+fn hex_digits(s: &str) -> Option<&str> {
+    s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))
+}
+
+/// Decimal digits, or `0x`/`0X` and hex digits.
 fn parse_u32_any_radix(s: &str) -> Option<u32> {
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
+    match hex_digits(s) {
+        Some(hex) if all_digits(hex, 16) => u32::from_str_radix(hex, 16).ok(),
+        Some(_) => None,
+        None => parse_decimal(s),
     }
+}
+
+/// Why `text` is not a mark number.
+fn mark_why(prefix: &str, text: &str) -> String {
+    let note = sign_note(hex_digits(text).unwrap_or(text));
+    format!("{prefix}{text:?} is not a 32-bit number{note}")
 }
 
 impl FromStr for MarkMatch {
@@ -214,17 +232,15 @@ impl FromStr for MarkMatch {
             Some((v, m)) => (v, Some(m)),
             None => (s, None),
         };
-        let value = parse_u32_any_radix(v)
-            .ok_or_else(|| ProtoError::parse("mark", s, format!("{v:?} is not a 32-bit number")))?;
+        let value =
+            parse_u32_any_radix(v).ok_or_else(|| ProtoError::parse("mark", s, mark_why("", v)))?;
         let mask = match m {
             None => u32::MAX,
-            Some(m) => parse_u32_any_radix(m).ok_or_else(|| {
-                ProtoError::parse("mark", s, format!("mask {m:?} is not a 32-bit number"))
-            })?,
+            Some(m) => parse_u32_any_radix(m)
+                .ok_or_else(|| ProtoError::parse("mark", s, mark_why("mask ", m)))?,
         };
         let mark = MarkMatch { value, mask };
-        mark.check()
-            .map_err(|e| ProtoError::parse("mark", s, e.why()))?;
+        mark.check().map_err(|e| ProtoError::parse("mark", s, e.why()))?;
         Ok(mark)
     }
 }
@@ -238,10 +254,7 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn single(port: u16) -> Self {
-        Self {
-            first: port,
-            last: port,
-        }
+        Self { first: port, last: port }
     }
     pub fn contains(&self, port: u16) -> bool {
         self.first <= port && port <= self.last
@@ -262,19 +275,16 @@ impl FromStr for PortRange {
     type Err = ProtoError;
     fn from_str(s: &str) -> Result<Self, ProtoError> {
         let parse = |p: &str| {
-            p.parse::<u16>()
-                .map_err(|_| ProtoError::parse("port", s, format!("{p:?} is not a port 0..=65535")))
+            parse_decimal::<u16>(p).ok_or_else(|| {
+                let note = sign_note(p);
+                ProtoError::parse("port", s, format!("{p:?} is not a port 0..=65535{note}"))
+            })
         };
         let range = match s.split_once('-') {
-            Some((a, b)) => PortRange {
-                first: parse(a)?,
-                last: parse(b)?,
-            },
+            Some((a, b)) => PortRange { first: parse(a)?, last: parse(b)? },
             None => PortRange::single(parse(s)?),
         };
-        range
-            .check()
-            .map_err(|e| ProtoError::parse("port range", s, e.why()))?;
+        range.check().map_err(|e| ProtoError::parse("port range", s, e.why()))?;
         Ok(range)
     }
 }
@@ -306,20 +316,20 @@ pub mod ipproto {
             "dccp" => DCCP,
             "gre" => GRE,
             "udplite" => UDPLITE,
-            other => other.parse::<u8>().map_err(|_| {
+            other => super::parse_decimal::<u8>(other).ok_or_else(|| {
+                let note = super::sign_note(other);
                 crate::ProtoError::parse(
                     "protocol",
                     s,
-                    "expected tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number 1..=255",
+                    format!(
+                        "expected tcp, udp, icmp, icmpv6, sctp, dccp, gre, udplite or a number \
+                         1..=255{note}"
+                    ),
                 )
             })?,
         };
         if n == 0 {
-            return Err(crate::ProtoError::parse(
-                "protocol",
-                s,
-                "0 is not a transport protocol",
-            ));
+            return Err(crate::ProtoError::parse("protocol", s, "0 is not a transport protocol"));
         }
         Ok(n)
     }
@@ -354,8 +364,7 @@ impl FromStr for IfName {
     type Err = ProtoError;
     fn from_str(s: &str) -> Result<Self, ProtoError> {
         let name = IfName(s.to_owned());
-        name.check()
-            .map_err(|e| ProtoError::parse("interface name", s, e.why()))?;
+        name.check().map_err(|e| ProtoError::parse("interface name", s, e.why()))?;
         Ok(name)
     }
 }
@@ -374,9 +383,7 @@ impl FromStr for Label {
     type Err = ProtoError;
     fn from_str(s: &str) -> Result<Self, ProtoError> {
         let label = Label(s.to_owned());
-        label
-            .check()
-            .map_err(|e| ProtoError::parse("label", s, e.why()))?;
+        label.check().map_err(|e| ProtoError::parse("label", s, e.why()))?;
         Ok(label)
     }
 }
@@ -414,6 +421,7 @@ pub struct Selector {
 
 /// The fields a selector can use, for capability lists and error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SelectorField {
     Family,
     Proto,
@@ -540,11 +548,7 @@ impl fmt::Display for Selector {
         if let Some(v) = &self.label {
             parts.push(format!("label {v:?}", v = v.0));
         }
-        if parts.is_empty() {
-            f.write_str("(empty)")
-        } else {
-            f.write_str(&parts.join(" "))
-        }
+        if parts.is_empty() { f.write_str("(empty)") } else { f.write_str(&parts.join(" ")) }
     }
 }
 

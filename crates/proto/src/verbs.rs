@@ -53,6 +53,7 @@ pub enum Request {
 
 /// Names of the verbs, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Verb {
     Hello,
     Snapshot,
@@ -100,6 +101,7 @@ impl Request {
 
 /// Which state-table implementation the broker drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// Linux netfilter conntrack over ctnetlink.
     Conntrack,
@@ -120,10 +122,11 @@ pub struct Capabilities {
     pub selector_fields: Vec<SelectorField>,
     /// A mark/mask kill runs as one in-kernel filtered flush.
     pub kernel_mark_flush: bool,
-    /// The kernel accepts tuple filters (NAT address, exact hosts, protocol) on a flush
-    /// (conntrack `CTA_FILTER` on `IPCTNL_MSG_CT_DELETE`); otherwise those kills run as a
-    /// filtered dump plus batched deletes.
-    pub kernel_tuple_flush: bool,
+    /// Address families for which tuple kills (NAT address, exact hosts, protocol) run as
+    /// one in-kernel filtered flush (conntrack `CTA_FILTER` on `IPCTNL_MSG_CT_DELETE`, when
+    /// the kernel accepts it and its address matching was verified on live entries); for the
+    /// others they run as a filtered dump plus batched deletes.
+    pub kernel_tuple_flush: Vec<crate::model::AddressFamily>,
     /// `match_opposite` has an effect (pf); conntrack entries cover both directions.
     pub match_opposite: bool,
     /// `Flush` can be limited to an interface.
@@ -172,6 +175,7 @@ pub struct CountReply {
 
 /// How a kill was carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KillPath {
     /// One in-kernel filtered flush: the kernel walked the table once and deleted matches.
     KernelFilteredFlush,
@@ -229,6 +233,7 @@ pub struct KillReport {
 
 /// Why the broker refused or failed a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ErrorCode {
     /// The frame could not be decoded; the broker closes the connection after this reply.
     Malformed,
@@ -296,10 +301,7 @@ impl fmt::Display for ErrorReply {
 
 impl From<&crate::ProtoError> for ErrorReply {
     fn from(e: &crate::ProtoError) -> Self {
-        ErrorReply {
-            code: e.code(),
-            message: e.to_string(),
-        }
+        ErrorReply { code: e.code(), message: e.to_string() }
     }
 }
 

@@ -1,0 +1,153 @@
+//! `cargo xtask`: statecull's tasks. See `cargo xtask --help`.
+#![forbid(unsafe_code)]
+// A binary: `pub` in its private modules is crate-wide, and rates are printed as rounded
+// integers on purpose.
+#![allow(unreachable_pub, clippy::cast_possible_truncation)]
+
+mod bench;
+mod demo;
+mod util;
+
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::util::{Result, cargo, run};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "statecull's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// The main demo (root): a two-gateway conntrack table in a private namespace; WAN1's
+    /// states killed through the broker; before/after counts per gateway. Leaves nothing
+    /// behind, also when interrupted.
+    Demo {
+        /// States in the generated table
+        #[arg(long, default_value_t = 200_000)]
+        entries: u64,
+    },
+    /// Benchmarks that print numbers (root)
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// The test suite: installs what the namespace tests need, then `cargo test --workspace`.
+    /// As root, tests that need root must run (they fail instead of skipping).
+    Test {
+        /// Extra arguments for `cargo test` (after --)
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the protocol decoder's fuzz target briefly (installs cargo-fuzz if missing)
+    FuzzSmoke {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// Type-check the crates that must build on FreeBSD
+    CheckFreebsd,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Kill by mark and by NAT address vs full flush, conntrack -D, snapshot and the kernel floor
+    Conntrack {
+        /// States in the table (half via WAN1)
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Runs per method (the median is reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// conntrack hash buckets [default: entries rounded up to a power of two]
+        #[arg(long)]
+        hashsize: Option<u64>,
+        /// One JSON object instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if util::is_root() {
+        util::ensure_tools(&[util::IP])?;
+    } else {
+        eprintln!("not root: tests that need network namespaces will be SKIPPED (visibly)");
+    }
+    statecull_tests::remove_stale_namespaces();
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--all-targets"]).args(args);
+    if util::is_root() {
+        cmd.env("STATECULL_REQUIRE_ROOT_TESTS", "1");
+    }
+    run(&mut cmd)?;
+    // Doc tests are not part of --all-targets.
+    run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))
+}
+
+fn fuzz_smoke(seconds: u64) -> Result<()> {
+    if Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("installing cargo-fuzz ...");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--quiet"]))?;
+    }
+    let fuzz_dir = util::root().join("fuzz");
+    let time = format!("-max_total_time={seconds}");
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let mut cmd = Command::new("cargo");
+    if nightly {
+        cmd.arg("+nightly");
+    } else {
+        // cargo-fuzz needs nightly features; stable can be told to allow them.
+        cmd.env("RUSTC_BOOTSTRAP", "1");
+    }
+    cmd.current_dir(&fuzz_dir).args(["fuzz", "run", "decode_frame", "--", &time]);
+    run(&mut cmd)
+}
+
+fn check_freebsd() -> Result<()> {
+    let target = "x86_64-unknown-freebsd";
+    let added =
+        Command::new("rustup").args(["target", "add", target]).status().map(|s| s.success());
+    if !added.unwrap_or(false) {
+        eprintln!("WARNING: `rustup target add {target}` failed; cannot type-check for FreeBSD");
+        return Ok(());
+    }
+    run(cargo().args(["check", "--target", target, "-p", "statecull-proto", "-p", "statecull-cli"]))
+}
+
+fn main() -> ExitCode {
+    // Before any thread: Ctrl-C removes namespaces and puts kernel knobs back.
+    if let Err(e) = statecull_tests::cleanup::install_signal_cleanup() {
+        eprintln!("xtask: cannot install the cleanup handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Demo { entries } => demo::demo(entries),
+        Task::Bench { what: BenchWhat::Conntrack { entries, runs, hashsize, json } } => {
+            bench::bench_conntrack(entries, runs.max(1), hashsize, json)
+        }
+        Task::Test { args } => test(&args),
+        Task::FuzzSmoke { seconds } => fuzz_smoke(seconds),
+        Task::CheckFreebsd => check_freebsd(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
