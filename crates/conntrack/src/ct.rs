@@ -171,17 +171,16 @@ impl KernelFilter {
         b.attr_u32(CTA_FILTER_ORIG_FLAGS, self.orig_flags());
         b.attr_u32(CTA_FILTER_REPLY_FLAGS, self.reply_flags());
         b.nest_end(nest);
-        let (src_kind, dst_kind) = ip_kinds(self.family);
         let orig_needed = self.orig_flags() != 0;
         if orig_needed {
             let t = b.nest_begin(CTA_TUPLE_ORIG);
             if self.orig_src.is_some() || self.orig_dst.is_some() {
                 let ip = b.nest_begin(CTA_TUPLE_IP);
                 if let Some(a) = self.orig_src {
-                    put_ip(b, src_kind, &a);
+                    put_ip(b, End::Src, &a);
                 }
                 if let Some(a) = self.orig_dst {
-                    put_ip(b, dst_kind, &a);
+                    put_ip(b, End::Dst, &a);
                 }
                 b.nest_end(ip);
             }
@@ -201,24 +200,28 @@ impl KernelFilter {
         if let Some(a) = self.reply_dst {
             let t = b.nest_begin(CTA_TUPLE_REPLY);
             let ip = b.nest_begin(CTA_TUPLE_IP);
-            put_ip(b, dst_kind, &a);
+            put_ip(b, End::Dst, &a);
             b.nest_end(ip);
             b.nest_end(t);
         }
     }
 }
 
-fn ip_kinds(family: Option<AddressFamily>) -> (u16, u16) {
-    match family {
-        Some(AddressFamily::Ipv6) => (CTA_IP_V6_SRC, CTA_IP_V6_DST),
-        _ => (CTA_IP_V4_SRC, CTA_IP_V4_DST),
-    }
+/// Which end of a tuple an address is.
+#[derive(Clone, Copy)]
+enum End {
+    Src,
+    Dst,
 }
 
-fn put_ip(b: &mut MsgBuilder, kind: u16, addr: &IpAddr) {
-    match addr {
-        IpAddr::V4(a) => b.attr(kind, &a.octets()),
-        IpAddr::V6(a) => b.attr(kind, &a.octets()),
+/// Put an address with the attribute type of its own family, so an address can never be
+/// sent under the other family's type (a 16-byte `CTA_IP_V4_DST`).
+fn put_ip(b: &mut MsgBuilder, end: End, addr: &IpAddr) {
+    match (addr, end) {
+        (IpAddr::V4(a), End::Src) => b.attr(CTA_IP_V4_SRC, &a.octets()),
+        (IpAddr::V4(a), End::Dst) => b.attr(CTA_IP_V4_DST, &a.octets()),
+        (IpAddr::V6(a), End::Src) => b.attr(CTA_IP_V6_SRC, &a.octets()),
+        (IpAddr::V6(a), End::Dst) => b.attr(CTA_IP_V6_DST, &a.octets()),
     }
 }
 
@@ -291,9 +294,8 @@ pub fn parse_stats(attrs: Attrs<'_>) -> Result<u64, CtError> {
 fn put_tuple(b: &mut MsgBuilder, kind: u16, key: &StateKey) {
     let t = b.nest_begin(kind);
     let ip = b.nest_begin(CTA_TUPLE_IP);
-    let (sk, dk) = ip_kinds(Some(key.family()));
-    put_ip(b, sk, &key.src);
-    put_ip(b, dk, &key.dst);
+    put_ip(b, End::Src, &key.src);
+    put_ip(b, End::Dst, &key.dst);
     b.nest_end(ip);
     let pr = b.nest_begin(CTA_TUPLE_PROTO);
     b.attr_u8(CTA_PROTO_NUM, key.proto);
