@@ -53,7 +53,7 @@ pub mod conntrack {
     use statecull_conntrack::{Conntrack, CtError};
     use statecull_proto::{
         AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedSelector, CountReply, IfName,
-        KillReport, Prefix, Selector, SelectorField, StateHandle,
+        KillReport, Prefix, SelectorField, StateHandle,
     };
 
     use super::{Backend, Sink};
@@ -104,14 +104,8 @@ pub mod conntrack {
         }
 
         fn unsupported_hint(&self, field: SelectorField) -> Option<String> {
-            let mut probe = Selector::default();
-            match field {
-                SelectorField::Gateway => probe.gateway = Some([192, 0, 2, 1].into()),
-                SelectorField::Interface => probe.interface = Some(IfName("x".into())),
-                SelectorField::Label => probe.label = Some(statecull_proto::Label("x".into())),
-                _ => return None,
-            }
-            statecull_conntrack::matcher::check_supported(&probe).err()
+            statecull_conntrack::matcher::unsupported_hint(field)
+                .map(|hint| format!("the conntrack backend cannot match on {field}: {hint}"))
         }
 
         fn snapshot(

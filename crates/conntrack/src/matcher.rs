@@ -24,21 +24,27 @@ pub const SUPPORTED_FIELDS: [SelectorField; 8] = [
     SelectorField::NatAddr,
 ];
 
+/// Why the conntrack backend cannot match on `field`, and what to use instead; `None` for
+/// supported fields.
+pub fn unsupported_hint(field: SelectorField) -> Option<&'static str> {
+    match field {
+        SelectorField::Gateway => Some(
+            "conntrack entries do not record the next hop; select a gateway's connections by \
+             its ct mark (--mark) or its SNAT address (--nat-addr)",
+        ),
+        SelectorField::Interface => {
+            Some("conntrack entries do not record interfaces; use --mark or --nat-addr")
+        }
+        SelectorField::Label => Some("pf rule labels do not exist in conntrack; use --mark"),
+        _ => None,
+    }
+}
+
 /// Refuse selectors that use fields this backend cannot match, naming the field and what to
 /// use instead.
 pub fn check_supported(sel: &Selector) -> Result<(), String> {
     for field in sel.fields() {
-        if !SUPPORTED_FIELDS.contains(&field) {
-            let hint = match field {
-                SelectorField::Gateway => {
-                    "conntrack entries do not record the next hop; select a gateway's \
-                     connections by its ct mark (--mark) or its SNAT address (--nat-addr)"
-                }
-                SelectorField::Interface => {
-                    "conntrack entries do not record interfaces; use --mark or --nat-addr"
-                }
-                _ => "pf rule labels do not exist in conntrack; use --mark",
-            };
+        if let Some(hint) = unsupported_hint(field) {
             return Err(format!("the conntrack backend cannot match on {field}: {hint}"));
         }
     }
