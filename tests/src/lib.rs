@@ -153,9 +153,21 @@ pub fn remove_stale_namespaces() {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !process_alive(pid) {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
+    }
+}
+
+/// Is `pid` a live process (not gone, not a zombie, not exiting)?
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name: "1234 (name) S ...".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| !matches!(state, "Z" | "X" | "x")),
+        Err(_) => false,
     }
 }
 
@@ -337,8 +349,8 @@ pub mod cleanup {
         set.add(Signal::SIGHUP);
         set.thread_block().map_err(std::io::Error::from)?;
         std::thread::Builder::new().name("cleanup-on-signal".into()).spawn(move || {
-            let sig = set.wait();
-            eprintln!("\ninterrupted ({sig:?}); cleaning up ...");
+            let sig = set.wait().map(|s| s.as_str()).unwrap_or("a signal");
+            eprintln!("\ninterrupted by {sig}; cleaning up ...");
             let names: Vec<String> = NAMESPACES.lock().map(|v| v.clone()).unwrap_or_default();
             for n in names {
                 delete_namespace(&n);
