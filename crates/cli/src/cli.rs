@@ -182,13 +182,7 @@ fn broker(args: BrokerArgs) -> Result<(), Failure> {
             let mut client = connect(&args)?;
             let report = client.kill_matching(vec![sel], *opposite)?;
             print_kill(&report, args.json, started, &mut out)?;
-            if report.failed > 0 {
-                out.flush()?;
-                return Err(Failure {
-                    code: 1,
-                    message: format!("{} state(s) could not be killed", report.failed),
-                });
-            }
+            partial_kill(&report, &mut out)?;
         }
         BrokerVerb::Flush { interface } => {
             let interface = interface
@@ -198,13 +192,7 @@ fn broker(args: BrokerArgs) -> Result<(), Failure> {
             let mut client = connect(&args)?;
             let report = client.flush(interface)?;
             print_kill(&report, args.json, started, &mut out)?;
-            if report.failed > 0 {
-                out.flush()?;
-                return Err(Failure {
-                    code: 1,
-                    message: format!("{} state(s) could not be killed", report.failed),
-                });
-            }
+            partial_kill(&report, &mut out)?;
         }
     }
     out.flush()?;
@@ -217,6 +205,15 @@ fn check_selector(sel: Option<&statecull_proto::Selector>) -> Result<(), Failure
         s.check().map_err(|e| usage(e.to_string()))?;
     }
     Ok(())
+}
+
+/// A kill that left states alive is a failure (exit 1), after the report was printed.
+fn partial_kill(report: &statecull_proto::KillReport, out: &mut impl Write) -> Result<(), Failure> {
+    if report.failed == 0 {
+        return Ok(());
+    }
+    out.flush()?;
+    Err(Failure { code: 1, message: format!("{} state(s) could not be killed", report.failed) })
 }
 
 fn print_kill(

@@ -320,40 +320,37 @@ fn put_tuple(b: &mut MsgBuilder, kind: u16, key: &StateKey) {
     b.nest_end(t);
 }
 
-/// Append one delete-by-handle: original tuple, zone and `CTA_ID`. The kernel deletes the
-/// entry only if the tuple is found and its id matches, so a stale handle never removes a
-/// newer connection that reused the tuple. No `NLM_F_ACK`: the kernel answers only failures.
-pub fn delete_request(b: &mut MsgBuilder, seq: u32, orig: &StateKey, id: u32, zone: u16) {
-    let m = b.begin(
-        msg_type(IPCTNL_MSG_CT_DELETE),
-        NLM_F_REQUEST,
-        seq,
-        nfproto(orig.family()),
-        NFNETLINK_V0,
-    );
+/// Append one message addressed to an entry by its original tuple (and zone).
+fn by_tuple(
+    b: &mut MsgBuilder,
+    ct_msg: u16,
+    seq: u32,
+    orig: &StateKey,
+    zone: u16,
+    id: Option<u32>,
+) {
+    let m = b.begin(msg_type(ct_msg), NLM_F_REQUEST, seq, nfproto(orig.family()), NFNETLINK_V0);
     put_tuple(b, CTA_TUPLE_ORIG, orig);
     if zone != 0 {
         b.attr_be16(CTA_ZONE, zone);
     }
-    b.attr_be32(CTA_ID, id);
+    if let Some(id) = id {
+        b.attr_be32(CTA_ID, id);
+    }
     b.end(m);
+}
+
+/// Append one delete-by-handle: original tuple, zone and `CTA_ID`. The kernel deletes the
+/// entry only if the tuple is found and its id matches, so a stale handle never removes a
+/// newer connection that reused the tuple. No `NLM_F_ACK`: the kernel answers only failures.
+pub fn delete_request(b: &mut MsgBuilder, seq: u32, orig: &StateKey, id: u32, zone: u16) {
+    by_tuple(b, IPCTNL_MSG_CT_DELETE, seq, orig, zone, Some(id));
 }
 
 /// Append one get-by-tuple (used to learn a handle's reply tuple before a kill when
 /// protected prefixes must be honoured). The kernel answers with the entry or an error.
 pub fn get_request(b: &mut MsgBuilder, seq: u32, orig: &StateKey, zone: u16) {
-    let m = b.begin(
-        msg_type(IPCTNL_MSG_CT_GET),
-        NLM_F_REQUEST,
-        seq,
-        nfproto(orig.family()),
-        NFNETLINK_V0,
-    );
-    put_tuple(b, CTA_TUPLE_ORIG, orig);
-    if zone != 0 {
-        b.attr_be16(CTA_ZONE, zone);
-    }
-    b.end(m);
+    by_tuple(b, IPCTNL_MSG_CT_GET, seq, orig, zone, None);
 }
 
 /// An entry to create (test tables only, see the `fill` feature).
