@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,10 +33,17 @@ pub fn root_unavailable() -> Option<String> {
     if Command::new("ip").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
         return Some("needs `ip` from iproute2 (apt-get install -y iproute2)".into());
     }
-    if !Path::new("/proc/net/nf_conntrack").exists()
-        && !Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists()
-    {
-        return Some("needs a kernel with nf_conntrack".into());
+    let conntrack = || Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists();
+    if !conntrack() {
+        // A modular kernel loads conntrack on demand.
+        let _ = Command::new("modprobe")
+            .arg("nf_conntrack_netlink")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    if !conntrack() {
+        return Some("needs a kernel with nf_conntrack and nf_conntrack_netlink".into());
     }
     None
 }
@@ -51,7 +58,9 @@ pub fn skip_unless_root(test: &str) -> bool {
     if std::env::var_os("STATECULL_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
         panic!("{test}: {why}, but STATECULL_REQUIRE_ROOT_TESTS=1");
     }
-    eprintln!("SKIPPED {test}: {why}");
+    // Written to the real stderr, past the test harness's output capture, so a skip is
+    // visible even when the test passes.
+    let _ = io::stderr().write_all(format!("SKIPPED {test}: {why}\n").as_bytes());
     true
 }
 
@@ -183,6 +192,7 @@ impl TempDir {
             NEXT.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&p)?;
+        cleanup::register_dir(&p);
         Ok(Self(p))
     }
     pub fn path(&self) -> &Path {
@@ -193,6 +203,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        cleanup::forget_dir(&self.0);
     }
 }
 
@@ -216,8 +227,8 @@ impl BrokerProcess {
             .command(bin)
             .arg("--socket")
             .arg(&socket)
+            .args(["--log-level", "debug"])
             .args(extra)
-            .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(File::create(&log)?)
             .stderr(File::create(&log)?)
@@ -296,6 +307,7 @@ pub mod cleanup {
     use nix::unistd::Pid;
 
     static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static DIRS: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
     type Hook = Box<dyn FnOnce() + Send>;
     static HOOKS: Mutex<Vec<(u64, Hook)>> = Mutex::new(Vec::new());
     static NEXT_HOOK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -309,6 +321,18 @@ pub mod cleanup {
     pub(crate) fn forget_namespace(name: &str) {
         if let Ok(mut v) = NAMESPACES.lock() {
             v.retain(|n| n != name);
+        }
+    }
+
+    pub(crate) fn register_dir(dir: &std::path::Path) {
+        if let Ok(mut v) = DIRS.lock() {
+            v.push(dir.to_owned());
+        }
+    }
+
+    pub(crate) fn forget_dir(dir: &std::path::Path) {
+        if let Ok(mut v) = DIRS.lock() {
+            v.retain(|d| d != dir);
         }
     }
 
@@ -355,6 +379,10 @@ pub mod cleanup {
             for n in names {
                 delete_namespace(&n);
                 eprintln!("  removed network namespace {n}");
+            }
+            let dirs: Vec<std::path::PathBuf> = DIRS.lock().map(|v| v.clone()).unwrap_or_default();
+            for d in dirs {
+                let _ = std::fs::remove_dir_all(&d);
             }
             let hooks: Vec<(u64, Hook)> =
                 HOOKS.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();

@@ -122,3 +122,37 @@ fn ipv6_nat_kills_are_exact_whatever_the_kernel_filter_does() {
         assert_eq!(r.path, KillPath::DumpAndDelete);
     }
 }
+
+/// A conntrack DESTROY listener (conntrackd) can hold killed entries in the table count until
+/// it reads their events; the kernel-flush count must notice the listener and wait for the
+/// count to settle, and say so.
+#[test]
+fn kernel_flush_counts_wait_for_destroy_listeners() {
+    if skip_unless_root("kernel_flush_counts_wait_for_destroy_listeners") {
+        return;
+    }
+    let spec = TableSpec::two_wans(5_000);
+    let wan1 = spec.count_where(|i| spec.wan_of(i) == 0);
+    let ns = fresh("listener", &spec);
+    let r = ns
+        .enter(|| {
+            let mut listener = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
+                .expect("listener socket");
+            listener.bind_auto().expect("bind");
+            // NFNLGRP_CONNTRACK_DESTROY
+            listener.add_membership(3).expect("join the destroy group");
+            let ct = Conntrack::open().expect("open");
+            let mark1 = checked(Selector {
+                mark: Some(MarkMatch { value: 1, mask: 0xff }),
+                ..Selector::default()
+            });
+            let r = ct.kill_matching(&[mark1], &[]).expect("kill");
+            drop(listener);
+            r
+        })
+        .expect("enter");
+    assert_eq!(r.path, KillPath::KernelFilteredFlush);
+    assert_eq!(r.killed, wan1, "{r:?}");
+    let note = r.note.unwrap_or_default();
+    assert!(note.contains("event listener"), "the report says the count waited: {note:?}");
+}

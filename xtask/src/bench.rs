@@ -11,7 +11,7 @@ use statecull_conntrack::fill::TableSpec;
 use statecull_proto::MarkMatch;
 use statecull_tests::{BrokerProcess, Netns};
 
-use crate::util::{self, Result, thousands};
+use crate::util::{self, IoContext, Result, msg, thousands};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -78,17 +78,18 @@ fn timed_cli(
         cmd.stdout(Stdio::null());
     }
     let t = Instant::now();
-    let out = cmd.stderr(Stdio::piped()).output().map_err(|e| format!("statecull: {e}"))?;
+    let out = cmd.stderr(Stdio::piped()).output().context(format!("run {}", cli.display()))?;
     let secs = t.elapsed().as_secs_f64();
     if !out.status.success() {
-        return Err(format!(
+        return Err(msg(format!(
             "statecull {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     let v = if json {
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON: {e}"))?
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| msg(format!("statecull {}: bad JSON: {e}", args.join(" "))))?
     } else {
         // `list` prints "N state(s) listed in ..." on stderr.
         let err = String::from_utf8_lossy(&out.stderr);
@@ -103,8 +104,8 @@ fn timed_cli(
 fn kernel_floor(ns: &Netns) -> Result<f64> {
     ns.enter(|| -> Result<f64> {
         let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
-            .map_err(|e| format!("netlink socket: {e}"))?;
-        sock.bind_auto().map_err(|e| format!("bind: {e}"))?;
+            .context("netlink socket")?;
+        sock.bind_auto().context("bind the netlink socket")?;
         let mut b = MsgBuilder::new();
         let filter = KernelFilter {
             mark: Some(MarkMatch { value: 1, mask: 0xff }),
@@ -113,40 +114,42 @@ fn kernel_floor(ns: &Netns) -> Result<f64> {
         flush_request(&mut b, 1, &filter);
         let mut buf = Vec::with_capacity(8192);
         let t = Instant::now();
-        sock.send(b.as_bytes(), 0).map_err(|e| format!("send: {e}"))?;
+        sock.send(b.as_bytes(), 0).context("send the flush")?;
         loop {
             buf.clear();
-            sock.recv(&mut buf, 0).map_err(|e| format!("recv: {e}"))?;
+            sock.recv(&mut buf, 0).context("receive the flush's answer")?;
             for m in NlMsgs::new(&buf) {
-                let m = m.map_err(|e| e.to_string())?;
+                let m = m.map_err(|e| msg(format!("the flush's answer: {e}")))?;
                 if m.msg_type == NLMSG_ERROR {
-                    let (errno, _) = m.error().map_err(|e| e.to_string())?;
+                    let (errno, _) =
+                        m.error().map_err(|e| msg(format!("the flush's answer: {e}")))?;
                     if errno != 0 {
-                        return Err(format!("kernel flush failed: errno {}", -errno));
+                        return Err(msg(format!("kernel flush failed: errno {}", -errno)));
                     }
                     return Ok(t.elapsed().as_secs_f64());
                 }
             }
         }
     })
-    .map_err(|e| format!("enter namespace: {e}"))?
+    .context("enter namespace")?
 }
 
 fn measure(method: Method, spec: &TableSpec, bins: &Path, wan1: u64) -> Result<Sample> {
-    let ns = Netns::create("bench").map_err(|e| format!("namespace: {e}"))?;
-    ns.fill(spec).map_err(|e| format!("fill: {e}"))?;
+    let ns = Netns::create("bench").context("namespace")?;
+    ns.fill(spec).context("fill")?;
     let broker = if method.needs_broker() {
-        Some(
-            BrokerProcess::start(&bins.join("statecull-broker"), &ns, &[])
-                .map_err(|e| format!("broker: {e}"))?,
-        )
+        Some(BrokerProcess::start(&bins.join("statecull-broker"), &ns, &[]).context("broker")?)
     } else {
         None
     };
     let cli = bins.join("statecull");
     let socket = broker.as_ref().map(|b| b.socket().to_path_buf()).unwrap_or_default();
     let expect = |what: &str, got: u64, want: u64| {
-        if got == want { Ok(()) } else { Err(format!("{what}: {got} states, expected {want}")) }
+        if got == want {
+            Ok(())
+        } else {
+            Err(msg(format!("{what}: {got} states, expected {want}")))
+        }
     };
     let sample = match method {
         Method::KillMark | Method::KillNat => {
@@ -179,7 +182,7 @@ fn measure(method: Method, spec: &TableSpec, bins: &Path, wan1: u64) -> Result<S
                 .args(["-D", "-m", "1"])
                 .stdout(Stdio::null())
                 .output()
-                .map_err(|e| format!("conntrack: {e}"))?;
+                .context("conntrack")?;
             let secs = t.elapsed().as_secs_f64();
             // "conntrack v1.4.7 (conntrack-tools): 500000 flow entries have been deleted."
             let err = String::from_utf8_lossy(&out.stderr);
@@ -201,8 +204,8 @@ fn measure(method: Method, spec: &TableSpec, bins: &Path, wan1: u64) -> Result<S
                     )
                     .table_entries()
                 })
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .context("enter namespace")?
+                .map_err(|e| msg(format!("count the table: {e}")))?;
             expect(method.label(), spec.entries - left, wan1)?;
             Sample { secs, states: wan1 }
         }
@@ -227,6 +230,7 @@ fn median(xs: &mut [f64]) -> f64 {
 pub fn bench_conntrack(entries: u64, runs: usize, hashsize: Option<u64>, json: bool) -> Result<()> {
     util::require_root("the benchmark")?;
     util::ensure_tools(&[util::IP])?;
+    util::ensure_conntrack()?;
     let have_tool = util::ensure_tools(&[util::CONNTRACK]).is_ok();
     statecull_tests::remove_stale_namespaces();
     util::restore_stale_knobs();

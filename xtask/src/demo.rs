@@ -9,7 +9,7 @@ use std::time::Instant;
 use statecull_conntrack::fill::{TableSpec, WAN1, WAN2, Wan};
 use statecull_tests::{BrokerProcess, Netns};
 
-use crate::util::{self, Result, thousands};
+use crate::util::{self, IoContext, Result, msg, thousands};
 
 /// Run the CLI and parse its one JSON object.
 fn cli_json(bin: &Path, socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
@@ -19,22 +19,22 @@ fn cli_json(bin: &Path, socket: &Path, args: &[&str]) -> Result<serde_json::Valu
         .args(args)
         .arg("--json")
         .output()
-        .map_err(|e| format!("statecull: {e}"))?;
+        .context(format!("run {}", bin.display()))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(msg(format!(
             "statecull {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("statecull {}: bad JSON: {e}", args.join(" ")))
+        .map_err(|e| msg(format!("statecull {}: bad JSON: {e}", args.join(" "))))
 }
 
 fn count(bin: &Path, socket: &Path, args: &[&str]) -> Result<u64> {
     cli_json(bin, socket, &[&["count"], args].concat())?["count"]
         .as_u64()
-        .ok_or_else(|| "count missing".to_owned())
+        .ok_or_else(|| msg(format!("statecull count {}: no count in the answer", args.join(" "))))
 }
 
 struct GatewayCounts {
@@ -52,20 +52,42 @@ fn gateway_counts(bin: &Path, socket: &Path, wan: &Wan) -> Result<GatewayCounts>
     })
 }
 
+/// Per address family, how the broker runs tuple kills (as `statecull broker hello` says).
+fn tuple_filter_status(caps: &serde_json::Value) -> String {
+    let listed = |list: &str, family: &str| {
+        caps[list].as_array().is_some_and(|a| a.iter().any(|f| f.as_str() == Some(family)))
+    };
+    ["ipv4", "ipv6"]
+        .iter()
+        .map(|family| {
+            let status = if listed("kernel_tuple_broken", family) {
+                "tested and found wrong on this kernel: dump and delete"
+            } else if listed("kernel_tuple_flush", family) {
+                "in the kernel"
+            } else {
+                "not verified yet (no entries to test on): dump and delete"
+            };
+            format!("{family} {status}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn demo(entries: u64) -> Result<()> {
     util::require_root("the demo")?;
     util::ensure_tools(&[util::IP])?;
+    util::ensure_conntrack()?;
     statecull_tests::remove_stale_namespaces();
     util::restore_stale_knobs();
     let bins = util::build_release()?;
     let (broker_bin, cli_bin) = (bins.join("statecull-broker"), bins.join("statecull"));
     let _knobs = util::size_conntrack(entries, None)?;
 
-    let ns = Netns::create("demo").map_err(|e| format!("create namespace: {e}"))?;
+    let ns = Netns::create("demo").context("create namespace")?;
     println!("statecull demo: a two-gateway firewall's conntrack table in namespace {}", ns.name());
     let spec = TableSpec::two_wans(entries);
     let started = Instant::now();
-    let loaded = ns.fill(&spec).map_err(|e| format!("fill: {e}"))?;
+    let loaded = ns.fill(&spec).context("fill")?;
     println!(
         "  loaded {} states (TCP and UDP, IPv4 and IPv6, SNAT to WAN1 or WAN2, ct mark 1 or 2) in {:.2} s",
         thousands(loaded.inserted),
@@ -73,19 +95,16 @@ pub fn demo(entries: u64) -> Result<()> {
     );
 
     let broker = BrokerProcess::start(&broker_bin, &ns, &["--log-format", "json"])
-        .map_err(|e| format!("start the broker: {e}"))?;
+        .context("start the broker")?;
     let socket = broker.socket().to_path_buf();
     let hello = cli_json(&cli_bin, &socket, &["hello"])?;
+    let caps = &hello["backend"]["capabilities"];
     println!(
-        "  broker up: backend {} on kernel {}, in-kernel kills by mark: {}, by NAT address: {}",
+        "  broker up: backend {} on kernel {}, in-kernel kills by mark: {}; by NAT address: {}",
         hello["backend"]["kind"].as_str().unwrap_or("?"),
         hello["backend"]["kernel"].as_str().unwrap_or("?"),
-        hello["backend"]["capabilities"]["kernel_mark_flush"],
-        hello["backend"]["capabilities"]["kernel_tuple_flush"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|f| f.as_str()).collect::<Vec<_>>().join(" and "))
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "no".into()),
+        if caps["kernel_mark_flush"].as_bool() == Some(true) { "yes" } else { "no" },
+        tuple_filter_status(caps),
     );
 
     let before =
@@ -123,6 +142,9 @@ pub fn demo(entries: u64) -> Result<()> {
         kill["path"].as_str().unwrap_or("?"),
         kill["table_passes"],
     );
+    if let Some(note) = kill["note"].as_str() {
+        println!("  note: {note}");
+    }
 
     let mut problems = Vec::new();
     if after[0].by_mark != 0 || after[0].by_nat_v4 != 0 || after[0].by_nat_v6 != 0 {
@@ -148,6 +170,6 @@ pub fn demo(entries: u64) -> Result<()> {
         println!("\nOK: every WAN1 state gone (IPv4 and IPv6), every WAN2 state untouched.");
         Ok(())
     } else {
-        Err(format!("demo failed: {}", problems.join("; ")))
+        Err(msg(format!("demo failed: {}", problems.join("; "))))
     }
 }

@@ -72,20 +72,29 @@ enum BenchWhat {
 }
 
 fn test(args: &[String]) -> Result<()> {
-    if util::is_root() {
+    let root = util::is_root();
+    if root {
         util::ensure_tools(&[util::IP])?;
+        util::ensure_conntrack()?;
     } else {
         eprintln!("not root: tests that need network namespaces will be SKIPPED (visibly)");
     }
     statecull_tests::remove_stale_namespaces();
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--all-targets"]).args(args);
-    if util::is_root() {
+    if root {
         cmd.env("STATECULL_REQUIRE_ROOT_TESTS", "1");
     }
-    run(&mut cmd)?;
     // Doc tests are not part of --all-targets.
-    run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))
+    let result =
+        run(&mut cmd).and_then(|()| run(cargo().args(["test", "--workspace", "--doc", "--quiet"])));
+    if !root {
+        eprintln!(
+            "reminder: not root, so the tests that need root were SKIPPED (their SKIPPED lines \
+             are above); run `sudo -E cargo xtask test` to run them"
+        );
+    }
+    result
 }
 
 fn fuzz_smoke(seconds: u64) -> Result<()> {

@@ -1,10 +1,42 @@
 //! Shared plumbing: running commands, installing missing Debian packages, building the
 //! release binaries, and kernel-wide knobs that must be put back.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub type Result<T> = std::result::Result<T, String>;
+/// Why a task failed. Printed as "xtask: {error}".
+#[derive(Debug, thiserror::Error)]
+pub enum XtaskError {
+    /// A failure a message explains (a command that failed, a check that did not hold).
+    #[error("{0}")]
+    Msg(String),
+    /// An I/O operation failed; `context` says which.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, XtaskError>;
+
+/// A [`XtaskError::Msg`].
+pub fn msg(message: impl Into<String>) -> XtaskError {
+    XtaskError::Msg(message.into())
+}
+
+/// Attach what was being done to an I/O error.
+pub trait IoContext<T> {
+    fn context(self, what: impl Into<String>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn context(self, what: impl Into<String>) -> Result<T> {
+        self.map_err(|source| XtaskError::Io { context: what.into(), source })
+    }
+}
 
 /// The workspace root (xtask lives one level down).
 pub fn root() -> PathBuf {
@@ -24,8 +56,8 @@ pub fn cargo() -> Command {
 
 /// Run a command, failing with its name and status.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed: {status}")) }
+    let status = cmd.status().context(format!("{cmd:?}"))?;
+    if status.success() { Ok(()) } else { Err(msg(format!("{cmd:?} failed: {status}"))) }
 }
 
 pub fn is_root() -> bool {
@@ -36,18 +68,25 @@ pub fn require_root(what: &str) -> Result<()> {
     if is_root() {
         Ok(())
     } else {
-        Err(format!(
+        Err(msg(format!(
             "{what} needs root: it creates network namespaces and fills their conntrack tables \
              (try: sudo -E cargo xtask ...)"
-        ))
+        )))
     }
 }
 
+/// Where `bin` is: on PATH, or in /usr/sbin or /sbin (which a non-login root shell may
+/// leave off PATH).
+pub fn find_bin(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
 pub fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
-        || Path::new("/usr/sbin").join(bin).is_file()
-        || Path::new("/sbin").join(bin).is_file()
+    find_bin(bin).is_some()
 }
 
 /// A command-line tool and the Debian package that ships it.
@@ -59,6 +98,7 @@ pub struct Tool {
 
 pub const IP: Tool = Tool { bin: "ip", package: "iproute2" };
 pub const CONNTRACK: Tool = Tool { bin: "conntrack", package: "conntrack" };
+pub const MODPROBE: Tool = Tool { bin: "modprobe", package: "kmod" };
 
 /// Install the Debian packages of missing tools (as root, with apt-get).
 pub fn ensure_tools(tools: &[Tool]) -> Result<()> {
@@ -68,11 +108,11 @@ pub fn ensure_tools(tools: &[Tool]) -> Result<()> {
     }
     let packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
     if !is_root() || !on_path("apt-get") {
-        return Err(format!(
+        return Err(msg(format!(
             "missing {}; install the Debian package(s): apt-get install -y {}",
             missing.iter().map(|t| t.bin).collect::<Vec<_>>().join(", "),
             packages.join(" ")
-        ));
+        )));
     }
     eprintln!("installing {} ...", packages.join(" "));
     let install = |pkgs: &[&str]| {
@@ -89,13 +129,52 @@ pub fn ensure_tools(tools: &[Tool]) -> Result<()> {
         // A fresh machine may have no package lists yet.
         let _ = Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()).status();
         if !install(&packages) {
-            return Err(format!("apt-get install -y {} failed", packages.join(" ")));
+            return Err(msg(format!("apt-get install -y {} failed", packages.join(" "))));
         }
     }
     match missing.iter().find(|t| !on_path(t.bin)) {
-        Some(t) => Err(format!("{} still missing after installing {}", t.bin, t.package)),
+        Some(t) => Err(msg(format!("{} still missing after installing {}", t.bin, t.package))),
         None => Ok(()),
     }
+}
+
+/// Present once the kernel's connection tracking is loaded.
+const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Make sure the kernel has connection tracking and its netlink interface. On a modular
+/// kernel (stock Debian) they are modules nothing may have loaded yet: load
+/// nf_conntrack_netlink (which pulls in nf_conntrack), installing kmod for `modprobe` if
+/// needed. Needs root.
+pub fn ensure_conntrack() -> Result<()> {
+    if Path::new(CONNTRACK_MAX).exists() {
+        return Ok(());
+    }
+    let missing = |why: String| {
+        msg(format!(
+            "{CONNTRACK_MAX} is missing, so this kernel has no connection tracking loaded ({why}); \
+             statecull needs the kernel options CONFIG_NF_CONNTRACK (module nf_conntrack) and \
+             CONFIG_NF_CT_NETLINK (module nf_conntrack_netlink), built in or as loadable modules"
+        ))
+    };
+    ensure_tools(&[MODPROBE]).map_err(|e| missing(format!("cannot load modules: {e}")))?;
+    let modprobe = find_bin(MODPROBE.bin).unwrap_or_else(|| MODPROBE.bin.into());
+    eprintln!("{CONNTRACK_MAX} missing: loading nf_conntrack_netlink ...");
+    let out = Command::new(&modprobe)
+        .arg("nf_conntrack_netlink")
+        .stdout(Stdio::null())
+        .output()
+        .context(format!("{}", modprobe.display()))?;
+    if Path::new(CONNTRACK_MAX).exists() {
+        return Ok(());
+    }
+    Err(missing(if out.status.success() {
+        "`modprobe nf_conntrack_netlink` succeeded but did not load it".to_owned()
+    } else {
+        format!(
+            "`modprobe nf_conntrack_netlink` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    }))
 }
 
 /// Build the shipped binaries in release mode; returns the directory holding them.
@@ -137,21 +216,21 @@ fn state_file(path: &Path) -> PathBuf {
 }
 
 fn write_knob(path: &Path, value: &str) -> Result<()> {
-    std::fs::write(path, value).map_err(|e| format!("write {value} to {}: {e}", path.display()))
+    std::fs::write(path, value).context(format!("write {value} to {}", path.display()))
 }
 
 impl KnobGuard {
     pub fn set(path: &str, value: u64) -> Result<Self> {
         let path = PathBuf::from(path);
         let original = std::fs::read_to_string(&path)
-            .map_err(|e| format!("read {}: {e}", path.display()))?
+            .context(format!("read {}", path.display()))?
             .trim()
             .to_owned();
-        std::fs::create_dir_all(STATE_DIR).map_err(|e| format!("{STATE_DIR}: {e}"))?;
+        std::fs::create_dir_all(STATE_DIR).context(STATE_DIR)?;
         let saved = state_file(&path);
         if !saved.exists() {
             std::fs::write(&saved, format!("{}\n{original}", path.display()))
-                .map_err(|e| format!("{}: {e}", saved.display()))?;
+                .context(format!("{}", saved.display()))?;
         }
         write_knob(&path, &value.to_string())?;
         let (p, o) = (path.clone(), original.clone());
@@ -194,10 +273,11 @@ pub fn restore_stale_knobs() {
 
 /// Raise `nf_conntrack_max` and the hash size so a table of `entries` fits.
 pub fn size_conntrack(entries: u64, hashsize: Option<u64>) -> Result<Vec<KnobGuard>> {
+    ensure_conntrack()?;
     let mut guards = Vec::new();
-    let max_path = "/proc/sys/net/netfilter/nf_conntrack_max";
+    let max_path = CONNTRACK_MAX;
     let current: u64 = std::fs::read_to_string(max_path)
-        .map_err(|e| format!("{max_path}: {e} (is nf_conntrack available?)"))?
+        .context(format!("{max_path} (is nf_conntrack available?)"))?
         .trim()
         .parse()
         .unwrap_or(0);

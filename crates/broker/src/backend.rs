@@ -50,7 +50,7 @@ pub mod conntrack {
 
     use std::time::Instant;
 
-    use statecull_conntrack::{Conntrack, CtError};
+    use statecull_conntrack::{Conntrack, CtError, TupleFilter};
     use statecull_proto::{
         AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedSelector, CountReply, IfName,
         KillReport, Prefix, SelectorField, StateHandle,
@@ -66,6 +66,13 @@ pub mod conntrack {
     }
 
     impl ConntrackBackend {
+        fn families(&self, status: TupleFilter) -> Vec<AddressFamily> {
+            [AddressFamily::Ipv4, AddressFamily::Ipv6]
+                .into_iter()
+                .filter(|f| self.table.tuple_filter(*f) == status)
+                .collect()
+        }
+
         pub fn open() -> Result<Self, BrokerError> {
             let table = Conntrack::open().map_err(|e| {
                 BrokerError::Backend(format!(
@@ -93,10 +100,8 @@ pub mod conntrack {
                 capabilities: Capabilities {
                     selector_fields: statecull_conntrack::matcher::SUPPORTED_FIELDS.to_vec(),
                     kernel_mark_flush: f.mark,
-                    kernel_tuple_flush: [AddressFamily::Ipv4, AddressFamily::Ipv6]
-                        .into_iter()
-                        .filter(|fam| f.tuple(*fam))
-                        .collect(),
+                    kernel_tuple_flush: self.families(TupleFilter::Verified),
+                    kernel_tuple_broken: self.families(TupleFilter::Unusable),
                     match_opposite: false,
                     flush_by_interface: false,
                 },

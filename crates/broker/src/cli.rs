@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use crate::BrokerError;
 use crate::backend::Backend;
-use crate::config::{self, BackendChoice, Config, LogFormat};
+use crate::config::{self, BackendChoice, Config, LogFormat, LogLevel};
 use crate::server::Server;
 use nix::sys::signal::{SigSet, Signal};
 use tracing::error;
@@ -35,7 +35,8 @@ OPTIONS:
                              repeatable (e.g. --protect 192.0.2.0/28 for management)
         --max-connections N  concurrent clients [default: 16]
         --backend NAME       state table: conntrack [default: conntrack]
-        --log-format FORMAT  text or json [default: text]; RUST_LOG sets the level
+        --log-format FORMAT  text or json [default: text]
+        --log-level LEVEL    error, warn, info, debug or trace [default: info]
         --check              probe the backend, print what it supports, and exit
     -h, --help               this text
     -V, --version            version
@@ -49,6 +50,7 @@ CONFIG FILE (all keys optional):
     max_connections = 16
     backend = \"conntrack\"
     log_format = \"json\"
+    log_level = \"info\"
 
 Every kill is logged as one audit line (target statecull::audit): peer uid/gid/pid,
 verb, selector, killed/not found/spared counts, path taken and microseconds.
@@ -88,7 +90,7 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
             Short('s') => flags.push(("socket".into(), value(&mut parser)?)),
             Long(
                 name @ ("socket" | "socket-group" | "allow-user" | "allow-group" | "protect"
-                | "max-connections" | "backend" | "log-format"),
+                | "max-connections" | "backend" | "log-format" | "log-level"),
             ) => {
                 let name = name.to_owned();
                 flags.push((name, value(&mut parser)?));
@@ -119,17 +121,24 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
             }
             "backend" => config.backend = config::parse_backend(&v).map_err(bad)?,
             "log-format" => config.log_format = config::parse_log_format(&v).map_err(bad)?,
+            "log-level" => config.log_level = config::parse_log_level(&v).map_err(bad)?,
             _ => {}
         }
     }
     Ok(Some(Args { config, check }))
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(format: LogFormat, level: LogLevel) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
@@ -204,7 +213,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(args.config.log_format);
+    init_logging(args.config.log_format, args.config.log_level);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -19,6 +19,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// Least severe log events written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+pub fn parse_log_level(s: &str) -> Result<LogLevel, String> {
+    match s {
+        "error" => Ok(LogLevel::Error),
+        "warn" => Ok(LogLevel::Warn),
+        "info" => Ok(LogLevel::Info),
+        "debug" => Ok(LogLevel::Debug),
+        "trace" => Ok(LogLevel::Trace),
+        other => Err(format!("unknown log level {other:?} (error, warn, info, debug or trace)")),
+    }
+}
+
 /// Which state table to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -39,6 +60,7 @@ pub struct Config {
     pub max_connections: usize,
     pub backend: BackendChoice,
     pub log_format: LogFormat,
+    pub log_level: LogLevel,
 }
 
 impl Default for Config {
@@ -52,6 +74,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backend: BackendChoice::Conntrack,
             log_format: LogFormat::Text,
+            log_level: LogLevel::Info,
         }
     }
 }
@@ -74,6 +97,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     backend: Option<String>,
     log_format: Option<String>,
+    log_level: Option<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -170,6 +194,9 @@ impl Config {
         }
         if let Some(f) = &file.log_format {
             c.log_format = parse_log_format(f).map_err(|m| err(1, m))?;
+        }
+        if let Some(l) = &file.log_level {
+            c.log_level = parse_log_level(l).map_err(|m| err(1, m))?;
         }
         Ok(c)
     }

@@ -24,6 +24,9 @@ pub enum BrokerError {
     /// The backend (kernel) failed.
     #[error("{0}")]
     Backend(String),
+    /// Refused by the conversation rules (Hello first, not while stopping).
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
 }
 
 impl BrokerError {
@@ -37,6 +40,7 @@ impl BrokerError {
             BrokerError::Request(e) => e.code(),
             BrokerError::Unsupported(_) => ErrorCode::Unsupported,
             BrokerError::Backend(_) => ErrorCode::Backend,
+            BrokerError::Refused { code, .. } => *code,
             BrokerError::Config(_) | BrokerError::Io { .. } => ErrorCode::Internal,
         };
         ErrorReply { code, message: self.to_string() }

@@ -35,6 +35,10 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight (a large kill) to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection must say Hello this soon, so silent peers cannot hold connection slots.
+const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+/// A snapshot client may read slowly (a pager), but not forever.
+const SNAPSHOT_WRITE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,8 +195,11 @@ impl Server {
         }
         let left = self.shared.connections.load(Ordering::SeqCst);
         if left > 0 {
-            warn!(connections = left, "stopping with requests still running");
+            warn!(connections = left, "stopping with connections still open");
         }
+        // Never exit in the middle of a kill: wait for the one running (if any) to finish and
+        // write its audit line. No new kill can start: they are refused while stopping.
+        drop(self.shared.mutation.lock().unwrap_or_else(|p| p.into_inner()));
         info!("broker stopped");
         Ok(())
     }
@@ -246,7 +253,13 @@ impl Server {
             let shared = Arc::clone(&shared);
             move || {
                 let _guard = ConnGuard(&shared.connections);
-                let mut conn = Connection { stream, peer, shared: &shared, hello: None };
+                let mut conn = Connection {
+                    stream,
+                    peer,
+                    shared: &shared,
+                    hello: None,
+                    opened: Instant::now(),
+                };
                 conn.serve();
             }
         });
@@ -286,6 +299,7 @@ struct Connection<'a> {
     peer: Peer,
     shared: &'a Shared,
     hello: Option<Hello>,
+    opened: Instant,
 }
 
 impl Connection<'_> {
@@ -344,6 +358,9 @@ impl Connection<'_> {
         loop {
             if self.shared.shutting_down.load(Ordering::SeqCst) {
                 return Err(ReadEnd::Shutdown);
+            }
+            if self.hello.is_none() && self.opened.elapsed() > HELLO_DEADLINE {
+                return Err(ReadEnd::Abort("no Hello within 10 s".into()));
             }
             match self.stream.read(&mut buf[..1]) {
                 Ok(0) => return Err(ReadEnd::Closed),
@@ -414,10 +431,11 @@ impl Connection<'_> {
     fn handle(&mut self, request: Request) -> Result<(), ()> {
         let verb = request.verb();
         if self.shared.shutting_down.load(Ordering::SeqCst) && verb.is_mutation() {
-            return self.reply(&Response::Error(ErrorReply {
+            let e = BrokerError::Refused {
                 code: ErrorCode::ShuttingDown,
                 message: "the broker is stopping".into(),
-            }));
+            };
+            return self.refuse(verb, &e);
         }
         let selectors = match request.check(&self.shared.limits) {
             Ok(s) => s,
@@ -427,10 +445,11 @@ impl Connection<'_> {
             return self.hello(hello);
         }
         if self.hello.is_none() {
-            return self.reply(&Response::Error(ErrorReply {
+            let e = BrokerError::Refused {
                 code: ErrorCode::HelloRequired,
                 message: "send Hello first".into(),
-            }));
+            };
+            return self.refuse(verb, &e);
         }
         let info = self.shared.backend.info();
         for s in &selectors {
@@ -506,11 +525,31 @@ impl Connection<'_> {
     fn snapshot(&mut self, selector: Option<&CheckedSelector>) -> Result<(), ()> {
         let started = Instant::now();
         let batch = self.shared.limits.max_snapshot_batch as usize;
+        if self.stream.set_write_timeout(Some(SNAPSHOT_WRITE_TIMEOUT)).is_err() {
+            return Err(());
+        }
         let stream = &mut self.stream;
+        let mut client_gone = false;
         let mut sink = |records: Vec<statecull_proto::StateRecord>| -> Result<(), String> {
-            send(stream, &Response::SnapshotBatch(records)).map_err(|e| e.to_string())
+            send(stream, &Response::SnapshotBatch(records)).map_err(|e| {
+                client_gone = true;
+                e.to_string()
+            })
         };
-        match self.shared.backend.snapshot(selector, batch, &mut sink) {
+        let result = self.shared.backend.snapshot(selector, batch, &mut sink);
+        if client_gone {
+            // Part of a frame may be out: nothing more can be said on this stream.
+            debug!(
+                uid = self.peer.uid,
+                pid = self.peer.pid,
+                "snapshot client stopped reading; closing"
+            );
+            return Err(());
+        }
+        if self.stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+            return Err(());
+        }
+        match result {
             Ok(records) => self.reply(&Response::SnapshotDone(SnapshotDone {
                 records,
                 elapsed_us: micros(started),
@@ -532,6 +571,9 @@ impl Connection<'_> {
         };
         match result {
             Ok(report) => {
+                // A kill that stopped part way still changed the table: it is audited with
+                // what it did, and said to be partial.
+                let partial = !report.exact && report.first_error.is_some() || report.failed > 0;
                 info!(
                     target: "statecull::audit",
                     uid = self.peer.uid,
@@ -548,7 +590,10 @@ impl Connection<'_> {
                     path = report.path.name(),
                     table_passes = report.table_passes,
                     elapsed_us = report.elapsed_us,
-                    "states killed"
+                    error = report.first_error.as_deref(),
+                    note = report.note.as_deref(),
+                    "{}",
+                    if partial { "states partially killed" } else { "states killed" }
                 );
                 self.reply(&Response::Killed(report))
             }

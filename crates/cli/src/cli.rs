@@ -87,40 +87,64 @@ enum BrokerVerb {
     },
 }
 
-/// A failure with its exit status: 1 for errors, 2 for usage.
-struct Failure {
-    code: u8,
-    message: String,
+/// Why a `statecull` command failed; [`CliError::exit_code`] gives its exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line asks for something impossible (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Connecting to the broker, talking to it, or the broker refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Standard output could not be written.
+    #[error("writing output: {0}")]
+    Output(#[from] io::Error),
+    /// An answer could not be turned into JSON.
+    #[error("encoding the answer as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The kill ran, but states may be left alive: some deletes failed, or the kill stopped
+    /// part way (reported after the kill report was printed).
+    #[error("{}", partial_kill_message(*.failed, .reason))]
+    PartialKill { failed: u64, reason: String },
 }
 
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        Failure { code: 1, message: e.to_string() }
+impl CliError {
+    /// 2 for usage errors, 1 for everything else (README: 0 done, 1 refused or failed,
+    /// including partial kills, 2 usage).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Client(_)
+            | CliError::Output(_)
+            | CliError::Json(_)
+            | CliError::PartialKill { .. } => 1,
+        }
     }
 }
 
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Self {
-        Failure { code: 1, message: format!("writing output: {e}") }
+fn partial_kill_message(failed: u64, reason: &str) -> String {
+    if failed > 0 {
+        format!("{failed} state(s) could not be killed: {reason}")
+    } else {
+        format!("the kill did not complete, matching states may be left: {reason}")
     }
 }
 
-fn usage(message: impl Into<String>) -> Failure {
-    Failure { code: 2, message: message.into() }
+fn usage(message: impl Into<String>) -> CliError {
+    CliError::Usage(message.into())
 }
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-fn connect(args: &BrokerArgs) -> Result<BrokerClient, Failure> {
-    let client = BrokerClient::connect(&args.socket, "statecull cli")?;
+/// Connect with `--timeout` applied from the start, so it covers the `Hello` exchange too.
+fn connect(args: &BrokerArgs) -> Result<BrokerClient, CliError> {
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
-    client.set_timeout(timeout).map_err(ClientError::Io)?;
-    Ok(client)
+    Ok(BrokerClient::connect_with_timeout(&args.socket, "statecull cli", timeout)?)
 }
 
-fn broker(args: BrokerArgs) -> Result<(), Failure> {
+fn broker(args: BrokerArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let out = io::stdout();
     let mut out = BufWriter::new(out.lock());
@@ -128,8 +152,7 @@ fn broker(args: BrokerArgs) -> Result<(), Failure> {
         BrokerVerb::Hello => {
             let client = connect(&args)?;
             if args.json {
-                let mut v =
-                    serde_json::to_value(client.hello()).map_err(|e| usage(e.to_string()))?;
+                let mut v = serde_json::to_value(client.hello())?;
                 v["elapsed_ms"] = serde_json::json!(ms(started));
                 writeln!(out, "{v}")?;
             } else {
@@ -200,20 +223,36 @@ fn broker(args: BrokerArgs) -> Result<(), Failure> {
 }
 
 /// Check a selector here too, so mistakes get a usage error before anything is sent.
-fn check_selector(sel: Option<&statecull_proto::Selector>) -> Result<(), Failure> {
+fn check_selector(sel: Option<&statecull_proto::Selector>) -> Result<(), CliError> {
     if let Some(s) = sel {
         s.check().map_err(|e| usage(e.to_string()))?;
     }
     Ok(())
 }
 
-/// A kill that left states alive is a failure (exit 1), after the report was printed.
-fn partial_kill(report: &statecull_proto::KillReport, out: &mut impl Write) -> Result<(), Failure> {
-    if report.failed == 0 {
+/// A kill that may have left matching states alive is a failure (exit 1), after the report
+/// was printed: deletes that failed, or (not exact, with an error) a kill that stopped part
+/// way or lost error answers.
+fn partial_kill(
+    report: &statecull_proto::KillReport,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let Some(err) = partial_kill_error(report) else {
         return Ok(());
-    }
+    };
     out.flush()?;
-    Err(Failure { code: 1, message: format!("{} state(s) could not be killed", report.failed) })
+    Err(err)
+}
+
+fn partial_kill_error(report: &statecull_proto::KillReport) -> Option<CliError> {
+    let incomplete = !report.exact && report.first_error.is_some();
+    if report.failed == 0 && !incomplete {
+        return None;
+    }
+    Some(CliError::PartialKill {
+        failed: report.failed,
+        reason: report.first_error.clone().unwrap_or_else(|| "unknown error".to_owned()),
+    })
 }
 
 fn print_kill(
@@ -221,7 +260,7 @@ fn print_kill(
     json: bool,
     started: Instant,
     out: &mut impl Write,
-) -> Result<(), Failure> {
+) -> Result<(), CliError> {
     if json {
         writeln!(out, "{}", render::kill_json(report, ms(started)))?;
     } else {
@@ -236,7 +275,7 @@ fn list(
     json: bool,
     started: Instant,
     out: &mut impl Write,
-) -> Result<(), Failure> {
+) -> Result<(), CliError> {
     let progress = io::stderr().is_terminal();
     let mut last_progress = Instant::now();
     let mut n = 0u64;
@@ -298,9 +337,100 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("statecull: {}", f.message);
-            ExitCode::from(f.code)
+        Err(e) => {
+            eprintln!("statecull: {e}");
+            ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statecull_proto::{KillPath, KillReport};
+
+    fn report(failed: u64, exact: bool, first_error: Option<&str>) -> KillReport {
+        KillReport {
+            requested: 10,
+            killed: 10 - failed,
+            not_found: 0,
+            spared: 0,
+            failed,
+            first_error: first_error.map(str::to_owned),
+            exact,
+            path: KillPath::DumpAndDelete,
+            table_passes: 1,
+            elapsed_us: 1000,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn clean_kills_exit_zero() {
+        assert!(partial_kill_error(&report(0, true, None)).is_none());
+        assert!(partial_kill_error(&report(0, false, None)).is_none());
+        // An exact kill with an error but nothing failed is only a warning.
+        assert!(partial_kill_error(&report(0, true, Some("ENOENT race"))).is_none());
+    }
+
+    #[test]
+    fn failed_deletes_exit_one_with_the_reason() {
+        let e = partial_kill_error(&report(3, true, Some("EPERM"))).expect("a failure");
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.to_string(), "3 state(s) could not be killed: EPERM");
+        let e = partial_kill_error(&report(1, true, None)).expect("a failure");
+        assert_eq!(e.to_string(), "1 state(s) could not be killed: unknown error");
+    }
+
+    #[test]
+    fn a_kill_that_stopped_part_way_exits_one() {
+        let e = partial_kill_error(&report(0, false, Some("flush interrupted: ENOBUFS")))
+            .expect("a failure");
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("did not complete"), "{e}");
+        assert!(e.to_string().contains("flush interrupted: ENOBUFS"), "{e}");
+    }
+
+    #[test]
+    fn partial_kill_flushes_the_report_first() {
+        let mut out = BufWriter::new(Vec::new());
+        write!(out, "report").unwrap();
+        assert!(partial_kill(&report(2, true, Some("x")), &mut out).is_err());
+        assert_eq!(out.get_ref().as_slice(), b"report");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(usage("bad").exit_code(), 2);
+        assert_eq!(CliError::from(io::Error::other("closed")).exit_code(), 1);
+        assert_eq!(
+            CliError::from(ClientError::Unexpected("x".into())).exit_code(),
+            1,
+            "refusals and protocol errors are failures, not usage"
+        );
+        let json_err = serde_json::from_str::<u8>("nope").unwrap_err();
+        assert_eq!(CliError::from(json_err).exit_code(), 1, "JSON trouble is not a usage error");
+    }
+
+    #[test]
+    fn kill_without_selector_is_a_usage_error() {
+        let args = ["statecull", "broker", "--socket", "/nonexistent/statecull.sock", "kill"];
+        let Command::Broker(b) = Cli::parse_from(args).command;
+        let e = broker(b).expect_err("refused before connecting");
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn timeout_covers_connect_to_a_silent_broker() {
+        // A listener that accepts but never answers: the Hello exchange must time out.
+        let dir = std::env::temp_dir().join(format!("statecull-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("silent.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let r = BrokerClient::connect_with_timeout(&path, "test", Some(Duration::from_millis(200)));
+        assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

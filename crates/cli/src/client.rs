@@ -18,6 +18,11 @@ pub enum ClientError {
     Connect { path: PathBuf, hint: String },
     #[error("talking to the broker: {0}")]
     Io(#[from] io::Error),
+    /// The broker did not answer (or read) within the client's timeout.
+    #[error(
+        "the broker did not answer within the timeout (a large kill can take seconds per million states; see --timeout)"
+    )]
+    Timeout,
     #[error("broker sent something this client cannot read: {0}")]
     Protocol(#[from] ProtoError),
     /// The broker refused or failed the request.
@@ -36,7 +41,19 @@ pub struct BrokerClient {
 
 impl BrokerClient {
     /// Connect and say hello. `client` names this client in the broker's audit log.
+    /// Waits for the broker as long as it takes; see [`Self::connect_with_timeout`].
     pub fn connect(path: &Path, client: &str) -> Result<Self, ClientError> {
+        Self::connect_with_timeout(path, client, None)
+    }
+
+    /// Connect and say hello, giving up on a broker that does not answer within `timeout`
+    /// (None or zero: wait forever). The timeout covers the `Hello` exchange and every later request
+    /// on this connection (see [`Self::set_timeout`]).
+    pub fn connect_with_timeout(
+        path: &Path,
+        client: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path).map_err(|e| ClientError::Connect {
             path: path.to_owned(),
             hint: match e.kind() {
@@ -52,6 +69,11 @@ impl BrokerClient {
                 _ => e.to_string(),
             },
         })?;
+        // Before the handshake, so a broker that accepts but never answers cannot hang us.
+        // (A zero timeout means none: std refuses `Some(Duration::ZERO)`.)
+        let timeout = timeout.filter(|t| !t.is_zero());
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)?;
         Self::handshake(stream, client)
     }
 
@@ -77,8 +99,9 @@ impl BrokerClient {
         &self.hello
     }
 
-    /// Give up on a broker that does not answer within `timeout` (None: wait forever).
+    /// Give up on a broker that does not answer within `timeout` (None or zero: wait forever).
     pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = timeout.filter(|t| !t.is_zero());
         self.stream.set_read_timeout(timeout)?;
         self.stream.set_write_timeout(timeout)
     }
@@ -146,19 +169,26 @@ impl BrokerClient {
     }
 }
 
+fn io_error(e: io::Error) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
+        _ => ClientError::Io(e),
+    }
+}
+
 fn send_on(stream: &mut UnixStream, req: &Request) -> Result<(), ClientError> {
     let frame = encode_request(req)?;
-    stream.write_all(&frame)?;
+    stream.write_all(&frame).map_err(io_error)?;
     Ok(())
 }
 
 fn recv_on(stream: &mut UnixStream) -> Result<Response, ClientError> {
     let mut header = [0u8; HEADER_LEN];
-    stream.read_exact(&mut header)?;
+    stream.read_exact(&mut header).map_err(io_error)?;
     // Bounded (≤ 1 MiB) before allocating.
     let len = payload_len(header)?;
     let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload)?;
+    stream.read_exact(&mut payload).map_err(io_error)?;
     match decode_response(&payload)? {
         Response::Error(e) => Err(ClientError::Refused(e)),
         r => Ok(r),

@@ -7,6 +7,7 @@ pub mod client;
 pub mod render;
 pub mod selector_args;
 
+pub use cli::CliError;
 pub use client::{BrokerClient, ClientError};
 
 /// The broker's socket unless `--socket` or `STATECULL_BROKER_SOCKET` say otherwise.

@@ -1,7 +1,10 @@
 //! Human and JSON renderings of what the broker answers.
 
 use serde_json::{Value, json};
-use statecull_proto::{HelloReply, KillReport, L4, StateDetail, StateKey, StateRecord, ipproto};
+use statecull_proto::{
+    AddressFamily, Capabilities, HelloReply, KillReport, L4, StateDetail, StateKey, StateRecord,
+    ipproto,
+};
 
 /// Names of the conntrack `IPS_*` status bits that are set.
 pub fn ct_status_names(status: u32) -> Vec<&'static str> {
@@ -142,6 +145,7 @@ pub fn kill_json(k: &KillReport, elapsed_ms: f64) -> Value {
         "table_passes": k.table_passes,
         "broker_elapsed_ms": k.elapsed_us as f64 / 1000.0,
         "elapsed_ms": elapsed_ms,
+        "note": k.note,
     })
 }
 
@@ -177,9 +181,28 @@ pub fn kill_text(k: &KillReport, elapsed_ms: f64) -> String {
             k.first_error.as_deref().unwrap_or("unknown error")
         ));
     } else if let Some(e) = &k.first_error {
-        out.push_str(&format!("  warning: {e}\n"));
+        if k.exact {
+            out.push_str(&format!("  warning: {e}\n"));
+        } else {
+            // The broker's way of saying the kill stopped part way or lost error answers.
+            out.push_str(&format!("  INCOMPLETE: {e}\n"));
+        }
+    }
+    if let Some(note) = &k.note {
+        out.push_str(&format!("  note: {note}\n"));
     }
     out
+}
+
+/// How tuple kills (NAT address, hosts, protocol) run for `family`, as the broker found out.
+pub fn tuple_filter_status(c: &Capabilities, family: AddressFamily) -> &'static str {
+    if c.kernel_tuple_broken.contains(&family) {
+        "tested and found wrong on this kernel: dump and delete"
+    } else if c.kernel_tuple_flush.contains(&family) {
+        "in the kernel"
+    } else {
+        "not verified yet (no entries to test on): dump and delete"
+    }
 }
 
 pub fn hello_text(h: &HelloReply) -> String {
@@ -192,16 +215,11 @@ pub fn hello_text(h: &HelloReply) -> String {
         "  selectors: {}\n",
         c.selector_fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
     ));
-    let tuple = if c.kernel_tuple_flush.is_empty() {
-        "no (dump and delete)".to_owned()
-    } else {
-        c.kernel_tuple_flush.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" and ")
-    };
-    out.push_str(&format!(
-        "  in-kernel kills: by mark {}, by NAT address/tuple {}\n",
-        yes(c.kernel_mark_flush),
-        tuple
-    ));
+    out.push_str(&format!("  in-kernel kills by mark: {}\n", yes(c.kernel_mark_flush)));
+    out.push_str("  kills by NAT address/tuple:\n");
+    for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
+        out.push_str(&format!("    {family}: {}\n", tuple_filter_status(c, family)));
+    }
     out.push_str(&format!(
         "  limits: {} selectors, {} handles per request, {} records per batch, frames of {} bytes\n",
         h.limits.max_selectors, h.limits.max_handles, h.limits.max_snapshot_batch, h.limits.max_frame_len
@@ -219,4 +237,84 @@ pub fn hello_text(h: &HelloReply) -> String {
 
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no (dump and delete)" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statecull_proto::{BackendInfo, BackendKind, KillPath, Limits};
+
+    fn hello(flush: Vec<AddressFamily>, broken: Vec<AddressFamily>) -> HelloReply {
+        HelloReply {
+            protocol_version: statecull_proto::PROTOCOL_VERSION,
+            broker_version: "0.0.0".into(),
+            backend: BackendInfo {
+                kind: BackendKind::Conntrack,
+                kernel: "6.1.0".into(),
+                capabilities: Capabilities {
+                    selector_fields: vec![],
+                    kernel_mark_flush: true,
+                    kernel_tuple_flush: flush,
+                    kernel_tuple_broken: broken,
+                    match_opposite: false,
+                    flush_by_interface: false,
+                },
+            },
+            limits: Limits::default(),
+            protected: vec![],
+        }
+    }
+
+    #[test]
+    fn hello_shows_the_tuple_filter_status_per_family() {
+        let text = hello_text(&hello(vec![AddressFamily::Ipv4], vec![AddressFamily::Ipv6]));
+        assert!(text.contains("ipv4: in the kernel\n"), "{text}");
+        assert!(
+            text.contains("ipv6: tested and found wrong on this kernel: dump and delete\n"),
+            "{text}"
+        );
+        let text = hello_text(&hello(vec![], vec![]));
+        for f in ["ipv4", "ipv6"] {
+            assert!(
+                text.contains(&format!(
+                    "{f}: not verified yet (no entries to test on): dump and delete\n"
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    fn kill(note: Option<&str>, exact: bool, first_error: Option<&str>) -> KillReport {
+        KillReport {
+            requested: 0,
+            killed: 5,
+            not_found: 0,
+            spared: 0,
+            failed: 0,
+            first_error: first_error.map(str::to_owned),
+            exact,
+            path: KillPath::KernelFilteredFlush,
+            table_passes: 1,
+            elapsed_us: 1500,
+            note: note.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn kill_reports_show_the_note() {
+        let k = kill(Some("waited for an event listener"), true, None);
+        assert!(kill_text(&k, 2.0).contains("  note: waited for an event listener\n"));
+        assert_eq!(kill_json(&k, 2.0)["note"], "waited for an event listener");
+        let k = kill(None, true, None);
+        assert!(!kill_text(&k, 2.0).contains("note"));
+        assert!(kill_json(&k, 2.0)["note"].is_null());
+    }
+
+    #[test]
+    fn an_inexact_kill_with_an_error_is_incomplete_not_a_warning() {
+        let text = kill_text(&kill(None, false, Some("stopped")), 1.0);
+        assert!(text.contains("INCOMPLETE: stopped"), "{text}");
+        let text = kill_text(&kill(None, true, Some("odd")), 1.0);
+        assert!(text.contains("warning: odd"), "{text}");
+    }
 }

@@ -128,6 +128,19 @@ impl KernelFilter {
             || self.reply_dst.is_some()
     }
 
+    /// Does the kernel's filter semantics (`ctnetlink_filter_match`) admit this entry? Used
+    /// to check the kernel's answers against what was asked.
+    pub fn admits(&self, e: &CtEntry) -> bool {
+        self.family.is_none_or(|f| e.orig.family() == f)
+            && self.mark.is_none_or(|m| m.matches(e.mark))
+            && self.orig_src.is_none_or(|a| e.orig.src == a)
+            && self.orig_dst.is_none_or(|a| e.orig.dst == a)
+            && self.proto.is_none_or(|p| e.orig.proto == p)
+            && self.orig_src_port.is_none_or(|p| e.orig.src_port() == Some(p))
+            && self.orig_dst_port.is_none_or(|p| e.orig.dst_port() == Some(p))
+            && self.reply_dst.is_none_or(|a| e.reply.dst == a)
+    }
+
     /// True when the filter narrows nothing (a flush with it would clear the table).
     pub fn is_empty(&self) -> bool {
         self.family.is_none() && self.mark.is_none() && !self.uses_tuple_filter()

@@ -4,7 +4,8 @@
 //! * [`ct`]: ctnetlink requests and entry parsing (pure);
 //! * [`matcher`]: selector semantics and what the kernel can filter (pure);
 //! * `sys` (Linux): one netlink socket per operation, via `netlink-sys` and `nix`;
-//! * `table` (Linux): list, count, kill and flush;
+//! * `ops` (Linux): the kernel conversations: statistics, dumps, batched deletes, flushes;
+//! * `table` (Linux): list, count, kill and flush, and which kernel filters to trust;
 //! * `fill` (Linux, feature `fill`): loading big test tables.
 //!
 //! The codec is our own because the dump path parses a million entries per listing and the
@@ -20,6 +21,8 @@ pub mod matcher;
 #[cfg(all(target_os = "linux", feature = "fill"))]
 pub mod fill;
 #[cfg(target_os = "linux")]
+mod ops;
+#[cfg(target_os = "linux")]
 mod sys;
 #[cfg(target_os = "linux")]
 mod table;
@@ -29,4 +32,4 @@ pub use matcher::KernelFeatures;
 #[cfg(target_os = "linux")]
 pub use sys::kernel_release;
 #[cfg(target_os = "linux")]
-pub use table::{Conntrack, Counts, MAX_KERNEL_FLUSHES, to_record};
+pub use table::{Conntrack, Counts, MAX_KERNEL_FLUSHES, TupleFilter, to_record};

@@ -51,6 +51,16 @@ pub fn check_supported(sel: &Selector) -> Result<(), String> {
     Ok(())
 }
 
+/// Does the selector use fields that only a tuple filter (`CTA_FILTER`) can express?
+pub fn uses_tuple_fields(sel: &Selector) -> bool {
+    sel.src.is_some_and(|p| p.len > 0)
+        || sel.dst.is_some_and(|p| p.len > 0)
+        || sel.proto.is_some()
+        || sel.src_port.is_some()
+        || sel.dst_port.is_some()
+        || sel.nat_addr.is_some()
+}
+
 /// Does `entry` match every field of `sel`?
 pub fn matches(sel: &Selector, e: &CtEntry) -> bool {
     if let Some(f) = sel.family

@@ -60,11 +60,6 @@ impl CtSocket {
         self.seq
     }
 
-    /// The sequence number most recently handed out.
-    pub(crate) fn last_seq(&self) -> u32 {
-        self.seq
-    }
-
     /// Send a buffer of one or more messages in one `sendmsg`. When it returns, the kernel
     /// has processed every message in it.
     pub(crate) fn send(&self, bytes: &[u8]) -> Result<(), CtError> {
@@ -85,7 +80,9 @@ impl CtSocket {
 
     /// Receive one datagram. `Ok(None)` only when `wait` is false and nothing is queued.
     pub(crate) fn recv(&mut self, wait: bool) -> Result<Option<&[u8]>, CtError> {
-        let flags = if wait { 0 } else { libc_msg_dontwait() };
+        // MSG_TRUNC makes recv return the datagram's real length, so truncation shows.
+        let trunc = nix::sys::socket::MsgFlags::MSG_TRUNC.bits();
+        let flags = if wait { trunc } else { trunc | libc_msg_dontwait() };
         loop {
             self.buf.clear();
             match self.sock.recv(&mut self.buf, flags) {

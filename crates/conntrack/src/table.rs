@@ -1,8 +1,10 @@
-//! The conntrack backend's operations: list, count, kill and flush, each on its own socket.
+//! The conntrack backend's operations: list, count, kill and flush, each on its own socket,
+//! and what the kernel can be trusted to filter.
 
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use statecull_proto::{
     AddressFamily, CheckedSelector, KillPath, KillReport, Prefix, StateDetail, StateHandle,
@@ -10,13 +12,15 @@ use statecull_proto::{
 };
 use tracing::{debug, info, warn};
 
-use crate::codec::{MsgBuilder, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NlMsgs};
-use crate::ct::{
-    self, CtEntry, IPCTNL_MSG_CT_GET_STATS, IPCTNL_MSG_CT_NEW, KernelFilter, msg_type,
-};
+use crate::codec::MsgBuilder;
+use crate::ct::{self, CtEntry, KernelFilter};
 use crate::error::CtError;
 use crate::matcher::{self, KernelFeatures};
-use crate::sys::{CtSocket, SEND_CHUNK, kernel_release};
+use crate::ops::{
+    DUMP_ATTEMPTS, Deleter, ListenerProbe, ack, dump, dump_and_delete, elapsed_us, first_entries,
+    kernel_flush, lookup, partial, table_entries_on,
+};
+use crate::sys::{CtSocket, kernel_release};
 
 /// Most kernel flushes one `KillMatching` may cost before a single dump-and-delete pass is
 /// cheaper: each flush walks the whole table, while the dump path walks it once (measured:
@@ -25,15 +29,27 @@ use crate::sys::{CtSocket, SEND_CHUNK, kernel_release};
 pub const MAX_KERNEL_FLUSHES: usize = 3;
 /// Handles looked up per round trip when protected prefixes must be checked.
 const GET_CHUNK: usize = 512;
-/// A dump interrupted by a table resize is retried this many times.
-const DUMP_ATTEMPTS: usize = 3;
-/// Largest delete-by-handle message (IPv6 tuple, zone, id).
-const MAX_DELETE_MSG: usize = 160;
+/// Entries of each probe dump checked against the filter that produced them.
+const PROBE_SAMPLE: usize = 64;
+/// An undecided tuple-filter probe (no entries of that family yet) is retried at most this
+/// often, so requests do not pay for probes on every call.
+const PROBE_RETRY: Duration = Duration::from_secs(30);
 
 /// What is known about the kernel's `CTA_FILTER` address matching for one family.
 const UNKNOWN: u8 = 0;
 const TRUSTED: u8 = 1;
 const BROKEN: u8 = 2;
+
+/// Whether the kernel's tuple filter may be used for one address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TupleFilter {
+    /// Tested on live entries: it selects exactly the right ones.
+    Verified,
+    /// Refused by the kernel, or tested and found to select wrong entries.
+    Unusable,
+    /// Not tested yet (no entries of that family to test on); not used until it is.
+    Unverified,
+}
 
 /// The Linux conntrack table of the current network namespace.
 #[derive(Debug, Clone)]
@@ -43,6 +59,8 @@ pub struct Conntrack {
     tuple_accepted: bool,
     /// Per family (IPv4, IPv6): UNKNOWN, TRUSTED or BROKEN; probed on real entries.
     tuple_verdict: Arc<[AtomicU8; 2]>,
+    last_probe: Arc<Mutex<[Option<Instant>; 2]>>,
+    listeners: Arc<ListenerProbe>,
     /// Fixed features (tests of the fallback paths); no probing.
     forced: Option<KernelFeatures>,
     kernel: String,
@@ -56,13 +74,6 @@ pub struct Counts {
     pub table_entries: u64,
 }
 
-/// Summary of a dump.
-#[derive(Debug, Clone, Copy, Default)]
-struct DumpStats {
-    entries: u64,
-    interrupted: bool,
-}
-
 fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let ma = parts.next().and_then(|p| p.parse::<u32>().ok());
@@ -71,6 +82,75 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
         (Some(a), Some(b)) => (a, b) >= (major, minor),
         _ => false,
     }
+}
+
+fn family_index(f: AddressFamily) -> usize {
+    match f {
+        AddressFamily::Ipv4 => 0,
+        AddressFamily::Ipv6 => 1,
+    }
+}
+
+fn verdict_name(v: u8) -> &'static str {
+    match v {
+        TRUSTED => "verified",
+        BROKEN => "broken (not used)",
+        _ => "not verified yet",
+    }
+}
+
+/// The same address with its last bit flipped: an address the probe entry does not have.
+fn flip(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(v) => IpAddr::V4((u32::from(v) ^ 1).into()),
+        IpAddr::V6(v) => IpAddr::V6((u128::from(v) ^ 1).into()),
+    }
+}
+
+fn same_entry(a: &CtEntry, b: &CtEntry) -> bool {
+    a.id == b.id && a.orig == b.orig
+}
+
+/// Check on live entries that tuple-filtered dumps return exactly what they were asked for
+/// (read-only: a few dumps, each abandoned after a sample):
+/// * filtered on one entry's own addresses, every answer has those addresses and the entry
+///   is among them;
+/// * with any one of the three addresses changed, that entry is absent and every answer still
+///   satisfies the filter (a kernel that ignored a field would return it).
+fn verify_tuple_filter(family: AddressFamily) -> Result<u8, CtError> {
+    let base = KernelFilter { family: Some(family), ..KernelFilter::default() };
+    let Some(e) = first_entries(&base, 1)?.into_iter().next() else { return Ok(UNKNOWN) };
+    let exact = KernelFilter {
+        orig_src: Some(e.orig.src),
+        orig_dst: Some(e.orig.dst),
+        reply_dst: Some(e.reply.dst),
+        ..base
+    };
+    let sample = |f: &KernelFilter| match first_entries(f, PROBE_SAMPLE) {
+        Ok(got) => Ok(Some(got)),
+        Err(CtError::Kernel { .. }) => Ok(None),
+        Err(x) => Err(x),
+    };
+    let Some(got) = sample(&exact)? else { return Ok(BROKEN) };
+    if got.iter().any(|r| !exact.admits(r)) {
+        return Ok(BROKEN);
+    }
+    if !got.iter().any(|r| same_entry(r, &e)) {
+        // The entry expired in between: decide another time.
+        return Ok(UNKNOWN);
+    }
+    let variants = [
+        KernelFilter { orig_src: Some(flip(e.orig.src)), ..exact.clone() },
+        KernelFilter { orig_dst: Some(flip(e.orig.dst)), ..exact.clone() },
+        KernelFilter { reply_dst: Some(flip(e.reply.dst)), ..exact.clone() },
+    ];
+    for v in &variants {
+        let Some(got) = sample(v)? else { return Ok(BROKEN) };
+        if got.iter().any(|r| same_entry(r, &e) || !v.admits(r)) {
+            return Ok(BROKEN);
+        }
+    }
+    Ok(TRUSTED)
 }
 
 impl Conntrack {
@@ -106,6 +186,8 @@ impl Conntrack {
             mark,
             tuple_accepted: tuple,
             tuple_verdict: Arc::new([AtomicU8::new(UNKNOWN), AtomicU8::new(UNKNOWN)]),
+            last_probe: Arc::new(Mutex::new([None, None])),
+            listeners: Arc::new(ListenerProbe::open()),
             forced: None,
             kernel,
         };
@@ -114,11 +196,10 @@ impl Conntrack {
         for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
             ct.verified(family);
         }
-        let f = ct.features();
         info!(
             kernel = %ct.kernel,
             entries,
-            kernel_mark_flush = f.mark,
+            kernel_mark_flush = mark,
             kernel_tuple_filter = tuple,
             ipv4_tuple_filter = verdict_name(ct.verdict(AddressFamily::Ipv4)),
             ipv6_tuple_filter = verdict_name(ct.verdict(AddressFamily::Ipv6)),
@@ -134,6 +215,8 @@ impl Conntrack {
             mark: features.mark,
             tuple_accepted: features.family_flush,
             tuple_verdict: Arc::new([AtomicU8::new(UNKNOWN), AtomicU8::new(UNKNOWN)]),
+            last_probe: Arc::new(Mutex::new([None, None])),
+            listeners: Arc::new(ListenerProbe::open()),
             forced: Some(features),
             kernel: kernel_release(),
         }
@@ -143,8 +226,20 @@ impl Conntrack {
         self.tuple_verdict[family_index(family)].load(Ordering::SeqCst)
     }
 
-    /// Is `CTA_FILTER` address matching trustworthy for `family`? Probes once on real
-    /// entries if not known yet.
+    /// Whether tuple filters may be used for `family` (as known now, without probing).
+    pub fn tuple_filter(&self, family: AddressFamily) -> TupleFilter {
+        if let Some(f) = self.forced {
+            return if f.tuple(family) { TupleFilter::Verified } else { TupleFilter::Unusable };
+        }
+        match (self.tuple_accepted, self.verdict(family)) {
+            (false, _) | (_, BROKEN) => TupleFilter::Unusable,
+            (true, TRUSTED) => TupleFilter::Verified,
+            _ => TupleFilter::Unverified,
+        }
+    }
+
+    /// Is `CTA_FILTER` address matching trustworthy for `family`? Probes on real entries if
+    /// not known yet (at most every [`PROBE_RETRY`] while undecided).
     fn verified(&self, family: AddressFamily) -> bool {
         if !self.tuple_accepted {
             return false;
@@ -154,13 +249,17 @@ impl Conntrack {
             BROKEN => return false,
             _ => {}
         }
-        let verdict = match verify_tuple_filter(family) {
-            Ok(v) => v,
-            Err(e) => {
-                debug!(%family, error = %e, "tuple filter probe failed; will retry");
-                UNKNOWN
+        if let Ok(mut last) = self.last_probe.lock() {
+            let slot = &mut last[family_index(family)];
+            if slot.is_some_and(|t| t.elapsed() < PROBE_RETRY) {
+                return false;
             }
-        };
+            *slot = Some(Instant::now());
+        }
+        let verdict = verify_tuple_filter(family).unwrap_or_else(|e| {
+            debug!(%family, error = %e, "tuple filter probe failed; will retry");
+            UNKNOWN
+        });
         if verdict == BROKEN {
             warn!(
                 %family,
@@ -183,16 +282,19 @@ impl Conntrack {
         KernelFeatures {
             mark: self.mark,
             family_flush: self.tuple_accepted,
-            tuple_v4: self.tuple_accepted && self.verdict(AddressFamily::Ipv4) == TRUSTED,
-            tuple_v6: self.tuple_accepted && self.verdict(AddressFamily::Ipv6) == TRUSTED,
+            tuple_v4: self.tuple_filter(AddressFamily::Ipv4) == TupleFilter::Verified,
+            tuple_v6: self.tuple_filter(AddressFamily::Ipv6) == TupleFilter::Verified,
         }
     }
 
-    /// The kernel features for a request, probing the families its selectors need.
+    /// The kernel features for a request, probing only the families whose tuple filter the
+    /// request would actually use.
     fn features_for(&self, selectors: &[&CheckedSelector]) -> KernelFeatures {
         if self.forced.is_none() {
             for s in selectors {
-                if let Some(f) = s.family() {
+                if let Some(f) = s.family()
+                    && matcher::uses_tuple_fields(s)
+                {
                     self.verified(f);
                 }
             }
@@ -238,7 +340,7 @@ impl Conntrack {
             Ok(())
         })?;
         if stats.interrupted {
-            // A resize moved entries while we walked: some may be missing or repeated.
+            // A resize moved entries while we walked: some may be missing.
             return Err(CtError::Incomplete(
                 "the conntrack table was resized during the listing; run it again".into(),
             ));
@@ -300,7 +402,9 @@ impl Conntrack {
     ///
     /// One in-kernel filtered flush per selector when the kernel can express each selector
     /// completely, nothing must be spared and there are at most [`MAX_KERNEL_FLUSHES`]
-    /// selectors; otherwise one kernel-filtered dump with deletes streamed per chunk.
+    /// selectors; otherwise one kernel-filtered dump with deletes streamed per chunk. A
+    /// failure after the table changed comes back as a report of what was done, marked
+    /// inexact, with the error.
     pub fn kill_matching(
         &self,
         selectors: &[CheckedSelector],
@@ -321,25 +425,26 @@ impl Conntrack {
             && plans.iter().all(|p| p.complete && !p.filter.is_empty());
         if kernel_can {
             let filters: Vec<_> = plans.into_iter().map(|p| p.filter).collect();
-            return kernel_flush(&filters, KillPath::KernelFilteredFlush, started);
+            return kernel_flush(&filters, KillPath::KernelFilteredFlush, started, &self.listeners);
         }
         let filter = self.prefilter(selectors);
-        let mut report = dump_and_delete(&filter, protected, started, &|e| {
+        dump_and_delete(&filter, protected, started, &|e| {
             selectors.iter().any(|s| matcher::matches(s, e))
-        })?;
-        report.elapsed_us = elapsed_us(started);
-        Ok(report)
+        })
     }
 
     /// Kill every entry (sparing `protected`, which forces the dump path).
     pub fn flush(&self, protected: &[Prefix]) -> Result<KillReport, CtError> {
         let started = Instant::now();
         if protected.is_empty() {
-            return kernel_flush(&[KernelFilter::default()], KillPath::KernelFlush, started);
+            return kernel_flush(
+                &[KernelFilter::default()],
+                KillPath::KernelFlush,
+                started,
+                &self.listeners,
+            );
         }
-        let mut report = dump_and_delete(&KernelFilter::default(), protected, started, &|_| true)?;
-        report.elapsed_us = elapsed_us(started);
-        Ok(report)
+        dump_and_delete(&KernelFilter::default(), protected, started, &|_| true)
     }
 
     /// Kill exactly these entries. With protected prefixes, each entry is first fetched to
@@ -353,450 +458,56 @@ impl Conntrack {
         let started = Instant::now();
         let mut deleter = Deleter::open()?;
         let mut spared = 0u64;
-        let mut not_found_on_lookup = 0u64;
-        if protected.is_empty() {
-            for h in handles {
-                let StateHandle::Conntrack { orig, id, zone } = h;
-                deleter.push(orig, *id, *zone)?;
-            }
-        } else {
-            let mut sock = CtSocket::open()?;
-            for chunk in handles.chunks(GET_CHUNK) {
-                let found = lookup(&mut sock, chunk)?;
-                for (h, entry) in chunk.iter().zip(found) {
-                    let StateHandle::Conntrack { orig, id, zone } = h;
-                    match entry {
-                        // A handle names one entry: the tuple *and* the id must agree.
-                        Some(e) if e.id == *id => {
-                            if matcher::touches(protected, &e) {
-                                spared += 1;
-                            } else {
-                                deleter.push(orig, *id, *zone)?;
-                            }
-                        }
-                        _ => not_found_on_lookup += 1,
-                    }
-                }
-            }
+        let mut gone = 0u64;
+        let mut result = queue_handles(&mut deleter, handles, protected, &mut spared, &mut gone);
+        // Deliver whatever is queued, also after a failure.
+        if let Err(e) = deleter.send() {
+            result = result.and(Err(e));
         }
-        let d = deleter.finish()?;
-        Ok(KillReport {
-            requested: handles.len() as u64,
-            killed: d.killed(),
-            not_found: d.not_found + not_found_on_lookup,
-            spared,
-            failed: d.failed,
-            first_error: d.first_error,
-            exact: d.exact,
-            path: KillPath::Handles,
-            table_passes: 0,
-            elapsed_us: elapsed_us(started),
-        })
-    }
-}
-
-fn family_index(f: AddressFamily) -> usize {
-    match f {
-        AddressFamily::Ipv4 => 0,
-        AddressFamily::Ipv6 => 1,
-    }
-}
-
-fn verdict_name(v: u8) -> &'static str {
-    match v {
-        TRUSTED => "verified",
-        BROKEN => "broken (not used)",
-        _ => "not verified yet",
-    }
-}
-
-/// The first entry a (filtered) dump returns; the dump is abandoned after it.
-fn first_entry(filter: &KernelFilter) -> Result<Option<CtEntry>, CtError> {
-    const STOP: &str = "first entry found";
-    let mut found = None;
-    match dump(filter, &mut |e| {
-        found = Some(e);
-        Err(CtError::Aborted(STOP.into()))
-    }) {
-        Ok(_) => Ok(found),
-        Err(CtError::Aborted(m)) if m == STOP => Ok(found),
-        Err(e) => Err(e),
-    }
-}
-
-/// Check on a live entry that a tuple-filtered dump returns entries with the filtered
-/// addresses (read-only: two dumps, each abandoned after its first entry).
-fn verify_tuple_filter(family: AddressFamily) -> Result<u8, CtError> {
-    let base = KernelFilter { family: Some(family), ..KernelFilter::default() };
-    let Some(e) = first_entry(&base)? else { return Ok(UNKNOWN) };
-    let probe = KernelFilter {
-        orig_src: Some(e.orig.src),
-        orig_dst: Some(e.orig.dst),
-        reply_dst: Some(e.reply.dst),
-        ..base
-    };
-    Ok(match first_entry(&probe) {
-        Ok(Some(r))
-            if r.orig.src == e.orig.src
-                && r.orig.dst == e.orig.dst
-                && r.reply.dst == e.reply.dst =>
-        {
-            TRUSTED
-        }
-        Ok(Some(_)) => BROKEN,
-        // The entry may have expired in between: decide another time.
-        Ok(None) => UNKNOWN,
-        Err(CtError::Kernel { .. }) => BROKEN,
-        Err(e) => return Err(e),
-    })
-}
-
-fn elapsed_us(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-fn table_entries_on(sock: &mut CtSocket) -> Result<u64, CtError> {
-    let seq = sock.next_seq();
-    let mut b = MsgBuilder::new();
-    ct::stats_request(&mut b, seq);
-    sock.send(b.as_bytes())?;
-    loop {
-        let Some(buf) = sock.recv(true)? else {
-            continue;
-        };
-        for msg in NlMsgs::new(buf) {
-            let msg = msg?;
-            if msg.seq != seq {
-                continue;
-            }
-            if msg.msg_type == NLMSG_ERROR {
-                let (errno, _) = msg.error()?;
-                if errno != 0 {
-                    return Err(CtError::Kernel { op: "read conntrack statistics", errno: -errno });
-                }
-                continue;
-            }
-            if msg.msg_type == msg_type(IPCTNL_MSG_CT_GET_STATS) {
-                let (_, attrs) = msg.nf_attrs()?;
-                return ct::parse_stats(attrs);
-            }
+        let mut report = deleter.report(handles.len() as u64, KillPath::Handles, started);
+        report.spared = spared;
+        report.not_found += gone;
+        match result {
+            Ok(()) => Ok(report),
+            Err(e) if deleter.delivered == 0 => Err(e),
+            Err(e) => Ok(partial(report, &e)),
         }
     }
 }
 
-/// Wait for the ACK (or error) of request `seq`.
-fn ack(sock: &mut CtSocket, seq: u32, op: &'static str) -> Result<(), CtError> {
-    loop {
-        let Some(buf) = sock.recv(true)? else {
-            continue;
-        };
-        for msg in NlMsgs::new(buf) {
-            let msg = msg?;
-            if msg.msg_type != NLMSG_ERROR {
-                continue;
-            }
-            let (errno, for_seq) = msg.error()?;
-            if for_seq != seq {
-                continue;
-            }
-            return if errno == 0 { Ok(()) } else { Err(CtError::Kernel { op, errno: -errno }) };
-        }
-    }
-}
-
-/// One or more in-kernel flushes, counted by the table size before and after (the kernel
-/// returns no count). The delta is exact unless something else adds or removes entries
-/// meanwhile, so the report says `exact: false`.
-fn kernel_flush(
-    filters: &[KernelFilter],
-    path: KillPath,
-    started: Instant,
-) -> Result<KillReport, CtError> {
-    let mut sock = CtSocket::open()?;
-    let before = table_entries_on(&mut sock)?;
-    let mut passes = 0u32;
-    for f in filters {
-        let seq = sock.next_seq();
-        let mut b = MsgBuilder::new();
-        ct::flush_request(&mut b, seq, f);
-        sock.send(b.as_bytes())?;
-        ack(&mut sock, seq, "filtered flush")?;
-        passes += 1;
-    }
-    let after = table_entries_on(&mut sock)?;
-    Ok(KillReport {
-        requested: 0,
-        killed: before.saturating_sub(after),
-        not_found: 0,
-        spared: 0,
-        failed: 0,
-        first_error: None,
-        exact: false,
-        path,
-        table_passes: passes,
-        elapsed_us: elapsed_us(started),
-    })
-}
-
-/// Run one dump, calling `on_entry` for every entry.
-fn dump(
-    filter: &KernelFilter,
-    on_entry: &mut dyn FnMut(CtEntry) -> Result<(), CtError>,
-) -> Result<DumpStats, CtError> {
-    let mut sock = CtSocket::open()?;
-    let seq = sock.next_seq();
-    let mut b = MsgBuilder::new();
-    ct::dump_request(&mut b, seq, filter);
-    sock.send(b.as_bytes())?;
-    let mut stats = DumpStats::default();
-    loop {
-        let Some(buf) = sock.recv(true)? else {
-            continue;
-        };
-        for msg in NlMsgs::new(buf) {
-            let msg = msg?;
-            if msg.seq != seq {
-                continue;
-            }
-            if msg.flags & NLM_F_DUMP_INTR != 0 {
-                stats.interrupted = true;
-            }
-            match msg.msg_type {
-                NLMSG_DONE => return Ok(stats),
-                NLMSG_ERROR => {
-                    let (errno, _) = msg.error()?;
-                    if errno != 0 {
-                        return Err(CtError::Kernel {
-                            op: "dump the conntrack table",
-                            errno: -errno,
-                        });
-                    }
-                }
-                NLMSG_OVERRUN => {
-                    return Err(CtError::Incomplete("netlink reported an overrun".into()));
-                }
-                t if t == msg_type(IPCTNL_MSG_CT_NEW) => {
-                    let (_, attrs) = msg.nf_attrs()?;
-                    let entry = ct::parse_entry(attrs)?;
-                    stats.entries += 1;
-                    on_entry(entry)?;
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Fetch the entries for a chunk of handles in one round trip (`None` where missing).
-fn lookup(sock: &mut CtSocket, handles: &[StateHandle]) -> Result<Vec<Option<CtEntry>>, CtError> {
-    let mut b = MsgBuilder::with_capacity(handles.len() * MAX_DELETE_MSG);
-    let first = sock.last_seq().wrapping_add(1);
-    let mut seqs = Vec::with_capacity(handles.len());
-    for h in handles {
-        let StateHandle::Conntrack { orig, zone, .. } = h;
-        let seq = sock.next_seq();
-        seqs.push(seq);
-        ct::get_request(&mut b, seq, orig, *zone);
-    }
-    sock.send(b.as_bytes())?;
-    let mut out: Vec<Option<CtEntry>> = vec![None; handles.len()];
-    let mut answered = 0usize;
-    while answered < handles.len() {
-        let Some(buf) = sock.recv(true)? else {
-            continue;
-        };
-        for msg in NlMsgs::new(buf) {
-            let msg = msg?;
-            let seq = if msg.msg_type == NLMSG_ERROR { msg.error()?.1 } else { msg.seq };
-            let idx = seq.wrapping_sub(first) as usize;
-            if idx >= handles.len() || seqs[idx] != seq {
-                continue;
-            }
-            if msg.msg_type == NLMSG_ERROR {
-                let (errno, _) = msg.error()?;
-                if errno != 0 && errno != -2 {
-                    return Err(CtError::Kernel { op: "look up a state", errno: -errno });
-                }
-                answered += 1;
-            } else if msg.msg_type == msg_type(IPCTNL_MSG_CT_NEW) {
-                let (_, attrs) = msg.nf_attrs()?;
-                out[idx] = Some(ct::parse_entry(attrs)?);
-                answered += 1;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Batched deletes by handle, many per `sendmsg`, without ACKs: the kernel answers only the
-/// failures, which are drained after each send.
-struct Deleter {
-    sock: CtSocket,
-    batch: MsgBuilder,
-    sent: u64,
-    not_found: u64,
-    failed: u64,
-    first_error: Option<String>,
-    exact: bool,
-}
-
-impl Deleter {
-    fn open() -> Result<Self, CtError> {
-        Ok(Self {
-            sock: CtSocket::open()?,
-            batch: MsgBuilder::with_capacity(SEND_CHUNK),
-            sent: 0,
-            not_found: 0,
-            failed: 0,
-            first_error: None,
-            exact: true,
-        })
-    }
-
-    fn push(
-        &mut self,
-        orig: &statecull_proto::StateKey,
-        id: u32,
-        zone: u16,
-    ) -> Result<(), CtError> {
-        let seq = self.sock.next_seq();
-        ct::delete_request(&mut self.batch, seq, orig, id, zone);
-        self.sent += 1;
-        if self.batch.len() + MAX_DELETE_MSG > SEND_CHUNK {
-            self.send()?;
-        }
-        Ok(())
-    }
-
-    fn send(&mut self) -> Result<(), CtError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        self.sock.send(self.batch.as_bytes())?;
-        self.batch.clear();
-        // sendmsg returned: every delete in the batch ran; collect the failures.
-        loop {
-            let buf = match self.sock.recv(false) {
-                Ok(Some(buf)) => buf,
-                Ok(None) => return Ok(()),
-                Err(CtError::Io { source, .. }) if source.raw_os_error() == Some(105) => {
-                    // ENOBUFS: some error answers were dropped, so counts are uncertain.
-                    warn!("netlink receive queue overflowed; kill counts are approximate");
-                    self.exact = false;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            for msg in NlMsgs::new(buf) {
-                let msg = msg?;
-                if msg.msg_type != NLMSG_ERROR {
-                    continue;
-                }
-                let (errno, _) = msg.error()?;
-                match -errno {
-                    0 => {}
-                    2 => self.not_found += 1,
-                    e => {
-                        self.failed += 1;
-                        if self.first_error.is_none() {
-                            self.first_error = Some(crate::error::errno_text(e));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn finish(mut self) -> Result<Deleted, CtError> {
-        self.send()?;
-        Ok(Deleted {
-            sent: self.sent,
-            not_found: self.not_found,
-            failed: self.failed,
-            first_error: self.first_error,
-            exact: self.exact,
-        })
-    }
-}
-
-struct Deleted {
-    sent: u64,
-    not_found: u64,
-    failed: u64,
-    first_error: Option<String>,
-    exact: bool,
-}
-
-impl Deleted {
-    fn killed(&self) -> u64 {
-        self.sent.saturating_sub(self.not_found + self.failed)
-    }
-}
-
-/// One kernel-filtered dump; every entry `wanted` accepts is deleted by handle unless it
-/// touches a protected prefix. Deletes are sent while the dump is still running, on a second
-/// socket, so memory stays bounded and the kill finishes soon after the walk.
-fn dump_and_delete(
-    filter: &KernelFilter,
+fn queue_handles(
+    deleter: &mut Deleter,
+    handles: &[StateHandle],
     protected: &[Prefix],
-    started: Instant,
-    wanted: &dyn Fn(&CtEntry) -> bool,
-) -> Result<KillReport, CtError> {
-    let mut deleter = Deleter::open()?;
-    let mut spared = 0u64;
-    let mut passes = 0u32;
-    let mut complete = false;
-    for attempt in 1..=DUMP_ATTEMPTS {
-        passes += 1;
-        // Spared entries are seen again on a second walk; count them once.
-        spared = 0;
-        let mut err = None;
-        let stats = dump(filter, &mut |e| {
-            if !wanted(&e) {
-                return Ok(());
-            }
-            if matcher::touches(protected, &e) {
-                spared += 1;
-                return Ok(());
-            }
-            if let Err(x) = deleter.push(&e.orig, e.id, e.zone) {
-                err = Some(x);
-                return Err(CtError::Aborted("delete failed".into()));
-            }
-            Ok(())
-        });
-        if let Some(e) = err {
-            return Err(e);
+    spared: &mut u64,
+    gone: &mut u64,
+) -> Result<(), CtError> {
+    if protected.is_empty() {
+        for h in handles {
+            let StateHandle::Conntrack { orig, id, zone } = h;
+            deleter.push(orig, *id, *zone)?;
         }
-        if !stats?.interrupted {
-            complete = true;
-            break;
-        }
-        // A resize during the walk may have hidden entries: walk again. What is already
-        // deleted is gone and will not be seen twice.
-        warn!(attempt, "conntrack table resized during a kill; walking it again");
-        deleter.send()?;
+        return Ok(());
     }
-    let d = deleter.finish()?;
-    let killed = d.killed();
-    let first_error = match (complete, d.first_error) {
-        (false, None) => {
-            Some("the table was resized during every walk; some states may remain".into())
+    let mut sock = CtSocket::open()?;
+    for chunk in handles.chunks(GET_CHUNK) {
+        let found = lookup(&mut sock, chunk)?;
+        for (h, entry) in chunk.iter().zip(found) {
+            let StateHandle::Conntrack { orig, id, zone } = h;
+            match entry {
+                // A handle names one entry: the tuple *and* the id must agree.
+                Some(e) if e.id == *id => {
+                    if matcher::touches(protected, &e) {
+                        *spared += 1;
+                    } else {
+                        deleter.push(orig, *id, *zone)?;
+                    }
+                }
+                _ => *gone += 1,
+            }
         }
-        (_, e) => e,
-    };
-    Ok(KillReport {
-        requested: d.sent,
-        killed,
-        not_found: d.not_found,
-        spared,
-        failed: d.failed,
-        first_error,
-        exact: d.exact && complete,
-        path: KillPath::DumpAndDelete,
-        table_passes: passes,
-        elapsed_us: elapsed_us(started),
-    })
+    }
+    Ok(())
 }
 
 /// The protocol record for a dumped entry.
@@ -818,7 +529,7 @@ pub fn to_record(e: CtEntry) -> StateRecord {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_at_least;
+    use super::{flip, kernel_at_least};
 
     #[test]
     fn kernel_release_parsing() {
@@ -828,5 +539,13 @@ mod tests {
         assert!(!kernel_at_least("3.10.0-1160.el7", 4, 19));
         assert!(!kernel_at_least("unknown", 4, 19));
         assert!(kernel_at_least("10.0", 4, 19));
+    }
+
+    #[test]
+    fn flipped_addresses_differ_in_one_bit() {
+        let a: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(flip(a), "198.51.100.0".parse::<std::net::IpAddr>().unwrap());
+        let b: std::net::IpAddr = "2001:db8::".parse().unwrap();
+        assert_eq!(flip(b), "2001:db8::1".parse::<std::net::IpAddr>().unwrap());
     }
 }

@@ -127,6 +127,10 @@ pub struct Capabilities {
     /// the kernel accepts it and its address matching was verified on live entries); for the
     /// others they run as a filtered dump plus batched deletes.
     pub kernel_tuple_flush: Vec<crate::model::AddressFamily>,
+    /// Address families whose in-kernel tuple filter was tested on live entries and found to
+    /// select the wrong states; kills for them never use it. A family in neither list has not
+    /// been verified yet (no entries to test on) and is handled as unusable until it is.
+    pub kernel_tuple_broken: Vec<crate::model::AddressFamily>,
     /// `match_opposite` has an effect (pf); conntrack entries cover both directions.
     pub match_opposite: bool,
     /// `Flush` can be limited to an interface.
@@ -229,6 +233,9 @@ pub struct KillReport {
     /// Full passes over the state table the kernel made for this request.
     pub table_passes: u32,
     pub elapsed_us: u64,
+    /// Anything else the operator should know about this kill (e.g. that the count waited
+    /// for an event listener to release killed entries, or that it stopped part way).
+    pub note: Option<String>,
 }
 
 /// Why the broker refused or failed a request.

@@ -248,6 +248,7 @@ fn every_variant_roundtrips() {
             path: KillPath::Handles,
             table_passes: 0,
             elapsed_us: 9,
+            note: None,
         }),
         Response::Error(ErrorReply { code: ErrorCode::Busy, message: String::new() }),
     ];

@@ -212,18 +212,27 @@ pub(crate) fn selector_field() -> impl Strategy<Value = SelectorField> {
 }
 
 pub(crate) fn capabilities() -> impl Strategy<Value = Capabilities> {
-    (vec(selector_field(), 0..12), any::<bool>(), vec(family(), 0..3), any::<bool>(), any::<bool>())
+    (
+        vec(selector_field(), 0..12),
+        any::<bool>(),
+        vec(family(), 0..3),
+        vec(family(), 0..3),
+        any::<bool>(),
+        any::<bool>(),
+    )
         .prop_map(
             |(
                 selector_fields,
                 kernel_mark_flush,
                 kernel_tuple_flush,
+                kernel_tuple_broken,
                 match_opposite,
                 flush_by_interface,
             )| Capabilities {
                 selector_fields,
                 kernel_mark_flush,
                 kernel_tuple_flush,
+                kernel_tuple_broken,
                 match_opposite,
                 flush_by_interface,
             },
@@ -290,6 +299,7 @@ pub(crate) fn kill_report() -> impl Strategy<Value = KillReport> {
         kill_path(),
         any::<u32>(),
         any::<u64>(),
+        option::of(text()),
     )
         .prop_map(
             |(
@@ -303,6 +313,7 @@ pub(crate) fn kill_report() -> impl Strategy<Value = KillReport> {
                 path,
                 table_passes,
                 elapsed_us,
+                note,
             )| KillReport {
                 requested,
                 killed,
@@ -314,6 +325,7 @@ pub(crate) fn kill_report() -> impl Strategy<Value = KillReport> {
                 path,
                 table_passes,
                 elapsed_us,
+                note,
             },
         )
 }
