@@ -48,7 +48,17 @@ fn lab(tag: &str, spec: &TableSpec, broker_flags: &[&str]) -> Lab {
 }
 
 fn client(lab: &Lab) -> BrokerClient {
-    let c = BrokerClient::connect(lab.broker.socket(), "integration test").expect("connect");
+    // A broker at its connection limit answers Busy; a well-behaved client retries.
+    let mut tries = 0;
+    let c = loop {
+        match BrokerClient::connect(lab.broker.socket(), "integration test") {
+            Err(ClientError::Refused(e)) if e.code == ErrorCode::Busy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other.expect("connect"),
+        }
+    };
     c.set_timeout(Some(Duration::from_secs(60))).expect("timeout");
     c
 }
