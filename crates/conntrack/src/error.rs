@@ -27,6 +27,12 @@ pub enum CtError {
     Incomplete(String),
 }
 
+impl From<statecull_netlink::NlError> for CtError {
+    fn from(e: statecull_netlink::NlError) -> Self {
+        Self::Codec(e.0)
+    }
+}
+
 impl CtError {
     pub(crate) fn codec(why: impl Into<String>) -> Self {
         Self::Codec(why.into())

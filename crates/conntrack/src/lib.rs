@@ -1,6 +1,6 @@
 //! statecull's Linux conntrack backend.
 //!
-//! * [`codec`]: netlink message building and zero-copy parsing (pure);
+//! * [`codec`]: netlink message building and zero-copy parsing (`statecull-netlink`, pure);
 //! * [`ct`]: ctnetlink requests and entry parsing (pure);
 //! * [`matcher`]: selector semantics and what the kernel can filter (pure);
 //! * `sys` (Linux): one netlink socket per operation, via `netlink-sys` and `nix`;
@@ -13,7 +13,8 @@
 //! `netlink-packet-netfilter` in the tests. No `unsafe` anywhere in this crate.
 #![forbid(unsafe_code)]
 
-pub mod codec;
+/// Netlink framing, from `statecull-netlink`.
+pub use statecull_netlink as codec;
 pub mod ct;
 mod error;
 pub mod matcher;

@@ -1,15 +1,29 @@
 //! Netlink framing: building messages with nested attributes, and walking received buffers
-//! without copying.
+//! without copying. Used for ctnetlink (Linux conntrack) and for pf's generic netlink family
+//! (FreeBSD), whose framing is the same: `nlmsghdr`, a 4-byte family header (`nfgenmsg` or
+//! `genlmsghdr`), then 4-byte-aligned attributes.
 //!
-//! Pure code, no I/O. Every read is bounds-checked; a malformed kernel message is an error,
-//! never a panic.
+//! Pure code, no I/O, no `unsafe`. Every read is bounds-checked; a malformed kernel message is
+//! an error, never a panic.
+#![forbid(unsafe_code)]
 
-use crate::error::CtError;
+/// A message that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed netlink message: {0}")]
+pub struct NlError(pub String);
+
+impl NlError {
+    pub fn new(why: impl Into<String>) -> Self {
+        Self(why.into())
+    }
+}
 
 /// `sizeof(struct nlmsghdr)`.
 pub const NLMSG_HDRLEN: usize = 16;
 /// `sizeof(struct nfgenmsg)`.
 pub const NFGENMSG_LEN: usize = 4;
+/// `sizeof(struct genlmsghdr)`.
+pub const GENLMSG_LEN: usize = 4;
 /// `sizeof(struct nlattr)`.
 pub const NLA_HDRLEN: usize = 4;
 /// `NLA_F_NESTED`: set on nested attributes (strict kernel parsers require it).
@@ -134,6 +148,24 @@ impl MsgBuilder {
         self.attr(kind, &v.to_ne_bytes());
     }
 
+    /// A native-endian u16 (`NLA_U16`).
+    pub fn attr_u16(&mut self, kind: u16, v: u16) {
+        self.attr(kind, &v.to_ne_bytes());
+    }
+
+    /// A native-endian u64 (`NLA_U64`).
+    pub fn attr_u64(&mut self, kind: u16, v: u64) {
+        self.attr(kind, &v.to_ne_bytes());
+    }
+
+    /// A NUL-terminated string (`NLA_STRING`).
+    pub fn attr_str(&mut self, kind: u16, s: &str) {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.attr(kind, &v);
+    }
+
     pub fn nest_begin(&mut self, kind: u16) -> Mark {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
@@ -161,10 +193,10 @@ pub struct NlMsg<'a> {
 impl<'a> NlMsg<'a> {
     /// For `NLMSG_ERROR`: the (negative) errno, 0 for an ACK, and the sequence number of the
     /// request it answers.
-    pub fn error(&self) -> Result<(i32, u32), CtError> {
+    pub fn error(&self) -> Result<(i32, u32), NlError> {
         let p = self.payload;
         if p.len() < 4 + NLMSG_HDRLEN {
-            return Err(CtError::codec("truncated NLMSG_ERROR"));
+            return Err(NlError::new("truncated NLMSG_ERROR"));
         }
         let errno = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
         let seq = u32::from_ne_bytes([p[12], p[13], p[14], p[15]]);
@@ -172,11 +204,19 @@ impl<'a> NlMsg<'a> {
     }
 
     /// For netfilter messages: the `nfgenmsg` family and the attributes after it.
-    pub fn nf_attrs(&self) -> Result<(u8, Attrs<'a>), CtError> {
+    pub fn nf_attrs(&self) -> Result<(u8, Attrs<'a>), NlError> {
         if self.payload.len() < NFGENMSG_LEN {
-            return Err(CtError::codec("netfilter message shorter than nfgenmsg"));
+            return Err(NlError::new("netfilter message shorter than nfgenmsg"));
         }
         Ok((self.payload[0], Attrs::new(&self.payload[NFGENMSG_LEN..])))
+    }
+
+    /// For generic netlink messages: the `genlmsghdr` command and the attributes after it.
+    pub fn genl_attrs(&self) -> Result<(u8, Attrs<'a>), NlError> {
+        if self.payload.len() < GENLMSG_LEN {
+            return Err(NlError::new("generic netlink message shorter than genlmsghdr"));
+        }
+        Ok((self.payload[0], Attrs::new(&self.payload[GENLMSG_LEN..])))
     }
 }
 
@@ -193,7 +233,7 @@ impl<'a> NlMsgs<'a> {
 }
 
 impl<'a> Iterator for NlMsgs<'a> {
-    type Item = Result<NlMsg<'a>, CtError>;
+    type Item = Result<NlMsg<'a>, NlError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
@@ -202,12 +242,12 @@ impl<'a> Iterator for NlMsgs<'a> {
         let b = self.buf;
         if b.len() < NLMSG_HDRLEN {
             self.buf = &[];
-            return Some(Err(CtError::codec("truncated netlink header")));
+            return Some(Err(NlError::new("truncated netlink header")));
         }
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len < NLMSG_HDRLEN || len > b.len() {
             self.buf = &[];
-            return Some(Err(CtError::codec(format!(
+            return Some(Err(NlError::new(format!(
                 "netlink message length {len} outside 16..={}",
                 b.len()
             ))));
@@ -236,7 +276,7 @@ impl<'a> Attrs<'a> {
 }
 
 impl<'a> Iterator for Attrs<'a> {
-    type Item = Result<(u16, &'a [u8]), CtError>;
+    type Item = Result<(u16, &'a [u8]), NlError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         // Trailing bytes shorter than an attribute header are padding.
@@ -248,7 +288,7 @@ impl<'a> Iterator for Attrs<'a> {
         let kind = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
         if len < NLA_HDRLEN || len > b.len() {
             self.buf = &[];
-            return Some(Err(CtError::codec(format!(
+            return Some(Err(NlError::new(format!(
                 "attribute {kind} length {len} outside 4..={}",
                 b.len()
             ))));
@@ -258,24 +298,37 @@ impl<'a> Iterator for Attrs<'a> {
     }
 }
 
-fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], CtError> {
-    v.try_into().map_err(|_| CtError::codec(format!("{what}: {} bytes, expected {N}", v.len())))
+fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], NlError> {
+    v.try_into().map_err(|_| NlError::new(format!("{what}: {} bytes, expected {N}", v.len())))
 }
 
-pub fn get_u8(v: &[u8], what: &str) -> Result<u8, CtError> {
+pub fn get_u8(v: &[u8], what: &str) -> Result<u8, NlError> {
     Ok(fixed::<1>(v, what)?[0])
 }
 
-pub fn get_be16(v: &[u8], what: &str) -> Result<u16, CtError> {
+pub fn get_be16(v: &[u8], what: &str) -> Result<u16, NlError> {
     Ok(u16::from_be_bytes(fixed(v, what)?))
 }
 
-pub fn get_be32(v: &[u8], what: &str) -> Result<u32, CtError> {
+pub fn get_be32(v: &[u8], what: &str) -> Result<u32, NlError> {
     Ok(u32::from_be_bytes(fixed(v, what)?))
 }
 
-pub fn get_be64(v: &[u8], what: &str) -> Result<u64, CtError> {
+pub fn get_be64(v: &[u8], what: &str) -> Result<u64, NlError> {
     Ok(u64::from_be_bytes(fixed(v, what)?))
+}
+
+/// Native-endian integers (`NLA_U16`/`NLA_U32`/`NLA_U64` in generic netlink families).
+pub fn get_u16(v: &[u8], what: &str) -> Result<u16, NlError> {
+    Ok(u16::from_ne_bytes(fixed(v, what)?))
+}
+
+pub fn get_u32(v: &[u8], what: &str) -> Result<u32, NlError> {
+    Ok(u32::from_ne_bytes(fixed(v, what)?))
+}
+
+pub fn get_u64(v: &[u8], what: &str) -> Result<u64, NlError> {
+    Ok(u64::from_ne_bytes(fixed(v, what)?))
 }
 
 #[cfg(test)]
