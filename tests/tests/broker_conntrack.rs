@@ -76,7 +76,7 @@ fn snapshot(c: &mut BrokerClient, sel: Option<Selector>) -> Vec<StateRecord> {
 }
 
 fn mark_of(r: &StateRecord) -> u32 {
-    let StateDetail::Conntrack { mark, .. } = r.detail;
+    let StateDetail::Conntrack { mark, .. } = r.detail else { panic!("not a conntrack record") };
     mark
 }
 
@@ -202,7 +202,7 @@ fn kill_handles_of_a_listed_subset_kills_exactly_those() {
 
     // A stale handle (right tuple, wrong id) never kills the live entry.
     let live = left.iter().find(|r| mark_of(r) == 1).expect("a live WAN1 entry");
-    let StateHandle::Conntrack { orig, id, zone } = live.handle;
+    let StateHandle::Conntrack { orig, id, zone } = live.handle else { panic!("not conntrack") };
     let stale = StateHandle::Conntrack { orig, id: id.wrapping_add(1), zone };
     let r = c.kill_handles(vec![stale]).expect("stale kill");
     assert_eq!((r.killed, r.not_found), (0, 1));

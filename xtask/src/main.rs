@@ -133,7 +133,19 @@ fn check_freebsd() -> Result<()> {
         eprintln!("WARNING: `rustup target add {target}` failed; cannot type-check for FreeBSD");
         return Ok(());
     }
-    run(cargo().args(["check", "--target", target, "-p", "statecull-proto", "-p", "statecull-cli"]))
+    run(cargo().args([
+        "check",
+        "--target",
+        target,
+        "-p",
+        "statecull-proto",
+        "-p",
+        "statecull-cli",
+        "-p",
+        "statecull-pf",
+        "-p",
+        "statecull-broker",
+    ]))
 }
 
 fn main() -> ExitCode {

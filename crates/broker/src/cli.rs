@@ -34,7 +34,13 @@ OPTIONS:
         --protect PREFIX     never kill states touching PREFIX, whatever is asked;
                              repeatable (e.g. --protect 192.0.2.0/28 for management)
         --max-connections N  concurrent clients [default: 16]
-        --backend NAME       state table: conntrack [default: conntrack]
+        --backend NAME       state table: conntrack (Linux), pf (FreeBSD), or pf-model: an
+                             in-memory model of pf with a generated two-WAN router table,
+                             for simulation and tests [default: conntrack]
+        --model-states N     pf-model: states in the generated table [default: 100000]
+        --model-seed N       pf-model: seed of the generated table [default: 1]
+        --model-release R    pf-model: FreeBSD release whose interfaces to emulate:
+                             13 (nvlist ioctls), 14 (+ netlink listing), 15 (netlink) [15]
         --log-format FORMAT  text or json [default: text]
         --log-level LEVEL    error, warn, info, debug or trace [default: info]
         --check              probe the backend, print what it supports, and exit
@@ -90,7 +96,8 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
             Short('s') => flags.push(("socket".into(), value(&mut parser)?)),
             Long(
                 name @ ("socket" | "socket-group" | "allow-user" | "allow-group" | "protect"
-                | "max-connections" | "backend" | "log-format" | "log-level"),
+                | "max-connections" | "backend" | "log-format" | "log-level"
+                | "model-states" | "model-seed" | "model-release"),
             ) => {
                 let name = name.to_owned();
                 flags.push((name, value(&mut parser)?));
@@ -120,6 +127,21 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
                     .ok_or_else(|| bad("expected a number of at least 1".into()))?;
             }
             "backend" => config.backend = config::parse_backend(&v).map_err(bad)?,
+            "model-states" | "model-seed" | "model-release" => {
+                let BackendChoice::PfModel(spec) = &mut config.backend else {
+                    return Err(bad("needs --backend pf-model first".into()));
+                };
+                match name.as_str() {
+                    "model-states" => {
+                        spec.states =
+                            v.parse().map_err(|_| bad("expected a number of states".into()))?;
+                    }
+                    "model-seed" => {
+                        spec.seed = v.parse().map_err(|_| bad("expected a number".into()))?
+                    }
+                    _ => spec.release = config::parse_release(&v).map_err(bad)?,
+                }
+            }
             "log-format" => config.log_format = config::parse_log_format(&v).map_err(bad)?,
             "log-level" => config.log_level = config::parse_log_level(&v).map_err(bad)?,
             _ => {}
@@ -157,7 +179,58 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
         BackendChoice::Conntrack => {
             Err(BrokerError::Config("the conntrack backend exists only on Linux".into()))
         }
+        #[cfg(target_os = "freebsd")]
+        BackendChoice::Pf => {
+            let dev = statecull_pf::sys::FreeBsdDevice::open()
+                .map_err(|e| BrokerError::Backend(format!("cannot open pf: {e}")))?;
+            let client = statecull_pf::kernel::PfClient::probe(dev)
+                .map_err(|e| BrokerError::Backend(format!("pf: {e}")))?;
+            let kernel = statecull_pf::sys::kernel_release();
+            Ok(Box::new(crate::pf_backend::PfBackend::new(
+                client,
+                statecull_proto::BackendKind::Pf,
+                kernel,
+            )))
+        }
+        #[cfg(not(target_os = "freebsd"))]
+        BackendChoice::Pf => Err(BrokerError::Config(
+            "the pf backend exists only on FreeBSD; --backend pf-model runs pf's model anywhere"
+                .into(),
+        )),
+        BackendChoice::PfModel(spec) => open_model(spec),
     }
+}
+
+fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> {
+    use statecull_pf::kernel::{ModelDevice, PfClient, Release};
+    let started = std::time::Instant::now();
+    let generated = statecull_pf::table_gen::router_table(&statecull_pf::table_gen::Spec::new(
+        spec.states,
+        spec.seed,
+    ))
+    .map_err(|e| BrokerError::Backend(format!("pf model: {e}")))?;
+    let states = generated.model.len();
+    let release = match spec.release {
+        13 => Release::FREEBSD_13,
+        14 => Release::FREEBSD_14,
+        _ => Release::FREEBSD_15,
+    };
+    let client = PfClient::probe(ModelDevice::new(generated.model, release))
+        .map_err(|e| BrokerError::Backend(format!("pf model: {e}")))?;
+    tracing::info!(
+        states,
+        seed = spec.seed,
+        release = spec.release,
+        build_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "pf model ready"
+    );
+    let kernel =
+        format!("pf model of FreeBSD {}, {states} states (seed {})", spec.release, spec.seed);
+    Ok(Box::new(crate::pf_backend::PfBackend::new(
+        client,
+        statecull_proto::BackendKind::PfModel,
+        kernel,
+    )))
 }
 
 fn run(args: Args) -> Result<(), BrokerError> {

@@ -43,7 +43,28 @@ pub fn parse_log_level(s: &str) -> Result<LogLevel, String> {
 /// Which state table to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
+    /// Linux netfilter conntrack.
     Conntrack,
+    /// FreeBSD pf through `/dev/pf` and pf netlink.
+    Pf,
+    /// The in-memory model of pf, filled with a generated two-WAN router table (for
+    /// simulation, tests and benchmarks; runs anywhere, needs no privilege).
+    PfModel(ModelSpec),
+}
+
+/// The generated table behind the `pf-model` backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub states: usize,
+    pub seed: u64,
+    /// Which FreeBSD release's kernel interfaces to emulate: 13, 14 or 15.
+    pub release: u8,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self { states: 100_000, seed: 1, release: 15 }
+    }
 }
 
 /// The effective configuration.
@@ -98,6 +119,9 @@ struct FileConfig {
     backend: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
+    model_states: Option<usize>,
+    model_seed: Option<u64>,
+    model_release: Option<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -107,7 +131,18 @@ fn line_of(text: &str, offset: usize) -> usize {
 pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     match s {
         "conntrack" => Ok(BackendChoice::Conntrack),
-        other => Err(format!("unknown backend {other:?} (available: conntrack)")),
+        "pf" => Ok(BackendChoice::Pf),
+        "pf-model" => Ok(BackendChoice::PfModel(ModelSpec::default())),
+        other => Err(format!("unknown backend {other:?} (available: conntrack, pf, pf-model)")),
+    }
+}
+
+pub fn parse_release(s: &str) -> Result<u8, String> {
+    match s {
+        "13" => Ok(13),
+        "14" => Ok(14),
+        "15" => Ok(15),
+        other => Err(format!("unknown FreeBSD release {other:?} (13, 14 or 15)")),
     }
 }
 
@@ -191,6 +226,22 @@ impl Config {
         }
         if let Some(b) = &file.backend {
             c.backend = parse_backend(b).map_err(|m| err(1, m))?;
+        }
+        if let BackendChoice::PfModel(spec) = &mut c.backend {
+            if let Some(n) = file.model_states {
+                spec.states = n;
+            }
+            if let Some(n) = file.model_seed {
+                spec.seed = n;
+            }
+            if let Some(r) = &file.model_release {
+                spec.release = parse_release(r).map_err(|m| err(1, m))?;
+            }
+        } else if file.model_states.is_some()
+            || file.model_seed.is_some()
+            || file.model_release.is_some()
+        {
+            return Err(err(1, "model_* keys need backend = \"pf-model\"".into()));
         }
         if let Some(f) = &file.log_format {
             c.log_format = parse_log_format(f).map_err(|m| err(1, m))?;

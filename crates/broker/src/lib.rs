@@ -7,13 +7,15 @@
 //!
 //! * [`config`]: the broker's own small configuration;
 //! * [`server`]: listener, peer credentials, the per-connection request loop;
-//! * [`backend`]: the interface to a state table, and the conntrack implementation.
+//! * [`backend`]: the interface to a state table, and the conntrack implementation;
+//! * [`pf_backend`]: FreeBSD pf and its model.
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod cli;
 pub mod config;
 mod error;
+pub mod pf_backend;
 pub mod server;
 
 pub use error::BrokerError;

@@ -81,9 +81,24 @@ pub fn record_json(r: &StateRecord) -> Value {
                 v["tcp_state"] = json!(tcp_state_name(*s));
             }
         }
+        StateDetail::Pf { direction, interface, orig_interface, wire, stack, gateway, rule } => {
+            v["direction"] = json!(direction);
+            v["interface"] = json!(interface);
+            v["orig_interface"] = json!(orig_interface);
+            v["wire"] = key_json(wire);
+            v["stack"] = key_json(stack);
+            v["gateway"] = json!(gateway.map(|g| g.to_string()));
+            v["rule"] = json!(rule);
+        }
     }
-    let statecull_proto::StateHandle::Conntrack { id, .. } = r.handle;
-    v["id"] = json!(id);
+    match r.handle {
+        statecull_proto::StateHandle::Conntrack { id, .. } => v["id"] = json!(id),
+        statecull_proto::StateHandle::Pf { id, creator_id } => {
+            // pfctl prints ids in hexadecimal; the raw value is what a kill needs.
+            v["id"] = json!(format!("{id:016x}"));
+            v["creator_id"] = json!(format!("{creator_id:08x}"));
+        }
+    }
     if let Some(t) = r.expires_in_secs {
         v["expires_in"] = json!(t);
     }
@@ -115,6 +130,26 @@ pub fn record_line(r: &StateRecord) -> String {
             line.push_str(&format!("  mark {mark:#x}"));
             if *zone != 0 {
                 line.push_str(&format!(" zone {zone}"));
+            }
+        }
+        StateDetail::Pf { direction, interface, orig_interface, wire, gateway, .. } => {
+            let dir = match direction {
+                statecull_proto::PfDirection::In => "in",
+                statecull_proto::PfDirection::Out => "out",
+            };
+            line.push_str(&format!("  {dir} on {interface}"));
+            if interface == "all" {
+                line.push_str(&format!(" (created on {orig_interface})"));
+            }
+            if r.is_nat() {
+                line.push_str(&format!(
+                    "  wire {} -> {} [NAT]",
+                    endpoint(&wire.src, wire.src_port()),
+                    endpoint(&wire.dst, wire.dst_port())
+                ));
+            }
+            if let Some(g) = gateway {
+                line.push_str(&format!("  gateway {g}"));
             }
         }
     }
@@ -215,7 +250,12 @@ pub fn hello_text(h: &HelloReply) -> String {
         "  selectors: {}\n",
         c.selector_fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
     ));
-    out.push_str(&format!("  in-kernel kills by mark: {}\n", yes(c.kernel_mark_flush)));
+    if c.selector_fields.contains(&statecull_proto::SelectorField::Mark) {
+        out.push_str(&format!("  in-kernel kills by mark: {}\n", yes(c.kernel_mark_flush)));
+    }
+    if c.match_opposite {
+        out.push_str("  --opposite: kills each victim's twin state in the other direction\n");
+    }
     out.push_str("  kills by NAT address/tuple:\n");
     for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
         out.push_str(&format!("    {family}: {}\n", tuple_filter_status(c, family)));

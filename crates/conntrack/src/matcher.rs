@@ -118,8 +118,7 @@ pub fn touches(protected: &[Prefix], e: &CtEntry) -> bool {
 
 /// Same as [`touches`] for a record from a snapshot.
 pub fn record_touches(protected: &[Prefix], r: &StateRecord) -> bool {
-    let statecull_proto::StateDetail::Conntrack { reply, .. } = &r.detail;
-    let addrs = [r.key.src, r.key.dst, reply.src, reply.dst];
+    let addrs = r.addresses();
     protected.iter().any(|p| addrs.iter().any(|a| p.contains(a)))
 }
 

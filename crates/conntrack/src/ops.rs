@@ -191,7 +191,9 @@ pub(crate) fn lookup(
     let mut b = MsgBuilder::with_capacity(handles.len() * MAX_DELETE_MSG);
     let mut seqs = Vec::with_capacity(handles.len());
     for h in handles {
-        let StateHandle::Conntrack { orig, zone, .. } = h;
+        let StateHandle::Conntrack { orig, zone, .. } = h else {
+            return Err(not_conntrack());
+        };
         let seq = sock.next_seq();
         seqs.push(seq);
         ct::get_request(&mut b, seq, orig, *zone);
@@ -219,6 +221,11 @@ pub(crate) fn lookup(
         }
     }
     Ok(out)
+}
+
+/// A handle of another backend reached the conntrack backend.
+pub(crate) fn not_conntrack() -> CtError {
+    CtError::Unsupported("a pf state handle cannot name a conntrack entry".into())
 }
 
 /// Batched deletes by handle, many per `sendmsg`, without ACKs: the kernel answers only the

@@ -18,7 +18,7 @@ use crate::error::CtError;
 use crate::matcher::{self, KernelFeatures};
 use crate::ops::{
     DUMP_ATTEMPTS, Deleter, ListenerProbe, ack, dump, dump_and_delete, elapsed_us, first_entries,
-    kernel_flush, lookup, partial, table_entries_on,
+    kernel_flush, lookup, not_conntrack, partial, table_entries_on,
 };
 use crate::sys::{CtSocket, kernel_release};
 
@@ -484,7 +484,7 @@ fn queue_handles(
 ) -> Result<(), CtError> {
     if protected.is_empty() {
         for h in handles {
-            let StateHandle::Conntrack { orig, id, zone } = h;
+            let StateHandle::Conntrack { orig, id, zone } = h else { return Err(not_conntrack()) };
             deleter.push(orig, *id, *zone)?;
         }
         return Ok(());
@@ -493,7 +493,7 @@ fn queue_handles(
     for chunk in handles.chunks(GET_CHUNK) {
         let found = lookup(&mut sock, chunk)?;
         for (h, entry) in chunk.iter().zip(found) {
-            let StateHandle::Conntrack { orig, id, zone } = h;
+            let StateHandle::Conntrack { orig, id, zone } = h else { return Err(not_conntrack()) };
             match entry {
                 // A handle names one entry: the tuple *and* the id must agree.
                 Some(e) if e.id == *id => {

@@ -91,17 +91,33 @@ impl MsgBuilder {
         self.buf.truncate(mark.0);
     }
 
-    /// Start a netfilter message: `nlmsghdr` then `nfgenmsg`.
+    /// Start a netfilter message: `nlmsghdr` then `nfgenmsg` {family, version, res_id = 0}.
     pub fn begin(&mut self, msg_type: u16, flags: u16, seq: u32, family: u8, version: u8) -> Mark {
+        self.begin_with(msg_type, flags, seq, [family, version, 0, 0])
+    }
+
+    /// Start a generic netlink message: `nlmsghdr` then `genlmsghdr` {cmd, version,
+    /// reserved = 0}.
+    pub fn begin_genl(
+        &mut self,
+        family_id: u16,
+        flags: u16,
+        seq: u32,
+        cmd: u8,
+        version: u8,
+    ) -> Mark {
+        self.begin_with(family_id, flags, seq, [cmd, version, 0, 0])
+    }
+
+    /// Start a message with an explicit 4-byte family header.
+    pub fn begin_with(&mut self, msg_type: u16, flags: u16, seq: u32, header: [u8; 4]) -> Mark {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, patched in end()
         self.buf.extend_from_slice(&msg_type.to_ne_bytes());
         self.buf.extend_from_slice(&flags.to_ne_bytes());
         self.buf.extend_from_slice(&seq.to_ne_bytes());
         self.buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel
-        self.buf.push(family);
-        self.buf.push(version);
-        self.buf.extend_from_slice(&0u16.to_be_bytes()); // res_id
+        self.buf.extend_from_slice(&header);
         Mark(start)
     }
 

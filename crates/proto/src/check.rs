@@ -311,6 +311,13 @@ impl StateHandle {
     pub fn check(&self) -> Result<(), ProtoError> {
         match self {
             StateHandle::Conntrack { orig, .. } => orig.check(),
+            StateHandle::Pf { id, .. } => {
+                if *id == 0 {
+                    // Id 0 is not a state: the kernel would read the request as a filter.
+                    return Err(ProtoError::invalid("state handle", "pf state id 0"));
+                }
+                Ok(())
+            }
         }
     }
 }

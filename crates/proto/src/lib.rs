@@ -17,8 +17,8 @@ pub mod verbs;
 pub use check::{CheckedSelector, Limits};
 pub use error::ProtoError;
 pub use model::{
-    AddressFamily, Counters, IfName, L4, Label, MarkMatch, PortRange, Prefix, Selector,
-    SelectorField, StateDetail, StateHandle, StateKey, StateRecord, ipproto,
+    AddressFamily, Counters, IfName, L4, Label, MarkMatch, PfDirection, PortRange, Prefix,
+    Selector, SelectorField, StateDetail, StateHandle, StateKey, StateRecord, ipproto,
 };
 pub use verbs::{
     BackendInfo, BackendKind, Capabilities, CountReply, ErrorCode, ErrorReply, Hello, HelloReply,

@@ -619,6 +619,17 @@ pub enum StateHandle {
     /// kernel deletes the entry only if the tuple is found *and* the id matches, so a handle
     /// never hits a newer entry that reused the tuple.
     Conntrack { orig: StateKey, id: u32, zone: u16 },
+    /// FreeBSD pf: the state id exactly as the kernel reported it (never byte-swapped) and
+    /// the raw creator id (0 means this host). A kill by id is O(1) in the kernel.
+    Pf { id: u64, creator_id: u32 },
+}
+
+/// Direction of a pf state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PfDirection {
+    In,
+    Out,
 }
 
 /// Packet and byte counters, when the backend keeps them (conntrack needs
@@ -644,6 +655,24 @@ pub enum StateDetail {
         status: u32,
         /// TCP state (`TCP_CONNTRACK_*`) for TCP entries.
         tcp_state: Option<u8>,
+    },
+    /// FreeBSD pf: one state per direction and interface; a forwarded NAT connection has
+    /// two (its LAN-side and WAN-side "twins").
+    Pf {
+        direction: PfDirection,
+        /// The state's interface ("all" for floating states).
+        interface: String,
+        /// The interface it was created on.
+        orig_interface: String,
+        /// The key as seen on the wire (after NAT on outbound states), oriented from the
+        /// connection's source to its destination.
+        wire: StateKey,
+        /// The key as seen by the stack (before NAT), oriented the same way.
+        stack: StateKey,
+        /// Route-to / reply-to gateway (`rt_addr`), if any.
+        gateway: Option<IpAddr>,
+        /// Number of the rule that created the state.
+        rule: Option<u32>,
     },
 }
 
@@ -674,13 +703,27 @@ impl StateRecord {
             StateDetail::Conntrack { status, .. } => {
                 status & (ct_status::SRC_NAT | ct_status::DST_NAT) != 0
             }
+            StateDetail::Pf { wire, stack, .. } => wire != stack,
         }
     }
 
     /// The address replies go to (conntrack: reply destination).
+    /// conntrack: the reply destination; pf: the wire key's source (the address the
+    /// firewall uses on the wire, i.e. the NAT address of an outbound state).
     pub fn reply_dst(&self) -> IpAddr {
         match &self.detail {
             StateDetail::Conntrack { reply, .. } => reply.dst,
+            StateDetail::Pf { wire, .. } => wire.src,
+        }
+    }
+
+    /// Every address the state names (both directions or keys).
+    pub fn addresses(&self) -> [IpAddr; 4] {
+        match &self.detail {
+            StateDetail::Conntrack { reply, .. } => {
+                [self.key.src, self.key.dst, reply.src, reply.dst]
+            }
+            StateDetail::Pf { wire, stack, .. } => [wire.src, wire.dst, stack.src, stack.dst],
         }
     }
 }

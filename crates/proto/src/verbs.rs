@@ -105,12 +105,18 @@ impl Request {
 pub enum BackendKind {
     /// Linux netfilter conntrack over ctnetlink.
     Conntrack,
+    /// FreeBSD pf through `/dev/pf` and pf netlink.
+    Pf,
+    /// The in-memory model of pf (simulation, tests, benchmarks).
+    PfModel,
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             BackendKind::Conntrack => "conntrack",
+            BackendKind::Pf => "pf",
+            BackendKind::PfModel => "pf-model",
         })
     }
 }

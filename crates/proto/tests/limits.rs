@@ -52,6 +52,32 @@ fn worst_record() -> StateRecord {
     }
 }
 
+/// The largest pf record: interface names at their 15-byte limit (the pf backend refuses
+/// longer ones), IPv6 keys and gateway, every optional field set.
+fn worst_pf_record() -> StateRecord {
+    let name = "i".repeat(statecull_proto::model::MAX_IFNAME_LEN);
+    StateRecord {
+        handle: StateHandle::Pf { id: u64::MAX, creator_id: u32::MAX },
+        key: worst_key(),
+        detail: StateDetail::Pf {
+            direction: statecull_proto::PfDirection::Out,
+            interface: name.clone(),
+            orig_interface: name,
+            wire: worst_key(),
+            stack: worst_key(),
+            gateway: Some(V6_MAX),
+            rule: Some(u32::MAX),
+        },
+        expires_in_secs: Some(u32::MAX),
+        counters: Some(Counters {
+            orig_packets: u64::MAX,
+            orig_bytes: u64::MAX,
+            reply_packets: u64::MAX,
+            reply_bytes: u64::MAX,
+        }),
+    }
+}
+
 /// The handle and record above really are the largest: no other layer-4 identity, address
 /// family or value makes one longer.
 #[test]
@@ -111,9 +137,12 @@ fn max_kill_handles_fits_one_frame() {
 #[test]
 fn max_snapshot_batch_fits_one_frame() {
     let n = usize::try_from(MAX_SNAPSHOT_BATCH).unwrap();
-    let resp = Response::SnapshotBatch(vec![worst_record(); n]);
+    // pf records (two keys, interface names) are the larger kind.
+    let worst = worst_pf_record();
+    assert!(encoded_len(&worst).unwrap() > encoded_len(&worst_record()).unwrap());
+    let resp = Response::SnapshotBatch(vec![worst.clone(); n]);
     let len = encoded_len(&resp).unwrap();
-    let per = encoded_len(&worst_record()).unwrap();
+    let per = encoded_len(&worst).unwrap();
     eprintln!(
         "SnapshotBatch x {n}: {len} bytes ({per} per record) of {FRAME}: {:.1}% used, \
          {} bytes spare, room for {} records",

@@ -149,11 +149,12 @@ pub(crate) fn state_key() -> impl Strategy<Value = StateKey> {
 }
 
 pub(crate) fn state_handle() -> impl Strategy<Value = StateHandle> {
-    (state_key(), any::<u32>(), any::<u16>()).prop_map(|(orig, id, zone)| StateHandle::Conntrack {
-        orig,
-        id,
-        zone,
-    })
+    prop_oneof![
+        (state_key(), any::<u32>(), any::<u16>())
+            .prop_map(|(orig, id, zone)| StateHandle::Conntrack { orig, id, zone }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(id, creator_id)| StateHandle::Pf { id, creator_id }),
+    ]
 }
 
 pub(crate) fn counters() -> impl Strategy<Value = Counters> {
@@ -168,15 +169,41 @@ pub(crate) fn counters() -> impl Strategy<Value = Counters> {
 }
 
 pub(crate) fn state_detail() -> impl Strategy<Value = StateDetail> {
-    (state_key(), any::<u32>(), any::<u16>(), any::<u32>(), option::of(any::<u8>())).prop_map(
-        |(reply, mark, zone, status, tcp_state)| StateDetail::Conntrack {
-            reply,
-            mark,
-            zone,
-            status,
-            tcp_state,
-        },
-    )
+    prop_oneof![
+        (state_key(), any::<u32>(), any::<u16>(), any::<u32>(), option::of(any::<u8>())).prop_map(
+            |(reply, mark, zone, status, tcp_state)| StateDetail::Conntrack {
+                reply,
+                mark,
+                zone,
+                status,
+                tcp_state,
+            },
+        ),
+        (
+            any::<bool>(),
+            text(),
+            text(),
+            state_key(),
+            state_key(),
+            option::of(ip()),
+            option::of(any::<u32>()),
+        )
+            .prop_map(|(out, interface, orig_interface, wire, stack, gateway, rule)| {
+                StateDetail::Pf {
+                    direction: if out {
+                        statecull_proto::PfDirection::Out
+                    } else {
+                        statecull_proto::PfDirection::In
+                    },
+                    interface,
+                    orig_interface,
+                    wire,
+                    stack,
+                    gateway,
+                    rule,
+                }
+            }),
+    ]
 }
 
 pub(crate) fn state_record() -> impl Strategy<Value = StateRecord> {
@@ -240,7 +267,15 @@ pub(crate) fn capabilities() -> impl Strategy<Value = Capabilities> {
 }
 
 pub(crate) fn backend_info() -> impl Strategy<Value = BackendInfo> {
-    (Just(BackendKind::Conntrack), text(), capabilities())
+    (
+        prop_oneof![
+            Just(BackendKind::Conntrack),
+            Just(BackendKind::Pf),
+            Just(BackendKind::PfModel)
+        ],
+        text(),
+        capabilities(),
+    )
         .prop_map(|(kind, kernel, capabilities)| BackendInfo { kind, kernel, capabilities })
 }
 

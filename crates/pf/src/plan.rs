@@ -1,0 +1,273 @@
+//! What a selector means for pf states, and how a kill is carried out: one kernel-filtered
+//! pass per selector, or one listing plus kills by id with the twins paired here.
+//!
+//! Pure code. The semantics follow the kernel's kill filter (pf-kernel.md §2.3) so that a
+//! selector kills the same states whichever path runs.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use statecull_proto::{
+    CheckedSelector, L4, PfDirection, Prefix, Selector, SelectorField, StateDetail, StateHandle,
+    StateKey, StateRecord, ipproto,
+};
+
+use crate::model::twin_search;
+use crate::types::{
+    AF_INET, AF_INET6, Direction, PfKey, PfKill, PfState, RuleAddr, af_of, port_op,
+};
+
+/// Selector fields the pf backends understand. Marks are a conntrack concept.
+pub const SUPPORTED_FIELDS: [SelectorField; 10] = [
+    SelectorField::Family,
+    SelectorField::Proto,
+    SelectorField::Src,
+    SelectorField::Dst,
+    SelectorField::SrcPort,
+    SelectorField::DstPort,
+    SelectorField::NatAddr,
+    SelectorField::Gateway,
+    SelectorField::Interface,
+    SelectorField::Label,
+];
+
+/// Why pf cannot match on `field`, for error messages.
+pub fn unsupported_hint(field: SelectorField) -> Option<&'static str> {
+    match field {
+        SelectorField::Mark => Some(
+            "pf states carry no connection mark; select a gateway's states by --gateway (route-to \
+             address) or by --interface plus --nat-addr",
+        ),
+        _ => None,
+    }
+}
+
+fn ports(r: Option<statecull_proto::PortRange>) -> ([u16; 2], u8) {
+    match r {
+        None => ([0, 0], port_op::NONE),
+        Some(r) if r.first == r.last => ([r.first, 0], port_op::EQ),
+        Some(r) => ([r.first, r.last], port_op::RRG),
+    }
+}
+
+fn prefix_addr(p: Option<Prefix>) -> RuleAddr {
+    p.map(|p| RuleAddr::prefix(&p.addr, p.len)).unwrap_or_default()
+}
+
+/// The kernel kill filter for a selector, or `None` when the kernel cannot express it
+/// (a NAT address is the wire key's firewall-side address, which is the filter's "source"
+/// for outbound states but its "destination" for inbound ones: no single filter says that).
+pub fn kill_filter(sel: &CheckedSelector, kill_match: bool) -> Option<PfKill> {
+    if sel.nat_addr.is_some() || sel.mark.is_some() {
+        return None;
+    }
+    let mut k = PfKill { kill_match, ..PfKill::default() };
+    k.af = match sel.family() {
+        Some(statecull_proto::AddressFamily::Ipv4) => AF_INET,
+        Some(statecull_proto::AddressFamily::Ipv6) => AF_INET6,
+        None => 0,
+    };
+    k.proto = sel.proto.unwrap_or(0);
+    k.src = prefix_addr(sel.src);
+    k.dst = prefix_addr(sel.dst);
+    (k.src.port, k.src.port_op) = ports(sel.src_port);
+    (k.dst.port, k.dst.port_op) = ports(sel.dst_port);
+    if let Some(gw) = sel.gateway {
+        k.rt_addr = RuleAddr::prefix(&gw, if gw.is_ipv4() { 32 } else { 128 });
+    }
+    k.ifname = sel.interface.as_ref().map(|i| i.0.clone()).unwrap_or_default();
+    k.label = sel.label.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+    // A checked selector always narrows, so this cannot be "every state"; refuse anyway
+    // rather than ever sending such a request.
+    (!k.is_everything()).then_some(k)
+}
+
+fn in_prefix(p: &Option<Prefix>, a: &IpAddr) -> bool {
+    p.is_none_or(|p| p.contains(a))
+}
+
+fn in_range(r: &Option<statecull_proto::PortRange>, port: u16) -> bool {
+    r.is_none_or(|r| r.contains(port))
+}
+
+/// Does a listed state match the selector? `labels` are the labels of the state's rule
+/// when known; a selector with a label never matches without them (the kernel is asked
+/// instead).
+pub fn matches(sel: &Selector, s: &PfState, labels: Option<&[String]>) -> bool {
+    let (src, sport, dst, dport) = s.kill_endpoints();
+    let af = s.wire.af;
+    let family_ok = match sel.family {
+        None => true,
+        Some(statecull_proto::AddressFamily::Ipv4) => af == AF_INET,
+        Some(statecull_proto::AddressFamily::Ipv6) => af == AF_INET6,
+    };
+    family_ok
+        && sel.proto.is_none_or(|p| p == s.wire.proto)
+        && in_prefix(&sel.src, &src)
+        && in_prefix(&sel.dst, &dst)
+        && (sel.src_port.is_none() || in_range(&sel.src_port, sport))
+        && (sel.dst_port.is_none() || in_range(&sel.dst_port, dport))
+        && sel.gateway.is_none_or(|g| s.rt_addr == Some(g))
+        && sel.interface.as_ref().is_none_or(|i| i.0 == s.kill_ifname())
+        // The firewall-side address of the wire key: the NAT source of an outbound state,
+        // the public destination of an inbound (port-forwarded) one.
+        && sel.nat_addr.is_none_or(|a| s.wire.addr[1] == a)
+        && sel.mark.is_none()
+        && sel.label.as_ref().is_none_or(|l| labels.is_some_and(|ls| ls.contains(&l.0)))
+}
+
+/// Does the state name an address inside a protected prefix (either key, either end)?
+pub fn touches(protected: &[Prefix], s: &PfState) -> bool {
+    let addrs = [s.wire.addr[0], s.wire.addr[1], s.stack.addr[0], s.stack.addr[1]];
+    protected.iter().any(|p| addrs.iter().any(|a| p.contains(a)))
+}
+
+/// For each victim (index into `states`), its twin's index when exactly one state qualifies:
+/// the opposite direction, and the victim's key swapped as that state's wire key (IN) or
+/// stack key (OUT), as the kernel's `kill_match` looks it up (pf-kernel.md §10.4).
+pub fn pair_twins(states: &[PfState], victims: &[usize]) -> Vec<Option<usize>> {
+    let mut index: HashMap<(PfKey, Direction), (usize, usize)> =
+        HashMap::with_capacity(states.len());
+    for (i, s) in states.iter().enumerate() {
+        let key = match s.direction {
+            Direction::In => s.wire,
+            Direction::Out => s.stack,
+        };
+        let e = index.entry((key, s.direction)).or_insert((i, 0));
+        e.1 += 1;
+    }
+    victims
+        .iter()
+        .map(|v| {
+            let (key, dir) = twin_search(&states[*v]);
+            match index.get(&(key, dir)) {
+                Some((i, 1)) => Some(*i),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// How a kill request is carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// One kernel-filtered kill per filter (each a full pass; the kernel pairs twins).
+    Filtered(Vec<PfKill>),
+    /// Kernel-filtered kills for the label selectors (the kernel alone knows labels), and one
+    /// listing for the rest, whose victims and twins are then killed by id.
+    ListThenIds { filtered: Vec<PfKill>, listed: Vec<CheckedSelector> },
+}
+
+impl Path {
+    /// Full table passes this path costs in the kernel.
+    pub fn passes(&self) -> usize {
+        match self {
+            Path::Filtered(f) => f.len(),
+            Path::ListThenIds { filtered, listed } => {
+                filtered.len() + usize::from(!listed.is_empty())
+            }
+        }
+    }
+}
+
+/// Why a request cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Choose the path that makes the kernel examine the fewest states: a filtered kill walks
+/// the whole table once per selector (plus one key lookup per twin); a listing walks it once
+/// and each kill by id is O(1). So one expressible selector runs as one filtered pass, and
+/// several as one listing, however many gateways are down. Selectors the kernel cannot
+/// express (a NAT address) and protected prefixes (the kernel cannot spare) force the
+/// listing; label selectors cannot be listed (labels are only known to the kernel).
+pub fn choose(
+    selectors: &[CheckedSelector],
+    kill_match: bool,
+    protected: &[Prefix],
+) -> Result<Path, PlanError> {
+    let (labelled, plain): (Vec<&CheckedSelector>, Vec<&CheckedSelector>) =
+        selectors.iter().partition(|s| s.label.is_some());
+    if !labelled.is_empty() && !protected.is_empty() {
+        return Err(PlanError::Unsupported(
+            "label selectors cannot honour protected prefixes on pf: only the kernel knows \
+             which rule labels a state has, and its filter cannot spare prefixes"
+                .into(),
+        ));
+    }
+    let mut filtered = Vec::new();
+    for s in &labelled {
+        filtered.push(kill_filter(s, kill_match).ok_or_else(|| {
+            PlanError::Unsupported(format!(
+                "\"{s}\": a label cannot be combined with a NAT address on pf"
+            ))
+        })?);
+    }
+    let all_expressible = plain.iter().all(|s| kill_filter(s, kill_match).is_some());
+    if plain.len() <= 1 && all_expressible && protected.is_empty() {
+        filtered.extend(plain.iter().filter_map(|s| kill_filter(s, kill_match)));
+        return Ok(Path::Filtered(filtered));
+    }
+    Ok(Path::ListThenIds { filtered, listed: plain.into_iter().cloned().collect() })
+}
+
+fn oriented(k: &PfKey, dir: Direction) -> StateKey {
+    let (src, sport, dst, dport) = match dir {
+        Direction::In => (k.addr[0], k.port[0], k.addr[1], k.port[1]),
+        Direction::Out => (k.addr[1], k.port[1], k.addr[0], k.port[0]),
+    };
+    let l4 = if ipproto::has_ports(k.proto) || k.proto == ipproto::GRE {
+        L4::Ports { src: sport, dst: dport }
+    } else if k.proto == ipproto::ICMP || k.proto == ipproto::ICMPV6 {
+        // pf keeps only the echo id (in both port slots); type and code are not in the key.
+        L4::Icmp { id: sport, kind: 0, code: 0 }
+    } else {
+        L4::None
+    };
+    StateKey { proto: k.proto, src, dst, l4 }
+}
+
+/// The protocol record of a listed state. Its `key` is the stack key (before NAT) oriented
+/// from the connection's source to its destination.
+pub fn to_record(s: &PfState) -> StateRecord {
+    let direction = match s.direction {
+        Direction::In => PfDirection::In,
+        Direction::Out => PfDirection::Out,
+    };
+    StateRecord {
+        handle: StateHandle::Pf { id: s.id, creator_id: s.creatorid },
+        key: oriented(&s.stack, s.direction),
+        detail: StateDetail::Pf {
+            direction,
+            interface: s.ifname.clone(),
+            orig_interface: s.orig_ifname.clone(),
+            wire: oriented(&s.wire, s.direction),
+            stack: oriented(&s.stack, s.direction),
+            gateway: s.rt_addr,
+            rule: (s.rule != u32::MAX).then_some(s.rule),
+        },
+        expires_in_secs: Some(s.expire),
+        counters: Some(statecull_proto::Counters {
+            orig_packets: s.packets[0],
+            orig_bytes: s.bytes[0],
+            reply_packets: s.packets[1],
+            reply_bytes: s.bytes[1],
+        }),
+    }
+}
+
+/// The family a pf address family number names, if any.
+pub fn family_of_af(af: u8) -> Option<statecull_proto::AddressFamily> {
+    match af {
+        AF_INET => Some(statecull_proto::AddressFamily::Ipv4),
+        AF_INET6 => Some(statecull_proto::AddressFamily::Ipv6),
+        _ => None,
+    }
+}
+
+/// pf's number for the family of an address.
+pub fn af(a: &IpAddr) -> u8 {
+    af_of(a)
+}

@@ -1,0 +1,128 @@
+//! The client against the model through the real request bytes, on every modelled release.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::collections::BTreeSet;
+
+use statecull_pf::kernel::{ModelDevice, PfClient, PfDevice, PfError, Release, errno};
+use statecull_pf::nl::StateFilter;
+use statecull_pf::table_gen::{ROUTER, Spec, router_table};
+use statecull_pf::types::{PfKill, PfState, RuleAddr, af_of};
+
+fn client(release: Release, states: usize) -> PfClient<ModelDevice> {
+    let g = router_table(&Spec::new(states, 5)).unwrap();
+    PfClient::probe(ModelDevice::new(g.model, release)).unwrap()
+}
+
+fn list_all(c: &mut PfClient<ModelDevice>) -> Vec<PfState> {
+    let mut out = Vec::new();
+    c.list(&StateFilter::default(), &mut |s| {
+        out.push(s);
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn ids(states: &[PfState]) -> BTreeSet<u64> {
+    states.iter().map(|s| s.id).collect()
+}
+
+fn gateway1() -> PfKill {
+    let gw = ROUTER.gateway[0].0.into();
+    PfKill {
+        rt_addr: RuleAddr::prefix(&gw, 32),
+        af: af_of(&gw),
+        kill_match: true,
+        ..PfKill::default()
+    }
+}
+
+#[test]
+fn probing_finds_each_releases_interfaces() {
+    let t13 = client(Release::FREEBSD_13, 100).transports();
+    assert_eq!(
+        (t13.nl_family.is_some(), t13.nl_kill, t13.nv_kill, t13.v2_list),
+        (false, false, true, true)
+    );
+    let t14 = client(Release::FREEBSD_14, 100).transports();
+    assert_eq!(
+        (t14.nl_family.is_some(), t14.nl_kill, t14.nv_kill, t14.v2_list),
+        (true, false, true, true)
+    );
+    let t15 = client(Release::FREEBSD_15, 100).transports();
+    assert_eq!(
+        (t15.nl_family.is_some(), t15.nl_kill, t15.nv_kill, t15.v2_list),
+        (true, true, true, false)
+    );
+    // The probes (a kill by an id no state has) killed nothing.
+    let mut c = client(Release::FREEBSD_15, 100);
+    assert_eq!(c.device().model.len(), list_all(&mut c).len());
+    let none = Release { netlink_list: false, netlink_kill: false, nv_kill: false, v2_list: true };
+    let g = router_table(&Spec::new(10, 1)).unwrap();
+    assert!(matches!(
+        PfClient::probe(ModelDevice::new(g.model, none)),
+        Err(PfError::Unsupported(_))
+    ));
+}
+
+#[test]
+fn every_release_lists_and_kills_the_same_states() {
+    let mut results = Vec::new();
+    for release in [Release::FREEBSD_13, Release::FREEBSD_14, Release::FREEBSD_15] {
+        let mut c = client(release, 5000);
+        let before = list_all(&mut c);
+        assert_eq!(before.len(), c.device().model.len(), "{release:?}: the listing is complete");
+        let killed = c.kill(&gateway1()).unwrap();
+        let after = list_all(&mut c);
+        assert_eq!(before.len() - after.len(), killed as usize);
+        results.push((ids(&before), ids(&after), killed));
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]), "nvlist and netlink kills agree");
+}
+
+#[test]
+fn kills_by_id_count_killed_and_gone() {
+    let mut c = client(Release::FREEBSD_15, 2000);
+    let some: Vec<(u64, u32)> =
+        list_all(&mut c).iter().take(300).map(|s| (s.id, s.creatorid)).collect();
+    assert_eq!(c.kill_ids(&some).unwrap(), (300, 0));
+    assert_eq!(c.kill_ids(&some).unwrap(), (0, 300), "already gone");
+    let cost = c.device().model.cost();
+    assert_eq!(cost.passes, 1, "the one listing: probes and id kills walk no table");
+    // The same over the nvlist ioctl.
+    let mut c = client(Release::FREEBSD_13, 2000);
+    let some: Vec<(u64, u32)> =
+        list_all(&mut c).iter().take(50).map(|s| (s.id, s.creatorid)).collect();
+    assert_eq!(c.kill_ids(&some).unwrap(), (50, 0));
+}
+
+#[test]
+fn a_request_matching_everything_never_leaves_the_client() {
+    let mut c = client(Release::FREEBSD_15, 100);
+    let n = c.device().model.len();
+    assert_eq!(c.kill(&PfKill::default()), Err(PfError::Everything));
+    assert_eq!(c.kill(&PfKill { kill_match: true, ..PfKill::default() }), Err(PfError::Everything));
+    assert_eq!(c.device().model.len(), n);
+}
+
+#[test]
+fn a_too_small_reply_buffer_is_enospc_after_the_kill() {
+    let g = router_table(&Spec::new(200, 2)).unwrap();
+    let mut dev = ModelDevice::new(g.model, Release::FREEBSD_13);
+    let k = statecull_pf::nv::kill_request(&gateway1()).pack().unwrap();
+    let before = dev.model.len();
+    let e = dev.nv_ioctl(statecull_pf::abi::DIOCKILLSTATESNV, &k, 16).unwrap_err();
+    assert_eq!(e.0, errno::ENOSPC);
+    assert!(dev.model.len() < before, "the kill happened anyway; it must not be retried");
+    // Garbage is EBADMSG, a missing key EINVAL (FreeBSD errno values).
+    assert_eq!(
+        dev.nv_ioctl(statecull_pf::abi::DIOCKILLSTATESNV, b"junk", 1024).unwrap_err().0,
+        errno::EBADMSG
+    );
+    let empty = statecull_pf::nv::Nvlist::new().pack().unwrap();
+    assert_eq!(
+        dev.nv_ioctl(statecull_pf::abi::DIOCKILLSTATESNV, &empty, 1024).unwrap_err().0,
+        errno::EINVAL
+    );
+}
