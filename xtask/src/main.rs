@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, clippy::cast_possible_truncation)]
 
 mod bench;
+mod bench_pf;
 mod demo;
 mod util;
 
@@ -66,6 +67,20 @@ enum BenchWhat {
         #[arg(long)]
         hashsize: Option<u64>,
         /// One JSON object instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Killing gateway 1's connections on the pf model: statecull's plan vs one pass per
+    /// gateway (pfctl -M -k gateway) vs one request per client/server pair; counts the
+    /// kernel's passes, states looked at and lookups
+    PfModel {
+        /// States in the generated router table
+        #[arg(long, default_value_t = 2_000_000)]
+        states: usize,
+        /// Client/server pairs actually killed for (c); the rest is extrapolated
+        #[arg(long, default_value_t = 20)]
+        sample: usize,
+        /// One JSON object instead of the tables
         #[arg(long)]
         json: bool,
     },
@@ -159,6 +174,9 @@ fn main() -> ExitCode {
         Task::Demo { entries } => demo::demo(entries),
         Task::Bench { what: BenchWhat::Conntrack { entries, runs, hashsize, json } } => {
             bench::bench_conntrack(entries, runs.max(1), hashsize, json)
+        }
+        Task::Bench { what: BenchWhat::PfModel { states, sample, json } } => {
+            bench_pf::bench_pf_model(states, sample.max(1), json)
         }
         Task::Test { args } => test(&args),
         Task::FuzzSmoke { seconds } => fuzz_smoke(seconds),

@@ -186,10 +186,13 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
             let client = statecull_pf::kernel::PfClient::probe(dev)
                 .map_err(|e| BrokerError::Backend(format!("pf: {e}")))?;
             let kernel = statecull_pf::sys::kernel_release();
+            // FreeBSD's default `net.pf.states_hashsize`; only the path choice depends on it.
+            let rows = statecull_pf::model::DEFAULT_ROWS as u64;
             Ok(Box::new(crate::pf_backend::PfBackend::new(
                 client,
                 statecull_proto::BackendKind::Pf,
                 kernel,
+                rows,
             )))
         }
         #[cfg(not(target_os = "freebsd"))]
@@ -210,6 +213,7 @@ fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> 
     ))
     .map_err(|e| BrokerError::Backend(format!("pf model: {e}")))?;
     let states = generated.model.len();
+    let rows = generated.model.rows() as u64;
     let release = match spec.release {
         13 => Release::FREEBSD_13,
         14 => Release::FREEBSD_14,
@@ -230,6 +234,7 @@ fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> 
         client,
         statecull_proto::BackendKind::PfModel,
         kernel,
+        rows,
     )))
 }
 

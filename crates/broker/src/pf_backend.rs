@@ -26,6 +26,10 @@ pub struct PfBackend<D: PfDevice> {
     client: Mutex<PfClient<D>>,
     kind: BackendKind,
     kernel: String,
+    /// Id-hash rows of the kernel's state table.
+    rows: u64,
+    /// States seen by the last full listing (none yet: unknown).
+    last_size: Mutex<Option<u64>>,
 }
 
 fn map(e: PfError) -> BrokerError {
@@ -60,8 +64,25 @@ fn listing_filter(sel: Option<&CheckedSelector>) -> StateFilter {
 }
 
 impl<D: PfDevice> PfBackend<D> {
-    pub fn new(client: PfClient<D>, kind: BackendKind, kernel: String) -> Self {
-        Self { client: Mutex::new(client), kind, kernel }
+    /// `rows` is the kernel's `net.pf.states_hashsize` (131,072 by default).
+    pub fn new(client: PfClient<D>, kind: BackendKind, kernel: String, rows: u64) -> Self {
+        Self { client: Mutex::new(client), kind, kernel, rows, last_size: Mutex::new(None) }
+    }
+
+    /// Look at the device (the model's cost counters, for benchmarks).
+    pub fn with_device<R>(&self, f: impl FnOnce(&D) -> R) -> R {
+        f(self.client().device())
+    }
+
+    fn remember_size(&self, n: usize) {
+        if let Ok(mut s) = self.last_size.lock() {
+            *s = Some(n as u64);
+        }
+    }
+
+    fn shape(&self) -> Option<plan::TableShape> {
+        let states = self.last_size.lock().ok().and_then(|s| *s)?;
+        Some(plan::TableShape { states, rows: self.rows })
     }
 
     fn client(&self) -> std::sync::MutexGuard<'_, PfClient<D>> {
@@ -76,6 +97,9 @@ impl<D: PfDevice> PfBackend<D> {
                 Ok(())
             })
             .map_err(map)?;
+        if sel.is_none() {
+            self.remember_size(out.len());
+        }
         Ok(out)
     }
 
@@ -190,6 +214,9 @@ impl<D: PfDevice> Backend for PfBackend<D> {
             sink(pending)
                 .map_err(|e| BrokerError::Backend(format!("snapshot consumer stopped: {e}")))?;
         }
+        if selector.is_none() {
+            self.remember_size(usize::try_from(sent).unwrap_or(usize::MAX));
+        }
         Ok(sent)
     }
 
@@ -224,7 +251,7 @@ impl<D: PfDevice> Backend for PfBackend<D> {
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError> {
         let started = Instant::now();
-        let path = plan::choose(selectors, match_opposite, protected)
+        let path = plan::choose(selectors, match_opposite, protected, self.shape())
             .map_err(|e| BrokerError::Unsupported(e.to_string()))?;
         let passes = u32::try_from(path.passes()).unwrap_or(u32::MAX);
         let mut report = KillReport {

@@ -77,7 +77,7 @@ struct KeyLists {
 }
 
 /// The model of one pf instance's state table.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct PfModel {
     hostid: u32,
     rows: Vec<Vec<u32>>,

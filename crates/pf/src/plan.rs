@@ -177,16 +177,37 @@ pub enum PlanError {
     Unsupported(String),
 }
 
-/// Choose the path that makes the kernel examine the fewest states: a filtered kill walks
-/// the whole table once per selector (plus one key lookup per twin); a listing walks it once
-/// and each kill by id is O(1). So one expressible selector runs as one filtered pass, and
-/// several as one listing, however many gateways are down. Selectors the kernel cannot
-/// express (a NAT address) and protected prefixes (the kernel cannot spare) force the
-/// listing; label selectors cannot be listed (labels are only known to the kernel).
+/// What the backend knows about the table's shape, for choosing a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableShape {
+    /// States at the last listing.
+    pub states: u64,
+    /// Id-hash rows (`net.pf.states_hashsize`).
+    pub rows: u64,
+}
+
+/// A filtered pass restarts its row after every kill, so it examines about
+/// `states + victims × rowlen / 2` states; a listing exports each state once and each kill by
+/// id is one lookup. With rows longer than this, restarts cost more than the listing saves.
+pub const MAX_ROWLEN_FOR_FILTERED: u64 = 2;
+
+/// Choose the path that makes the kernel look at the fewest states.
+///
+/// * A listing exports every state once; each victim (and twin) is then one O(1) kill by
+///   id: `states + victims` visits, whatever the number of selectors (down gateways).
+/// * A filtered kill walks the whole table per selector and restarts a row after each kill:
+///   `selectors × states + victims × rowlen / 2` visits, plus one key lookup per twin.
+///
+/// So a single expressible selector runs as one filtered pass only while rows are short
+/// (table known, at most [`MAX_ROWLEN_FOR_FILTERED`] states per row); otherwise, and for
+/// several selectors, one listing. Selectors the kernel cannot express (a NAT address) and
+/// protected prefixes (the kernel cannot spare) always take the listing; label selectors
+/// cannot be listed (only the kernel knows labels) and always run filtered.
 pub fn choose(
     selectors: &[CheckedSelector],
     kill_match: bool,
     protected: &[Prefix],
+    table: Option<TableShape>,
 ) -> Result<Path, PlanError> {
     let (labelled, plain): (Vec<&CheckedSelector>, Vec<&CheckedSelector>) =
         selectors.iter().partition(|s| s.label.is_some());
@@ -205,8 +226,11 @@ pub fn choose(
             ))
         })?);
     }
+    let short_rows = table.is_some_and(|t| t.states <= MAX_ROWLEN_FOR_FILTERED * t.rows.max(1));
     let all_expressible = plain.iter().all(|s| kill_filter(s, kill_match).is_some());
-    if plain.len() <= 1 && all_expressible && protected.is_empty() {
+    if plain.is_empty()
+        || (plain.len() == 1 && all_expressible && protected.is_empty() && short_rows)
+    {
         filtered.extend(plain.iter().filter_map(|s| kill_filter(s, kill_match)));
         return Ok(Path::Filtered(filtered));
     }

@@ -1,0 +1,262 @@
+//! The broker and CLI against the pf-model backend: the same verbs as conntrack, with pf's
+//! selectors (gateway, interface, label, opposite). No root needed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)] // test code
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use statecull_cli::BrokerClient;
+use statecull_pf::table_gen::{Kind, ROUTER, Spec, router_table};
+use statecull_proto::{KillPath, Prefix, Selector, StateHandle, StateRecord};
+use statecull_tests::TempDir;
+
+const STATES: usize = 20_000;
+const SEED: u64 = 1;
+
+struct ModelBroker {
+    child: Child,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl Drop for ModelBroker {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn broker(extra: &[&str]) -> ModelBroker {
+    let dir = TempDir::new("pfmodel").unwrap();
+    let socket = dir.path().join("broker.sock");
+    let states = STATES.to_string();
+    let seed = SEED.to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_itest-broker"))
+        .args([
+            "--backend",
+            "pf-model",
+            "--model-states",
+            &states,
+            "--model-seed",
+            &seed,
+            "--socket",
+        ])
+        .arg(&socket)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "pf-model broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ModelBroker { child, socket, _dir: dir }
+}
+
+fn client(b: &ModelBroker) -> BrokerClient {
+    BrokerClient::connect(&b.socket, "pf-model test").unwrap()
+}
+
+fn snapshot(c: &mut BrokerClient, sel: Option<Selector>) -> Vec<StateRecord> {
+    let mut all = Vec::new();
+    c.snapshot(sel, &mut |b| {
+        all.extend(b);
+        Ok(())
+    })
+    .unwrap();
+    all
+}
+
+fn pf_id(r: &StateRecord) -> u64 {
+    match r.handle {
+        StateHandle::Pf { id, .. } => id,
+        StateHandle::Conntrack { .. } => panic!("not a pf record"),
+    }
+}
+
+fn gw(w: usize) -> Selector {
+    Selector { gateway: Some(ROUTER.gateway[w].0.into()), ..Selector::default() }
+}
+
+fn cli(b: &ModelBroker, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_itest-statecull"))
+        .args(["broker", "--socket"])
+        .arg(&b.socket)
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "statecull {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The generated table the broker holds (same spec, same seed: same states).
+fn expected() -> statecull_pf::table_gen::Generated {
+    router_table(&Spec::new(STATES, SEED)).unwrap()
+}
+
+#[test]
+fn gateway_kill_with_opposite_takes_both_twins_and_only_that_gateway() {
+    let g = expected();
+    let b = broker(&[]);
+    let mut c = client(&b);
+    assert!(c.hello().backend.capabilities.match_opposite);
+    let before: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
+    assert_eq!(before.len(), g.model.len());
+
+    let r = c.kill_matching(vec![gw(0)], true).unwrap();
+    assert_eq!(r.path, KillPath::KernelFilteredFlush, "one selector: one kernel pass");
+    assert_eq!(r.table_passes, 1);
+    let after: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
+    let gone: HashSet<u64> = before.difference(&after).copied().collect();
+    assert_eq!(gone.len() as u64, r.killed);
+    // Every IPv4 policy-routed WAN1 connection lost both states; WAN2 lost nothing.
+    let v4 = |ids: &[u64]| {
+        g.model
+            .get(ids[0], g.model.hostid())
+            .is_some_and(|s| s.wire.af == statecull_pf::types::AF_INET)
+    };
+    for conn in &g.connections {
+        let all_gone = conn.ids.iter().all(|id| gone.contains(id));
+        let none_gone = conn.ids.iter().all(|id| !gone.contains(id));
+        match conn.kind {
+            Kind::PolicyWan1 if v4(&conn.ids) => assert!(all_gone, "{conn:?}"),
+            k if k.wan() == Some(1) => assert!(none_gone, "WAN2 untouched: {conn:?}"),
+            Kind::DefaultWan1 | Kind::OwnWan1 | Kind::LanToFirewall => {
+                assert!(none_gone, "{conn:?}")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn several_gateways_cost_one_listing_and_default_route_needs_interface_and_nat() {
+    let g = expected();
+    let b = broker(&[]);
+    let mut c = client(&b);
+    // Both families of WAN1's gateway in one request: one listing, kills by id.
+    let gw6 = Selector { gateway: Some(ROUTER.gateway[0].1.into()), ..Selector::default() };
+    let r = c.kill_matching(vec![gw(0), gw6], true).unwrap();
+    assert_eq!(r.path, KillPath::DumpAndDelete);
+    assert_eq!(r.table_passes, 1, "one pass for two selectors");
+    assert!(r.exact);
+    let left: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
+    let default_ids: Vec<u64> = g
+        .connections
+        .iter()
+        .filter(|c| c.kind == Kind::DefaultWan1)
+        .flat_map(|c| c.ids.clone())
+        .collect();
+    assert!(!default_ids.is_empty());
+    assert!(
+        default_ids.iter().all(|id| left.contains(id)),
+        "gateway kills never reach rt_addr-0 states"
+    );
+
+    // The WAN interface plus its NAT address reaches them (and the twins with --opposite).
+    let iface = statecull_proto::IfName(ROUTER.wan_if[0].into());
+    let sels = [ROUTER.wan_addr[0].0.into(), ROUTER.wan_addr[0].1.into()]
+        .into_iter()
+        .map(|a: std::net::IpAddr| Selector {
+            interface: Some(iface.clone()),
+            nat_addr: Some(a),
+            ..Selector::default()
+        })
+        .collect();
+    let r = c.kill_matching(sels, true).unwrap();
+    assert_eq!(r.path, KillPath::DumpAndDelete, "the NAT address is matched by the broker");
+    let left: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
+    assert!(default_ids.iter().all(|id| !left.contains(id)));
+    let wan2: Vec<u64> = g
+        .connections
+        .iter()
+        .filter(|c| c.kind.wan() == Some(1))
+        .flat_map(|c| c.ids.clone())
+        .collect();
+    assert!(wan2.iter().all(|id| left.contains(id)), "WAN2 untouched");
+}
+
+#[test]
+fn protected_prefixes_are_spared_on_pf_too() {
+    let b = broker(&["--protect", "192.0.2.10/32"]);
+    let mut c = client(&b);
+    let r = c.kill_matching(vec![gw(0)], true).unwrap();
+    assert_eq!(r.path, KillPath::DumpAndDelete, "protection forces the listing path");
+    assert!(r.spared > 0, "{r:?}");
+    let protected: Prefix = "192.0.2.10/32".parse().unwrap();
+    let left = snapshot(&mut c, Some(gw(0)));
+    assert!(!left.is_empty());
+    assert!(left.iter().all(|s| s.addresses().iter().any(|a| protected.contains(a))));
+    // A label kill cannot honour protections (only the kernel knows labels): refused.
+    let label =
+        Selector { label: Some(statecull_proto::Label("voip".into())), ..Selector::default() };
+    let e = c.kill_matching(vec![label], true).unwrap_err();
+    assert!(e.to_string().contains("label"), "{e}");
+}
+
+#[test]
+fn cli_gateway_interface_label_and_opposite_work_on_the_model() {
+    let b = broker(&[]);
+    let voip = cli(&b, &["kill", "--label", "voip", "--opposite"]);
+    assert!(voip["killed"].as_u64().unwrap() > 0);
+    assert_eq!(voip["path"], "kernel-filtered-flush");
+    let after =
+        cli(&b, &["count", "--proto", "udp", "--dport", "5060", "--gateway", "203.0.113.254"]);
+    assert_eq!(after["count"], 0, "no VoIP state left on WAN2's gateway");
+    let wan1 = cli(&b, &["count", "--interface", "igb1"]);
+    assert!(wan1["count"].as_u64().unwrap() > 0);
+    let flushed = cli(&b, &["flush", "--interface", "igb1"]);
+    assert_eq!(
+        flushed["killed"], wan1["count"],
+        "clear by interface counts floating states by their original interface"
+    );
+    let gone = cli(&b, &["count", "--interface", "igb1"]);
+    assert_eq!(gone["count"], 0);
+    let listed = cli(&b, &["list", "--gateway", "198.51.100.254"]);
+    let states = listed["states"].as_array().unwrap();
+    assert!(!states.is_empty());
+    assert!(states.iter().all(|s| s["gateway"] == "198.51.100.254" && s["direction"] == "in"));
+    // Marks are a conntrack idea.
+    let out = Command::new(env!("CARGO_BIN_EXE_itest-statecull"))
+        .args(["broker", "--socket"])
+        .arg(&b.socket)
+        .args(["kill", "--mark", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no connection mark"));
+}
+
+#[test]
+fn kill_handles_by_pf_id() {
+    let b = broker(&[]);
+    let mut c = client(&b);
+    let some: Vec<StateHandle> =
+        snapshot(&mut c, Some(gw(1))).iter().take(100).map(|r| r.handle).collect();
+    let r = c.kill_handles(some.clone()).unwrap();
+    assert_eq!((r.killed, r.not_found, r.path), (100, 0, KillPath::Handles));
+    let r = c.kill_handles(some).unwrap();
+    assert_eq!((r.killed, r.not_found), (0, 100));
+    // A conntrack handle is refused by the pf backend.
+    let ct = StateHandle::Conntrack {
+        orig: statecull_proto::StateKey {
+            proto: 6,
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "198.18.0.1".parse().unwrap(),
+            l4: statecull_proto::L4::Ports { src: 1, dst: 2 },
+        },
+        id: 1,
+        zone: 0,
+    };
+    assert!(c.kill_handles(vec![ct]).is_err());
+}
