@@ -44,7 +44,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the protocol decoder's fuzz target briefly (installs cargo-fuzz if missing)
+    /// Run each fuzz target (frame decoder, nvlist unpacker) briefly (installs cargo-fuzz if missing)
     FuzzSmoke {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
@@ -129,15 +129,19 @@ fn fuzz_smoke(seconds: u64) -> Result<()> {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    let mut cmd = Command::new("cargo");
-    if nightly {
-        cmd.arg("+nightly");
-    } else {
-        // cargo-fuzz needs nightly features; stable can be told to allow them.
-        cmd.env("RUSTC_BOOTSTRAP", "1");
+    // Every target: the protocol frame decoder and pf's nvlist unpacker.
+    for target in ["decode_frame", "nvlist_unpack"] {
+        let mut cmd = Command::new("cargo");
+        if nightly {
+            cmd.arg("+nightly");
+        } else {
+            // cargo-fuzz needs nightly features; stable can be told to allow them.
+            cmd.env("RUSTC_BOOTSTRAP", "1");
+        }
+        cmd.current_dir(&fuzz_dir).args(["fuzz", "run", target, "--", &time]);
+        run(&mut cmd)?;
     }
-    cmd.current_dir(&fuzz_dir).args(["fuzz", "run", "decode_frame", "--", &time]);
-    run(&mut cmd)
+    Ok(())
 }
 
 fn check_freebsd() -> Result<()> {
