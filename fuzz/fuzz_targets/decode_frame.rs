@@ -162,8 +162,14 @@ fn request_again(req: &Request, decoded_from: usize) {
         Request::KillHandles { handles } => {
             for h in handles {
                 let _ = h.check();
-                let statecull_proto::StateHandle::Conntrack { orig, .. } = h;
-                let _ = orig.to_string();
+                match h {
+                    statecull_proto::StateHandle::Conntrack { orig, .. } => {
+                        let _ = orig.to_string();
+                    }
+                    statecull_proto::StateHandle::Pf { id, creator_id } => {
+                        let _ = (id, creator_id);
+                    }
+                }
             }
         }
         _ => {}

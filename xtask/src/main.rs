@@ -101,8 +101,14 @@ fn test(args: &[String]) -> Result<()> {
         cmd.env("STATECULL_REQUIRE_ROOT_TESTS", "1");
     }
     // Doc tests are not part of --all-targets.
-    let result =
-        run(&mut cmd).and_then(|()| run(cargo().args(["test", "--workspace", "--doc", "--quiet"])));
+    // The fuzz crate is outside the workspace (it needs nightly to run), so type-check it here
+    // too: a protocol change that breaks a fuzz target must fail the tests, not only the fuzzer.
+    let fuzz_manifest = util::root().join("fuzz").join("Cargo.toml");
+    let result = run(&mut cmd)
+        .and_then(|()| run(cargo().args(["test", "--workspace", "--doc", "--quiet"])))
+        .and_then(|()| {
+            run(cargo().arg("check").arg("--quiet").arg("--manifest-path").arg(&fuzz_manifest))
+        });
     if !root {
         eprintln!(
             "reminder: not root, so the tests that need root were SKIPPED (their SKIPPED lines \
