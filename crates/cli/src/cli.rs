@@ -18,9 +18,16 @@ use statecull_proto::{IfName, ProtoError};
     version,
     about = "Kill exactly the connection states of a failed gateway, and only those.",
     long_about = "statecull: kill exactly the connection states of a failed gateway, and only those.\n\n\
+        `statecull status|plan|gateway|events` talk to the unprivileged engine, which watches the\n\
+        gateways and decides what to kill and when. `statecull check-policy FILE` explains a policy.\n\
         `statecull broker ...` talks straight to the privileged broker, like pfctl -k or conntrack -D:\n\
         list, count and kill states by mark, NAT address, protocol and prefixes.",
     after_help = "EXAMPLES:\n  \
+        statecull status\n  \
+        statecull plan --down WAN1                     # dry run: what would be killed\n  \
+        statecull gateway WAN1 down                    # external health verdict\n  \
+        statecull events --follow --json\n  \
+        statecull check-policy /etc/statecull/policy.toml\n  \
         statecull broker hello\n  \
         statecull broker count --mark 1/0xff\n  \
         statecull broker kill --mark 1/0xff            # WAN1's connections, one kernel pass\n  \
@@ -36,6 +43,83 @@ struct Cli {
 enum Command {
     /// Talk straight to the broker: list, count, kill, flush
     Broker(BrokerArgs),
+    /// Show the engine's gateways: health with evidence, states per gateway, recent events
+    Status(EngineArgs),
+    /// Dry run: what the engine would kill if gateways went down or came up now (counted
+    /// by the broker, nothing killed)
+    #[command(
+        after_help = "EXAMPLES:\n  statecull plan --down WAN1\n  statecull plan --down WAN1 --down WAN2\n  statecull plan --up WAN1            # fail-back: what moves back to WAN1"
+    )]
+    Plan {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Simulate this gateway going down (repeat for several)
+        #[arg(long, value_name = "GATEWAY")]
+        down: Vec<String>,
+        /// Simulate this gateway coming back up (repeat for several)
+        #[arg(long, value_name = "GATEWAY")]
+        up: Vec<String>,
+    },
+    /// Tell the engine a gateway is down or up (external health source: mwan3 hotplug,
+    /// keepalived notify, pfSense's gateway alarm), or that routing has moved off it
+    #[command(
+        after_help = "EXAMPLES:\n  statecull gateway WAN1 down            # kill WAN1's states once routing has moved\n  statecull gateway WAN1 down --routed   # routing already moved: kill now\n  statecull gateway WAN1 routed          # the routing manager has switched\n  statecull gateway WAN1 up"
+    )]
+    Gateway {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// The gateway's name in the policy
+        name: String,
+        /// down, up or routed
+        #[arg(value_enum)]
+        action: GatewayVerb,
+        /// With `down`: routing has already moved off the gateway, so the executor need
+        /// not wait for it
+        #[arg(long)]
+        routed: bool,
+    },
+    /// Print the engine's events: the recent ones, and with --follow every new one
+    #[command(
+        after_help = "With --exec, CMD runs (via /bin/sh -c) once per NEW event, in order, with\n\
+        STATECULL_EVENT (gateway-down, routed, plan-done, ...), STATECULL_GATEWAY, STATECULL_SEQ,\n\
+        STATECULL_MESSAGE, STATECULL_KILLED, STATECULL_ELAPSED_MS, STATECULL_F_<FIELD> and\n\
+        STATECULL_EVENT_JSON in its environment.\n\nEXAMPLE:\n  statecull events --follow --exec \'[ \"$STATECULL_EVENT\" = gateway-down ] && /usr/local/sbin/switch-route \"$STATECULL_GATEWAY\"\'"
+    )]
+    Events {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Keep printing new events until interrupted
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Run CMD for every new event (needs --follow)
+        #[arg(long, value_name = "CMD", requires = "follow")]
+        exec: Option<String>,
+    },
+    /// Check a policy file and explain what it does (no engine needed)
+    CheckPolicy {
+        /// The policy file
+        file: PathBuf,
+        /// Print the validated policy as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct EngineArgs {
+    /// The engine's control socket
+    #[arg(long, short = 'c', env = "STATECULL_CONTROL_SOCKET", default_value = statecull_proto::control::DEFAULT_CONTROL_SOCKET)]
+    control: PathBuf,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum GatewayVerb {
+    Down,
+    Up,
+    Routed,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +190,12 @@ pub enum CliError {
     /// part way (reported after the kill report was printed).
     #[error("{}", partial_kill_message(*.failed, .reason))]
     PartialKill { failed: u64, reason: String },
+    /// The engine is unreachable, refused, or answered something unreadable.
+    #[error("{0}")]
+    Engine(String),
+    /// The policy file is invalid (the message names file, line and field).
+    #[error("{0}")]
+    Policy(String),
 }
 
 impl CliError {
@@ -117,7 +207,9 @@ impl CliError {
             CliError::Client(_)
             | CliError::Output(_)
             | CliError::Json(_)
-            | CliError::PartialKill { .. } => 1,
+            | CliError::PartialKill { .. }
+            | CliError::Engine(_)
+            | CliError::Policy(_) => 1,
         }
     }
 }
@@ -329,11 +421,37 @@ fn list(
     Ok(())
 }
 
+fn fail(e: CliError) -> ExitCode {
+    eprintln!("statecull: {e}");
+    ExitCode::from(e.exit_code())
+}
+
 /// Run `statecull` with these arguments (including the program name, as clap expects).
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Broker(args) => broker(args),
+        Command::Status(e) => crate::engine_cmds::status(&e.control, e.json),
+        Command::Plan { engine, down, up } => {
+            crate::engine_cmds::plan(&engine.control, down, up, engine.json)
+        }
+        Command::Gateway { engine, name, action, routed } => {
+            use statecull_proto::control::GatewayAction as A;
+            let actions: Vec<A> = match (action, routed) {
+                (GatewayVerb::Down, false) => vec![A::Down],
+                (GatewayVerb::Down, true) => vec![A::Down, A::Routed],
+                (GatewayVerb::Up, false) => vec![A::Up],
+                (GatewayVerb::Routed, _) => vec![A::Routed],
+                (GatewayVerb::Up, true) => {
+                    return fail(usage("--routed goes with `down` (or use the `routed` action)"));
+                }
+            };
+            crate::engine_cmds::gateway(&engine.control, name, &actions, engine.json)
+        }
+        Command::Events { engine, follow, exec } => {
+            crate::engine_cmds::events(&engine.control, follow, engine.json, exec)
+        }
+        Command::CheckPolicy { file, json } => crate::engine_cmds::check_policy(&file, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -415,7 +533,9 @@ mod tests {
     #[test]
     fn kill_without_selector_is_a_usage_error() {
         let args = ["statecull", "broker", "--socket", "/nonexistent/statecull.sock", "kill"];
-        let Command::Broker(b) = Cli::parse_from(args).command;
+        let Command::Broker(b) = Cli::parse_from(args).command else {
+            panic!("parsed as another command")
+        };
         let e = broker(b).expect_err("refused before connecting");
         assert_eq!(e.exit_code(), 2);
     }

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod engine_cmds;
 pub mod render;
 pub mod selector_args;
 

@@ -1,0 +1,401 @@
+//! `statecull status | plan | gateway | events | check-policy`: the commands that talk to
+//! the engine's control socket (JSON lines, `statecull_proto::control`), and the offline
+//! policy check.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::time::Duration;
+
+use statecull_proto::control::{
+    ControlReply, ControlRequest, Event, GatewayAction, MAX_CONTROL_LINE, PlanReply, StatusReply,
+};
+
+use crate::cli::CliError;
+
+/// A blocking connection to the engine's control socket.
+#[derive(Debug)]
+pub struct ControlClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+fn engine_error(message: impl Into<String>) -> CliError {
+    CliError::Engine(message.into())
+}
+
+impl ControlClient {
+    pub fn connect(path: &Path, timeout: Option<Duration>) -> Result<Self, CliError> {
+        let stream = UnixStream::connect(path).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "no socket there; is statecull-engine running, and is --control right?"
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "permission denied; run as root or as a member of the socket's group"
+                }
+                std::io::ErrorKind::ConnectionRefused => {
+                    "nobody is listening (a stale socket from a stopped engine?)"
+                }
+                _ => "",
+            };
+            engine_error(format!("cannot connect to the engine at {}: {e}. {hint}", path.display()))
+        })?;
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)?;
+        let writer = stream.try_clone()?;
+        Ok(ControlClient { reader: BufReader::new(stream), writer })
+    }
+
+    pub fn send(&mut self, req: &ControlRequest) -> Result<(), CliError> {
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        Ok(())
+    }
+
+    /// One line from the engine, as raw JSON text (None at end of stream).
+    pub fn read_line(&mut self) -> Result<Option<String>, CliError> {
+        let mut buf = Vec::new();
+        let n = (&mut self.reader).take(MAX_CONTROL_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf.last() != Some(&b'\n') {
+            return Err(engine_error("the engine sent an over-long or unterminated line"));
+        }
+        String::from_utf8(buf).map(Some).map_err(|_| engine_error("the engine sent invalid UTF-8"))
+    }
+
+    pub fn reply(&mut self) -> Result<ControlReply, CliError> {
+        let line =
+            self.read_line()?.ok_or_else(|| engine_error("the engine closed the connection"))?;
+        let reply: ControlReply = serde_json::from_str(&line)
+            .map_err(|e| engine_error(format!("cannot read the engine's answer: {e}")))?;
+        if let ControlReply::Error { message } = reply {
+            return Err(engine_error(format!("engine refused: {message}")));
+        }
+        Ok(reply)
+    }
+
+    pub fn call(&mut self, req: &ControlRequest) -> Result<ControlReply, CliError> {
+        self.send(req)?;
+        self.reply()
+    }
+}
+
+fn unexpected(what: &str, r: &ControlReply) -> CliError {
+    engine_error(format!("unexpected answer to {what}: {r:?}"))
+}
+
+fn ms_text(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=119_999 => format!("{:.1} s", ms as f64 / 1e3),
+        120_000..=7_199_999 => format!("{} min", ms / 60_000),
+        _ => format!("{:.1} h", ms as f64 / 3.6e6),
+    }
+}
+
+fn count_text(n: Option<u64>) -> String {
+    n.map_or_else(|| "?".to_owned(), |n| n.to_string())
+}
+
+pub fn event_line(e: &Event) -> String {
+    let mut s = format!("#{:<5} {:<17}", e.seq, e.kind.name());
+    if let Some(g) = &e.gateway {
+        s.push_str(&format!(" {g:<8}"));
+    }
+    s.push(' ');
+    s.push_str(&e.message);
+    if let Some(k) = e.killed
+        && !e.message.contains("killed")
+    {
+        s.push_str(&format!(" [killed {k}]"));
+    }
+    if let Some(ms) = e.elapsed_ms {
+        s.push_str(&format!(" [{ms:.1} ms]"));
+    }
+    s
+}
+
+pub fn status_text(st: &StatusReply) -> String {
+    let mut out = format!(
+        "statecull-engine {} up {}, policy {}\nbroker {}: {}\n\n",
+        st.engine_version,
+        ms_text(
+            Duration::try_from_secs_f64(st.uptime_s)
+                .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+        ),
+        st.policy,
+        st.broker.socket,
+        if st.broker.connected {
+            st.broker.backend.clone().unwrap_or_else(|| "connected".into())
+        } else {
+            format!(
+                "NOT connected{}",
+                st.broker.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            )
+        }
+    );
+    out.push_str(&format!(
+        "{:<10} {:<9} {:>7} {:>9} {:>7} {:>10} {:>9}  {}\n",
+        "gateway", "state", "loss", "latency", "samples", "states", "since", "evidence"
+    ));
+    for g in &st.gateways {
+        let mut state = g.state.clone();
+        if g.suppressed {
+            state.push('*');
+        }
+        if g.forced {
+            state.push('!');
+        }
+        out.push_str(&format!(
+            "{:<10} {:<9} {:>6.1}% {:>9} {:>7} {:>10} {:>9}  {}\n",
+            g.name,
+            state,
+            g.loss_pct,
+            g.latency_ms.map_or_else(|| "-".into(), |l| format!("{l:.1}ms")),
+            g.samples,
+            count_text(g.states),
+            ms_text(g.since_ms),
+            g.last_reason.as_deref().unwrap_or("no transition yet")
+        ));
+    }
+    if st.gateways.iter().any(|g| g.suppressed || g.forced) {
+        out.push_str("(* suppressed by flap damping, ! set by `statecull gateway`)\n");
+    }
+    if !st.recent_events.is_empty() {
+        out.push_str("\nrecent events:\n");
+        for e in st.recent_events.iter().rev().take(10).rev() {
+            out.push_str("  ");
+            out.push_str(&event_line(e));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+pub fn plan_text(p: &PlanReply) -> String {
+    let mut out = String::from("DRY RUN: nothing is killed.\n\n");
+    out.push_str(&p.explanation);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    if !p.steps.is_empty() {
+        out.push_str("\ncounted now:\n");
+        for (i, s) in p.steps.iter().enumerate() {
+            out.push_str(&format!(
+                "  step {}: {} ({}), would kill {}{}\n",
+                i + 1,
+                s.purpose,
+                s.action,
+                count_text(s.would_kill),
+                if s.match_opposite { ", with twins" } else { "" }
+            ));
+            for (sel, n) in &s.selectors {
+                out.push_str(&format!("    {:>10}  {sel}\n", count_text(*n)));
+            }
+            if !s.spared_flows.is_empty() {
+                out.push_str(&format!("    spared flows: {}\n", s.spared_flows.join(", ")));
+            }
+        }
+    }
+    if !p.counted {
+        out.push_str("\n(counts unknown: the broker did not answer in time)\n");
+    }
+    out
+}
+
+pub fn status(path: &Path, json: bool) -> Result<(), CliError> {
+    let mut c = ControlClient::connect(path, Some(Duration::from_secs(30)))?;
+    match c.call(&ControlRequest::Status)? {
+        ControlReply::Status(st) => {
+            if json {
+                println!("{}", serde_json::to_string(&st)?);
+            } else {
+                print!("{}", status_text(&st));
+            }
+            Ok(())
+        }
+        other => Err(unexpected("status", &other)),
+    }
+}
+
+pub fn plan(path: &Path, down: Vec<String>, up: Vec<String>, json: bool) -> Result<(), CliError> {
+    if down.is_empty() && up.is_empty() {
+        return Err(CliError::Usage(
+            "say what to simulate: --down NAME and/or --up NAME (e.g. statecull plan --down WAN1)"
+                .into(),
+        ));
+    }
+    let mut c = ControlClient::connect(path, Some(Duration::from_secs(60)))?;
+    match c.call(&ControlRequest::Plan { down, up })? {
+        ControlReply::Plan(p) => {
+            if json {
+                println!("{}", serde_json::to_string(&p)?);
+            } else {
+                print!("{}", plan_text(&p));
+            }
+            Ok(())
+        }
+        other => Err(unexpected("plan", &other)),
+    }
+}
+
+pub fn gateway(
+    path: &Path,
+    name: String,
+    actions: &[GatewayAction],
+    json: bool,
+) -> Result<(), CliError> {
+    let mut c = ControlClient::connect(path, Some(Duration::from_secs(30)))?;
+    for &action in actions {
+        match c.call(&ControlRequest::Gateway { name: name.clone(), action })? {
+            ControlReply::Done { message } => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "gateway": name, "action": action, "message": message })
+                    );
+                } else {
+                    println!("{message}");
+                }
+            }
+            other => return Err(unexpected("gateway", &other)),
+        }
+    }
+    Ok(())
+}
+
+/// Environment for `--exec`: every fact of the event as STATECULL_* variables.
+pub fn event_env(e: &Event) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("STATECULL_EVENT".to_owned(), e.kind.name().to_owned()),
+        ("STATECULL_SEQ".to_owned(), e.seq.to_string()),
+        ("STATECULL_UNIX_MS".to_owned(), e.unix_ms.to_string()),
+        ("STATECULL_MESSAGE".to_owned(), e.message.clone()),
+        ("STATECULL_GATEWAY".to_owned(), e.gateway.clone().unwrap_or_default()),
+    ];
+    if let Some(k) = e.killed {
+        env.push(("STATECULL_KILLED".into(), k.to_string()));
+    }
+    if let Some(ms) = e.elapsed_ms {
+        env.push(("STATECULL_ELAPSED_MS".into(), format!("{ms:.3}")));
+    }
+    for (k, v) in &e.fields {
+        let name: String = k
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        env.push((format!("STATECULL_F_{name}"), v.clone()));
+    }
+    if let Ok(j) = serde_json::to_string(e) {
+        env.push(("STATECULL_EVENT_JSON".into(), j));
+    }
+    env
+}
+
+fn run_exec(cmd: &str, e: &Event) {
+    let status = Process::new("/bin/sh").arg("-c").arg(cmd).envs(event_env(e)).status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("statecull events: --exec command for event #{} exited with {s}", e.seq),
+        Err(err) => eprintln!("statecull events: cannot run --exec command: {err}"),
+    }
+}
+
+pub fn events(path: &Path, follow: bool, json: bool, exec: Option<String>) -> Result<(), CliError> {
+    let mut c =
+        ControlClient::connect(path, if follow { None } else { Some(Duration::from_secs(30)) })?;
+    c.send(&ControlRequest::Events { follow })?;
+    let backlog = match c.reply()? {
+        ControlReply::Events { events } => events,
+        other => return Err(unexpected("events", &other)),
+    };
+    let mut out = std::io::stdout().lock();
+    let show = |out: &mut std::io::StdoutLock<'_>, e: &Event| -> Result<(), CliError> {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+        } else {
+            writeln!(out, "{}", event_line(e))?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+    // With --exec, only new events run the command (old ones already happened; re-running
+    // them after a restart of this follower would replay routing changes).
+    for e in &backlog {
+        show(&mut out, e)?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    while let Some(line) = c.read_line()? {
+        if let Ok(e) = serde_json::from_str::<Event>(&line) {
+            show(&mut out, &e)?;
+            if let Some(cmd) = &exec {
+                run_exec(cmd, &e);
+            }
+        } else if let Ok(ControlReply::Error { message }) =
+            serde_json::from_str::<ControlReply>(&line)
+        {
+            eprintln!("statecull events: {message}");
+        } else {
+            eprintln!("statecull events: ignoring a line this version cannot read");
+        }
+    }
+    Err(engine_error("the engine closed the event stream (stopped or restarted)"))
+}
+
+pub fn check_policy(file: &PathBuf, json: bool) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let policy = statecull_policy::load::parse(&text, &file.display().to_string())
+        .map_err(|e| CliError::Policy(e.to_string()))?;
+    if json {
+        println!("{}", serde_json::to_string(&policy)?);
+    } else {
+        println!("{}", statecull_policy::load::explain(&policy));
+        println!("OK: {} is a valid policy.", file.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statecull_proto::control::EventKind;
+
+    fn ev() -> Event {
+        Event {
+            seq: 7,
+            unix_ms: 1,
+            kind: EventKind::GatewayDown,
+            gateway: Some("WAN1".into()),
+            message: "WAN1 up -> down".into(),
+            killed: None,
+            elapsed_ms: Some(1.5),
+            fields: vec![("loss_pct".into(), "100.0".into()), ("via-x".into(), "y".into())],
+        }
+    }
+
+    #[test]
+    fn exec_environment_names_every_fact() {
+        let env = event_env(&ev());
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("STATECULL_EVENT"), Some("gateway-down"));
+        assert_eq!(get("STATECULL_GATEWAY"), Some("WAN1"));
+        assert_eq!(get("STATECULL_SEQ"), Some("7"));
+        assert_eq!(get("STATECULL_F_LOSS_PCT"), Some("100.0"));
+        assert_eq!(get("STATECULL_F_VIA_X"), Some("y"));
+        assert!(get("STATECULL_EVENT_JSON").is_some_and(|j| j.contains("\"seq\":7")));
+    }
+
+    #[test]
+    fn event_lines_read_well() {
+        let l = event_line(&ev());
+        assert!(l.contains("gateway-down") && l.contains("WAN1") && l.contains("[1.5 ms]"), "{l}");
+    }
+}

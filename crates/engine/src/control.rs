@@ -1,0 +1,381 @@
+//! The control socket: `statecull status|plan|gateway|events` (and scripts) talk to the
+//! engine here, one JSON object per line (see `statecull_proto::control`).
+//!
+//! The socket is created 0660 (umask set around bind); who may use it is decided by its
+//! group. A line longer than `MAX_CONTROL_LINE` or one that does not parse gets an `Error`
+//! reply; an over-long line also closes the connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use statecull_policy::plan::{self, Action, Purpose};
+use statecull_proto::control::{
+    BrokerStatus, ControlReply, ControlRequest, Event, GatewayAction, GatewayStatus,
+    MAX_CONTROL_LINE, PlanReply, PlanStepSummary, StatusReply,
+};
+use statecull_proto::{Capabilities, Selector};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::EngineError;
+use crate::executor::dry_plan;
+use crate::state::Shared;
+
+/// How long `status` and `plan` wait for the broker's counts (a kill in progress holds the
+/// broker link); past it, counts are shown as unknown.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Bind the control socket (removing a stale one), mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, EngineError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            // A live engine would still answer; a stale socket from a stopped one refuses.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(EngineError::Config(format!(
+                    "{} is in use: is another statecull-engine running?",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| EngineError::io(format!("removing stale {}", path.display()), e))?;
+        } else {
+            return Err(EngineError::Config(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )));
+        }
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let l = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    l.map_err(|e| EngineError::io(format!("binding the control socket {}", path.display()), e))
+}
+
+/// Serve control connections until the listener fails.
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, shared).await {
+                        tracing::debug!("control connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn write_line<T: serde::Serialize>(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    v: &T,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = (&mut r).take(MAX_CONTROL_LINE as u64 + 1).read_until(b'\n', &mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf.last() != Some(&b'\n') {
+            let msg = if n > MAX_CONTROL_LINE {
+                "request line too long"
+            } else {
+                "request line not terminated by a newline"
+            };
+            write_line(&mut w, &ControlReply::Error { message: msg.into() }).await?;
+            return Ok(());
+        }
+        let req: ControlRequest = match serde_json::from_slice(&buf) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!(
+                    "cannot read the request ({e}); expected one JSON object per line, e.g. \"status\" or {{\"gateway\":{{\"name\":\"WAN1\",\"action\":\"down\"}}}}"
+                );
+                write_line(&mut w, &ControlReply::Error { message }).await?;
+                continue;
+            }
+        };
+        match req {
+            ControlRequest::Events { follow } => {
+                let (backlog, mut rx) = shared.bus.subscribe_with_backlog();
+                write_line(&mut w, &ControlReply::Events { events: backlog }).await?;
+                if !follow {
+                    continue;
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) => write_line::<Event>(&mut w, &ev).await?,
+                        Err(RecvError::Lagged(n)) => {
+                            let message =
+                                format!("this follower was too slow and missed {n} events");
+                            write_line(&mut w, &ControlReply::Error { message }).await?;
+                        }
+                        Err(RecvError::Closed) => return Ok(()),
+                    }
+                }
+            }
+            other => {
+                let reply = match handle(&shared, other).await {
+                    Ok(r) => r,
+                    Err(e) => ControlReply::Error { message: e.to_string() },
+                };
+                write_line(&mut w, &reply).await?;
+            }
+        }
+    }
+}
+
+fn gateway_index(shared: &Shared, name: &str) -> Result<usize, EngineError> {
+    shared.policy.gateway_index(name).ok_or_else(|| {
+        EngineError::Control(format!(
+            "unknown gateway {name:?} (the policy names: {})",
+            shared.policy.gateway_names()
+        ))
+    })
+}
+
+async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> Result<ControlReply, EngineError> {
+    match req {
+        ControlRequest::Status => Ok(ControlReply::Status(status(shared).await)),
+        ControlRequest::Plan { down, up } => {
+            Ok(ControlReply::Plan(dry_run(shared, &down, &up).await?))
+        }
+        ControlRequest::Gateway { name, action } => {
+            let g = gateway_index(shared, &name)?;
+            let message = match action {
+                GatewayAction::Down => shared.force(g, false),
+                GatewayAction::Up => shared.force(g, true),
+                GatewayAction::Routed => {
+                    shared.signal_routed(g);
+                    format!("routing for {name} noted as moved")
+                }
+            };
+            Ok(ControlReply::Done { message })
+        }
+        ControlRequest::Events { .. } => {
+            Err(EngineError::Control("events are served by the connection loop".into()))
+        }
+    }
+}
+
+/// Capabilities from the broker, without waiting long.
+async fn caps(shared: &Shared) -> Option<Capabilities> {
+    match tokio::time::timeout(COUNT_TIMEOUT, shared.broker.hello()).await {
+        Ok(Ok(h)) => Some(h.backend.capabilities),
+        _ => shared.broker.state().hello.map(|h| h.backend.capabilities),
+    }
+}
+
+/// One Count request for many selectors, bounded in time.
+async fn count(shared: &Shared, selectors: Vec<Selector>) -> Option<(Vec<u64>, u64, u64)> {
+    if selectors.is_empty() {
+        return None;
+    }
+    let fut = shared.broker.call(move |c| c.count(selectors));
+    match tokio::time::timeout(COUNT_TIMEOUT, fut).await {
+        Ok(Ok(c)) => Some((c.per_selector, c.matching_any, c.table_entries)),
+        _ => None,
+    }
+}
+
+/// States per gateway, from one Count request (None where unknown).
+pub async fn states_per_gateway(shared: &Shared) -> Vec<Option<u64>> {
+    let n = shared.policy.gateways.len();
+    let Some(caps) = caps(shared).await else { return vec![None; n] };
+    let mut all = Vec::new();
+    let mut owner = Vec::new();
+    for g in 0..n {
+        if let Ok(sels) = plan::gateway_selectors(&shared.policy, g, &caps) {
+            for s in sels {
+                all.push(s);
+                owner.push(g);
+            }
+        }
+    }
+    let max = usize::try_from(statecull_proto::MAX_SELECTORS).unwrap_or(64);
+    if all.len() > max {
+        return vec![None; n];
+    }
+    let Some((per, _, _)) = count(shared, all).await else { return vec![None; n] };
+    let mut out = vec![None; n];
+    for (g, k) in owner.into_iter().zip(per) {
+        if let Some(slot) = out.get_mut(g) {
+            *slot = Some(slot.unwrap_or(0) + k);
+        }
+    }
+    out
+}
+
+async fn status(shared: &Arc<Shared>) -> StatusReply {
+    let states = states_per_gateway(shared).await;
+    shared.refresh_metrics(Some(&states));
+    let link = shared.broker.state();
+    let facts = shared.gateway_facts();
+    let gateways = shared
+        .policy
+        .gateways
+        .iter()
+        .zip(facts)
+        .zip(states)
+        .map(|((g, f), states)| GatewayStatus {
+            name: g.name.clone(),
+            interface: g.interface.to_string(),
+            address: g.address.to_string(),
+            health_source: match &g.source {
+                statecull_policy::model::HealthSource::Icmp => "icmp".into(),
+                statecull_policy::model::HealthSource::Dpinger { socket } => {
+                    format!("dpinger {socket}")
+                }
+                statecull_policy::model::HealthSource::External => "external".into(),
+            },
+            state: f.state.name().into(),
+            suppressed: f.suppressed,
+            forced: f.forced,
+            since_ms: u64::try_from(f.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            last_reason: f.last_reason,
+            loss_pct: f.loss_pct,
+            latency_ms: f.latency_ms,
+            samples: f.samples,
+            flap_penalty: f.penalty,
+            states,
+        })
+        .collect();
+    StatusReply {
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        policy: shared.policy.source.clone(),
+        uptime_s: shared.started.elapsed().as_secs_f64(),
+        broker: BrokerStatus {
+            socket: shared.broker.path().display().to_string(),
+            connected: link.connected,
+            backend: link.hello.map(|h| format!("{} on {}", h.backend.kind, h.backend.kernel)),
+            pending_plans: 0,
+            last_error: link.last_error,
+        },
+        gateways,
+        recent_events: shared.bus.backlog(),
+    }
+}
+
+/// `statecull plan --down A --up B`: plan as if those changes happened now, count what each
+/// selector matches, kill nothing.
+async fn dry_run(
+    shared: &Arc<Shared>,
+    down: &[String],
+    up: &[String],
+) -> Result<PlanReply, EngineError> {
+    if down.is_empty() && up.is_empty() {
+        return Err(EngineError::Control(
+            "say what to simulate: --down NAME and/or --up NAME".into(),
+        ));
+    }
+    let down: Vec<usize> =
+        down.iter().map(|n| gateway_index(shared, n)).collect::<Result<_, _>>()?;
+    let up: Vec<usize> = up.iter().map(|n| gateway_index(shared, n)).collect::<Result<_, _>>()?;
+    if let Some(g) = down.iter().find(|g| up.contains(g)) {
+        return Err(EngineError::Control(format!(
+            "{} cannot go both down and up in one plan",
+            shared.gateway_name(*g)
+        )));
+    }
+    let caps = caps(shared).await.ok_or_else(|| {
+        EngineError::Control(format!(
+            "the broker at {} is unreachable, and the plan depends on its capabilities",
+            shared.broker.path().display()
+        ))
+    })?;
+    let mut usable = shared.usable();
+    for &g in &down {
+        if let Some(u) = usable.get_mut(g) {
+            *u = false;
+        }
+    }
+    for &g in &up {
+        if let Some(u) = usable.get_mut(g) {
+            *u = true;
+        }
+    }
+    let plan = dry_plan(shared, &caps, &usable, &down, &up)?;
+    let mut counts: Vec<Vec<u64>> = Vec::new();
+    let mut steps = Vec::new();
+    let mut counted = true;
+    for step in &plan.steps {
+        let (selectors, match_opposite, spared_flows, action) = match &step.action {
+            Action::KillMatching { selectors, match_opposite } => {
+                (selectors.clone(), *match_opposite, vec![], "kill-matching")
+            }
+            Action::KillExcept { selectors, match_opposite, except } => (
+                selectors.clone(),
+                *match_opposite,
+                except.iter().map(|f| f.name.clone()).collect(),
+                "kill-except",
+            ),
+            Action::Flush => (vec![], false, vec![], "flush"),
+        };
+        let (per, would_kill) = if selectors.is_empty() {
+            // A flush kills the whole table.
+            let table =
+                tokio::time::timeout(COUNT_TIMEOUT, shared.broker.call(|c| c.count(vec![])))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|c| c.table_entries);
+            counted &= table.is_some();
+            (vec![], table)
+        } else {
+            match count(shared, selectors.clone()).await {
+                Some((per, any, _)) => (per, Some(any)),
+                None => {
+                    counted = false;
+                    (vec![], None)
+                }
+            }
+        };
+        counts.push(per.clone());
+        steps.push(PlanStepSummary {
+            purpose: match step.purpose {
+                Purpose::GatewayDown { .. } => "gateway-down",
+                Purpose::FlushAll { .. } => "flush-all",
+                Purpose::FailBack { .. } => "fail-back",
+            }
+            .into(),
+            action: action.into(),
+            why: step.why.clone(),
+            selectors: selectors
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.to_string(), per.get(i).copied()))
+                .collect(),
+            match_opposite,
+            would_kill,
+            spared_flows,
+        });
+    }
+    Ok(PlanReply {
+        explanation: plan.explain(if counted { Some(&counts) } else { None }),
+        steps,
+        skipped: plan.skipped.iter().map(|s| (s.subject.clone(), s.reason.clone())).collect(),
+        counted,
+    })
+}
+
+/// The default control socket path.
+pub fn default_path() -> PathBuf {
+    PathBuf::from(statecull_proto::control::DEFAULT_CONTROL_SOCKET)
+}

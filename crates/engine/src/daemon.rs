@@ -1,0 +1,337 @@
+//! `statecull-engine`: command line, start-up order and the tasks.
+//!
+//! Start-up opens everything first (policy read into memory, broker link, probe sockets,
+//! route watcher, control socket, metrics listener) and only then starts working, so that
+//! issue 5's confinement can slot in between "opened" and "working".
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use statecull_policy::model::{HealthSource, RoutingConfirm};
+use statecull_proto::control::EventKind;
+
+use crate::broker::BrokerLink;
+use crate::error::EngineError;
+use crate::events::NewEvent;
+use crate::executor::Executor;
+use crate::probe::{ProbeSpec, Prober};
+use crate::routes::RouteWatcher;
+use crate::state::Shared;
+
+/// How often timers (hold-down, damping decay) are evaluated.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the states-per-gateway metric is refreshed from broker counts.
+const STATES_REFRESH: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// statecull-engine: watches gateways and, when one fails, has the broker kill exactly the
+/// connection states that went through it, after routing has moved off it.
+///
+/// The policy file (TOML) names the gateways, how their health is judged, how their states
+/// are recognised, the failover groups and what to do on failure and recovery; see
+/// `statecull check-policy FILE` and the examples shipped with statecull. The engine needs
+/// no privilege: ICMP probes use datagram sockets (the engine's group must be inside
+/// `net.ipv4.ping_group_range`), kills go through the broker's socket.
+#[derive(Debug, Parser)]
+#[command(name = "statecull-engine", version, max_term_width = 100)]
+struct Args {
+    /// The policy file
+    #[arg(long, short = 'p', value_name = "FILE", env = "STATECULL_POLICY")]
+    policy: PathBuf,
+    /// The broker's socket [default: policy's engine.broker_socket, else /run/statecull/broker.sock]
+    #[arg(long, value_name = "PATH", env = "STATECULL_BROKER_SOCKET")]
+    broker_socket: Option<PathBuf>,
+    /// Where to listen for `statecull status|plan|gateway|events` [default: policy's
+    /// engine.control_socket, else /run/statecull/engine.sock]
+    #[arg(long, value_name = "PATH", env = "STATECULL_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR:PORT (GET /metrics) [default: policy's engine.metrics_listen, else none]
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Log format (one JSON object per line with --log-format json)
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level: error, warn, info, debug, trace
+    #[arg(long, default_value = "info")]
+    log_level: tracing_subscriber::filter::LevelFilter,
+    /// Check the policy and open every socket, print what would run, and exit
+    #[arg(long)]
+    check: bool,
+}
+
+fn init_logging(format: LogFormat, level: tracing_subscriber::filter::LevelFilter) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let args = Args::parse_from(args);
+    init_logging(args.log_format, args.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("statecull-engine: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("statecull-engine: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything the engine opens before it starts working.
+struct Opened {
+    shared: Arc<Shared>,
+    decisions: tokio::sync::mpsc::UnboundedReceiver<crate::state::Decision>,
+    metrics_rx: tokio::sync::watch::Receiver<crate::metrics::EngineMetrics>,
+    prober: Option<Prober>,
+    routes: Option<RouteWatcher>,
+    control: tokio::net::UnixListener,
+    control_path: PathBuf,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+async fn open(args: &Args) -> Result<Opened, EngineError> {
+    let text = std::fs::read_to_string(&args.policy)
+        .map_err(|source| EngineError::Read { path: args.policy.clone(), source })?;
+    let policy = statecull_policy::load::parse(&text, &args.policy.display().to_string())?;
+    let broker_socket = args
+        .broker_socket
+        .clone()
+        .or_else(|| policy.engine.broker_socket.as_ref().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(statecull_cli::DEFAULT_BROKER_SOCKET));
+    let control_path = args
+        .control_socket
+        .clone()
+        .or_else(|| policy.engine.control_socket.as_ref().map(PathBuf::from))
+        .unwrap_or_else(crate::control::default_path);
+    let metrics_addr = args.metrics.or(policy.engine.metrics_listen);
+
+    let specs: Vec<ProbeSpec> = policy
+        .gateways
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.source == HealthSource::Icmp)
+        .map(|(i, g)| ProbeSpec {
+            gateway: i,
+            name: g.name.clone(),
+            interface: Some(g.interface.to_string()),
+            targets: g.monitor.clone(),
+            source: g.probe_source,
+            interval: g.probe_interval,
+            timeout: g.probe_timeout,
+        })
+        .collect();
+    let prober = if specs.is_empty() { None } else { Some(Prober::open(specs).await?) };
+    let routes = if policy.routing.confirm == RoutingConfirm::Rtnetlink {
+        match RouteWatcher::open() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch routes ({e}); routing will be confirmed by `routed` signals or the settle delay"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let control = crate::control::bind(&control_path)?;
+    let metrics = match metrics_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| EngineError::io(format!("binding the metrics listener {a}"), e))?,
+        ),
+        None => None,
+    };
+    let (shared, decisions, metrics_rx) = Shared::new(policy, BrokerLink::new(broker_socket));
+    Ok(Opened {
+        shared: Arc::new(shared),
+        decisions,
+        metrics_rx,
+        prober,
+        routes,
+        control,
+        control_path,
+        metrics,
+    })
+}
+
+async fn run(args: Args) -> Result<(), EngineError> {
+    let opened = open(&args).await?;
+    let shared = Arc::clone(&opened.shared);
+    if args.check {
+        println!("{}", statecull_policy::load::explain(&shared.policy));
+        match shared.broker.hello().await {
+            Ok(h) => println!(
+                "broker at {}: {} on {}",
+                shared.broker.path().display(),
+                h.backend.kind,
+                h.backend.kernel
+            ),
+            Err(e) => println!("broker at {}: NOT reachable: {e}", shared.broker.path().display()),
+        }
+        let _ = std::fs::remove_file(&opened.control_path);
+        return Ok(());
+    }
+    let control_path = opened.control_path.clone();
+    let result = work(opened).await;
+    let _ = std::fs::remove_file(&control_path);
+    result
+}
+
+async fn work(opened: Opened) -> Result<(), EngineError> {
+    let Opened { shared, decisions, metrics_rx, prober, routes, control, control_path, metrics } =
+        opened;
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Probes -> health machines.
+    if let Some(prober) = prober {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let probe_tasks = prober.start(tx);
+        let s = Arc::clone(&shared);
+        tasks.spawn(async move {
+            let _keep = probe_tasks;
+            while let Some(r) = rx.recv().await {
+                s.record_probe(r.gateway, r.probe);
+            }
+        });
+    }
+    // dpinger status sockets.
+    for (i, g) in shared.policy.gateways.iter().enumerate() {
+        if let HealthSource::Dpinger { socket } = &g.source {
+            let s = Arc::clone(&shared);
+            let path = PathBuf::from(socket);
+            let every = g.probe_interval;
+            let timeout = g.probe_timeout;
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                let mut last_err: Option<String> = None;
+                loop {
+                    tick.tick().await;
+                    match crate::dpinger::read_status(&path, timeout).await {
+                        Ok(st) => {
+                            last_err = None;
+                            s.record_summary(i, f64::from(st.loss_pct), st.latency_or_none());
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            if last_err.as_deref() != Some(msg.as_str()) {
+                                tracing::warn!("{}: {msg}", s.gateway_name(i));
+                            }
+                            last_err = Some(msg);
+                            // No answer from dpinger is no evidence either way about the
+                            // gateway; the engine keeps its last verdict.
+                        }
+                    }
+                }
+            });
+        }
+    }
+    // Timers.
+    {
+        let s = Arc::clone(&shared);
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tick.tick().await;
+                s.tick();
+            }
+        });
+    }
+    // States per gateway for metrics, and broker connection events.
+    {
+        let s = Arc::clone(&shared);
+        tasks.spawn(async move {
+            let mut was_connected: Option<bool> = None;
+            loop {
+                let states = crate::control::states_per_gateway(&s).await;
+                s.refresh_metrics(Some(&states));
+                let link = s.broker.state();
+                if was_connected != Some(link.connected) {
+                    let e = if link.connected {
+                        let backend = link
+                            .hello
+                            .as_ref()
+                            .map(|h| format!("{} on {}", h.backend.kind, h.backend.kernel))
+                            .unwrap_or_default();
+                        NewEvent::new(
+                            EventKind::BrokerConnected,
+                            format!("broker connected: {backend}"),
+                        )
+                    } else {
+                        NewEvent::new(
+                            EventKind::BrokerLost,
+                            format!(
+                                "broker at {} unreachable: {}",
+                                s.broker.path().display(),
+                                link.last_error.as_deref().unwrap_or("not connected yet")
+                            ),
+                        )
+                    };
+                    s.bus.publish(e);
+                    was_connected = Some(link.connected);
+                }
+                tokio::time::sleep(STATES_REFRESH).await;
+            }
+        });
+    }
+    tasks.spawn(crate::control::serve(control, Arc::clone(&shared)));
+    if let Some(l) = metrics {
+        tasks.spawn(crate::metrics::serve(l, metrics_rx));
+    }
+    tasks.spawn(Executor::new(Arc::clone(&shared), decisions, routes).run());
+
+    shared.bus.publish(
+        NewEvent::new(
+            EventKind::EngineStarted,
+            format!(
+                "statecull-engine {} watching {} gateway(s) from {}; control socket {}",
+                env!("CARGO_PKG_VERSION"),
+                shared.policy.gateways.len(),
+                shared.policy.source,
+                control_path.display()
+            ),
+        )
+        .field("pid", std::process::id()),
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| EngineError::io("installing the SIGTERM handler", e))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        Some(r) = tasks.join_next() => {
+            if let Err(e) = r {
+                return Err(EngineError::Control(format!("an engine task ended: {e}")));
+            }
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}

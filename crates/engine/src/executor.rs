@@ -1,0 +1,650 @@
+//! The executor: turns decisions into kills, in the right order.
+//!
+//! 1. A decision (gateways went down / came up) arrives. Decisions that arrive while the
+//!    executor waits for routing are merged, so gateways failing together give one plan and
+//!    one table pass; a gateway that comes back before anything was killed drops out.
+//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink (no default route uses
+//!    a down gateway any more, and a recovered one is used again), an explicit `routed`
+//!    signal, or the settle delay. A `routed` signal cuts any wait short; past
+//!    `settle_timeout` the plan runs anyway and the `routed` event says it was not confirmed.
+//! 3. Plan (pure, `statecull_policy::plan`) with the broker's current capabilities, and run
+//!    each step. A lost broker is waited for (the plan stays pending, reconnecting with
+//!    backoff), so a broker restart loses nothing.
+//! 4. After `sweep_delay`, one trailing sweep repeats the down steps' selectors and reports
+//!    what it still found (non-zero: states were born on the dead link in the race window).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use statecull_policy::model::RoutingConfirm;
+use statecull_policy::plan::{self, Action, Plan, PlanInput, Purpose};
+use statecull_proto::control::EventKind;
+use statecull_proto::{Capabilities, KillReport, Selector, StateHandle, StateRecord};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::error::EngineError;
+use crate::events::NewEvent;
+use crate::routes::{RouteWatcher, default_routes_via};
+use crate::state::{Decision, Shared};
+
+/// How long a plan waits for a lost broker before it is given up (and reported failed).
+pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
+
+/// Merge `d` into `batch`: a gateway that went down and came back before anything was
+/// killed leaves both lists.
+pub fn merge(batch: &mut Decision, d: Decision) {
+    for g in d.went_down {
+        if let Some(p) = batch.came_up.iter().position(|&x| x == g) {
+            batch.came_up.remove(p);
+        } else if !batch.went_down.contains(&g) {
+            batch.went_down.push(g);
+        }
+    }
+    for g in d.came_up {
+        if let Some(p) = batch.went_down.iter().position(|&x| x == g) {
+            batch.went_down.remove(p);
+        } else if !batch.came_up.contains(&g) {
+            batch.came_up.push(g);
+        }
+    }
+    batch.usable = d.usable;
+}
+
+pub struct Executor {
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Decision>,
+    routes: Option<RouteWatcher>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor").field("routes", &self.routes.is_some()).finish()
+    }
+}
+
+/// Outcome of one step, for events.
+struct StepOutcome {
+    killed: u64,
+    per_gateway: Vec<(usize, u64)>,
+    detail: String,
+}
+
+impl Executor {
+    pub fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Decision>,
+        routes: Option<RouteWatcher>,
+    ) -> Self {
+        Executor { shared, rx, routes }
+    }
+
+    pub async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let mut batch = first;
+            let decided = batch.at;
+            let routed_ok = self.wait_for_routing(&mut batch).await;
+            if batch.went_down.is_empty() && batch.came_up.is_empty() {
+                self.shared.bus.publish(NewEvent::new(
+                    EventKind::PlanSkipped,
+                    "nothing to do: the gateways that changed came back before anything was killed",
+                ));
+                continue;
+            }
+            self.execute(batch, decided, routed_ok).await;
+        }
+    }
+
+    /// Routing signal counters now, per gateway.
+    fn routed_marks(&self) -> Vec<u64> {
+        self.shared.routed.iter().map(|tx| *tx.borrow()).collect()
+    }
+
+    fn signalled(&self, marks: &[u64], gateways: &BTreeSet<usize>) -> bool {
+        gateways.iter().all(|&g| {
+            self.shared
+                .routed
+                .get(g)
+                .is_some_and(|tx| *tx.borrow() > marks.get(g).copied().unwrap_or(0))
+        })
+    }
+
+    /// Is routing where the batch needs it? Only for rtnetlink.
+    async fn routes_moved(&self, batch: &Decision) -> Result<bool, EngineError> {
+        let Some(w) = self.routes.as_ref() else { return Ok(false) };
+        let routes = w.dump().await?;
+        let p = &self.shared.policy;
+        let down_clear = batch.went_down.iter().all(|&g| {
+            p.gateways.get(g).is_none_or(|gw| default_routes_via(&routes, gw.address).is_empty())
+        });
+        let up_used = batch.came_up.iter().all(|&g| {
+            p.gateways.get(g).is_none_or(|gw| !default_routes_via(&routes, gw.address).is_empty())
+        });
+        Ok(down_clear && up_used)
+    }
+
+    /// Wait until routing has moved for every gateway in the batch (merging decisions that
+    /// arrive meanwhile). Returns whether it was confirmed (false: timed out).
+    async fn wait_for_routing(&mut self, batch: &mut Decision) -> bool {
+        let routing = self.shared.policy.routing.clone();
+        let marks = self.routed_marks();
+        let mut deadline = batch.at + routing.settle_timeout;
+        let mut confirm = routing.confirm;
+        if confirm == RoutingConfirm::Rtnetlink && self.routes.is_none() {
+            confirm = RoutingConfirm::Delay;
+        }
+        let mut routed_rx: Vec<_> = self.shared.routed.iter().map(|tx| tx.subscribe()).collect();
+        let how = match confirm {
+            RoutingConfirm::Rtnetlink => "rtnetlink",
+            RoutingConfirm::Signal => "signal",
+            RoutingConfirm::Delay => "delay",
+        };
+        let confirmed = loop {
+            let targets: BTreeSet<usize> =
+                batch.went_down.iter().chain(batch.came_up.iter()).copied().collect();
+            if targets.is_empty() {
+                break true;
+            }
+            if self.signalled(&marks, &targets) {
+                break true;
+            }
+            if confirm == RoutingConfirm::Rtnetlink {
+                match self.routes_moved(batch).await {
+                    Ok(true) => break true,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(
+                            "route watcher failed, falling back to the settle delay: {e}"
+                        );
+                        confirm = RoutingConfirm::Delay;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                break confirm == RoutingConfirm::Delay;
+            }
+            // Wake on: a new decision, a routed signal, a route change, or the deadline.
+            let any_routed = futures_any_changed(&mut routed_rx);
+            let route_change = async {
+                match (confirm, self.routes.as_mut()) {
+                    (RoutingConfirm::Rtnetlink, Some(w)) => {
+                        if let Err(e) = w.changed().await {
+                            tracing::warn!("route watcher: {e}");
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                d = self.rx.recv() => match d {
+                    Some(d) => {
+                        deadline = deadline.max(d.at + routing.settle_timeout);
+                        merge(batch, d);
+                    }
+                    None => break false,
+                },
+                () = any_routed => {},
+                () = route_change => {},
+                () = tokio::time::sleep_until(deadline) => {},
+            }
+        };
+        let waited = batch.at.elapsed();
+        let p = &self.shared.policy;
+        for &g in batch.went_down.iter().chain(batch.came_up.iter()) {
+            let name = p.gateways.get(g).map_or("?", |x| x.name.as_str()).to_owned();
+            let msg = if confirmed {
+                format!("routing has moved for {name} ({how})")
+            } else {
+                format!(
+                    "routing for {name} NOT confirmed within {} ms ({how}); killing anyway, the sweep will report stragglers",
+                    routing.settle_timeout.as_millis()
+                )
+            };
+            self.shared.bus.publish(
+                NewEvent::new(EventKind::Routed, msg)
+                    .gateway(name)
+                    .elapsed_ms(waited.as_secs_f64() * 1e3)
+                    .field("confirmed", confirmed)
+                    .field("via", how),
+            );
+        }
+        confirmed
+    }
+
+    async fn capabilities(&self) -> Result<Capabilities, EngineError> {
+        let shared = &self.shared;
+        let hello = shared
+            .broker
+            .call_retrying(
+                |c| Ok(c.hello().clone()),
+                BROKER_PATIENCE,
+                |e| tracing::warn!("plan pending: broker unreachable ({e}); retrying"),
+            )
+            .await?;
+        Ok(hello.backend.capabilities)
+    }
+
+    async fn execute(&mut self, batch: Decision, decided: Instant, routed_ok: bool) {
+        let started = Instant::now();
+        let caps = match self.capabilities().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.shared.bus.publish(NewEvent::new(
+                    EventKind::PlanFailed,
+                    format!("no plan run: the broker stayed unreachable: {e}"),
+                ));
+                return;
+            }
+        };
+        let input = PlanInput {
+            policy: &self.shared.policy,
+            usable: &batch.usable,
+            went_down: &batch.went_down,
+            came_up: &batch.came_up,
+            caps: &caps,
+        };
+        let plan = match plan::plan(&input) {
+            Ok(p) => p,
+            Err(e) => {
+                self.shared
+                    .bus
+                    .publish(NewEvent::new(EventKind::PlanFailed, format!("cannot plan: {e}")));
+                return;
+            }
+        };
+        if plan.is_empty() {
+            self.shared.bus.publish(
+                NewEvent::new(EventKind::PlanSkipped, plan.explain(None))
+                    .field("routing_confirmed", routed_ok),
+            );
+            return;
+        }
+        self.shared.bus.publish(
+            NewEvent::new(EventKind::PlanStarted, plan.explain(None))
+                .field("steps", plan.steps.len())
+                .elapsed_ms(decided.elapsed().as_secs_f64() * 1e3),
+        );
+        let mut total = 0u64;
+        let mut failed = false;
+        for step in &plan.steps {
+            let t0 = Instant::now();
+            match self.run_action(&step.action, &plan_gateways(&self.shared, &step.purpose)).await {
+                Ok(out) => {
+                    total += out.killed;
+                    for &(g, n) in &out.per_gateway {
+                        self.shared.add_kills(g, n, false);
+                    }
+                    let mut e = NewEvent::new(
+                        EventKind::PlanDone,
+                        format!("{}: killed {} states ({})", step.why, out.killed, out.detail),
+                    )
+                    .killed(out.killed)
+                    .elapsed_ms(t0.elapsed().as_secs_f64() * 1e3)
+                    .field("purpose", purpose_name(&step.purpose))
+                    .field(
+                        "decision_to_kill_ms",
+                        format!("{:.1}", decided.elapsed().as_secs_f64() * 1e3),
+                    );
+                    for &(g, n) in &out.per_gateway {
+                        e = e.field(&format!("killed_{}", self.shared.gateway_name(g)), n);
+                    }
+                    if let [(g, _)] = out.per_gateway.as_slice() {
+                        e = e.gateway(self.shared.gateway_name(*g));
+                    }
+                    self.shared.bus.publish(e);
+                }
+                Err(err) => {
+                    failed = true;
+                    self.shared.bus.publish(
+                        NewEvent::new(EventKind::PlanFailed, format!("{}: {err}", step.why))
+                            .elapsed_ms(t0.elapsed().as_secs_f64() * 1e3),
+                    );
+                }
+            }
+        }
+        let duration = started.elapsed().as_secs_f64();
+        self.shared.with_stats(|s| {
+            s.plans_total += 1;
+            s.last_plan_duration_s = Some(duration);
+        });
+        self.shared.refresh_metrics(None);
+        tracing::info!(
+            target: "statecull::step",
+            step = "plan",
+            killed = total,
+            failed,
+            duration_ms = duration * 1e3,
+            "plan finished"
+        );
+        let sweep = plan.sweep_actions();
+        if !sweep.is_empty() {
+            let delay = self.shared.policy.routing.sweep_delay;
+            if !delay.is_zero() {
+                let gws = plan
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(s.purpose, Purpose::GatewayDown { .. }))
+                    .flat_map(|s| plan_gateways(&self.shared, &s.purpose))
+                    .collect::<Vec<_>>();
+                self.sweep_later(sweep, gws, delay);
+            }
+        }
+    }
+
+    /// Schedule the trailing sweep; runs beside the next decisions.
+    fn sweep_later(&self, actions: Vec<Action>, gateways: Vec<usize>, delay: Duration) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let t0 = Instant::now();
+            let mut result =
+                Ok(StepOutcome { killed: 0, per_gateway: vec![], detail: String::new() });
+            for action in &actions {
+                match run_action(&shared, action, &gateways).await {
+                    Ok(o) => {
+                        if let Ok(acc) = result.as_mut() {
+                            acc.killed += o.killed;
+                            for (g, n) in o.per_gateway {
+                                match acc.per_gateway.iter_mut().find(|(x, _)| *x == g) {
+                                    Some(slot) => slot.1 += n,
+                                    None => acc.per_gateway.push((g, n)),
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            match result {
+                Ok(out) => {
+                    for &(g, n) in &out.per_gateway {
+                        shared.add_kills(g, n, true);
+                    }
+                    shared.with_stats(|s| s.last_sweep_leftovers = Some(out.killed));
+                    shared.refresh_metrics(None);
+                    let msg = if out.killed == 0 {
+                        "trailing sweep found nothing left: routing moved in time".to_owned()
+                    } else {
+                        format!(
+                            "trailing sweep killed {} states born after the kill (routing was late)",
+                            out.killed
+                        )
+                    };
+                    let mut e = NewEvent::new(EventKind::SweepDone, msg)
+                        .killed(out.killed)
+                        .elapsed_ms(t0.elapsed().as_secs_f64() * 1e3)
+                        .field("leftovers", out.killed);
+                    if let [g] = gateways.as_slice() {
+                        e = e.gateway(shared.gateway_name(*g));
+                    }
+                    shared.bus.publish(e);
+                }
+                Err(err) => {
+                    shared.bus.publish(NewEvent::new(
+                        EventKind::PlanFailed,
+                        format!("trailing sweep failed: {err}"),
+                    ));
+                }
+            }
+        });
+    }
+
+    async fn run_action(
+        &self,
+        action: &Action,
+        gateways: &[usize],
+    ) -> Result<StepOutcome, EngineError> {
+        run_action(&self.shared, action, gateways).await
+    }
+}
+
+/// Wait until any of the routed counters changes.
+async fn futures_any_changed(rxs: &mut [tokio::sync::watch::Receiver<u64>]) {
+    if rxs.is_empty() {
+        return std::future::pending().await;
+    }
+    let futs = rxs.iter_mut().map(|rx| Box::pin(async move { rx.changed().await }));
+    let (res, _, _) = select_all(futs).await;
+    if res.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A tiny `select_all` over boxed futures (no futures crate dependency).
+async fn select_all<F, T>(futs: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> (T, usize, ())
+where
+    F: Future<Output = T> + ?Sized,
+{
+    let mut futs: Vec<_> = futs.collect();
+    std::future::poll_fn(move |cx| {
+        for (i, f) in futs.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready((v, i, ()));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+fn purpose_name(p: &Purpose) -> &'static str {
+    match p {
+        Purpose::GatewayDown { .. } => "gateway-down",
+        Purpose::FlushAll { .. } => "flush-all",
+        Purpose::FailBack { .. } => "fail-back",
+    }
+}
+
+/// Gateways (indices) a step is about: the down ones, or a fail-back's lower tiers.
+fn plan_gateways(shared: &Shared, p: &Purpose) -> Vec<usize> {
+    let names: &[String] = match p {
+        Purpose::GatewayDown { gateways } | Purpose::FlushAll { gateways } => gateways,
+        Purpose::FailBack { lower, .. } => lower,
+    };
+    names.iter().filter_map(|n| shared.policy.gateway_index(n)).collect()
+}
+
+/// Which gateway each selector belongs to (for per-gateway counts): the first gateway of
+/// `gateways` whose own selectors contain it.
+fn selector_owner(
+    shared: &Shared,
+    caps: &Capabilities,
+    gateways: &[usize],
+    sel: &Selector,
+) -> Option<usize> {
+    gateways
+        .iter()
+        .copied()
+        .find(|&g| plan::gateway_selectors(&shared.policy, g, caps).is_ok_and(|s| s.contains(sel)))
+}
+
+async fn kill_matching(
+    shared: &Shared,
+    selectors: Vec<Selector>,
+    match_opposite: bool,
+) -> Result<KillReport, EngineError> {
+    shared
+        .broker
+        .call_retrying(
+            move |c| c.kill_matching(selectors.clone(), match_opposite),
+            BROKER_PATIENCE,
+            |e| tracing::warn!("kill pending: broker unreachable ({e}); retrying"),
+        )
+        .await
+}
+
+fn report_detail(r: &KillReport) -> String {
+    let mut s = format!(
+        "path {}, {} table pass(es), broker {} ms",
+        r.path,
+        r.table_passes,
+        r.elapsed_us / 1000
+    );
+    if r.spared > 0 {
+        s.push_str(&format!(", {} spared by the broker's protected prefixes", r.spared));
+    }
+    if r.not_found > 0 {
+        s.push_str(&format!(", {} already gone", r.not_found));
+    }
+    if r.failed > 0 {
+        s.push_str(&format!(", {} FAILED: {}", r.failed, r.first_error.as_deref().unwrap_or("?")));
+    }
+    if let Some(n) = &r.note {
+        s.push_str(&format!("; {n}"));
+    }
+    s
+}
+
+async fn run_action(
+    shared: &Arc<Shared>,
+    action: &Action,
+    gateways: &[usize],
+) -> Result<StepOutcome, EngineError> {
+    match action {
+        Action::Flush => {
+            let r = shared
+                .broker
+                .call_retrying(
+                    |c| c.flush(None),
+                    BROKER_PATIENCE,
+                    |e| tracing::warn!("flush pending: broker unreachable ({e}); retrying"),
+                )
+                .await?;
+            Ok(StepOutcome { killed: r.killed, per_gateway: vec![], detail: report_detail(&r) })
+        }
+        Action::KillMatching { selectors, match_opposite } => {
+            // Per-gateway attribution needs per-selector counts when one request covers
+            // several gateways; one Count pass is the price, paid only then.
+            let per_selector = if gateways.len() > 1 {
+                let sels = selectors.clone();
+                shared.broker.call(move |c| c.count(sels)).await.ok().map(|c| c.per_selector)
+            } else {
+                None
+            };
+            let r = kill_matching(shared, selectors.clone(), *match_opposite).await?;
+            let per_gateway = match (gateways, per_selector) {
+                ([g], _) => vec![(*g, r.killed)],
+                (_, Some(counts)) => {
+                    let caps = shared.broker.state().hello.map(|h| h.backend.capabilities);
+                    let mut acc: Vec<(usize, u64)> = gateways.iter().map(|&g| (g, 0)).collect();
+                    if let Some(caps) = caps {
+                        for (sel, n) in selectors.iter().zip(counts) {
+                            if let Some(owner) = selector_owner(shared, &caps, gateways, sel)
+                                && let Some(slot) = acc.iter_mut().find(|(g, _)| *g == owner)
+                            {
+                                slot.1 += n;
+                            }
+                        }
+                    }
+                    acc
+                }
+                _ => vec![],
+            };
+            Ok(StepOutcome { killed: r.killed, per_gateway, detail: report_detail(&r) })
+        }
+        Action::KillExcept { selectors, match_opposite: _, except } => {
+            let mut records: Vec<StateRecord> = Vec::new();
+            for sel in selectors {
+                let s = sel.clone();
+                let mut got = shared
+                    .broker
+                    .call_retrying(
+                        move |c| {
+                            let mut out = Vec::new();
+                            c.snapshot(Some(s.clone()), &mut |batch| {
+                                out.extend(batch);
+                                Ok(())
+                            })?;
+                            Ok(out)
+                        },
+                        BROKER_PATIENCE,
+                        |e| tracing::warn!("snapshot pending: broker unreachable ({e}); retrying"),
+                    )
+                    .await?;
+                records.append(&mut got);
+            }
+            let resolved = plan::resolve_except(&records, except);
+            let limit = shared
+                .broker
+                .state()
+                .hello
+                .map_or(statecull_proto::MAX_HANDLES, |h| h.limits.max_handles)
+                .max(1) as usize;
+            let mut killed = 0u64;
+            let mut not_found = 0u64;
+            for chunk in resolved.handles.chunks(limit) {
+                let handles: Vec<StateHandle> = chunk.to_vec();
+                let r = shared
+                    .broker
+                    .call_retrying(
+                        move |c| c.kill_handles(handles.clone()),
+                        BROKER_PATIENCE,
+                        |e| tracing::warn!("kill pending: broker unreachable ({e}); retrying"),
+                    )
+                    .await?;
+                killed += r.killed;
+                not_found += r.not_found;
+            }
+            let per_gateway = match gateways {
+                [g] => vec![(*g, killed)],
+                _ => vec![],
+            };
+            Ok(StepOutcome {
+                killed,
+                per_gateway,
+                detail: format!(
+                    "{} listed, {} spared as protected flows, {} already gone",
+                    records.len(),
+                    resolved.spared,
+                    not_found
+                ),
+            })
+        }
+    }
+}
+
+/// Plans are built by the pure planner; re-exported for the dry run.
+pub fn dry_plan(
+    shared: &Shared,
+    caps: &Capabilities,
+    usable: &[bool],
+    down: &[usize],
+    up: &[usize],
+) -> Result<Plan, EngineError> {
+    let input = PlanInput { policy: &shared.policy, usable, went_down: down, came_up: up, caps };
+    Ok(plan::plan(&input)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(down: &[usize], up: &[usize]) -> Decision {
+        Decision {
+            went_down: down.to_vec(),
+            came_up: up.to_vec(),
+            usable: vec![],
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn merging_coalesces_and_cancels() {
+        let mut b = d(&[0], &[]);
+        merge(&mut b, d(&[1], &[]));
+        assert_eq!(b.went_down, vec![0, 1]);
+        merge(&mut b, d(&[], &[0]));
+        assert_eq!(b.went_down, vec![1]);
+        assert!(b.came_up.is_empty());
+        merge(&mut b, d(&[], &[2]));
+        merge(&mut b, d(&[2], &[]));
+        assert!(b.came_up.is_empty());
+        assert_eq!(b.went_down, vec![1]);
+    }
+}

@@ -1,0 +1,19 @@
+//! `statecull-engine`: the unprivileged half. It watches gateways (ICMP probes, dpinger
+//! status sockets, operator/routing-manager signals), feeds the pure state machine and
+//! planner of `statecull-policy`, and drives the broker: kill only after routing has moved,
+//! then one trailing sweep.
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod control;
+pub mod daemon;
+pub mod dpinger;
+pub mod error;
+pub mod events;
+pub mod executor;
+pub mod metrics;
+pub mod probe;
+pub mod routes;
+pub mod state;
+
+pub use error::EngineError;

@@ -1,0 +1,226 @@
+//! The validated policy. [`crate::load`] builds these from TOML; every value here has been
+//! checked (names unique and non-empty, references resolved, thresholds ordered, durations
+//! in range), so the state machine and the planner never re-validate.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use statecull_proto::{AddressFamily, IfName, MarkMatch, PortRange, Prefix};
+
+/// A point in time in milliseconds since an arbitrary epoch chosen by the caller (the
+/// engine: its start; tests: zero). Pure code never reads a clock.
+pub type Millis = u64;
+
+/// A whole policy: what the engine watches and how it reacts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Policy {
+    /// Where the policy came from (a path, or `<string>`), for messages.
+    pub source: String,
+    pub engine: EngineSettings,
+    /// In file order. Names are unique.
+    pub gateways: Vec<Gateway>,
+    /// In file order. Names are unique; every member names a gateway above.
+    pub groups: Vec<Group>,
+    /// Flows spared on fail-back (`on_recovery = "kill-unprotected"`).
+    pub protected: Vec<ProtectedFlow>,
+    pub routing: Routing,
+}
+
+/// Engine-wide settings (the `[engine]` table). Command-line flags override them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EngineSettings {
+    /// The broker's Unix socket.
+    pub broker_socket: Option<String>,
+    /// The engine's control socket for `statecull status|plan|gateway|events`.
+    pub control_socket: Option<String>,
+    /// `ADDR:PORT` for Prometheus metrics (HTTP `GET /metrics`); none: no metrics listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Files the engine may read after it confines itself (issue 5's Landlock list).
+    pub readable_paths: Vec<String>,
+}
+
+/// Where a gateway's health comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum HealthSource {
+    /// ICMP echo from the engine (datagram ICMP sockets), to each monitor target.
+    Icmp,
+    /// A dpinger status socket (pfSense / OPNsense), read every probe interval.
+    Dpinger { socket: String },
+    /// Only `statecull gateway NAME down|up` (mwan3 hotplug, keepalived notify, ...).
+    External,
+}
+
+/// One gateway (next hop) of the firewall.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Gateway {
+    pub name: String,
+    /// The interface the gateway is reached through (probes are bound to it).
+    pub interface: IfName,
+    /// The next hop's address. Its family is the gateway's family.
+    pub address: IpAddr,
+    pub family: AddressFamily,
+    /// Addresses probed to judge the gateway (default: the gateway's own address). Same
+    /// family as the gateway.
+    pub monitor: Vec<IpAddr>,
+    /// Source address for probes (default: chosen by the kernel for the interface).
+    pub probe_source: Option<IpAddr>,
+    pub source: HealthSource,
+    pub probe_interval: Duration,
+    /// A probe not answered within this time counts as lost.
+    pub probe_timeout: Duration,
+    pub health: HealthParams,
+    /// How this gateway's states are recognised in the state table. At least one field set.
+    pub states: StateMatch,
+}
+
+/// How a gateway's states are recognised. Each field that is set yields selectors; the
+/// planner uses those the broker's backend supports (pf: `rt_addr`, interface + NAT
+/// address; conntrack: mark/mask, NAT address).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StateMatch {
+    /// pf: the state's route-to gateway (`rt_addr`).
+    pub rt_addr: Option<IpAddr>,
+    /// conntrack: the connection mark the firewall sets per gateway.
+    pub mark: Option<MarkMatch>,
+    /// The SNAT address(es) the firewall uses on this gateway (IPv4 and/or IPv6).
+    pub nat_addr: Vec<IpAddr>,
+    /// pf: restrict NAT-address selectors to this interface (states with `rt_addr` 0 that
+    /// left by the default route are found this way).
+    pub interface: Option<IfName>,
+}
+
+/// Thresholds and timers of the gateway health state machine ([`crate::health`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HealthParams {
+    /// Probe results kept in the sliding window.
+    pub window: usize,
+    /// Fewer results than this in the window: no decision yet (the gateway stays as it is).
+    pub min_samples: usize,
+    /// Loss (percent of the window) at or above which the gateway is down.
+    pub loss_down_pct: f64,
+    /// Loss at or below which a down gateway may come back up (hysteresis: < loss_down).
+    pub loss_up_pct: f64,
+    /// Average latency of answered probes at or above which the gateway is degraded.
+    pub latency_degraded: Duration,
+    /// Average latency at or below which a degraded gateway is up again (< latency_degraded).
+    pub latency_up: Duration,
+    /// Loss at or above which the gateway is degraded (< loss_down_pct); back to up at or
+    /// below `loss_up_pct`.
+    pub loss_degraded_pct: f64,
+    /// A down gateway must look healthy for this long before it is declared up.
+    pub hold_down: Duration,
+    pub damping: FlapDamping,
+}
+
+/// Route-flap damping (RFC 2439 style): every up→down flap adds `penalty`; the figure
+/// decays exponentially with `half_life`; above `suppress_above` the gateway is suppressed
+/// (treated as down whatever the probes say) until it decays below `reuse_below`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlapDamping {
+    pub enabled: bool,
+    pub penalty: f64,
+    pub suppress_above: f64,
+    pub reuse_below: f64,
+    pub half_life: Duration,
+    /// Upper bound of the figure (so a storm of flaps cannot suppress for ever).
+    pub max_penalty: f64,
+}
+
+/// What happens to a group member's states when it goes down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDown {
+    /// Kill nothing (states time out on their own).
+    None,
+    /// Kill the states of the gateway that went down, and only those.
+    Gateway,
+    /// Kill every state of the table (what pfSense's "kill all states" does); for
+    /// comparison and for users who want it.
+    All,
+}
+
+/// What happens when a better tier comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnRecovery {
+    /// Leave connections on the lower tier (they move back when they end).
+    Keep,
+    /// Kill the lower tiers' states so connections move back now.
+    Kill,
+    /// Like `Kill`, but spare the policy's protected flows (calls, SSH, ...).
+    KillUnprotected,
+}
+
+/// A failover group: members with tiers (1 is best; equal tiers share load).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub name: String,
+    /// Indices into [`Policy::gateways`], with their tiers; sorted by tier, then file order.
+    pub members: Vec<GroupMember>,
+    pub on_down: OnDown,
+    pub on_recovery: OnRecovery,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupMember {
+    /// Index into [`Policy::gateways`].
+    pub gateway: usize,
+    /// 1 = best. Lower numbers are preferred.
+    pub tier: u8,
+}
+
+/// A flow that fail-back never kills under `kill-unprotected` (SIP signalling, RTP media,
+/// SSH to the office, ...). All given fields must match; at least one is given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProtectedFlow {
+    pub name: String,
+    /// IP protocol number.
+    pub proto: Option<u8>,
+    /// Either end's port in one of these ranges.
+    pub ports: Vec<PortRange>,
+    /// Either end's address in one of these prefixes.
+    pub prefixes: Vec<Prefix>,
+}
+
+/// How the executor knows routing has moved off a dead gateway before it kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingConfirm {
+    /// Watch routes and rules over rtnetlink (read-only) until no default route uses the
+    /// gateway as next hop.
+    Rtnetlink,
+    /// Wait for `statecull gateway NAME down --routed` / `routed` from the routing manager.
+    Signal,
+    /// Wait `settle_timeout`, then kill.
+    Delay,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Routing {
+    pub confirm: RoutingConfirm,
+    /// Longest wait for the confirmation; past it the plan runs anyway and the event says
+    /// routing was not confirmed.
+    pub settle_timeout: Duration,
+    /// After the kill, one trailing sweep this much later catches states born in the race
+    /// window; zero disables the sweep.
+    pub sweep_delay: Duration,
+}
+
+impl Policy {
+    /// Index of the gateway called `name`.
+    pub fn gateway_index(&self, name: &str) -> Option<usize> {
+        self.gateways.iter().position(|g| g.name == name)
+    }
+
+    /// Groups that have the gateway at `index` as a member.
+    pub fn groups_of(&self, index: usize) -> impl Iterator<Item = &Group> {
+        self.groups.iter().filter(move |g| g.members.iter().any(|m| m.gateway == index))
+    }
+
+    /// "WAN1, WAN2" — for error messages.
+    pub fn gateway_names(&self) -> String {
+        self.gateways.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}

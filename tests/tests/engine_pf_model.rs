@@ -1,0 +1,229 @@
+//! The engine driving a pf-model broker, no root needed: a scripted failure (an external
+//! `gateway WAN1 down`) gives exactly one plan, the kill waits for the routing signal, the
+//! trailing sweep runs once, and what died is exactly what the model says belongs to WAN1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)] // test code
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use statecull_cli::BrokerClient;
+use statecull_pf::table_gen::{Kind, Spec, router_table};
+use statecull_proto::control::{Event, EventKind};
+use statecull_proto::{StateHandle, StateRecord};
+use statecull_tests::TempDir;
+
+const STATES: usize = 20_000;
+const SEED: u64 = 7;
+
+/// Kills the child (SIGTERM, then wait) when dropped, also when the test fails.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_socket(path: &Path, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_broker(dir: &Path) -> (Proc, PathBuf) {
+    let socket = dir.join("broker.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_itest-broker"))
+        .args(["--backend", "pf-model", "--model-states", &STATES.to_string()])
+        .args(["--model-seed", &SEED.to_string(), "--socket"])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&socket, "pf-model broker", &mut child);
+    (Proc(child), socket)
+}
+
+const POLICY: &str = r#"
+[routing]
+confirm = "signal"
+settle_timeout = "60s"
+sweep_delay = "500ms"
+
+[[gateway]]
+name = "WAN1"
+interface = "igb1"
+address = "198.51.100.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "198.51.100.254"
+nat_addr = ["198.51.100.1"]
+interface = "igb1"
+
+[[gateway]]
+name = "WAN2"
+interface = "igb2"
+address = "203.0.113.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "203.0.113.254"
+nat_addr = ["203.0.113.1"]
+interface = "igb2"
+
+[[group]]
+name = "failover"
+members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 } ]
+on_down = "gateway"
+on_recovery = "keep"
+"#;
+
+fn start_engine(dir: &Path, broker: &Path) -> (Proc, PathBuf) {
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let control = dir.join("engine.sock");
+    let log = std::fs::File::create(dir.join("engine.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_itest-engine"))
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--broker-socket")
+        .arg(broker)
+        .arg("--control-socket")
+        .arg(&control)
+        .args(["--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for_socket(&control, "engine", &mut child);
+    (Proc(child), control)
+}
+
+fn statecull(control: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_itest-statecull"))
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "statecull {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn events(control: &Path) -> Vec<Event> {
+    statecull(control, &["events"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn count(evs: &[Event], kind: EventKind) -> usize {
+    evs.iter().filter(|e| e.kind == kind).count()
+}
+
+fn snapshot(socket: &Path) -> Vec<StateRecord> {
+    let mut c = BrokerClient::connect(socket, "engine test").unwrap();
+    let mut all = Vec::new();
+    c.snapshot(None, &mut |b| {
+        all.extend(b);
+        Ok(())
+    })
+    .unwrap();
+    all
+}
+
+fn ids(records: &[StateRecord]) -> HashSet<u64> {
+    records
+        .iter()
+        .map(|r| match r.handle {
+            StateHandle::Pf { id, .. } => id,
+            StateHandle::Conntrack { .. } => panic!("not pf"),
+        })
+        .collect()
+}
+
+#[test]
+fn scripted_failure_one_plan_after_the_routing_signal_then_one_sweep() {
+    let dir = TempDir::new("engine-pf").unwrap();
+    let (_broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine(dir.path(), &broker_sock);
+    let before = ids(&snapshot(&broker_sock));
+
+    // The dry run counts what would die and kills nothing.
+    let dry: serde_json::Value =
+        serde_json::from_str(&statecull(&control, &["plan", "--down", "WAN1"])).unwrap();
+    assert_eq!(dry["counted"], true, "{dry}");
+    assert!(dry["steps"][0]["would_kill"].as_u64().unwrap() > 0, "{dry}");
+    assert_eq!(ids(&snapshot(&broker_sock)), before, "a dry run kills nothing");
+
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let evs = events(&control);
+    assert_eq!(count(&evs, EventKind::GatewayDown), 1, "{evs:#?}");
+    assert_eq!(count(&evs, EventKind::PlanStarted), 0, "no kill before routing moved: {evs:#?}");
+    assert_eq!(ids(&snapshot(&broker_sock)), before, "nothing killed before the routing signal");
+
+    let signalled = Instant::now();
+    statecull(&control, &["gateway", "WAN1", "routed"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let evs = events(&control);
+        if count(&evs, EventKind::SweepDone) > 0 || count(&evs, EventKind::PlanFailed) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sweep: {evs:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let a wrongly repeated sweep or plan show itself.
+    std::thread::sleep(Duration::from_millis(1200));
+    let evs = events(&control);
+    assert_eq!(count(&evs, EventKind::PlanFailed), 0, "{evs:#?}");
+    assert_eq!(count(&evs, EventKind::PlanStarted), 1, "exactly one plan: {evs:#?}");
+    assert_eq!(count(&evs, EventKind::PlanDone), 1, "{evs:#?}");
+    assert_eq!(count(&evs, EventKind::SweepDone), 1, "exactly one sweep: {evs:#?}");
+    let seq = |k: EventKind| evs.iter().find(|e| e.kind == k).map(|e| e.seq).unwrap();
+    assert!(seq(EventKind::Routed) < seq(EventKind::PlanStarted), "{evs:#?}");
+    assert!(signalled.elapsed() < Duration::from_secs(30));
+
+    let after = ids(&snapshot(&broker_sock));
+    let gone: HashSet<u64> = before.difference(&after).copied().collect();
+    let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
+    assert_eq!(done.killed, Some(gone.len() as u64), "reported kills = states gone: {done:?}");
+    let sweep = evs.iter().find(|e| e.kind == EventKind::SweepDone).unwrap();
+    assert_eq!(sweep.killed, Some(0), "nothing was born on WAN1 meanwhile: {sweep:?}");
+
+    // Against the model: every IPv4 WAN1 connection lost both states (policy-routed ones by
+    // rt_addr, default-route ones by interface + NAT address); nothing of WAN2 died.
+    let g = router_table(&Spec::new(STATES, SEED)).unwrap();
+    let v4 = |ids: &[u64]| {
+        g.model
+            .get(ids[0], g.model.hostid())
+            .is_some_and(|s| s.wire.af == statecull_pf::types::AF_INET)
+    };
+    let mut wan1 = 0;
+    for conn in &g.connections {
+        let all_gone = conn.ids.iter().all(|id| gone.contains(id));
+        let none_gone = conn.ids.iter().all(|id| !gone.contains(id));
+        match conn.kind {
+            Kind::PolicyWan1 | Kind::DefaultWan1 if v4(&conn.ids) => {
+                wan1 += 1;
+                assert!(all_gone, "WAN1 connection left alive: {conn:?}");
+            }
+            k if k.wan() == Some(1) => assert!(none_gone, "WAN2 touched: {conn:?}"),
+            Kind::LanToFirewall => assert!(none_gone, "{conn:?}"),
+            _ => {}
+        }
+    }
+    assert!(wan1 > 100, "the table has WAN1 connections to kill ({wan1})");
+}
