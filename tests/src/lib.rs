@@ -64,7 +64,7 @@ pub fn skip_unless_root(test: &str) -> bool {
     true
 }
 
-fn run(cmd: &mut Command) -> io::Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> io::Result<()> {
     let out = cmd.output()?;
     if out.status.success() {
         Ok(())
@@ -299,6 +299,8 @@ impl Drop for BrokerProcess {
 }
 
 /// Cleanup that must also happen when the process is interrupted.
+pub mod lab;
+
 pub mod cleanup {
     use std::process::{Command, Stdio};
     use std::sync::Mutex;

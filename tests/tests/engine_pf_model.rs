@@ -227,3 +227,34 @@ fn scripted_failure_one_plan_after_the_routing_signal_then_one_sweep() {
     }
     assert!(wan1 > 100, "the table has WAN1 connections to kill ({wan1})");
 }
+
+#[test]
+fn a_plan_waits_for_a_restarted_broker_and_is_not_lost() {
+    let dir = TempDir::new("engine-pf-restart").unwrap();
+    let (broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine(dir.path(), &broker_sock);
+    // The engine has met the broker (status counts through it).
+    statecull(&control, &["status"]);
+    drop(broker);
+
+    statecull(&control, &["gateway", "WAN1", "down", "--routed"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let evs = events(&control);
+    assert_eq!(count(&evs, EventKind::PlanDone), 0, "no broker, no kill yet: {evs:#?}");
+    assert_eq!(count(&evs, EventKind::PlanFailed), 0, "the plan waits: {evs:#?}");
+
+    let (_broker, _) = start_broker(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let evs = events(&control);
+        if count(&evs, EventKind::PlanDone) > 0 {
+            let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
+            assert!(done.killed.unwrap() > 100, "{done:?}");
+            assert_eq!(count(&evs, EventKind::PlanFailed), 0, "{evs:#?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pending plan never ran: {evs:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ids(&snapshot(&broker_sock)).len() < STATES, "the restarted broker's table was cut");
+}

@@ -1,13 +1,19 @@
-//! `cargo xtask demo`: a two-gateway conntrack table in a private namespace, WAN1's states
-//! killed through the real broker and CLI, before/after counts per gateway.
+//! `cargo xtask demo`: a two-WAN firewall in private namespaces with a big conntrack table;
+//! the engine judges both gateways from real ICMP probes, ISP1 silently stops answering, the
+//! engine decides WAN1 is down and has the broker kill exactly WAN1's states.
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statecull_conntrack::fill::{TableSpec, WAN1, WAN2, Wan};
-use statecull_tests::{BrokerProcess, Netns};
+use statecull_proto::control::{Event, EventKind};
+use statecull_tests::BrokerProcess;
+use statecull_tests::lab::{EngineProcess, TwoWanLab, conntrack_policy};
+
+/// Probe interval of the demo's gateways.
+const PROBE_INTERVAL_MS: u64 = 200;
 
 use crate::util::{self, IoContext, Result, msg, thousands};
 
@@ -73,6 +79,41 @@ fn tuple_filter_status(caps: &serde_json::Value) -> String {
         .join(", ")
 }
 
+/// Run `statecull` against the engine's control socket; its stdout.
+fn engine_cli(bin: &Path, control: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin)
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .context(format!("run {}", bin.display()))?;
+    if !out.status.success() {
+        return Err(msg(format!(
+            "statecull {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn engine_events(bin: &Path, control: &Path) -> Result<Vec<Event>> {
+    engine_cli(bin, control, &["events", "--json"])?
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| msg(format!("bad event line {l:?}: {e}"))))
+        .collect()
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub fn demo(entries: u64) -> Result<()> {
     util::require_root("the demo")?;
     util::ensure_tools(&[util::IP])?;
@@ -80,21 +121,27 @@ pub fn demo(entries: u64) -> Result<()> {
     statecull_tests::remove_stale_namespaces();
     util::restore_stale_knobs();
     let bins = util::build_release()?;
-    let (broker_bin, cli_bin) = (bins.join("statecull-broker"), bins.join("statecull"));
+    let (broker_bin, cli_bin, engine_bin) =
+        (bins.join("statecull-broker"), bins.join("statecull"), bins.join("statecull-engine"));
     let _knobs = util::size_conntrack(entries, None)?;
 
-    let ns = Netns::create("demo").context("create namespace")?;
-    println!("statecull demo: a two-gateway firewall's conntrack table in namespace {}", ns.name());
+    let lab = TwoWanLab::create("demo").context("create namespaces")?;
+    println!(
+        "statecull demo: a two-WAN firewall (namespace {}) with ISP namespaces {} and {}",
+        lab.fw.name(),
+        lab.isp[0].name(),
+        lab.isp[1].name()
+    );
     let spec = TableSpec::two_wans(entries);
     let started = Instant::now();
-    let loaded = ns.fill(&spec).context("fill")?;
+    let loaded = lab.fw.fill(&spec).context("fill")?;
     println!(
         "  loaded {} states (TCP and UDP, IPv4 and IPv6, SNAT to WAN1 or WAN2, ct mark 1 or 2) in {:.2} s",
         thousands(loaded.inserted),
         started.elapsed().as_secs_f64()
     );
 
-    let broker = BrokerProcess::start(&broker_bin, &ns, &["--log-format", "json"])
+    let broker = BrokerProcess::start(&broker_bin, &lab.fw, &["--log-format", "json"])
         .context("start the broker")?;
     let socket = broker.socket().to_path_buf();
     let hello = cli_json(&cli_bin, &socket, &["hello"])?;
@@ -106,13 +153,65 @@ pub fn demo(entries: u64) -> Result<()> {
         if caps["kernel_mark_flush"].as_bool() == Some(true) { "yes" } else { "no" },
         tuple_filter_status(caps),
     );
+    let mut engine = EngineProcess::start(
+        &engine_bin,
+        &lab.fw,
+        &conntrack_policy(&socket, PROBE_INTERVAL_MS),
+        &["--log-format", "json"],
+    )
+    .context("start the engine")?;
+    let control = engine.control().to_path_buf();
+    println!(
+        "  engine up (unprivileged logic, ICMP datagram probes every {PROBE_INTERVAL_MS} ms through each WAN link)"
+    );
+
+    // Both gateways healthy, judged from real probes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if !engine.running() {
+            return Err(msg(format!("the engine exited: {}", engine.log_text())));
+        }
+        let st: serde_json::Value =
+            serde_json::from_str(&engine_cli(&cli_bin, &control, &["status", "--json"])?)
+                .map_err(|e| msg(format!("status: {e}")))?;
+        let ready = st["gateways"].as_array().is_some_and(|gws| {
+            gws.iter().all(|g| g["samples"].as_u64().unwrap_or(0) >= 5 && g["state"] == "up")
+        });
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(msg(format!("gateways not judged healthy in 30 s: {st}")));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("\n  $ statecull status");
+    print!("{}", indent(&engine_cli(&cli_bin, &control, &["status"])?));
+    println!("\n  $ statecull plan --down WAN1");
+    print!("{}", indent(&engine_cli(&cli_bin, &control, &["plan", "--down", "WAN1"])?));
 
     let before =
         [gateway_counts(&cli_bin, &socket, &WAN1)?, gateway_counts(&cli_bin, &socket, &WAN2)?];
-    println!("\n  WAN1 fails. Killing its states: statecull broker kill --mark 1/0xff");
-    let t = Instant::now();
-    let kill = cli_json(&cli_bin, &socket, &["kill", "--mark", "1/0xff"])?;
-    let wall = t.elapsed().as_secs_f64();
+    let seen = engine_events(&cli_bin, &control)?.last().map_or(0, |e| e.seq);
+    println!("\n  ISP1 silently stops answering (its link stays up) ...");
+    let cut = unix_ms();
+    lab.set_answering(0, false).context("cut ISP1")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let evs = engine_events(&cli_bin, &control)?;
+        if evs.iter().any(|e| e.kind == EventKind::SweepDone || e.kind == EventKind::PlanFailed) {
+            break evs;
+        }
+        if Instant::now() > deadline {
+            return Err(msg(format!("no kill within 60 s: {evs:?}\n{}", engine.log_text())));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("\n  $ statecull events");
+    let new: Vec<&Event> = events.iter().filter(|e| e.seq > seen).collect();
+    for e in &new {
+        println!("    {}", statecull_cli::engine_cmds::event_line(e));
+    }
     let after =
         [gateway_counts(&cli_bin, &socket, &WAN1)?, gateway_counts(&cli_bin, &socket, &WAN2)?];
 
@@ -132,21 +231,33 @@ pub fn demo(entries: u64) -> Result<()> {
             thousands(after[i].by_mark),
         );
     }
-    let killed = kill["killed"].as_u64().unwrap_or(0);
-    println!(
-        "\n  killed {} states in {:.1} ms (whole CLI process; broker {:.1} ms), {} states/s, path {}, {} table pass(es)",
-        thousands(killed),
-        wall * 1000.0,
-        kill["broker_elapsed_ms"].as_f64().unwrap_or(0.0),
-        thousands((killed as f64 / wall.max(1e-9)) as u64),
-        kill["path"].as_str().unwrap_or("?"),
-        kill["table_passes"],
-    );
-    if let Some(note) = kill["note"].as_str() {
-        println!("  note: {note}");
-    }
 
+    let find = |k: EventKind| new.iter().find(|e| e.kind == k).copied();
     let mut problems = Vec::new();
+    match (find(EventKind::GatewayDown), find(EventKind::Routed), find(EventKind::PlanDone)) {
+        (Some(down), Some(routed), Some(done)) => {
+            println!(
+                "\n  detection (ISP1 cut -> down decision): {} ms; decision -> routing settled: {} ms; \
+                 kill: {} states in {:.1} ms; cut -> kill done: {} ms",
+                down.unix_ms.saturating_sub(cut),
+                routed.unix_ms.saturating_sub(down.unix_ms),
+                thousands(done.killed.unwrap_or(0)),
+                done.elapsed_ms.unwrap_or(0.0),
+                done.unix_ms.saturating_sub(cut),
+            );
+            if done.killed != Some(before[0].by_mark) {
+                problems.push(format!(
+                    "the engine reported {:?} killed, WAN1 had {}",
+                    done.killed, before[0].by_mark
+                ));
+            }
+        }
+        _ => problems.push("missing gateway-down, routed or plan-done event".into()),
+    }
+    if new.iter().any(|e| e.gateway.as_deref() == Some("WAN2") && e.kind == EventKind::GatewayDown)
+    {
+        problems.push("WAN2 was judged down".into());
+    }
     if after[0].by_mark != 0 || after[0].by_nat_v4 != 0 || after[0].by_nat_v6 != 0 {
         problems.push(format!("WAN1 still has {} states", after[0].by_mark));
     }
@@ -156,18 +267,20 @@ pub fn demo(entries: u64) -> Result<()> {
     {
         problems.push(format!("WAN2 changed: {} -> {}", before[1].by_mark, after[1].by_mark));
     }
-    if killed != before[0].by_mark {
-        problems.push(format!("reported {killed} killed, WAN1 had {}", before[0].by_mark));
-    }
     if let Some(line) = broker.log_text().lines().find(|l| l.contains("statecull::audit")) {
-        println!("  audit: {line}");
+        println!("  broker audit: {line}");
     }
+    drop(engine);
     drop(broker);
-    let name = ns.name().to_owned();
-    drop(ns);
-    println!("  removed namespace {name}");
+    let names: Vec<String> =
+        [&lab.fw, &lab.isp[0], &lab.isp[1]].iter().map(|n| n.name().to_owned()).collect();
+    drop(lab);
+    println!("  removed namespaces {}", names.join(", "));
     if problems.is_empty() {
-        println!("\nOK: every WAN1 state gone (IPv4 and IPv6), every WAN2 state untouched.");
+        println!(
+            "\nOK: the engine saw WAN1 fail from its own probes and had every WAN1 state killed \
+             (IPv4 and IPv6); every WAN2 state untouched."
+        );
         Ok(())
     } else {
         Err(msg(format!("demo failed: {}", problems.join("; "))))

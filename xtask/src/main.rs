@@ -24,9 +24,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// The main demo (root): a two-gateway conntrack table in a private namespace; WAN1's
-    /// states killed through the broker; before/after counts per gateway. Leaves nothing
-    /// behind, also when interrupted.
+    /// The main demo (root): a two-WAN firewall in private namespaces with a big conntrack
+    /// table; the engine judges the gateways from real probes, ISP1 stops answering, and
+    /// WAN1's states (only those) are killed. Leaves nothing behind, also when interrupted.
     Demo {
         /// States in the generated table
         #[arg(long, default_value_t = 200_000)]

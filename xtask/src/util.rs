@@ -188,6 +188,8 @@ pub fn build_release() -> Result<PathBuf> {
         "statecull-broker",
         "-p",
         "statecull-cli",
+        "-p",
+        "statecull-engine",
     ]))?;
     Ok(target_dir().join("release"))
 }

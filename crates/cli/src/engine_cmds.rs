@@ -108,7 +108,12 @@ pub fn event_line(e: &Event) -> String {
         s.push_str(&format!(" {g:<8}"));
     }
     s.push(' ');
-    s.push_str(&e.message);
+    // One line per event: a multi-line message (a plan's explanation) shows its first line.
+    let mut lines = e.message.lines();
+    s.push_str(lines.next().unwrap_or(""));
+    if lines.next().is_some() {
+        s.push_str(" (...)");
+    }
     if let Some(k) = e.killed
         && !e.message.contains("killed")
     {

@@ -114,7 +114,7 @@ impl Executor {
     /// Is routing where the batch needs it? Only for rtnetlink.
     async fn routes_moved(&self, batch: &Decision) -> Result<bool, EngineError> {
         let Some(w) = self.routes.as_ref() else { return Ok(false) };
-        let routes = w.dump().await?;
+        let routes = w.dump_defaults().await?;
         let p = &self.shared.policy;
         let down_clear = batch.went_down.iter().all(|&g| {
             p.gateways.get(g).is_none_or(|gw| default_routes_via(&routes, gw.address).is_empty())
@@ -257,13 +257,15 @@ impl Executor {
         };
         if plan.is_empty() {
             self.shared.bus.publish(
-                NewEvent::new(EventKind::PlanSkipped, plan.explain(None))
+                NewEvent::new(EventKind::PlanSkipped, headline(&plan))
+                    .field("explanation", plan.explain(None))
                     .field("routing_confirmed", routed_ok),
             );
             return;
         }
         self.shared.bus.publish(
-            NewEvent::new(EventKind::PlanStarted, plan.explain(None))
+            NewEvent::new(EventKind::PlanStarted, headline(&plan))
+                .field("explanation", plan.explain(None))
                 .field("steps", plan.steps.len())
                 .elapsed_ms(decided.elapsed().as_secs_f64() * 1e3),
         );
@@ -279,11 +281,17 @@ impl Executor {
                     }
                     let mut e = NewEvent::new(
                         EventKind::PlanDone,
-                        format!("{}: killed {} states ({})", step.why, out.killed, out.detail),
+                        format!(
+                            "{}: killed {} states ({})",
+                            purpose_text(&step.purpose),
+                            out.killed,
+                            out.detail
+                        ),
                     )
                     .killed(out.killed)
                     .elapsed_ms(t0.elapsed().as_secs_f64() * 1e3)
                     .field("purpose", purpose_name(&step.purpose))
+                    .field("why", &step.why)
                     .field(
                         "decision_to_kill_ms",
                         format!("{:.1}", decided.elapsed().as_secs_f64() * 1e3),
@@ -431,6 +439,24 @@ where
         std::task::Poll::Pending
     })
     .await
+}
+
+/// The first line of a plan's explanation (its summary), for one-line events.
+fn headline(plan: &Plan) -> String {
+    plan.explain(None).lines().next().unwrap_or("plan").to_owned()
+}
+
+/// "WAN1 down", "fail-back of group failover (WAN2 -> WAN1)", "flush (WAN1 down)".
+fn purpose_text(p: &Purpose) -> String {
+    match p {
+        Purpose::GatewayDown { gateways } => format!("{} down", gateways.join(", ")),
+        Purpose::FlushAll { gateways } => {
+            format!("flush of the whole table ({} down)", gateways.join(", "))
+        }
+        Purpose::FailBack { group, recovered, lower } => {
+            format!("fail-back of group {group} ({} -> {})", lower.join(", "), recovered.join(", "))
+        }
+    }
 }
 
 fn purpose_name(p: &Purpose) -> &'static str {

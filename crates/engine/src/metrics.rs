@@ -505,6 +505,33 @@ statecull_broker_connected 1
     }
 
     #[test]
+    fn degraded_counts_as_up_and_unknown_states_are_all_zero() {
+        let gw = |name: &str, state: &str| GatewayMetrics {
+            name: name.into(),
+            state: state.into(),
+            ..Default::default()
+        };
+        let m = EngineMetrics {
+            gateways: vec![gw("A", "degraded"), gw("B", "weird")],
+            ..Default::default()
+        };
+        let text = render(&m);
+        for line in [
+            "statecull_gateway_up{gateway=\"A\"} 1",
+            "statecull_gateway_state{gateway=\"A\",state=\"degraded\"} 1",
+            "statecull_gateway_state{gateway=\"A\",state=\"up\"} 0",
+            "statecull_gateway_state{gateway=\"B\",state=\"up\"} 0",
+            "statecull_gateway_state{gateway=\"B\",state=\"degraded\"} 0",
+            "statecull_gateway_state{gateway=\"B\",state=\"down\"} 0",
+            "statecull_plans_total 0",
+            "statecull_broker_connected 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("statecull_gateway_latency_seconds{"), "{text}");
+    }
+
+    #[test]
     fn special_floats() {
         assert_eq!(float(f64::NAN), "NaN");
         assert_eq!(float(f64::INFINITY), "+Inf");

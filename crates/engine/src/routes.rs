@@ -622,6 +622,13 @@ mod linux {
             self.dump_filtered(keep_all).await
         }
 
+        /// Like [`RouteWatcher::dump`], but keeps only default routes (no destination, or
+        /// /0): on a router with a large table this avoids building a [`Route`] for every
+        /// other entry. Enough for [`default_routes_via`].
+        pub async fn dump_defaults(&self) -> Result<Vec<Route>, EngineError> {
+            self.dump_filtered(Route::is_default).await
+        }
+
         async fn dump_filtered(&self, keep: fn(&Route) -> bool) -> Result<Vec<Route>, EngineError> {
             let deadline = Instant::now() + DUMP_TIMEOUT;
             let mut dumper = self.dumper.lock().await;
@@ -655,11 +662,10 @@ mod linux {
             // Changes before this point are covered by the first dump.
             self.notify.drain()?;
             loop {
-                let defaults =
-                    match timeout_at(deadline, self.dump_filtered(Route::is_default)).await {
-                        Ok(r) => r?,
-                        Err(_) => return Ok(false),
-                    };
+                let defaults = match timeout_at(deadline, self.dump_defaults()).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(false),
+                };
                 let via = default_routes_via(&defaults, gw);
                 if via.is_empty() {
                     return Ok(true);
@@ -698,6 +704,10 @@ mod other {
         }
 
         pub async fn dump(&self) -> Result<Vec<Route>, EngineError> {
+            match self.never {}
+        }
+
+        pub async fn dump_defaults(&self) -> Result<Vec<Route>, EngineError> {
             match self.never {}
         }
 
@@ -1188,6 +1198,9 @@ mod tests {
                     let tables: Vec<u32> = via.iter().map(|r| r.table).collect();
                     assert!(tables.contains(&254) && tables.contains(&100), "{tables:?}");
                     assert_eq!(default_routes_via(&routes, ip("2001:db8::fe")).len(), 1);
+                    let defaults = w.dump_defaults().await.unwrap();
+                    assert_eq!(defaults.len(), 3, "{defaults:#?}");
+                    assert!(defaults.iter().all(Route::is_default));
                     assert!(
                         routes
                             .iter()
@@ -1282,6 +1295,16 @@ mod tests {
                     t.join().unwrap();
                 })
             });
+        }
+
+        /// Reading this host's own routes needs no privilege and changes nothing.
+        #[tokio::test]
+        async fn host_dump_is_read_only_and_unprivileged() {
+            let w = RouteWatcher::open().unwrap();
+            let all = w.dump().await.unwrap();
+            let defaults = w.dump_defaults().await.unwrap();
+            assert!(defaults.iter().all(Route::is_default));
+            assert_eq!(defaults.len(), all.iter().filter(|r| r.is_default()).count());
         }
 
         #[test]
