@@ -170,6 +170,10 @@ fn check_freebsd() -> Result<()> {
         "statecull-pf",
         "-p",
         "statecull-broker",
+        "-p",
+        "statecull-policy",
+        "-p",
+        "statecull-engine",
     ]))
 }
 
