@@ -18,16 +18,32 @@ use statecull_tests::TempDir;
 const STATES: usize = 20_000;
 const SEED: u64 = 7;
 
-/// Kills the child (SIGTERM, then wait) when dropped, also when the test fails.
+/// Stops the child when dropped, also when the test fails: SIGTERM, and SIGKILL if it has
+/// not exited within 10 s (then the test fails: a daemon must stop on SIGTERM).
 struct Proc(Child);
 
-impl Drop for Proc {
-    fn drop(&mut self) {
+impl Proc {
+    fn stop(&mut self) -> bool {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.0.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
         let _ = self.0.wait();
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -157,7 +173,7 @@ fn ids(records: &[StateRecord]) -> HashSet<u64> {
 fn scripted_failure_one_plan_after_the_routing_signal_then_one_sweep() {
     let dir = TempDir::new("engine-pf").unwrap();
     let (_broker, broker_sock) = start_broker(dir.path());
-    let (_engine, control) = start_engine(dir.path(), &broker_sock);
+    let (mut engine, control) = start_engine(dir.path(), &broker_sock);
     let before = ids(&snapshot(&broker_sock));
 
     // The dry run counts what would die and kills nothing.
@@ -226,6 +242,8 @@ fn scripted_failure_one_plan_after_the_routing_signal_then_one_sweep() {
         }
     }
     assert!(wan1 > 100, "the table has WAN1 connections to kill ({wan1})");
+    assert!(engine.stop(), "the engine did not stop on SIGTERM");
+    assert!(!control.exists(), "the engine removed its control socket");
 }
 
 #[test]

@@ -82,6 +82,16 @@ fn init_logging(format: LogFormat, level: tracing_subscriber::filter::LevelFilte
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = Args::parse_from(args);
     init_logging(args.log_format, args.log_level);
+    // A parent may have left SIGTERM/SIGINT blocked (a supervisor that waits for signals
+    // with sigwait does); the mask is inherited across exec, and blocked signals never reach
+    // tokio's handlers. Unblock them before any thread exists, so every thread inherits it.
+    let mut stop = nix::sys::signal::SigSet::empty();
+    stop.add(nix::sys::signal::Signal::SIGTERM);
+    stop.add(nix::sys::signal::Signal::SIGINT);
+    if let Err(e) = stop.thread_unblock() {
+        eprintln!("statecull-engine: cannot unblock SIGTERM/SIGINT: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
