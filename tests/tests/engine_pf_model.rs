@@ -107,8 +107,12 @@ on_recovery = "keep"
 "#;
 
 fn start_engine(dir: &Path, broker: &Path) -> (Proc, PathBuf) {
+    start_engine_with(dir, broker, POLICY)
+}
+
+fn start_engine_with(dir: &Path, broker: &Path, policy_text: &str) -> (Proc, PathBuf) {
     let policy = dir.join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, policy_text).unwrap();
     let control = dir.join("engine.sock");
     let log = std::fs::File::create(dir.join("engine.log")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_itest-engine"))
@@ -275,4 +279,116 @@ fn a_plan_waits_for_a_restarted_broker_and_is_not_lost() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(ids(&snapshot(&broker_sock)).len() < STATES, "the restarted broker's table was cut");
+}
+
+/// Three WANs: WAN1 and WAN2 (the model's gateways) at tier 1, a spare WAN3 at tier 2.
+const THREE_WANS: &str = r#"
+[routing]
+confirm = "signal"
+settle_timeout = "60s"
+sweep_delay = "2s"
+
+[[gateway]]
+name = "WAN1"
+interface = "igb1"
+address = "198.51.100.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "198.51.100.254"
+nat_addr = ["198.51.100.1"]
+interface = "igb1"
+
+[[gateway]]
+name = "WAN2"
+interface = "igb2"
+address = "203.0.113.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "203.0.113.254"
+nat_addr = ["203.0.113.1"]
+interface = "igb2"
+
+[[gateway]]
+name = "WAN3"
+interface = "igb3"
+address = "192.0.2.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "192.0.2.254"
+nat_addr = ["192.0.2.1"]
+interface = "igb3"
+
+[[group]]
+name = "all"
+members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 1 }, { gateway = "WAN3", tier = 2 } ]
+on_down = "gateway"
+"#;
+
+#[test]
+fn gateways_failing_together_are_one_plan_and_one_table_pass() {
+    let dir = TempDir::new("engine-pf-two").unwrap();
+    let (_broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, THREE_WANS);
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    statecull(&control, &["gateway", "WAN2", "down"]);
+    statecull(&control, &["gateway", "WAN1", "routed"]);
+    statecull(&control, &["gateway", "WAN2", "routed"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let evs = events(&control);
+        if count(&evs, EventKind::PlanDone) > 0 || count(&evs, EventKind::PlanFailed) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no plan: {evs:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let evs = events(&control);
+    assert_eq!(count(&evs, EventKind::PlanStarted), 1, "one plan for both: {evs:#?}");
+    assert_eq!(count(&evs, EventKind::PlanDone), 1, "{evs:#?}");
+    let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
+    let field = |k: &str| done.fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(field("table_passes"), Some("1"), "one table pass: {done:?}");
+    assert!(field("killed_WAN1").is_some_and(|n| n != "0"), "{done:?}");
+    assert!(field("killed_WAN2").is_some_and(|n| n != "0"), "{done:?}");
+    // Everything of both gateways (IPv4) is gone.
+    let mut c = BrokerClient::connect(&broker_sock, "engine test").unwrap();
+    let left = c
+        .count(vec![
+            statecull_proto::Selector {
+                gateway: Some("198.51.100.254".parse().unwrap()),
+                ..Default::default()
+            },
+            statecull_proto::Selector {
+                gateway: Some("203.0.113.254".parse().unwrap()),
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+    assert_eq!(left.per_selector, vec![0, 0]);
+}
+
+#[test]
+fn the_sweep_leaves_a_gateway_alone_that_came_back_meanwhile() {
+    let dir = TempDir::new("engine-pf-back").unwrap();
+    let (_broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, THREE_WANS);
+    statecull(&control, &["gateway", "WAN1", "down", "--routed"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&events(&control), EventKind::PlanDone) == 0 {
+        assert!(Instant::now() < deadline, "no plan");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // WAN1 is back before the 2 s sweep: its (new) states are healthy and must stay.
+    statecull(&control, &["gateway", "WAN1", "up"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sweep = loop {
+        if let Some(e) = events(&control).into_iter().find(|e| e.kind == EventKind::SweepDone) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no sweep event");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sweep.killed, Some(0), "{sweep:?}");
+    assert!(sweep.message.contains("skipped"), "{sweep:?}");
 }

@@ -8,11 +8,11 @@
 //! with mutations.
 
 use std::path::PathBuf;
-use std::sync::Mutex as StdMutex;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use statecull_cli::client::{BrokerClient, ClientError};
-use statecull_proto::HelloReply;
+use statecull_proto::{ErrorCode, HelloReply};
 use tokio::sync::Mutex;
 
 use crate::error::EngineError;
@@ -41,6 +41,16 @@ pub struct BrokerLink {
     path: PathBuf,
     conn: Mutex<Option<BrokerClient>>,
     state: StdMutex<LinkState>,
+}
+
+/// True when waiting and trying again may succeed: the connection is unusable, or the broker
+/// is at its connection limit or stopping (a restart in progress).
+fn transient(e: &ClientError) -> bool {
+    connection_lost(e)
+        || matches!(
+            e,
+            ClientError::Refused(r) if matches!(r.code, ErrorCode::Busy | ErrorCode::ShuttingDown)
+        )
 }
 
 /// True when the error means the connection is unusable (as opposed to a refusal).
@@ -74,7 +84,23 @@ impl BrokerLink {
 
     /// Run one request on the connection (connecting first if needed). A connection error
     /// drops the connection, so the next call reconnects; the error is returned either way.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, EngineError>
+    ///
+    /// The request runs in its own task: a caller that stops waiting (a timeout on `status`)
+    /// does not abandon the connection mid-request; the task finishes it and puts the
+    /// connection back for the next call.
+    pub async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut BrokerClient) -> Result<T, ClientError> + Send + 'static,
+    {
+        let link = Arc::clone(self);
+        match tokio::spawn(async move { link.call_here(f).await }).await {
+            Ok(r) => r,
+            Err(e) => Err(EngineError::Control(format!("broker call task failed: {e}"))),
+        }
+    }
+
+    async fn call_here<T, F>(&self, f: F) -> Result<T, EngineError>
     where
         T: Send + 'static,
         F: FnOnce(&mut BrokerClient) -> Result<T, ClientError> + Send + 'static,
@@ -132,7 +158,7 @@ impl BrokerLink {
     /// 100 ms to 5 s) until `patience` runs out; refusals are returned at once. `on_retry` is
     /// told about each failed attempt (for events and logs).
     pub async fn call_retrying<T, F>(
-        &self,
+        self: &Arc<Self>,
         f: F,
         patience: Duration,
         mut on_retry: impl FnMut(&EngineError),
@@ -147,7 +173,7 @@ impl BrokerLink {
             let g = f.clone();
             match self.call(move |c| g(c)).await {
                 Ok(v) => return Ok(v),
-                Err(EngineError::Broker(e)) if connection_lost(&e) => {
+                Err(EngineError::Broker(e)) if transient(&e) => {
                     let err = EngineError::Broker(e);
                     if tokio::time::Instant::now() + backoff > deadline {
                         return Err(err);
@@ -162,7 +188,24 @@ impl BrokerLink {
     }
 
     /// Connect (or check the connection) and return the broker's Hello.
-    pub async fn hello(&self) -> Result<HelloReply, EngineError> {
+    pub async fn hello(self: &Arc<Self>) -> Result<HelloReply, EngineError> {
         self.call(|c| Ok(c.hello().clone())).await
+    }
+
+    /// Run a request that must not be sent twice (a flush: repeating it after a reply was
+    /// lost would also kill connections made since): wait for a connection with
+    /// [`Self::call_retrying`], then send it exactly once.
+    pub async fn call_once<T, F>(
+        self: &Arc<Self>,
+        f: F,
+        patience: Duration,
+        on_retry: impl FnMut(&EngineError),
+    ) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut BrokerClient) -> Result<T, ClientError> + Send + 'static,
+    {
+        self.call_retrying(|c| Ok(c.hello().clone()), patience, on_retry).await?;
+        self.call(f).await
     }
 }

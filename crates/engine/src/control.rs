@@ -175,11 +175,14 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> Result<ControlRepl
     }
 }
 
-/// Capabilities from the broker, without waiting long.
+/// Capabilities from the broker (as of the last Hello), connecting if never connected.
 async fn caps(shared: &Shared) -> Option<Capabilities> {
+    if let Some(h) = shared.broker.state().hello {
+        return Some(h.backend.capabilities);
+    }
     match tokio::time::timeout(COUNT_TIMEOUT, shared.broker.hello()).await {
         Ok(Ok(h)) => Some(h.backend.capabilities),
-        _ => shared.broker.state().hello.map(|h| h.backend.capabilities),
+        _ => None,
     }
 }
 
@@ -195,9 +198,13 @@ async fn count(shared: &Shared, selectors: Vec<Selector>) -> Option<(Vec<u64>, u
     }
 }
 
-/// States per gateway, from one Count request (None where unknown).
+/// States per gateway, from one Count request (None where unknown). While a plan is
+/// pending the broker link belongs to the kill: nothing is counted then.
 pub async fn states_per_gateway(shared: &Shared) -> Vec<Option<u64>> {
     let n = shared.policy.gateways.len();
+    if shared.plan_pending() {
+        return vec![None; n];
+    }
     let Some(caps) = caps(shared).await else { return vec![None; n] };
     let mut all = Vec::new();
     let mut owner = Vec::new();
@@ -265,7 +272,7 @@ async fn status(shared: &Arc<Shared>) -> StatusReply {
             socket: shared.broker.path().display().to_string(),
             connected: link.connected,
             backend: link.hello.map(|h| format!("{} on {}", h.backend.kind, h.backend.kernel)),
-            pending_plans: 0,
+            pending_plans: shared.pending_plans.load(std::sync::atomic::Ordering::SeqCst),
             last_error: link.last_error,
         },
         gateways,

@@ -280,8 +280,10 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         tasks.spawn(async move {
             let mut was_connected: Option<bool> = None;
             loop {
-                let states = crate::control::states_per_gateway(&s).await;
-                s.refresh_metrics(Some(&states));
+                if !s.plan_pending() {
+                    let states = crate::control::states_per_gateway(&s).await;
+                    s.refresh_metrics(Some(&states));
+                }
                 let link = s.broker.state();
                 if was_connected != Some(link.connected) {
                     let e = if link.connected {
@@ -337,9 +339,13 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         Some(r) = tasks.join_next() => {
-            if let Err(e) = r {
-                return Err(EngineError::Control(format!("an engine task ended: {e}")));
-            }
+            // Every task runs for the engine's lifetime: one that ends is a failure, and
+            // the exit status must say so (systemd's Restart=on-failure).
+            tasks.abort_all();
+            return Err(EngineError::Control(match r {
+                Err(e) => format!("an engine task failed: {e}"),
+                Ok(()) => "an engine task stopped unexpectedly".into(),
+            }));
         }
     }
     tasks.abort_all();

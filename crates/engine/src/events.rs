@@ -110,7 +110,7 @@ impl EventBus {
             gateway = event.gateway.as_deref().unwrap_or(""),
             killed = event.killed,
             elapsed_ms = event.elapsed_ms,
-            fields = ?event.fields,
+            fields = %fields_json(&event.fields),
             "{}",
             event.message
         );
@@ -129,6 +129,13 @@ impl EventBus {
         let rx = self.tx.subscribe();
         (inner.backlog.iter().cloned().collect(), rx)
     }
+}
+
+/// Event fields as one JSON object, so JSON logs can be queried by field.
+fn fields_json(fields: &[(String, String)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> =
+        fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    serde_json::Value::Object(map).to_string()
 }
 
 #[cfg(test)]

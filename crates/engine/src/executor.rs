@@ -30,24 +30,32 @@ use crate::events::NewEvent;
 use crate::routes::{RouteWatcher, default_routes_via};
 use crate::state::{Decision, Shared};
 
+/// The kernel's main routing table.
+const RT_TABLE_MAIN: u32 = 254;
+
 /// How long a plan waits for a lost broker before it is given up (and reported failed).
 pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
 
 /// Merge `d` into `batch`: a gateway that went down and came back before anything was
 /// killed leaves both lists.
 pub fn merge(batch: &mut Decision, d: Decision) {
-    for g in d.went_down {
+    for &g in &d.went_down {
         if let Some(p) = batch.came_up.iter().position(|&x| x == g) {
             batch.came_up.remove(p);
         } else if !batch.went_down.contains(&g) {
             batch.went_down.push(g);
         }
     }
-    for g in d.came_up {
+    for &g in &d.came_up {
         if let Some(p) = batch.went_down.iter().position(|&x| x == g) {
             batch.went_down.remove(p);
         } else if !batch.came_up.contains(&g) {
             batch.came_up.push(g);
+        }
+    }
+    for &g in d.went_down.iter().chain(d.came_up.iter()) {
+        if let (Some(slot), Some(v)) = (batch.routed_marks.get_mut(g), d.routed_marks.get(g)) {
+            *slot = *v;
         }
     }
     batch.usable = d.usable;
@@ -57,6 +65,8 @@ pub struct Executor {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Decision>,
     routes: Option<RouteWatcher>,
+    /// Decisions taken off the queue for the batch in hand (for the pending-plans count).
+    taken: u32,
 }
 
 impl std::fmt::Debug for Executor {
@@ -70,6 +80,8 @@ struct StepOutcome {
     killed: u64,
     per_gateway: Vec<(usize, u64)>,
     detail: String,
+    /// The broker's kill path and table passes, when one request did the step.
+    path: Option<(String, u32)>,
 }
 
 impl Executor {
@@ -78,28 +90,50 @@ impl Executor {
         rx: mpsc::UnboundedReceiver<Decision>,
         routes: Option<RouteWatcher>,
     ) -> Self {
-        Executor { shared, rx, routes }
+        Executor { shared, rx, routes, taken: 0 }
     }
 
     pub async fn run(mut self) {
         while let Some(first) = self.rx.recv().await {
+            self.taken = 1;
             let mut batch = first;
+            self.drain(&mut batch);
             let decided = batch.at;
-            let routed_ok = self.wait_for_routing(&mut batch).await;
-            if batch.went_down.is_empty() && batch.came_up.is_empty() {
-                self.shared.bus.publish(NewEvent::new(
-                    EventKind::PlanSkipped,
-                    "nothing to do: the gateways that changed came back before anything was killed",
-                ));
-                continue;
-            }
+            // Wait for routing; decisions that arrived at the last moment join the batch
+            // and are waited for too, so every gateway of the plan has had its wait.
+            let routed_ok = loop {
+                let ok = self.wait_for_routing(&mut batch).await;
+                let known: BTreeSet<usize> =
+                    batch.went_down.iter().chain(batch.came_up.iter()).copied().collect();
+                self.drain(&mut batch);
+                if batch.went_down.iter().chain(batch.came_up.iter()).all(|g| known.contains(g)) {
+                    break ok;
+                }
+            };
             self.execute(batch, decided, routed_ok).await;
+            self.shared.decisions_done(self.taken);
+            self.taken = 0;
+            self.shared.refresh_metrics(None);
         }
     }
 
-    /// Routing signal counters now, per gateway.
-    fn routed_marks(&self) -> Vec<u64> {
-        self.shared.routed.iter().map(|tx| *tx.borrow()).collect()
+    /// Merge every decision already queued (they arrived while we waited or worked).
+    fn drain(&mut self, batch: &mut Decision) {
+        while let Ok(d) = self.rx.try_recv() {
+            self.taken += 1;
+            merge(batch, d);
+        }
+    }
+
+    /// Bring the batch up to date with the gateways' health right now: a gateway that is
+    /// usable again is no longer "down", one that failed again is no longer "up".
+    fn settle(&self, batch: &mut Decision) -> bool {
+        let now = self.shared.usable();
+        let before = (batch.went_down.len(), batch.came_up.len());
+        batch.went_down.retain(|&g| !now.get(g).copied().unwrap_or(true));
+        batch.came_up.retain(|&g| now.get(g).copied().unwrap_or(false));
+        batch.usable = now;
+        before != (batch.went_down.len(), batch.came_up.len())
     }
 
     fn signalled(&self, marks: &[u64], gateways: &BTreeSet<usize>) -> bool {
@@ -114,7 +148,11 @@ impl Executor {
     /// Is routing where the batch needs it? Only for rtnetlink.
     async fn routes_moved(&self, batch: &Decision) -> Result<bool, EngineError> {
         let Some(w) = self.routes.as_ref() else { return Ok(false) };
-        let routes = w.dump_defaults().await?;
+        // Only the main table: it is what a routing manager (mwan3, keepalived, the lab's
+        // stand-in) switches for forwarded traffic, while per-WAN tables (policy routing,
+        // the probes' own tables) keep their default route via their gateway for good.
+        let routes: Vec<_> =
+            w.dump_defaults().await?.into_iter().filter(|r| r.table == RT_TABLE_MAIN).collect();
         let p = &self.shared.policy;
         let down_clear = batch.went_down.iter().all(|&g| {
             p.gateways.get(g).is_none_or(|gw| default_routes_via(&routes, gw.address).is_empty())
@@ -129,30 +167,32 @@ impl Executor {
     /// arrive meanwhile). Returns whether it was confirmed (false: timed out).
     async fn wait_for_routing(&mut self, batch: &mut Decision) -> bool {
         let routing = self.shared.policy.routing.clone();
-        let marks = self.routed_marks();
         let mut deadline = batch.at + routing.settle_timeout;
+        // However many decisions join the batch, nothing waits longer than twice the
+        // settle timeout from the first one.
+        let latest = batch.at + routing.settle_timeout * 2;
         let mut confirm = routing.confirm;
         if confirm == RoutingConfirm::Rtnetlink && self.routes.is_none() {
             confirm = RoutingConfirm::Delay;
         }
         let mut routed_rx: Vec<_> = self.shared.routed.iter().map(|tx| tx.subscribe()).collect();
-        let how = match confirm {
-            RoutingConfirm::Rtnetlink => "rtnetlink",
-            RoutingConfirm::Signal => "signal",
-            RoutingConfirm::Delay => "delay",
-        };
+        let mut how = "";
         let confirmed = loop {
             let targets: BTreeSet<usize> =
                 batch.went_down.iter().chain(batch.came_up.iter()).copied().collect();
             if targets.is_empty() {
                 break true;
             }
-            if self.signalled(&marks, &targets) {
+            if self.signalled(&batch.routed_marks, &targets) {
+                how = "routed signal";
                 break true;
             }
             if confirm == RoutingConfirm::Rtnetlink {
                 match self.routes_moved(batch).await {
-                    Ok(true) => break true,
+                    Ok(true) => {
+                        how = "rtnetlink: main table moved";
+                        break true;
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(
@@ -163,6 +203,11 @@ impl Executor {
                 }
             }
             if Instant::now() >= deadline {
+                how = match confirm {
+                    RoutingConfirm::Delay => "settle delay elapsed",
+                    RoutingConfirm::Signal => "no routed signal",
+                    RoutingConfirm::Rtnetlink => "main table still uses it",
+                };
                 break confirm == RoutingConfirm::Delay;
             }
             // Wake on: a new decision, a routed signal, a route change, or the deadline.
@@ -181,7 +226,8 @@ impl Executor {
             tokio::select! {
                 d = self.rx.recv() => match d {
                     Some(d) => {
-                        deadline = deadline.max(d.at + routing.settle_timeout);
+                        self.taken += 1;
+                        deadline = deadline.max(d.at + routing.settle_timeout).min(latest);
                         merge(batch, d);
                     }
                     None => break false,
@@ -227,7 +273,7 @@ impl Executor {
         Ok(hello.backend.capabilities)
     }
 
-    async fn execute(&mut self, batch: Decision, decided: Instant, routed_ok: bool) {
+    async fn execute(&mut self, mut batch: Decision, decided: Instant, routed_ok: bool) {
         let started = Instant::now();
         let caps = match self.capabilities().await {
             Ok(c) => c,
@@ -239,6 +285,19 @@ impl Executor {
                 return;
             }
         };
+        // The broker may have kept us waiting: fold in what happened meanwhile, and plan
+        // from the health as it is now, not as it was when the first decision came.
+        self.drain(&mut batch);
+        if self.settle(&mut batch) {
+            tracing::info!("health changed while the plan waited; planning from the current state");
+        }
+        if batch.went_down.is_empty() && batch.came_up.is_empty() {
+            self.shared.bus.publish(NewEvent::new(
+                EventKind::PlanSkipped,
+                "nothing to do: the gateways that changed are back as they were before anything was killed",
+            ));
+            return;
+        }
         let input = PlanInput {
             policy: &self.shared.policy,
             usable: &batch.usable,
@@ -299,6 +358,9 @@ impl Executor {
                     for &(g, n) in &out.per_gateway {
                         e = e.field(&format!("killed_{}", self.shared.gateway_name(g)), n);
                     }
+                    if let Some((path, passes)) = &out.path {
+                        e = e.field("path", path).field("table_passes", passes);
+                    }
                     if let [(g, _)] = out.per_gateway.as_slice() {
                         e = e.gateway(self.shared.gateway_name(*g));
                     }
@@ -348,8 +410,48 @@ impl Executor {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let t0 = Instant::now();
-            let mut result =
-                Ok(StepOutcome { killed: 0, per_gateway: vec![], detail: String::new() });
+            // A gateway that came back during the delay has new, healthy states: the sweep
+            // must not touch them. Sweep only gateways that are still down.
+            let usable = shared.usable();
+            let (back, still_down): (Vec<usize>, Vec<usize>) =
+                gateways.iter().partition(|&&g| usable.get(g).copied().unwrap_or(false));
+            let actions = if back.is_empty() {
+                actions
+            } else if still_down.is_empty() {
+                let names: Vec<&str> = back.iter().map(|&g| shared.gateway_name(g)).collect();
+                shared.bus.publish(
+                    NewEvent::new(
+                        EventKind::SweepDone,
+                        format!("trailing sweep skipped: {} back up", names.join(", ")),
+                    )
+                    .killed(0)
+                    .field("skipped", "true"),
+                );
+                return;
+            } else {
+                let Some(caps) = shared.broker.state().hello.map(|h| h.backend.capabilities) else {
+                    return;
+                };
+                let selectors: Vec<Selector> = still_down
+                    .iter()
+                    .filter_map(|&g| plan::gateway_selectors(&shared.policy, g, &caps).ok())
+                    .flatten()
+                    .collect();
+                selectors
+                    .chunks(plan::MAX_SELECTORS_PER_REQUEST)
+                    .map(|c| Action::KillMatching {
+                        selectors: c.to_vec(),
+                        match_opposite: caps.match_opposite,
+                    })
+                    .collect()
+            };
+            let gateways = still_down;
+            let mut result = Ok(StepOutcome {
+                killed: 0,
+                per_gateway: vec![],
+                detail: String::new(),
+                path: None,
+            });
             for action in &actions {
                 match run_action(&shared, action, &gateways).await {
                     Ok(o) => {
@@ -536,13 +638,18 @@ async fn run_action(
         Action::Flush => {
             let r = shared
                 .broker
-                .call_retrying(
+                .call_once(
                     |c| c.flush(None),
                     BROKER_PATIENCE,
                     |e| tracing::warn!("flush pending: broker unreachable ({e}); retrying"),
                 )
                 .await?;
-            Ok(StepOutcome { killed: r.killed, per_gateway: vec![], detail: report_detail(&r) })
+            Ok(StepOutcome {
+                killed: r.killed,
+                per_gateway: vec![],
+                detail: report_detail(&r),
+                path: Some((r.path.to_string(), r.table_passes)),
+            })
         }
         Action::KillMatching { selectors, match_opposite } => {
             // Per-gateway attribution needs per-selector counts when one request covers
@@ -572,7 +679,12 @@ async fn run_action(
                 }
                 _ => vec![],
             };
-            Ok(StepOutcome { killed: r.killed, per_gateway, detail: report_detail(&r) })
+            Ok(StepOutcome {
+                killed: r.killed,
+                per_gateway,
+                detail: report_detail(&r),
+                path: Some((r.path.to_string(), r.table_passes)),
+            })
         }
         Action::KillExcept { selectors, match_opposite: _, except } => {
             let mut records: Vec<StateRecord> = Vec::new();
@@ -624,6 +736,7 @@ async fn run_action(
             Ok(StepOutcome {
                 killed,
                 per_gateway,
+                path: None,
                 detail: format!(
                     "{} listed, {} spared as protected flows, {} already gone",
                     records.len(),
@@ -656,6 +769,7 @@ mod tests {
             went_down: down.to_vec(),
             came_up: up.to_vec(),
             usable: vec![],
+            routed_marks: vec![0; 4],
             at: Instant::now(),
         }
     }

@@ -3,7 +3,8 @@
 //! pure (`statecull-policy`); this module feeds them the clock and turns their transitions
 //! into events and decisions for the executor.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use statecull_policy::health::{GatewayHealth, Health, Probe, Transition};
 use statecull_policy::{Millis, Policy};
@@ -23,6 +24,9 @@ pub struct Decision {
     pub came_up: Vec<usize>,
     /// Usability of every gateway (by policy index) right after this decision.
     pub usable: Vec<bool>,
+    /// The `routed` signal counters when the decision was made: a signal sent right after
+    /// (`statecull gateway WAN1 down --routed`) counts even if the executor is still busy.
+    pub routed_marks: Vec<u64>,
     pub at: Instant,
 }
 
@@ -53,8 +57,15 @@ pub struct Shared {
     pub policy: Policy,
     pub started: Instant,
     pub bus: EventBus,
-    pub broker: BrokerLink,
+    pub broker: Arc<BrokerLink>,
     pub gateways: Mutex<Vec<GatewayRuntime>>,
+    /// Plans decided but not finished (waiting for routing or for the broker, or running).
+    /// Background counts for status and metrics stand aside while this is non-zero, so
+    /// they never delay a kill on the serialised broker link.
+    pub pending_plans: AtomicU32,
+    /// Held while a decision is built and sent, so decisions reach the executor in the
+    /// order their usability snapshots were taken.
+    decision_order: Mutex<()>,
     /// Per gateway: how many `routed` signals arrived (the executor waits for an increase).
     pub routed: Vec<watch::Sender<u64>>,
     pub stats: Mutex<Stats>,
@@ -94,8 +105,10 @@ impl Shared {
             policy,
             started,
             bus: EventBus::new(),
-            broker,
+            broker: Arc::new(broker),
             gateways: Mutex::new(gateways),
+            pending_plans: AtomicU32::new(0),
+            decision_order: Mutex::new(()),
             routed,
             stats: Mutex::new(Stats::default()),
             decisions: tx,
@@ -232,16 +245,31 @@ impl Shared {
         let was = t.from != Health::Down;
         let is = t.to != Health::Down;
         if was != is {
+            let _order = lock(&self.decision_order);
             let d = Decision {
                 went_down: if is { vec![] } else { vec![gateway] },
                 came_up: if is { vec![gateway] } else { vec![] },
                 usable: self.usable(),
+                routed_marks: self.routed.iter().map(|tx| *tx.borrow()).collect(),
                 at: Instant::now(),
             };
+            self.pending_plans.fetch_add(1, Ordering::SeqCst);
             // The executor lives as long as the engine; a send error means shutdown.
             let _ = self.decisions.send(d);
         }
         self.refresh_metrics(None);
+    }
+
+    /// True while a plan is waiting or running.
+    pub fn plan_pending(&self) -> bool {
+        self.pending_plans.load(Ordering::SeqCst) > 0
+    }
+
+    /// The executor took `n` decisions off the queue and finished with them.
+    pub fn decisions_done(&self, n: u32) {
+        let _ = self
+            .pending_plans
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n)));
     }
 
     /// Record kills for metrics.
