@@ -100,6 +100,7 @@ impl EngineProcess {
             .arg(&policy_path)
             .arg("--control-socket")
             .arg(&control)
+            .args(crate::daemon_user_args())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(File::create(&log)?)

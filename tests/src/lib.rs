@@ -25,6 +25,27 @@ pub const NETNS_PREFIX: &str = "sc-";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The unprivileged user the daemons switch to in tests (they refuse to run confined as
+/// root without one). Debian's `nobody`, whose primary group is `nogroup`.
+pub const TEST_USER: &str = "nobody";
+pub const TEST_GROUP: &str = "nogroup";
+
+/// `--user nobody` when running as root (where the daemons need a user to switch to);
+/// nothing otherwise (they keep the invoking user and confine themselves as it).
+pub fn daemon_user_args() -> Vec<&'static str> {
+    if nix::unistd::geteuid().is_root() { vec!["--user", TEST_USER] } else { Vec::new() }
+}
+
+/// Broker flags for tests: a user to switch to, and a socket the engine (running as
+/// `nobody` too) may use.
+pub fn broker_test_args() -> Vec<&'static str> {
+    let mut a = daemon_user_args();
+    if nix::unistd::geteuid().is_root() {
+        a.extend(["--socket-group", TEST_GROUP, "--allow-user", TEST_USER]);
+    }
+    a
+}
+
 /// Why a root-only test cannot run here, or `None` when it can.
 pub fn root_unavailable() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
@@ -228,6 +249,7 @@ impl BrokerProcess {
             .arg("--socket")
             .arg(&socket)
             .args(["--log-level", "debug"])
+            .args(broker_test_args())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(File::create(&log)?)

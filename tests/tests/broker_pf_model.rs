@@ -48,6 +48,7 @@ fn broker(extra: &[&str]) -> ModelBroker {
             "--socket",
         ])
         .arg(&socket)
+        .args(statecull_tests::broker_test_args())
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

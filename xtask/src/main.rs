@@ -174,6 +174,8 @@ fn check_freebsd() -> Result<()> {
         "statecull-policy",
         "-p",
         "statecull-engine",
+        "-p",
+        "statecull-sandbox",
     ]))
 }
 

@@ -44,6 +44,13 @@ OPTIONS:
         --log-format FORMAT  text or json [default: text]
         --log-level LEVEL    error, warn, info, debug or trace [default: info]
         --check              probe the backend, print what it supports, and exit
+        --user USER          after opening the state table and the socket, switch to USER
+                             (name or uid) with only CAP_NET_ADMIN, no_new_privs, no
+                             filesystem (Landlock) and a seccomp allow-list
+                             [default when started as root: statecull-broker]
+        --print-sandbox      start up, confine, print the confinement in force, and exit
+        --no-sandbox         DEVELOPMENT ONLY: no user switch, no confinement (a loud
+                             warning is logged at every start)
     -h, --help               this text
     -V, --version            version
 
@@ -57,6 +64,7 @@ CONFIG FILE (all keys optional):
     backend = \"conntrack\"
     log_format = \"json\"
     log_level = \"info\"
+    user = \"statecull-broker\"
 
 Every kill is logged as one audit line (target statecull::audit): peer uid/gid/pid,
 verb, selector, killed/not found/spared counts, path taken and microseconds.
@@ -66,6 +74,8 @@ SIGTERM or SIGINT: stop accepting, finish requests in flight, remove the socket,
 struct Args {
     config: Config,
     check: bool,
+    print_sandbox: bool,
+    no_sandbox: bool,
 }
 
 fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
@@ -75,6 +85,8 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
     // Flags are applied after the file, in order.
     let mut flags: Vec<(String, String)> = Vec::new();
     let mut check = false;
+    let mut print_sandbox = false;
+    let mut no_sandbox = false;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         let value = |p: &mut lexopt::Parser| -> Result<String, String> {
             p.value()
@@ -93,11 +105,13 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
             }
             Short('c') | Long("config") => config_file = Some(PathBuf::from(value(&mut parser)?)),
             Long("check") => check = true,
+            Long("print-sandbox") => print_sandbox = true,
+            Long("no-sandbox") => no_sandbox = true,
             Short('s') => flags.push(("socket".into(), value(&mut parser)?)),
             Long(
                 name @ ("socket" | "socket-group" | "allow-user" | "allow-group" | "protect"
                 | "max-connections" | "backend" | "log-format" | "log-level"
-                | "model-states" | "model-seed" | "model-release"),
+                | "model-states" | "model-seed" | "model-release" | "user"),
             ) => {
                 let name = name.to_owned();
                 flags.push((name, value(&mut parser)?));
@@ -144,10 +158,14 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
             }
             "log-format" => config.log_format = config::parse_log_format(&v).map_err(bad)?,
             "log-level" => config.log_level = config::parse_log_level(&v).map_err(bad)?,
+            "user" => config.user = Some(v),
             _ => {}
         }
     }
-    Ok(Some(Args { config, check }))
+    if print_sandbox && no_sandbox {
+        return Err("--print-sandbox and --no-sandbox contradict each other".into());
+    }
+    Ok(Some(Args { config, check, print_sandbox, no_sandbox }))
 }
 
 fn init_logging(format: LogFormat, level: LogLevel) {
@@ -266,7 +284,34 @@ fn run(args: Args) -> Result<(), BrokerError> {
         println!("protected prefixes: {}", args.config.protected.len());
         return Ok(());
     }
+    let user = args.config.user.clone();
     let server = Server::bind(args.config, backend)?;
+    // Everything privileged is open (state table, socket): confine before the first client,
+    // and before the signal thread exists (confinement applies per thread).
+    if args.no_sandbox {
+        tracing::warn!("{}", statecull_sandbox::NO_SANDBOX_WARNING);
+    } else {
+        let user = user
+            .or_else(|| nix::unistd::geteuid().is_root().then(|| config::DEFAULT_USER.to_owned()));
+        let plan = statecull_sandbox::Plan {
+            role: statecull_sandbox::Role::Broker,
+            user,
+            readable_paths: Vec::new(),
+        };
+        let report = statecull_sandbox::confine(&plan).map_err(|e| {
+            BrokerError::Config(format!(
+                "cannot confine the broker: {e} (pass --user NAME for an existing user, or --no-sandbox for development)"
+            ))
+        })?;
+        for w in report.weaknesses() {
+            tracing::warn!("sandbox: {w}");
+        }
+        tracing::info!(sandbox = %report.to_string().replace('\n', "; "), "confined");
+        if args.print_sandbox {
+            println!("{report}");
+            return Ok(());
+        }
+    }
     let (stop_read, stop_write) =
         nix::unistd::pipe().map_err(|e| BrokerError::io("pipe", e.into()))?;
     std::thread::Builder::new()

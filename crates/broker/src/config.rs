@@ -82,7 +82,13 @@ pub struct Config {
     pub backend: BackendChoice,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
+    /// The user to switch to after opening the state table and the socket (name or uid);
+    /// when started as root without one, [`DEFAULT_USER`].
+    pub user: Option<String>,
 }
+
+/// The broker's own user (see sandbox/profiles/systemd/statecull.sysusers).
+pub const DEFAULT_USER: &str = "statecull-broker";
 
 impl Default for Config {
     fn default() -> Self {
@@ -96,6 +102,7 @@ impl Default for Config {
             backend: BackendChoice::Conntrack,
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
+            user: None,
         }
     }
 }
@@ -122,6 +129,7 @@ struct FileConfig {
     model_states: Option<usize>,
     model_seed: Option<u64>,
     model_release: Option<String>,
+    user: Option<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -197,6 +205,7 @@ impl Config {
         if let Some(s) = file.socket {
             c.socket = s;
         }
+        c.user = file.user;
         if let Some(g) = &file.socket_group {
             c.socket_gid =
                 Some(resolve_group(g).map_err(|m| err(1, format!("socket_group: {m}")))?);

@@ -66,7 +66,22 @@ struct Args {
     /// Check the policy and open every socket, print what would run, and exit
     #[arg(long)]
     check: bool,
+    /// After opening everything, switch to USER (name or uid) with no capabilities,
+    /// no_new_privs, no filesystem beyond the policy's engine.readable_paths (Landlock) and
+    /// a seccomp allow-list [default when started as root: statecull]
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Start up, confine, print the confinement in force, and exit
+    #[arg(long, conflicts_with_all = ["no_sandbox", "check"])]
+    print_sandbox: bool,
+    /// DEVELOPMENT ONLY: no user switch and no confinement (a loud warning is logged at
+    /// every start)
+    #[arg(long)]
+    no_sandbox: bool,
 }
+
+/// The engine's own user (see sandbox/profiles/systemd/statecull.sysusers).
+pub const DEFAULT_USER: &str = "statecull";
 
 fn init_logging(format: LogFormat, level: tracing_subscriber::filter::LevelFilter) {
     let builder = tracing_subscriber::fmt()
@@ -92,8 +107,10 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         eprintln!("statecull-engine: cannot unblock SIGTERM/SIGINT: {e}");
         return ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread until confinement: Landlock and capability changes apply per thread, so
+    // `confine` refuses to run with more. Broker calls later run on the blocking pool,
+    // whose threads are created after confinement and inherit it.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
         .enable_all()
         .build()
@@ -194,6 +211,14 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
 
 async fn run(args: Args) -> Result<(), EngineError> {
     let opened = open(&args).await?;
+    if let Err(e) = confine(&args, &opened) {
+        let _ = std::fs::remove_file(&opened.control_path);
+        return Err(e);
+    }
+    if args.print_sandbox {
+        println!("{}", statecull_sandbox::current());
+        return Ok(());
+    }
     let shared = Arc::clone(&opened.shared);
     if args.check {
         println!("{}", statecull_policy::load::explain(&shared.policy));
@@ -213,6 +238,43 @@ async fn run(args: Args) -> Result<(), EngineError> {
     let result = work(opened).await;
     let _ = std::fs::remove_file(&control_path);
     result
+}
+
+/// Everything is open: give up every privilege (unless --no-sandbox or --check).
+fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
+    if args.check {
+        return Ok(());
+    }
+    if args.no_sandbox {
+        tracing::warn!("{}", statecull_sandbox::NO_SANDBOX_WARNING);
+        return Ok(());
+    }
+    let user = args
+        .user
+        .clone()
+        .or_else(|| nix::unistd::geteuid().is_root().then(|| DEFAULT_USER.to_owned()));
+    let plan = statecull_sandbox::Plan {
+        role: statecull_sandbox::Role::Engine,
+        user,
+        readable_paths: opened
+            .shared
+            .policy
+            .engine
+            .readable_paths
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+    };
+    let report = statecull_sandbox::confine(&plan).map_err(|e| {
+        EngineError::Config(format!(
+            "cannot confine the engine: {e} (pass --user NAME for an existing user, or --no-sandbox for development)"
+        ))
+    })?;
+    for w in report.weaknesses() {
+        tracing::warn!("sandbox: {w}");
+    }
+    tracing::info!(sandbox = %report.to_string().replace('\n', "; "), "confined");
+    Ok(())
 }
 
 async fn work(opened: Opened) -> Result<(), EngineError> {
