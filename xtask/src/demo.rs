@@ -104,6 +104,14 @@ fn engine_events(bin: &Path, control: &Path) -> Result<Vec<Event>> {
         .collect()
 }
 
+/// The `sandbox` field of a daemon's JSON "confined" log line.
+fn sandbox_line(log: &str) -> Option<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "confined")
+        .and_then(|v| v["sandbox"].as_str().map(str::to_owned))
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
@@ -164,6 +172,19 @@ pub fn demo(entries: u64) -> Result<()> {
     println!(
         "  engine up (unprivileged logic, ICMP datagram probes every {PROBE_INTERVAL_MS} ms through each WAN link)"
     );
+    for (name, log) in [("broker", broker.log_text()), ("engine", engine.log_text())] {
+        match sandbox_line(&log) {
+            Some(s) => {
+                println!("  {name} confined:");
+                for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                    if !part.starts_with("sandbox of") {
+                        println!("      {}", part.split_whitespace().collect::<Vec<_>>().join(" "));
+                    }
+                }
+            }
+            None => return Err(msg(format!("the {name} did not report its confinement:\n{log}"))),
+        }
+    }
 
     // Both gateways healthy, judged from real probes.
     let deadline = Instant::now() + Duration::from_secs(30);
