@@ -201,6 +201,11 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
         BackendChoice::Pf => {
             let dev = statecull_pf::sys::FreeBsdDevice::open()
                 .map_err(|e| BrokerError::Backend(format!("cannot open pf: {e}")))?;
+            // Capsicum: /dev/pf keeps exactly the ioctls the backend (and its probes) use,
+            // the netlink socket send/receive; capability mode comes with `confine`.
+            dev.limit_capabilities().map_err(|e| {
+                BrokerError::Backend(format!("cannot limit the pf descriptors: {e}"))
+            })?;
             let client = statecull_pf::kernel::PfClient::probe(dev)
                 .map_err(|e| BrokerError::Backend(format!("pf: {e}")))?;
             let kernel = statecull_pf::sys::kernel_release();
@@ -293,6 +298,15 @@ fn run(args: Args) -> Result<(), BrokerError> {
     } else {
         let user = user
             .or_else(|| nix::unistd::geteuid().is_root().then(|| config::DEFAULT_USER.to_owned()));
+        #[cfg(target_os = "freebsd")]
+        {
+            use statecull_sandbox::freebsd::{FdUse, limit};
+            use std::os::fd::AsFd;
+            let e = |e: statecull_sandbox::SandboxError| BrokerError::Config(e.to_string());
+            limit(server.listener_fd(), &FdUse::Listener).map_err(e)?;
+            limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
+            limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;
+        }
         let plan = statecull_sandbox::Plan {
             role: statecull_sandbox::Role::Broker,
             user,

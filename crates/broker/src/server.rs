@@ -134,6 +134,11 @@ fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, BrokerError> {
 }
 
 impl Server {
+    /// The listening socket, for confinement (Capsicum rights on FreeBSD).
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
     pub fn bind(config: Config, backend: Box<dyn Backend>) -> Result<Self, BrokerError> {
         let listener = bind(&config.socket, config.socket_gid)?;
         let socket = config.socket.clone();

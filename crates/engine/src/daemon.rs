@@ -253,6 +253,21 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         .user
         .clone()
         .or_else(|| nix::unistd::geteuid().is_root().then(|| DEFAULT_USER.to_owned()));
+    // FreeBSD: every kept descriptor gets only the rights it is used for before capability
+    // mode. (Not yet handled there: reconnecting to a restarted broker by path is refused
+    // in capability mode; see ARCHITECTURE.md.)
+    #[cfg(target_os = "freebsd")]
+    {
+        use statecull_sandbox::freebsd::{FdUse, limit};
+        use std::os::fd::AsFd;
+        let e = |e: statecull_sandbox::SandboxError| EngineError::Config(e.to_string());
+        limit(opened.control.as_fd(), &FdUse::Listener).map_err(e)?;
+        if let Some(m) = &opened.metrics {
+            limit(m.as_fd(), &FdUse::Listener).map_err(e)?;
+        }
+        limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
+        limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;
+    }
     let plan = statecull_sandbox::Plan {
         role: statecull_sandbox::Role::Engine,
         user,
