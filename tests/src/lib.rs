@@ -321,7 +321,36 @@ impl Drop for BrokerProcess {
 }
 
 /// Cleanup that must also happen when the process is interrupted.
+pub mod failover;
 pub mod lab;
+
+/// Command-line tools the namespace tests and the lab run, and where they are.
+pub mod tools {
+    use std::path::PathBuf;
+
+    /// A command-line tool and the Debian package that ships it.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Tool {
+        pub bin: &'static str,
+        pub package: &'static str,
+    }
+
+    pub const IP: Tool = Tool { bin: "ip", package: "iproute2" };
+    pub const CONNTRACK: Tool = Tool { bin: "conntrack", package: "conntrack" };
+    pub const NFT: Tool = Tool { bin: "nft", package: "nftables" };
+    pub const MODPROBE: Tool = Tool { bin: "modprobe", package: "kmod" };
+    pub const SYSCTL: Tool = Tool { bin: "sysctl", package: "procps" };
+
+    /// The tool's path: PATH, then /usr/sbin and /sbin (a non-login root shell may lack
+    /// them on its PATH).
+    pub fn find_bin(bin: &str) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    }
+}
 
 pub mod cleanup {
     use std::process::{Command, Stdio};

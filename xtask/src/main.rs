@@ -7,6 +7,7 @@
 mod bench;
 mod bench_pf;
 mod demo;
+mod lab_task;
 mod util;
 
 use std::process::{Command, ExitCode};
@@ -31,6 +32,35 @@ enum Task {
         /// States in the generated table
         #[arg(long, default_value_t = 200_000)]
         entries: u64,
+    },
+    /// The lab (root): a two-WAN failover in network namespaces (LAN, firewall, two ISPs,
+    /// servers) with both daemons confined, 200 TCP sessions, a SIP-like registration and an
+    /// RTP-like call; ISP1 silently blackholes, then comes back. Prints a report (detection,
+    /// routing, kill, call loss, reconnection times) and compares on_down = gateway with all
+    /// and none. Exit status 1 if an acceptance condition fails. Leaves nothing behind, also
+    /// on Ctrl-C (unless --keep).
+    Lab {
+        /// How long the failure lasts at most before ISP1 comes back (e.g. 20s, 1m)
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// TCP sessions (half via WAN1, half via WAN2 by policy)
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+        /// Extra synthetic conntrack entries of both gateways in the firewall's table (try 1000000)
+        #[arg(long, default_value_t = 0)]
+        table_size: u64,
+        /// Leave the main run's namespaces for inspection (prints how to remove them)
+        #[arg(long)]
+        keep: bool,
+        /// Policy file for the main run instead of the lab's own (its broker_socket is overridden)
+        #[arg(long, value_name = "FILE")]
+        policy: Option<std::path::PathBuf>,
+        /// Only the main run, without the on_down = all / none comparison
+        #[arg(long)]
+        no_compare: bool,
+        /// One JSON object instead of the report
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmarks that print numbers (root)
     Bench {
@@ -89,7 +119,7 @@ enum BenchWhat {
 fn test(args: &[String]) -> Result<()> {
     let root = util::is_root();
     if root {
-        util::ensure_tools(&[util::IP])?;
+        util::ensure_tools(&[util::IP, util::NFT])?;
         util::ensure_conntrack()?;
     } else {
         eprintln!("not root: tests that need network namespaces will be SKIPPED (visibly)");
@@ -179,6 +209,26 @@ fn check_freebsd() -> Result<()> {
     ]))
 }
 
+/// "20s", "1m", "1500ms" or a number of seconds.
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let bad = || format!("{s:?}: expected a duration like 20s, 1m or 1500ms");
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
 fn main() -> ExitCode {
     // Before any thread: Ctrl-C removes namespaces and puts kernel knobs back.
     if let Err(e) = statecull_tests::cleanup::install_signal_cleanup() {
@@ -188,6 +238,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Demo { entries } => demo::demo(entries),
+        Task::Lab { duration, sessions, table_size, keep, policy, no_compare, json } => {
+            lab_task::lab(&statecull_tests::failover::LabOptions {
+                duration,
+                sessions,
+                table_size,
+                keep,
+                policy,
+                json,
+                compare: !no_compare,
+            })
+        }
         Task::Bench { what: BenchWhat::Conntrack { entries, runs, hashsize, json } } => {
             bench::bench_conntrack(entries, runs.max(1), hashsize, json)
         }

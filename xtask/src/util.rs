@@ -75,30 +75,11 @@ pub fn require_root(what: &str) -> Result<()> {
     }
 }
 
-/// Where `bin` is: on PATH, or in /usr/sbin or /sbin (which a non-login root shell may
-/// leave off PATH).
-pub fn find_bin(bin: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-}
-
 pub fn on_path(bin: &str) -> bool {
     find_bin(bin).is_some()
 }
 
-/// A command-line tool and the Debian package that ships it.
-#[derive(Debug, Clone, Copy)]
-pub struct Tool {
-    pub bin: &'static str,
-    pub package: &'static str,
-}
-
-pub const IP: Tool = Tool { bin: "ip", package: "iproute2" };
-pub const CONNTRACK: Tool = Tool { bin: "conntrack", package: "conntrack" };
-pub const MODPROBE: Tool = Tool { bin: "modprobe", package: "kmod" };
+pub use statecull_tests::tools::{CONNTRACK, IP, MODPROBE, NFT, Tool, find_bin};
 
 /// Install the Debian packages of missing tools (as root, with apt-get).
 pub fn ensure_tools(tools: &[Tool]) -> Result<()> {
@@ -297,15 +278,4 @@ pub fn size_conntrack(entries: u64, hashsize: Option<u64>) -> Result<Vec<KnobGua
     Ok(guards)
 }
 
-/// 1234567 -> "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use statecull_tests::failover::thousands;
