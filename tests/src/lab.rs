@@ -155,18 +155,24 @@ impl Drop for EngineProcess {
     }
 }
 
-/// A conntrack policy for the lab: WAN1 (tier 1, ct mark 1) and WAN2 (tier 2, ct mark 2),
-/// ICMP probes every `interval_ms`, down at 50 % loss over a 10-probe window, routing
-/// confirmed by a short settle delay (the lab's routing does not change here).
-pub fn conntrack_policy(broker_socket: &Path, interval_ms: u64) -> String {
+/// One `[[gateway]]` of a test policy: probes every `interval_ms` (timeout 2.5 intervals),
+/// down at 50 % loss over a 10-probe window, up again after a 2 s hold-down; states
+/// recognised by ct mark (mask 0xff) and NAT address.
+pub fn gateway_toml(
+    name: &str,
+    device: &str,
+    gateway: &dyn std::fmt::Display,
+    nat: &dyn std::fmt::Display,
+    mark: u32,
+    interval_ms: u64,
+) -> String {
     let timeout = interval_ms * 5 / 2;
-    let gateway = |name: &str, link: &WanLink, mark: u32| {
-        format!(
-            r#"
+    format!(
+        r#"
 [[gateway]]
 name = "{name}"
-interface = "{dev}"
-address = "{gw}"
+interface = "{device}"
+address = "{gateway}"
 probe_interval = "{interval_ms}ms"
 probe_timeout = "{timeout}ms"
 latency_degraded = "{degraded}ms"
@@ -181,12 +187,17 @@ hold_down = "2s"
 mark = "{mark:#x}/0xff"
 nat_addr = ["{nat}"]
 "#,
-            dev = link.device,
-            gw = link.gateway,
-            nat = link.fw_addr,
-            degraded = timeout * 4 / 5,
-            up = timeout * 2 / 5,
-        )
+        degraded = timeout * 4 / 5,
+        up = timeout * 2 / 5,
+    )
+}
+
+/// A conntrack policy for the lab: WAN1 (tier 1, ct mark 1) and WAN2 (tier 2, ct mark 2),
+/// ICMP probes every `interval_ms`, down at 50 % loss over a 10-probe window, routing
+/// confirmed by a short settle delay (the lab's routing does not change here).
+pub fn conntrack_policy(broker_socket: &Path, interval_ms: u64) -> String {
+    let gateway = |name: &str, link: &WanLink, mark: u32| {
+        gateway_toml(name, link.device, &link.gateway, &link.fw_addr, mark, interval_ms)
     };
     format!(
         r#"[engine]

@@ -102,32 +102,7 @@ const PROBE_MS: u64 = 200;
 /// and the VoIP client are protected flows, so fail-back moves only what failed over.
 fn lab_policy(mode: Mode, broker: &Path) -> String {
     let gateway = |w: &topology::Wan| {
-        format!(
-            r#"
-[[gateway]]
-name = "{name}"
-interface = "{dev}"
-address = "{gw}"
-probe_interval = "{PROBE_MS}ms"
-probe_timeout = "500ms"
-latency_degraded = "400ms"
-latency_up = "200ms"
-window = 10
-min_samples = 5
-loss_down = "50%"
-loss_degraded = "30%"
-loss_up = "10%"
-hold_down = "2s"
-[gateway.states]
-mark = "{mark:#x}/0xff"
-nat_addr = ["{nat}"]
-"#,
-            name = w.name,
-            dev = w.device,
-            gw = w.gateway,
-            mark = w.mark,
-            nat = w.fw_addr,
-        )
+        crate::lab::gateway_toml(w.name, w.device, &w.gateway, &w.fw_addr, w.mark, PROBE_MS)
     };
     format!(
         r#"# The lab's policy (cargo xtask lab), on_down = "{mode}".
