@@ -440,7 +440,10 @@ fn failure(
         killed_total: done.as_ref().and_then(|e| e.killed),
         kill_path: done.as_ref().and_then(|e| field(e, "path").map(str::to_owned)),
         wan2_states_before: wan2_before.len() as u64,
-        wan2_states_kept: wan2_before.iter().filter(|h| wan2_after.contains(h)).count() as u64,
+        wan2_states_kept: {
+            let after: std::collections::HashSet<&StateHandle> = wan2_after.iter().collect();
+            wan2_before.iter().filter(|h| after.contains(h)).count() as u64
+        },
         sweep_leftovers: sweep.as_ref().and_then(|e| e.killed),
         rtp_failure: Some(clients.rtp_stats(cut, failure_end)),
         rtp_rejected_by_server: servers.rtp_rejected().saturating_sub(rejected_before),
