@@ -607,7 +607,7 @@ fn print_report(runs: &[RunReport], checks: &[Check], opts: &LabOptions) {
         format!("{} / {}", n(r.killed_wan1), n(r.killed_total))
     });
     row("WAN2 states before the cut still there", &|r| {
-        format!("{}/{}", r.wan2_states_kept, r.wan2_states_before)
+        format!("{}/{}", thousands(r.wan2_states_kept), thousands(r.wan2_states_before))
     });
     row("trailing-sweep leftovers", &|r| n(r.sweep_leftovers));
     row("RTP call via WAN2: packets lost", &|r| {
