@@ -184,7 +184,8 @@ pub fn remove_stale_namespaces() {
             continue;
         };
         if !process_alive(pid) {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
+            // Kills what still runs inside (a broker or engine of the killed run) first.
+            cleanup::delete_namespace(name);
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::util::{self, Result, msg};
 
 pub fn lab(opts: &LabOptions) -> Result<()> {
     util::require_root("the lab")?;
-    util::ensure_tools(&[util::IP, util::NFT])?;
+    util::ensure_tools(&[util::IP, util::NFT, statecull_tests::tools::SYSCTL])?;
     util::ensure_conntrack()?;
     statecull_tests::remove_stale_namespaces();
     util::restore_stale_knobs();

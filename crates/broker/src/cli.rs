@@ -294,6 +294,8 @@ fn run(args: Args) -> Result<(), BrokerError> {
     // Everything privileged is open (state table, socket): confine before the first client,
     // and before the signal thread exists (confinement applies per thread).
     if args.no_sandbox {
+        // On stderr as well as in the log: no log level may hide it.
+        eprintln!("statecull-broker: {}", statecull_sandbox::NO_SANDBOX_WARNING);
         tracing::warn!("{}", statecull_sandbox::NO_SANDBOX_WARNING);
     } else {
         let user = user
@@ -318,6 +320,7 @@ fn run(args: Args) -> Result<(), BrokerError> {
             ))
         })?;
         for w in report.weaknesses() {
+            eprintln!("statecull-broker: WARNING: sandbox: {w}");
             tracing::warn!("sandbox: {w}");
         }
         tracing::info!(sandbox = %report.to_string().replace('\n', "; "), "confined");

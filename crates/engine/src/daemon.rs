@@ -246,6 +246,8 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         return Ok(());
     }
     if args.no_sandbox {
+        // On stderr as well as in the log: no log level may hide it.
+        eprintln!("statecull-engine: {}", statecull_sandbox::NO_SANDBOX_WARNING);
         tracing::warn!("{}", statecull_sandbox::NO_SANDBOX_WARNING);
         return Ok(());
     }
@@ -286,6 +288,7 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         ))
     })?;
     for w in report.weaknesses() {
+        eprintln!("statecull-engine: WARNING: sandbox: {w}");
         tracing::warn!("sandbox: {w}");
     }
     tracing::info!(sandbox = %report.to_string().replace('\n', "; "), "confined");

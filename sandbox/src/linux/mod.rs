@@ -219,6 +219,7 @@ fn verify(
     status: &ProcStatus,
     target: Option<&Target>,
     keep: u64,
+    bounding: u64,
     filters: usize,
 ) -> Result<(), SandboxError> {
     let bad = |what: String| Err(SandboxError::Verify { what });
@@ -237,7 +238,7 @@ fn verify(
     for (name, mask, want) in [
         ("effective", status.cap_effective, keep),
         ("permitted", status.cap_permitted, keep),
-        ("bounding", status.cap_bounding, keep),
+        ("bounding", status.cap_bounding, bounding),
         ("inheritable", status.cap_inheritable, 0),
         ("ambient", status.cap_ambient, 0),
     ] {
@@ -283,7 +284,17 @@ pub(crate) fn confine(plan: &Plan) -> Result<Report, SandboxError> {
     if before.threads != 1 {
         return Err(SandboxError::Threads { threads: before.threads });
     }
-    let keep = kept(plan.role);
+    // Started by an unprivileged user with no capabilities at all (a developer running the
+    // pf-model broker or the engine by hand): there is nothing to keep and no CAP_SETPCAP to
+    // shrink the bounding set with. That is harmless — with no permitted capabilities,
+    // no_new_privs and no exec, the bounding set can never be used — and it is said so.
+    let unprivileged = !nix::unistd::geteuid().is_root() && before.cap_permitted == 0;
+    let keep = if unprivileged { CapsHashSet::new() } else { kept(plan.role) };
+    if unprivileged {
+        tracing::warn!(
+            "started unprivileged: keeping no capability, the bounding set stays as inherited (unusable without permitted capabilities, under no_new_privs)"
+        );
+    }
     // What must stay must be there now (checked before anything changes).
     if let Some(missing) = keep.iter().find(|c| before.cap_permitted & c.bitmask() == 0) {
         return Err(missing_cap(plan.role, *missing));
@@ -291,7 +302,9 @@ pub(crate) fn confine(plan: &Plan) -> Result<Report, SandboxError> {
     tracing::debug!(role = %plan.role, user = ?target, "confining");
     STARTED.store(true, Ordering::SeqCst);
     // 3. Bounding set, while CAP_SETPCAP is still effective.
-    reduce_bounding(&keep, &before)?;
+    if !unprivileged {
+        reduce_bounding(&keep, &before)?;
+    }
     // 4. User.
     if let Some(t) = &target {
         switch_user(plan, t, &before)?;
@@ -309,7 +322,8 @@ pub(crate) fn confine(plan: &Plan) -> Result<Report, SandboxError> {
     seccomp::apply(&compiled)?;
     // 9. What the kernel says.
     let after = read_status()?;
-    verify(&after, target.as_ref(), mask_of(&keep), compiled.programs.len())?;
+    let bounding = if unprivileged { before.cap_bounding } else { mask_of(&keep) };
+    verify(&after, target.as_ref(), mask_of(&keep), bounding, compiled.programs.len())?;
     let uid = after.uids[1];
     let user = target.as_ref().map_or_else(|| uid.to_string(), |t| t.name.clone());
     let applied = Applied {

@@ -95,6 +95,9 @@ impl Mode {
     }
 }
 
+/// How long after a window ends its last RTP packets are judged (echoed or late).
+const RTP_JUDGE_MS: u64 = traffic::RTP_LATE_MS + 300;
+
 /// Probe interval of the lab's gateways.
 const PROBE_MS: u64 = 200;
 
@@ -149,6 +152,11 @@ pub struct RunReport {
     /// WAN2's states before the cut, and how many of exactly those still exist after.
     pub wan2_states_before: u64,
     pub wan2_states_kept: u64,
+    /// WAN1's states before the cut, and how many of exactly those survived the kill.
+    pub wan1_states_before: u64,
+    pub wan1_states_left: u64,
+    /// WAN2-by-policy sessions without a successful exchange in the last 2 s at the end.
+    pub wan2_policy_stuck: usize,
     pub sweep_leftovers: Option<u64>,
     pub rtp_failure: Option<RtpStats>,
     pub rtp_rejected_by_server: u64,
@@ -171,6 +179,8 @@ pub struct FailbackReport {
     pub wan1_clients_back_ms: Option<u64>,
     pub sip_back_ms: Option<u64>,
     pub rtp: Option<RtpStats>,
+    /// Call packets the media server refused (a new NAT port: the call broke).
+    pub rtp_rejected_by_server: u64,
 }
 
 /// One acceptance condition and its outcome.
@@ -219,13 +229,22 @@ fn field<'a>(e: &'a Event, name: &str) -> Option<&'a str> {
 }
 
 /// The handles of every state with this ct mark, from the broker.
+/// States expiring sooner than this are left out: the connectivity check's one-shot UDP
+/// flows (30 s) could expire on their own between two snapshots; TCP sessions, the call
+/// (an assured UDP stream) and the synthetic states all live longer.
+const SHORT_LIVED_S: u32 = 60;
+
 fn marked(socket: &Path, mark: u32) -> Result<Vec<StateHandle>> {
     let mut c = statecull_cli::BrokerClient::connect(socket, "statecull lab")
         .map_err(|e| msg(e.to_string()))?;
     let mut out = Vec::new();
     let sel = Selector { mark: Some(MarkMatch { value: mark, mask: 0xff }), ..Selector::default() };
     c.snapshot(Some(sel), &mut |b| {
-        out.extend(b.into_iter().map(|r| r.handle));
+        out.extend(
+            b.into_iter()
+                .filter(|r| r.expires_in_secs.is_none_or(|s| s >= SHORT_LIVED_S))
+                .map(|r| r.handle),
+        );
         Ok(())
     })
     .map_err(|e| msg(e.to_string()))?;
@@ -234,18 +253,23 @@ fn marked(socket: &Path, mark: u32) -> Result<Vec<StateHandle>> {
 
 /// The routing manager's stand-in: follows the engine's events and moves the default route
 /// (WAN1 down → via WAN2; WAN1 up → via WAN1). The engine sees the move over rtnetlink.
-fn routing_manager(topo: &Topology, control: &Path, stop: &AtomicBool) {
-    let Ok(mut c) = ControlClient::connect(control, Some(Duration::from_millis(300))) else {
-        return;
-    };
-    if c.send(&ControlRequest::Events { follow: true }).is_err() {
-        return;
-    }
+fn routing_manager(topo: &Topology, mut c: ControlClient, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let line = match c.read_line() {
             Ok(Some(l)) => l,
             Ok(None) => return,
-            Err(_) => continue, // read timeout: check the stop flag
+            Err(statecull_cli::CliError::Output(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue; // read timeout: check the stop flag
+            }
+            Err(e) => {
+                eprintln!("lab routing manager: lost the event stream: {e}");
+                return;
+            }
         };
         let Ok(e) = serde_json::from_str::<Event>(&line) else { continue };
         let wan = match (e.kind, e.gateway.as_deref()) {
@@ -257,6 +281,28 @@ fn routing_manager(topo: &Topology, control: &Path, stop: &AtomicBool) {
             eprintln!("lab routing manager: {err}");
         }
     }
+}
+
+/// Subscribe the routing manager to the engine's events before anything happens.
+fn subscribe(control: &Path) -> Result<ControlClient> {
+    let mut c = ControlClient::connect(control, Some(Duration::from_millis(300)))
+        .map_err(|e| format!("routing manager: {e}"))?;
+    c.send(&ControlRequest::Events { follow: true })
+        .map_err(|e| format!("routing manager: {e}"))?;
+    // The first line is the backlog; what follows is live.
+    let mut first = None;
+    for _ in 0..20 {
+        match c.read_line() {
+            Ok(Some(l)) => {
+                first = Some(l);
+                break;
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+    first.ok_or_else(|| msg("routing manager: no answer to the event subscription"))?;
+    Ok(c)
 }
 
 /// The daemons to run (release binaries for `cargo xtask lab`, the test builds in tests).
@@ -324,8 +370,9 @@ fn run(bins: &Bins, mode: Mode, opts: &LabOptions, with_failback: bool) -> Resul
     };
     let clients = traffic::start_clients(&topo.lan, &spec).context("start the clients")?;
     let stop = AtomicBool::new(false);
+    let follower = subscribe(&control)?;
     let result = std::thread::scope(|s| {
-        s.spawn(|| routing_manager(&topo, &control, &stop));
+        s.spawn(|| routing_manager(&topo, follower, &stop));
         let r = failure(&topo, &broker, &control, &clients, &servers, mode, opts, with_failback);
         stop.store(true, Ordering::SeqCst);
         r
@@ -375,6 +422,7 @@ fn failure(
     }
     std::thread::sleep(Duration::from_secs(2));
     let seen = events(control)?.last().map_or(0, |e| e.seq);
+    let wan1_before = marked(broker.socket(), WANS[0].mark)?;
     let wan2_before = marked(broker.socket(), WANS[1].mark)?;
     let rejected_before = servers.rtp_rejected();
 
@@ -410,17 +458,25 @@ fn failure(
             let b = clients.sip_registered_via(nat2, cut)?;
             Some(a.max(b))
         });
-        // A little more, so the RTP window covers the sweep as well.
-        std::thread::sleep(Duration::from_millis(1500));
+        // The trailing sweep belongs to the failure phase: wait for it (bounded).
+        wait_until(Duration::from_secs(15), || {
+            find(&events(control).ok()?, seen, EventKind::SweepDone, None).map(|_| ())
+        });
+        std::thread::sleep(Duration::from_millis(500));
     } else {
         std::thread::sleep(remaining);
     }
     let failure_end = unix_ms();
+    // Every packet sent in the window must be judged (echoed, or late by more than a second).
+    std::thread::sleep(Duration::from_millis(RTP_JUDGE_MS));
     evs = events(control)?;
     let wan2_after = marked(broker.socket(), WANS[1].mark)?;
+    let wan1_after: std::collections::HashSet<StateHandle> =
+        marked(broker.socket(), WANS[0].mark)?.into_iter().collect();
 
     let down = find(&evs, seen, EventKind::GatewayDown, Some("WAN1"));
     let routed = find(&evs, seen, EventKind::Routed, Some("WAN1"));
+    let started = find(&evs, seen, EventKind::PlanStarted, None);
     let done = find(&evs, seen, EventKind::PlanDone, None);
     let sweep = find(&evs, seen, EventKind::SweepDone, None);
     let mut r = RunReport {
@@ -431,7 +487,13 @@ fn failure(
             .and_then(|e| e.elapsed_ms)
             .and_then(|ms| Duration::try_from_secs_f64(ms / 1e3).ok())
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        routing_confirmed: routed.as_ref().map(|e| field(e, "confirmed") == Some("true")),
+        // Confirmed by a real routing change (not a settle delay that ran out), before the
+        // plan started.
+        routing_confirmed: routed.as_ref().map(|e| {
+            field(e, "confirmed") == Some("true")
+                && field(e, "via").is_some_and(|v| v.contains("rtnetlink") || v.contains("signal"))
+                && started.as_ref().is_some_and(|p| p.seq > e.seq)
+        }),
         routed_to_kill_done_ms: match (&routed, &done) {
             (Some(a), Some(b)) => Some(b.unix_ms.saturating_sub(a.unix_ms)),
             _ => None,
@@ -439,6 +501,8 @@ fn failure(
         killed_wan1: done.as_ref().and_then(|e| field(e, "killed_WAN1")?.parse().ok()),
         killed_total: done.as_ref().and_then(|e| e.killed),
         kill_path: done.as_ref().and_then(|e| field(e, "path").map(str::to_owned)),
+        wan1_states_before: wan1_before.len() as u64,
+        wan1_states_left: wan1_before.iter().filter(|h| wan1_after.contains(h)).count() as u64,
         wan2_states_before: wan2_before.len() as u64,
         wan2_states_kept: {
             let after: std::collections::HashSet<&StateHandle> = wan2_after.iter().collect();
@@ -450,12 +514,14 @@ fn failure(
         wan1_clients_recovered_ms: since(cut, clients.tcp_all_ok_via(CLIENT_WAN1, nat2, cut)),
         wan1_clients_stuck_at_end: clients.tcp_stuck(CLIENT_WAN1, Duration::from_secs(2)),
         wan2_policy_client_reconnects: clients.tcp_reconnects(CLIENT_WAN2, cut),
+        wan2_policy_stuck: clients.tcp_stuck(CLIENT_WAN2, Duration::from_secs(2)),
         sip_reregistered_ms: since(cut, clients.sip_registered_via(nat2, cut)),
         failback: None,
         events: Vec::new(),
     };
     if with_failback {
         let seen = evs.last().map_or(seen, |e| e.seq);
+        let rejected_before = servers.rtp_rejected();
         let back = unix_ms();
         topo.blackhole(0, false).context("restore ISP1")?;
         let mut evs2 = Vec::new();
@@ -472,16 +538,23 @@ fn failure(
             let b = clients.sip_registered_via(nat1, back)?;
             Some(a.max(b))
         });
-        let end = unix_ms();
         evs2 = events(control)?;
         let up = find(&evs2, seen, EventKind::GatewayUp, Some("WAN1"));
         let fb = up.as_ref().and_then(|u| find(&evs2, u.seq, EventKind::PlanDone, None));
+        // The call must be watched well past the fail-back kill, and every packet judged.
+        let watch_until = fb.as_ref().map_or(unix_ms(), |e| e.unix_ms) + 2000;
+        while unix_ms() < watch_until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let end = unix_ms();
+        std::thread::sleep(Duration::from_millis(RTP_JUDGE_MS));
         r.failback = Some(FailbackReport {
             up_decision_ms: since(back, up.as_ref().map(|e| e.unix_ms)),
             killed: fb.and_then(|e| e.killed),
             wan1_clients_back_ms: since(back, clients.tcp_all_ok_via(CLIENT_WAN1, nat1, back)),
             sip_back_ms: since(back, clients.sip_registered_via(nat1, back)),
             rtp: Some(clients.rtp_stats(back, end)),
+            rtp_rejected_by_server: servers.rtp_rejected().saturating_sub(rejected_before),
         });
         evs = evs2;
     }
@@ -514,8 +587,15 @@ fn checks(r: &RunReport, opts: &LabOptions) -> Vec<Check> {
             pass: r.routing_confirmed == Some(true) && r.routed_to_kill_done_ms.is_some(),
         },
         Check {
-            what: format!("WAN1's states were killed ({})", n(r.killed_wan1.or(r.killed_total))),
-            pass: r.killed_total.is_some_and(|k| k > 0),
+            what: format!(
+                "every WAN1 state from before the cut was killed ({} left of {}; the engine reported {})",
+                thousands(r.wan1_states_left),
+                thousands(r.wan1_states_before),
+                n(r.killed_wan1.or(r.killed_total))
+            ),
+            pass: r.wan1_states_before > 0
+                && r.wan1_states_left == 0
+                && r.killed_total.is_some_and(|k| k > 0),
         },
         Check {
             what: format!(
@@ -526,10 +606,13 @@ fn checks(r: &RunReport, opts: &LabOptions) -> Vec<Check> {
         },
         Check {
             what: format!(
-                "the RTP call via WAN2 lost no packet ({} lost of {}, largest gap {} ms)",
-                rtp.lost, rtp.sent, rtp.largest_gap_ms
+                "the RTP call via WAN2 lost no packet ({} lost of {}, largest gap {} ms, {} refused by the media server)",
+                rtp.lost, rtp.sent, rtp.largest_gap_ms, r.rtp_rejected_by_server
             ),
-            pass: rtp.sent > 0 && rtp.lost == 0,
+            pass: rtp.sent > 0
+                && rtp.lost == 0
+                && rtp.received == rtp.sent
+                && r.rtp_rejected_by_server == 0,
         },
         Check {
             what: format!(
@@ -544,10 +627,10 @@ fn checks(r: &RunReport, opts: &LabOptions) -> Vec<Check> {
         },
         Check {
             what: format!(
-                "the WAN2-by-policy TCP sessions were never interrupted ({} reconnects)",
-                r.wan2_policy_client_reconnects
+                "the WAN2-by-policy TCP sessions were never interrupted ({} reconnects, {} stuck)",
+                r.wan2_policy_client_reconnects, r.wan2_policy_stuck
             ),
-            pass: r.wan2_policy_client_reconnects == 0,
+            pass: r.wan2_policy_client_reconnects == 0 && r.wan2_policy_stuck == 0,
         },
         Check {
             what: format!("the trailing sweep ran ({} leftovers)", n(r.sweep_leftovers)),
@@ -572,10 +655,13 @@ fn checks(r: &RunReport, opts: &LabOptions) -> Vec<Check> {
         });
         c.push(Check {
             what: format!(
-                "fail-back: the protected RTP call lost no packet ({} lost of {})",
-                rtp.lost, rtp.sent
+                "fail-back: the protected RTP call lost no packet ({} lost of {}, {} refused by the media server)",
+                rtp.lost, rtp.sent, fb.rtp_rejected_by_server
             ),
-            pass: rtp.sent > 0 && rtp.lost == 0,
+            pass: rtp.sent > 0
+                && rtp.lost == 0
+                && rtp.received == rtp.sent
+                && fb.rtp_rejected_by_server == 0,
         });
     }
     c
@@ -609,9 +695,15 @@ fn print_report(runs: &[RunReport], checks: &[Check], opts: &LabOptions) {
     row("WAN2 states before the cut still there", &|r| {
         format!("{}/{}", thousands(r.wan2_states_kept), thousands(r.wan2_states_before))
     });
+    row("WAN1 states from before the cut left after the kill", &|r| {
+        format!("{}/{}", thousands(r.wan1_states_left), thousands(r.wan1_states_before))
+    });
     row("trailing-sweep leftovers", &|r| n(r.sweep_leftovers));
     row("RTP call via WAN2: packets lost", &|r| {
         r.rtp_failure.map_or("-".into(), |s| format!("{} of {}", s.lost, s.sent))
+    });
+    row("RTP call via WAN2: packets refused by the media server", &|r| {
+        r.rtp_rejected_by_server.to_string()
     });
     row("RTP call via WAN2: largest gap", &|r| {
         r.rtp_failure.map_or("-".into(), |s| format!("{} ms", s.largest_gap_ms))

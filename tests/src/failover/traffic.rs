@@ -48,7 +48,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_RETRY: Duration = Duration::from_millis(200);
 /// How long a SIP client waits for its reply; an RTP echo later than this counts as lost.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
-const RTP_LATE_MS: u64 = 1000;
+pub const RTP_LATE_MS: u64 = 1000;
 /// Server write timeout.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest line or datagram either side accepts.
