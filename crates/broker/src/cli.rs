@@ -68,7 +68,8 @@ CONFIG FILE (all keys optional):
 
 Every kill is logged as one audit line (target statecull::audit): peer uid/gid/pid,
 verb, selector, killed/not found/spared counts, path taken and microseconds.
-SIGTERM or SIGINT: stop accepting, finish requests in flight, remove the socket, exit.
+SIGTERM or SIGINT: stop accepting, finish requests in flight, exit (a confined broker cannot
+remove its socket file; nothing listens there any more and the next start replaces it).
 ";
 
 struct Args {

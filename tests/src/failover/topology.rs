@@ -13,7 +13,8 @@
 //! * `fw` routes by default via WAN1 (main table); `from 192.0.2.11` and `from 192.0.2.12`
 //!   look up table 102, whose default route is via WAN2. nftables (table
 //!   `inet statecull_lab`) SNATs to the WAN's address (optionally with random ports, as pf
-//!   does) and marks each new connection with its WAN's mark (forwarded and fw-originated).
+//!   does) and marks each new connection forwarded from the LAN with its WAN's mark (the firewall's own
+//!   traffic, such as the engine's probes, stays unmarked).
 //! * `net` routes each WAN's public prefix back through the ISP that owns it, so a
 //!   connection NATed to WAN1's address dies with ISP1 even if its packets leave via WAN2.
 //! * Addresses are from the documentation and benchmarking ranges and exist only inside
@@ -715,7 +716,7 @@ mod tests {
     }
 
     /// The whole topology: paths, SNAT, policy routing, a blackholed ISP, the routing
-    /// manager's move, and ct marks for forwarded and fw-originated connections.
+    /// manager's move, ct marks for forwarded connections and none for the firewall's own.
     #[test]
     fn lab_topology_fails_over() {
         if skip_unless_root("lab_topology_fails_over") {
