@@ -2,6 +2,7 @@
 //! the engine judges both gateways from real ICMP probes, ISP1 silently stops answering, the
 //! engine decides WAN1 is down and has the broker kill exactly WAN1's states.
 
+use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
@@ -17,23 +18,28 @@ const PROBE_INTERVAL_MS: u64 = 200;
 
 use crate::util::{self, IoContext, Result, msg, thousands};
 
-/// Run the CLI and parse its one JSON object.
-fn cli_json(bin: &Path, socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(bin)
-        .args(["broker", "--socket"])
-        .arg(socket)
-        .args(args)
-        .arg("--json")
-        .output()
-        .context(format!("run {}", bin.display()))?;
+/// Run `statecull` with these arguments; its stdout, or an error with its stderr.
+fn statecull(bin: &Path, args: &[&OsStr]) -> Result<Vec<u8>> {
+    let out = Command::new(bin).args(args).output().context(format!("run {}", bin.display()))?;
     if !out.status.success() {
+        let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         return Err(msg(format!(
             "statecull {} failed: {}",
-            args.join(" "),
+            shown.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    serde_json::from_slice(&out.stdout)
+    Ok(out.stdout)
+}
+
+/// Run the CLI and parse its one JSON object.
+fn cli_json(bin: &Path, socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all: Vec<&OsStr> =
+        vec![OsStr::new("broker"), OsStr::new("--socket"), socket.as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    all.push(OsStr::new("--json"));
+    let out = statecull(bin, &all)?;
+    serde_json::from_slice(&out)
         .map_err(|e| msg(format!("statecull {}: bad JSON: {e}", args.join(" "))))
 }
 
@@ -81,20 +87,9 @@ fn tuple_filter_status(caps: &serde_json::Value) -> String {
 
 /// Run `statecull` against the engine's control socket; its stdout.
 fn engine_cli(bin: &Path, control: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin)
-        .args(args)
-        .arg("--control")
-        .arg(control)
-        .output()
-        .context(format!("run {}", bin.display()))?;
-    if !out.status.success() {
-        return Err(msg(format!(
-            "statecull {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([OsStr::new("--control"), control.as_os_str()]);
+    Ok(String::from_utf8_lossy(&statecull(bin, &all)?).into_owned())
 }
 
 fn engine_events(bin: &Path, control: &Path) -> Result<Vec<Event>> {
