@@ -308,7 +308,9 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         tasks.spawn(async move {
             let _keep = probe_tasks;
             while let Some(r) = rx.recv().await {
-                s.record_probe(r.gateway, r.probe);
+                let sent = crate::events::unix_ms()
+                    .saturating_sub(u64::try_from(r.sent_at.elapsed().as_millis()).unwrap_or(0));
+                s.record_probe(r.gateway, r.probe, sent);
             }
         });
     }

@@ -65,6 +65,13 @@ impl NewEvent {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch (what events carry).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Default for EventBus {
     fn default() -> Self {
         Self::new()
@@ -80,9 +87,7 @@ impl EventBus {
 
     /// Number, stamp, log, keep and broadcast one event; returns it.
     pub fn publish(&self, e: NewEvent) -> Event {
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let unix_ms = unix_ms();
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let event = Event {
             seq: inner.next_seq,

@@ -707,7 +707,16 @@ async fn run_action(
                     .await?;
                 records.append(&mut got);
             }
-            let resolved = plan::resolve_except(&records, except);
+            // A fail-back can list millions of states: match them off the runtime's only
+            // thread, so probes and the control socket keep being served.
+            let listed = records.len();
+            let except_owned = except.clone();
+            let resolved =
+                tokio::task::spawn_blocking(move || plan::resolve_except(&records, &except_owned))
+                    .await
+                    .map_err(|e| {
+                        EngineError::Control(format!("matching protected flows failed: {e}"))
+                    })?;
             let limit = shared
                 .broker
                 .state()
@@ -739,9 +748,7 @@ async fn run_action(
                 path: None,
                 detail: format!(
                     "{} listed, {} spared as protected flows, {} already gone",
-                    records.len(),
-                    resolved.spared,
-                    not_found
+                    listed, resolved.spared, not_found
                 ),
             })
         }

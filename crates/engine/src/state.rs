@@ -40,6 +40,9 @@ pub struct GatewayRuntime {
     pub last_reason: Option<String>,
     pub probes_total: u64,
     pub probes_lost: u64,
+    /// When the first probe of the current run of losses was sent (unix ms); None after a
+    /// reply. Detection time is measured from it.
+    pub first_loss_unix_ms: Option<u64>,
     pub kills_total: u64,
     pub sweep_leftovers_total: u64,
 }
@@ -94,6 +97,7 @@ impl Shared {
                 last_reason: None,
                 probes_total: 0,
                 probes_lost: 0,
+                first_loss_unix_ms: None,
                 kills_total: 0,
                 sweep_leftovers_total: 0,
             })
@@ -133,7 +137,7 @@ impl Shared {
 
     /// One probe result (ICMP) for a gateway. Probes still count while a verdict is
     /// forced, but cannot override it.
-    pub fn record_probe(&self, gateway: usize, probe: Probe) {
+    pub fn record_probe(&self, gateway: usize, probe: Probe, sent_unix_ms: u64) {
         let now = self.now_ms();
         let t = {
             let mut gws = lock(&self.gateways);
@@ -141,6 +145,9 @@ impl Shared {
             g.probes_total += 1;
             if matches!(probe, Probe::Lost) {
                 g.probes_lost += 1;
+                g.first_loss_unix_ms = g.first_loss_unix_ms.or(Some(sent_unix_ms));
+            } else {
+                g.first_loss_unix_ms = None;
             }
             g.health.record(now, probe)
         };
@@ -239,6 +246,11 @@ impl Shared {
             if let Some(g) = gws.get_mut(gateway) {
                 g.last_change = Instant::now();
                 g.last_reason = Some(t.reason.clone());
+                if t.to == Health::Down
+                    && let Some(first) = g.first_loss_unix_ms
+                {
+                    e = e.field("first_lost_probe_unix_ms", first);
+                }
             }
         }
         self.bus.publish(e);
