@@ -74,12 +74,8 @@ fn start_broker(dir: &Path) -> (Proc, PathBuf) {
     (Proc(child), socket)
 }
 
-const POLICY: &str = r#"
-[routing]
-confirm = "signal"
-settle_timeout = "60s"
-sweep_delay = "500ms"
-
+/// The model's two gateways, with external health sources (the tests say up and down).
+const WAN1_WAN2: &str = r#"
 [[gateway]]
 name = "WAN1"
 interface = "igb1"
@@ -99,16 +95,28 @@ health_source = "external"
 rt_addr = "203.0.113.254"
 nat_addr = ["203.0.113.1"]
 interface = "igb2"
-
-[[group]]
-name = "failover"
-members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 } ]
-on_down = "gateway"
-on_recovery = "keep"
 "#;
 
+/// Routing confirmed by signal only, a short sweep; WAN1 tier 1, WAN2 tier 2.
+fn policy() -> String {
+    format!(
+        r#"
+[routing]
+confirm = "signal"
+settle_timeout = "60s"
+sweep_delay = "500ms"
+{WAN1_WAN2}
+[[group]]
+name = "failover"
+members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
+on_down = "gateway"
+on_recovery = "keep"
+"#
+    )
+}
+
 fn start_engine(dir: &Path, broker: &Path) -> (Proc, PathBuf) {
-    start_engine_with(dir, broker, POLICY)
+    start_engine_with(dir, broker, &policy())
 }
 
 fn start_engine_with(dir: &Path, broker: &Path, policy_text: &str) -> (Proc, PathBuf) {
@@ -286,32 +294,14 @@ fn a_plan_waits_for_a_restarted_broker_and_is_not_lost() {
 }
 
 /// Three WANs: WAN1 and WAN2 (the model's gateways) at tier 1, a spare WAN3 at tier 2.
-const THREE_WANS: &str = r#"
+fn three_wans() -> String {
+    format!(
+        r#"
 [routing]
 confirm = "signal"
 settle_timeout = "60s"
 sweep_delay = "2s"
-
-[[gateway]]
-name = "WAN1"
-interface = "igb1"
-address = "198.51.100.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "198.51.100.254"
-nat_addr = ["198.51.100.1"]
-interface = "igb1"
-
-[[gateway]]
-name = "WAN2"
-interface = "igb2"
-address = "203.0.113.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "203.0.113.254"
-nat_addr = ["203.0.113.1"]
-interface = "igb2"
-
+{WAN1_WAN2}
 [[gateway]]
 name = "WAN3"
 interface = "igb3"
@@ -324,15 +314,17 @@ interface = "igb3"
 
 [[group]]
 name = "all"
-members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 1 }, { gateway = "WAN3", tier = 2 } ]
+members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 1 }}, {{ gateway = "WAN3", tier = 2 }} ]
 on_down = "gateway"
-"#;
+"#
+    )
+}
 
 #[test]
 fn gateways_failing_together_are_one_plan_and_one_table_pass() {
     let dir = TempDir::new("engine-pf-two").unwrap();
     let (_broker, broker_sock) = start_broker(dir.path());
-    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, THREE_WANS);
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &three_wans());
     statecull(&control, &["gateway", "WAN1", "down"]);
     statecull(&control, &["gateway", "WAN2", "down"]);
     statecull(&control, &["gateway", "WAN1", "routed"]);
@@ -376,7 +368,7 @@ fn gateways_failing_together_are_one_plan_and_one_table_pass() {
 fn the_sweep_leaves_a_gateway_alone_that_came_back_meanwhile() {
     let dir = TempDir::new("engine-pf-back").unwrap();
     let (_broker, broker_sock) = start_broker(dir.path());
-    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, THREE_WANS);
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &three_wans());
     statecull(&control, &["gateway", "WAN1", "down", "--routed"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while count(&events(&control), EventKind::PlanDone) == 0 {
