@@ -47,7 +47,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use capsicum::{CapRights, Fcntl, FcntlRights, FileRights, IoctlsBuilder, Right};
 use nix::errno::Errno;
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::{Gid, Uid};
 
 use crate::SandboxError;
 
@@ -248,13 +248,7 @@ pub fn in_capability_mode() -> bool {
 /// `setgroups` then `setresgid` covers both meanings of `setgroups(2)`: before FreeBSD 15
 /// its first entry also set the effective gid; from 15 on it sets supplementary groups only.
 pub fn drop_to_user(user: &str) -> Result<(), SandboxError> {
-    let lookup = match user.parse::<u32>() {
-        Ok(n) => User::from_uid(Uid::from_raw(n)),
-        Err(_) => User::from_name(user),
-    };
-    let found = lookup
-        .map_err(|source| SandboxError::UserLookup { user: user.to_owned(), source })?
-        .ok_or_else(|| SandboxError::UnknownUser { user: user.to_owned() })?;
+    let found = crate::lookup_user(user)?;
     let (name, uid, gid) = (found.name, found.uid, found.gid);
     if uid.is_root() {
         return Ok(());

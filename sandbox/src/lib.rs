@@ -284,6 +284,18 @@ pub fn confine(plan: &Plan) -> Result<Report, SandboxError> {
     }
 }
 
+/// Look a user up by name or numeric uid (the same rule on Linux and FreeBSD).
+#[cfg(any(target_os = "linux", target_os = "freebsd"))]
+pub(crate) fn lookup_user(user: &str) -> Result<nix::unistd::User, SandboxError> {
+    let lookup = match user.parse::<u32>() {
+        Ok(n) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(n)),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    lookup
+        .map_err(|source| SandboxError::UserLookup { user: user.to_owned(), source })?
+        .ok_or_else(|| SandboxError::UnknownUser { user: user.to_owned() })
+}
+
 /// What is in force now: read from the kernel, plus what this process applied.
 pub fn current() -> Report {
     #[cfg(target_os = "linux")]

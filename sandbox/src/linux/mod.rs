@@ -111,13 +111,7 @@ struct Target {
 }
 
 fn resolve(user: &str) -> Result<Target, SandboxError> {
-    let lookup = match user.parse::<u32>() {
-        Ok(n) => User::from_uid(Uid::from_raw(n)),
-        Err(_) => User::from_name(user),
-    };
-    let found = lookup
-        .map_err(|source| SandboxError::UserLookup { user: user.to_owned(), source })?
-        .ok_or_else(|| SandboxError::UnknownUser { user: user.to_owned() })?;
+    let found = crate::lookup_user(user)?;
     Ok(Target { name: found.name, uid: found.uid, gid: found.gid })
 }
 
