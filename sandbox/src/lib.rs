@@ -59,6 +59,7 @@
 use std::fmt;
 
 pub mod profile;
+pub mod socket;
 mod status;
 
 #[cfg(target_os = "linux")]

@@ -8,7 +8,6 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -87,50 +86,18 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// Bind the socket: refuse to steal it from a live broker, replace a stale one, create it
-/// with mode 0660 (no window with wider permissions), and give it the configured group.
+/// Bind the socket without following links (see `statecull_sandbox::socket`): refuse to
+/// steal it from a live broker, replace a stale one, refuse a directory others can write,
+/// and give it mode 0660 and the configured group before it appears at its path.
 fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, BrokerError> {
-    if path.exists() {
-        match UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(BrokerError::Config(format!(
-                    "{} is in use by a running broker",
-                    path.display()
-                )));
-            }
-            Err(_) => {
-                let meta = std::fs::symlink_metadata(path)
-                    .map_err(|e| BrokerError::io(format!("stat {}", path.display()), e))?;
-                use std::os::unix::fs::FileTypeExt;
-                if !meta.file_type().is_socket() {
-                    return Err(BrokerError::Config(format!(
-                        "{} exists and is not a socket; refusing to replace it",
-                        path.display()
-                    )));
-                }
-                std::fs::remove_file(path)
-                    .map_err(|e| BrokerError::io(format!("remove stale {}", path.display()), e))?;
-            }
-        }
-    }
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| BrokerError::io(format!("create {}", dir.display()), e))?;
-    }
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.map_err(|e| BrokerError::io(format!("bind {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| BrokerError::io(format!("chmod {}", path.display()), e))?;
-    if let Some(gid) = gid {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| BrokerError::io(format!("chown {}", path.display()), e.into()))?;
-    }
-    Ok(listener)
+    use statecull_sandbox::socket::{SocketSpec, bind_unix_listener};
+    bind_unix_listener(&SocketSpec {
+        path,
+        mode: 0o660,
+        group: gid,
+        owner_name: "a running broker",
+    })
+    .map_err(|e| BrokerError::Config(e.to_string()))
 }
 
 impl Server {

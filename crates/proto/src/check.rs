@@ -116,7 +116,7 @@ impl IfName {
         } else {
             return Ok(());
         };
-        Err(ProtoError::invalid("interface name", format!("{name:?}: {why}")))
+        Err(ProtoError::invalid("interface name", format!("{}: {why}", crate::text::clip(name))))
     }
 }
 
@@ -132,7 +132,7 @@ impl Label {
         } else {
             return Ok(());
         };
-        Err(ProtoError::invalid("label", format!("{label:?}: {why}")))
+        Err(ProtoError::invalid("label", format!("{}: {why}", crate::text::clip(label))))
     }
 }
 

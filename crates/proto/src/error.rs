@@ -6,7 +6,7 @@ use crate::verbs::ErrorCode;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
     /// Operator or policy text that does not parse.
-    #[error("invalid {what} {input:?}: {why}")]
+    #[error("invalid {what} {}: {why}", crate::text::clip(input))]
     Parse { what: &'static str, input: String, why: String },
     /// A selector that would not narrow the table.
     #[error("empty selector: {0}")]

@@ -3,7 +3,8 @@
 //! * [`model`]: addresses, prefixes, selectors, state keys, handles and records;
 //! * [`verbs`]: the closed list of requests and responses;
 //! * [`check`]: what makes a decoded value acceptable ([`Selector::check`] and friends);
-//! * [`frame`]: length-prefixed bincode frames, bounded and strict.
+//! * [`frame`]: length-prefixed bincode frames, bounded and strict;
+//! * [`text`]: untrusted text clipped and escaped for messages and logs.
 //!
 //! This crate does no I/O and contains no `unsafe`.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod control;
 mod error;
 pub mod frame;
 pub mod model;
+pub mod text;
 pub mod verbs;
 
 pub use check::{CheckedSelector, Limits};

@@ -146,7 +146,11 @@ impl FromStr for Prefix {
             None => (s, None),
         };
         let addr: IpAddr = addr_text.parse().map_err(|_| {
-            ProtoError::parse("prefix", s, format!("{addr_text:?} is not an IP address"))
+            ProtoError::parse(
+                "prefix",
+                s,
+                format!("{} is not an IP address", crate::text::clip(addr_text)),
+            )
         })?;
         let bits = AddressFamily::of(&addr).bits();
         let len = match len_text {
@@ -156,7 +160,7 @@ impl FromStr for Prefix {
                 ProtoError::parse(
                     "prefix",
                     s,
-                    format!("length {l:?} is not a number 0..={bits}{note}"),
+                    format!("length {} is not a number 0..={bits}{note}", crate::text::clip(l)),
                 )
             })?,
         };
@@ -221,7 +225,7 @@ fn parse_u32_any_radix(s: &str) -> Option<u32> {
 /// Why `text` is not a mark number.
 fn mark_why(prefix: &str, text: &str) -> String {
     let note = sign_note(hex_digits(text).unwrap_or(text));
-    format!("{prefix}{text:?} is not a 32-bit number{note}")
+    format!("{prefix}{} is not a 32-bit number{note}", crate::text::clip(text))
 }
 
 impl FromStr for MarkMatch {
@@ -277,7 +281,11 @@ impl FromStr for PortRange {
         let parse = |p: &str| {
             parse_decimal::<u16>(p).ok_or_else(|| {
                 let note = sign_note(p);
-                ProtoError::parse("port", s, format!("{p:?} is not a port 0..=65535{note}"))
+                ProtoError::parse(
+                    "port",
+                    s,
+                    format!("{} is not a port 0..=65535{note}", crate::text::clip(p)),
+                )
             })
         };
         let range = match s.split_once('-') {
