@@ -41,5 +41,10 @@ pub const MAX_SELECTORS: u32 = 64;
 pub const MAX_HANDLES: u32 = 8192;
 /// Most records in one snapshot batch; a batch of the largest records fits one frame.
 pub const MAX_SNAPSHOT_BATCH: u32 = 2048;
+/// A broker closes a connection that has said Hello and then sends no request for this many
+/// seconds: connection slots are few, and an idle peer must not hold one forever. A client
+/// that keeps a connection (the engine) reconnects instead of reusing one idle for more
+/// than half of this, so a request never races the broker's close.
+pub const BROKER_IDLE_TIMEOUT_SECS: u64 = 120;
 /// Longest client name in `Hello`.
 pub const MAX_CLIENT_NAME_LEN: usize = 64;
