@@ -82,7 +82,8 @@
 //! number of milliseconds. Names (gateways, groups, protected flows) use letters, digits and
 //! `_ - . : @ +`, at most 32 characters, do not start with `-`, and are unique ignoring case.
 
-use std::collections::HashMap;
+use std::cell::{Cell, OnceCell};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -113,9 +114,19 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Parse and validate a policy. `source` names the text in messages (a path, or
 /// `<string>`) and becomes [`Policy::source`].
 pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
-    let loader = Loader { text, file: source };
-    let raw: RawPolicy = toml::from_str(text).map_err(|e| loader.toml_error(&e))?;
-    loader.policy(&raw)
+    parse_counted(text, source).0
+}
+
+/// [`parse`], also returning the number of steps taken by the loader's lookups and
+/// cross-checks (bytes scanned for line numbers, gateways compared, list entries compared;
+/// serde's own parse excluded). Tests use it to prove loading scales without timing it.
+#[doc(hidden)]
+pub fn parse_counted(text: &str, source: &str) -> (Result<Policy, PolicyError>, u64) {
+    let loader = Loader { text, file: source, steps: Cell::new(0), newlines: OnceCell::new() };
+    let result = toml::from_str::<RawPolicy>(text)
+        .map_err(|e| loader.toml_error(&e))
+        .and_then(|raw| loader.policy(&raw));
+    (result, loader.steps.get())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -231,6 +242,11 @@ struct RawProtect {
 struct Loader<'a> {
     text: &'a str,
     file: &'a str,
+    /// Work counter, see [`parse_counted`].
+    steps: Cell<u64>,
+    /// Offsets of the text's newlines, found on the first line lookup (an error's), so
+    /// that a line number is a binary search, never a rescan of the text.
+    newlines: OnceCell<Vec<usize>>,
 }
 
 /// Allowed range of one duration field.
@@ -271,8 +287,17 @@ struct RecogniserSpans {
 }
 
 impl Loader<'_> {
+    fn step(&self, n: usize) {
+        self.steps.set(self.steps.get().saturating_add(n as u64));
+    }
+
     fn line(&self, offset: usize) -> usize {
-        self.text.as_bytes().iter().take(offset).filter(|b| **b == b'\n').count() + 1
+        let newlines = self.newlines.get_or_init(|| {
+            self.step(self.text.len());
+            self.text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i).collect()
+        });
+        self.step(newlines.len().max(1).ilog2() as usize + 1);
+        newlines.partition_point(|&nl| nl < offset) + 1
     }
 
     fn err(&self, span: &Range<usize>, field: &str, message: impl Into<String>) -> PolicyError {
@@ -317,17 +342,21 @@ impl Loader<'_> {
         let mut gateways = Vec::with_capacity(raw.gateway.len());
         let mut spans = Vec::with_capacity(raw.gateway.len());
         let mut names = Names::new("gateway");
+        let mut recognisers = Recognisers::default();
         for (i, g) in raw.gateway.iter().enumerate() {
             let (gateway, gs) = self.gateway(i, g)?;
             names.insert(self, &gateway.name, &gs.name, &format!("gateway[{}].name", i + 1))?;
-            self.recogniser_conflicts(&gateway, &gs, &gateways, &spans)?;
+            self.recogniser_conflicts(&gateway, &gs, &gateways, &spans, &mut recognisers)?;
             gateways.push(gateway);
             spans.push(gs);
         }
+        // Group members name gateways: one lookup each, not a scan of the gateways.
+        let by_name: HashMap<&str, usize> =
+            gateways.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
         let mut groups = Vec::with_capacity(raw.group.len());
         let mut names = Names::new("group");
         for (i, g) in raw.group.iter().enumerate() {
-            let (group, name_span) = self.group(i, g, &gateways)?;
+            let (group, name_span) = self.group(i, g, &gateways, &by_name)?;
             names.insert(self, &group.name, &name_span, &format!("group[{}].name", i + 1))?;
             groups.push(group);
         }
@@ -511,11 +540,13 @@ impl Loader<'_> {
                     ));
                 }
                 let mut targets: Vec<IpAddr> = Vec::with_capacity(list.get_ref().len());
+                let mut seen = HashSet::with_capacity(list.get_ref().len());
                 for (k, m) in list.get_ref().iter().enumerate() {
                     let field = format!("{at}.monitor[{}]", k + 1);
                     let target = self.host_addr(m, &field)?;
                     self.same_family(target, family, &name, &m.span(), &field)?;
-                    if targets.contains(&target) {
+                    self.step(1);
+                    if !seen.insert(target) {
                         return Err(self.err(
                             &m.span(),
                             &field,
@@ -804,6 +835,7 @@ impl Loader<'_> {
             }
         };
         let mut nat_addr: Vec<IpAddr> = Vec::new();
+        let mut seen = HashSet::new();
         if let Some(list) = &s.nat_addr {
             if list.get_ref().is_empty() {
                 return Err(self.err(
@@ -815,7 +847,8 @@ impl Loader<'_> {
             for (k, a) in list.get_ref().iter().enumerate() {
                 let key = format!("{}[{}]", f("nat_addr"), k + 1);
                 let addr = self.host_addr(a, &key)?;
-                if nat_addr.contains(&addr) {
+                self.step(1);
+                if !seen.insert(addr) {
                     return Err(self.err(
                         &a.span(),
                         &key,
@@ -856,74 +889,96 @@ impl Loader<'_> {
 
     /// Two gateways whose recognisers overlap would have each other's states killed: the
     /// one thing statecull must never do (a healthy link's calls dropped).
+    ///
+    /// `index` holds the recognisers of the `earlier` gateways; it answers which earlier
+    /// gateway is the first to conflict in a few lookups, so the whole policy is checked in
+    /// linear time instead of comparing every pair. The message is the one a pairwise scan
+    /// in file order would give (the first conflicting earlier gateway; rt_addr, then mark,
+    /// then the NAT addresses in the order written).
     fn recogniser_conflicts(
         &self,
         gateway: &Gateway,
         spans: &GatewaySpans,
         earlier: &[Gateway],
         earlier_spans: &[GatewaySpans],
+        index: &mut Recognisers,
     ) -> Result<(), PolicyError> {
-        for (other, other_spans) in earlier.iter().zip(earlier_spans) {
-            let other_line = self.line(other_spans.table.start);
-            if let (Some(a), Some(b), Some((span, field))) =
-                (gateway.states.rt_addr, other.states.rt_addr, &spans.states.rt_addr)
-                && a == b
-            {
-                return Err(self.err(
-                    span,
-                    field,
-                    format!(
-                        "gateway {:?} has the same rt_addr {a} as gateway {:?} (line \
-                         {other_line}), so killing one's states would kill the other's; \
-                         recognise them by nat_addr + interface instead",
-                        gateway.name, other.name
-                    ),
-                ));
-            }
-            if let (Some(a), Some(b), Some((span, field))) =
-                (gateway.states.mark, other.states.mark, &spans.states.mark)
-                && (a.value ^ b.value) & a.mask & b.mask == 0
-            {
-                return Err(self.err(
-                    span,
-                    field,
-                    format!(
-                        "gateway {:?} mark {a} overlaps gateway {:?}'s mark {b} (line \
-                         {other_line}): a connection marked {:#x} matches both, so killing one's \
-                         states would kill the other's; give each gateway its own mark bits \
-                         (e.g. 0x1/0xff, 0x2/0xff)",
-                        gateway.name,
-                        other.name,
-                        a.value | b.value
-                    ),
-                ));
-            }
-            // The same NAT address on two interfaces can still be told apart on pf.
-            let told_apart = matches!(
-                (&gateway.states.interface, &other.states.interface),
-                (Some(x), Some(y)) if x != y
-            );
-            if told_apart {
-                continue;
-            }
-            for (addr, (span, field)) in gateway.states.nat_addr.iter().zip(&spans.states.nat_addr)
-            {
-                if other.states.nat_addr.contains(addr) {
-                    return Err(self.err(
-                        span,
-                        field,
-                        format!(
-                            "gateway {:?} shares NAT address {addr} with gateway {:?} (line \
-                             {other_line}), so killing one's states would kill the other's; \
-                             give each its own address, or set a different states.interface \
-                             on both (pf)",
-                            gateway.name, other.name
-                        ),
-                    ));
-                }
-            }
+        let first = index.first_conflict(&gateway.states, &self.steps);
+        if let Some(j) = first
+            && let (Some(other), Some(other_spans)) = (earlier.get(j), earlier_spans.get(j))
+            && let Some(e) = self.pair_conflict(gateway, spans, other, other_spans)
+        {
+            return Err(e);
         }
+        index.insert(&gateway.states, earlier.len(), &self.steps);
         Ok(())
+    }
+
+    /// The conflict between `gateway` and one earlier gateway, if they conflict.
+    fn pair_conflict(
+        &self,
+        gateway: &Gateway,
+        spans: &GatewaySpans,
+        other: &Gateway,
+        other_spans: &GatewaySpans,
+    ) -> Option<PolicyError> {
+        let other_line = || self.line(other_spans.table.start);
+        if let (Some(a), Some(b), Some((span, field))) =
+            (gateway.states.rt_addr, other.states.rt_addr, &spans.states.rt_addr)
+            && a == b
+        {
+            return Some(self.err(
+                span,
+                field,
+                format!(
+                    "gateway {:?} has the same rt_addr {a} as gateway {:?} (line {}), so \
+                     killing one's states would kill the other's; recognise them by nat_addr + \
+                     interface instead",
+                    gateway.name,
+                    other.name,
+                    other_line()
+                ),
+            ));
+        }
+        if let (Some(a), Some(b), Some((span, field))) =
+            (gateway.states.mark, other.states.mark, &spans.states.mark)
+            && marks_overlap(a, b)
+        {
+            return Some(self.err(
+                span,
+                field,
+                format!(
+                    "gateway {:?} mark {a} overlaps gateway {:?}'s mark {b} (line {}): a \
+                     connection marked {:#x} matches both, so killing one's states would kill \
+                     the other's; give each gateway its own mark bits (e.g. 0x1/0xff, 0x2/0xff)",
+                    gateway.name,
+                    other.name,
+                    other_line(),
+                    a.value | b.value
+                ),
+            ));
+        }
+        if nat_told_apart(gateway.states.interface.as_ref(), other.states.interface.as_ref()) {
+            return None;
+        }
+        let (addr, (span, field)) = gateway
+            .states
+            .nat_addr
+            .iter()
+            .zip(&spans.states.nat_addr)
+            .find(|(addr, _)| other.states.nat_addr.contains(addr))?;
+        Some(self.err(
+            span,
+            field,
+            format!(
+                "gateway {:?} shares NAT address {addr} with gateway {:?} (line {}), so killing \
+                 one's states would kill the other's; give each its own address, or set a \
+                 different states.interface on both (pf)",
+                gateway.name,
+                other.name,
+                other_line()
+            ),
+        ))
     }
 
     fn group(
@@ -931,6 +986,7 @@ impl Loader<'_> {
         index: usize,
         raw: &Spanned<RawGroup>,
         gateways: &[Gateway],
+        by_name: &HashMap<&str, usize>,
     ) -> Result<(Group, Range<usize>), PolicyError> {
         let at = format!("group[{}]", index + 1);
         let g = raw.get_ref();
@@ -963,7 +1019,8 @@ impl Loader<'_> {
             };
             let gw_field = format!("{at_m}.gateway");
             let wanted = gw.get_ref();
-            let Some(gi) = gateways.iter().position(|x| &x.name == wanted) else {
+            self.step(1);
+            let Some(&gi) = by_name.get(wanted.as_str()) else {
                 let hint = gateways
                     .iter()
                     .find(|x| x.name.eq_ignore_ascii_case(wanted))
@@ -1551,9 +1608,130 @@ impl Loader<'_> {
     }
 }
 
+/// Whether two mark matches can both match one connection mark: they agree on every bit
+/// both masks look at.
+fn marks_overlap(a: MarkMatch, b: MarkMatch) -> bool {
+    (a.value ^ b.value) & a.mask & b.mask == 0
+}
+
+/// The same NAT address on two interfaces can still be told apart on pf.
+fn nat_told_apart(a: Option<&IfName>, b: Option<&IfName>) -> bool {
+    matches!((a, b), (Some(x), Some(y)) if x != y)
+}
+
+/// The recognisers of the gateways loaded so far, indexed to find the first (in file order)
+/// gateway that conflicts with a new one without comparing it to every earlier gateway.
+/// Each map keeps the earliest gateway for its key.
+#[derive(Default)]
+struct Recognisers {
+    rt_addr: HashMap<IpAddr, usize>,
+    /// By mask.
+    marks: HashMap<u32, MarkGroup>,
+    nat_addr: HashMap<IpAddr, NatOwners>,
+}
+
+/// The gateways whose marks use one mask.
+#[derive(Default)]
+struct MarkGroup {
+    /// `(value, gateway)` in file order.
+    entries: Vec<(u32, usize)>,
+    /// For each common mask `C` (a new mark's mask & this group's mask) asked about:
+    /// `value & C` → earliest gateway. Two marks overlap exactly when their values agree
+    /// under the common mask, so one lookup per group answers for the whole group. Built
+    /// on first use and kept up to date, so the cost is O(gateways × distinct masks); real
+    /// policies use one or two masks.
+    by_common: HashMap<u32, HashMap<u32, usize>>,
+}
+
+/// The gateways that list one NAT address.
+struct NatOwners {
+    first: usize,
+    /// The first without states.interface (conflicts with every later owner).
+    first_without_interface: Option<usize>,
+    /// The first per states.interface (conflicts with later owners on that interface or
+    /// without one).
+    first_on: HashMap<IfName, usize>,
+}
+
+impl Recognisers {
+    /// The earliest gateway whose recognisers conflict with `states`.
+    fn first_conflict(&mut self, states: &StateMatch, steps: &Cell<u64>) -> Option<usize> {
+        let count = |n: usize| steps.set(steps.get().saturating_add(n as u64));
+        let mut first: Option<usize> = None;
+        let mut found = |j: usize| first = Some(first.map_or(j, |f| f.min(j)));
+        if let Some(j) = states.rt_addr.and_then(|a| self.rt_addr.get(&a)) {
+            count(1);
+            found(*j);
+        }
+        if let Some(a) = states.mark {
+            for (mask, group) in &mut self.marks {
+                count(1);
+                let common = a.mask & mask;
+                let by_value = group.by_common.entry(common).or_insert_with(|| {
+                    count(group.entries.len());
+                    let mut m = HashMap::with_capacity(group.entries.len());
+                    for (value, j) in &group.entries {
+                        m.entry(value & common).or_insert(*j);
+                    }
+                    m
+                });
+                if let Some(j) = by_value.get(&(a.value & common)) {
+                    found(*j);
+                }
+            }
+        }
+        for addr in &states.nat_addr {
+            count(1);
+            let Some(owners) = self.nat_addr.get(addr) else { continue };
+            match &states.interface {
+                None => found(owners.first),
+                Some(i) => {
+                    owners.first_without_interface.into_iter().for_each(&mut found);
+                    owners.first_on.get(i).copied().into_iter().for_each(&mut found);
+                }
+            }
+        }
+        first
+    }
+
+    fn insert(&mut self, states: &StateMatch, gateway: usize, steps: &Cell<u64>) {
+        let count = |n: usize| steps.set(steps.get().saturating_add(n as u64));
+        if let Some(a) = states.rt_addr {
+            count(1);
+            self.rt_addr.entry(a).or_insert(gateway);
+        }
+        if let Some(m) = states.mark {
+            let group = self.marks.entry(m.mask).or_default();
+            count(1 + group.by_common.len());
+            group.entries.push((m.value, gateway));
+            for (common, by_value) in &mut group.by_common {
+                by_value.entry(m.value & *common).or_insert(gateway);
+            }
+        }
+        for addr in &states.nat_addr {
+            count(1);
+            let owners = self.nat_addr.entry(*addr).or_insert_with(|| NatOwners {
+                first: gateway,
+                first_without_interface: None,
+                first_on: HashMap::new(),
+            });
+            match &states.interface {
+                None => {
+                    owners.first_without_interface.get_or_insert(gateway);
+                }
+                Some(i) => {
+                    owners.first_on.entry(i.clone()).or_insert(gateway);
+                }
+            }
+        }
+    }
+}
+
 /// Names seen so far of one kind, unique ignoring case (a CLI user types `wan1` for `WAN1`).
 struct Names {
     what: &'static str,
+    /// Lowercased name → the name as written and the byte offset of its first use (its
+    /// line is worked out only for an error).
     seen: HashMap<String, (String, usize)>,
 }
 
@@ -1569,8 +1747,10 @@ impl Names {
         span: &Range<usize>,
         field: &str,
     ) -> Result<(), PolicyError> {
-        let line = loader.line(span.start);
-        if let Some((first, first_line)) = self.seen.get(&name.to_lowercase()) {
+        loader.step(1);
+        let key = name.to_lowercase();
+        if let Some((first, first_offset)) = self.seen.get(&key) {
+            let first_line = loader.line(*first_offset);
             let how = if first == name { "is already used" } else { "differs only in case from" };
             return Err(loader.err(
                 span,
@@ -1583,7 +1763,7 @@ impl Names {
                 ),
             ));
         }
-        self.seen.insert(name.to_lowercase(), (name.to_owned(), line));
+        self.seen.insert(key, (name.to_owned(), span.start));
         Ok(())
     }
 }
@@ -1825,10 +2005,40 @@ fn walk_value(
 /// recognised), each group (members by tier, what happens on down and on recovery),
 /// protected flows, routing confirmation, and the [`warnings`] at the end.
 pub fn explain(policy: &Policy) -> String {
+    explain_counted(policy).0
+}
+
+/// [`explain`], also returning the steps its lookups took (see [`parse_counted`]).
+#[doc(hidden)]
+pub fn explain_counted(policy: &Policy) -> (String, u64) {
+    let steps = Cell::new(0);
     let mut out = String::new();
     // Writing to a String cannot fail; the result is ignored on purpose.
-    let _ = explain_into(policy, &mut out);
-    wrap(&out, WRAP_WIDTH)
+    let _ = explain_into(policy, &mut out, &steps);
+    (wrap(&out, WRAP_WIDTH), steps.get())
+}
+
+fn step(steps: &Cell<u64>, n: usize) {
+    steps.set(steps.get().saturating_add(n as u64));
+}
+
+/// For each gateway, the groups it is a member of (in file order) with its tier there: one
+/// pass over all members, so explaining a policy does not rescan every group per gateway.
+fn memberships<'p>(p: &'p Policy, steps: &Cell<u64>) -> Vec<Vec<(&'p Group, u8)>> {
+    let mut of = vec![Vec::new(); p.gateways.len()];
+    for grp in &p.groups {
+        for m in &grp.members {
+            step(steps, 1);
+            if let Some(list) = of.get_mut(m.gateway) {
+                // A gateway counts once per group, with its first tier there.
+                let listed = list.last().is_some_and(|(g, _): &(&Group, u8)| std::ptr::eq(*g, grp));
+                if !listed {
+                    list.push((grp, m.tier));
+                }
+            }
+        }
+    }
+    of
 }
 
 /// Column at which [`explain`] wraps its lines (a terminal, with room to spare).
@@ -1866,6 +2076,11 @@ fn wrap(text: &str, width: usize) -> String {
 /// Things in a valid policy that are probably not what the operator wants: a group with
 /// one member, a gateway in no group, `on_down = "all"`, and similar. One sentence each.
 pub fn warnings(policy: &Policy) -> Vec<String> {
+    let steps = Cell::new(0);
+    warnings_with(policy, &memberships(policy, &steps))
+}
+
+fn warnings_with(policy: &Policy, memberships: &[Vec<(&Group, u8)>]) -> Vec<String> {
     let mut w = Vec::new();
     if policy.gateways.len() >= 2 && policy.groups.is_empty() {
         w.push(format!(
@@ -1875,7 +2090,7 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
         ));
     }
     for (i, g) in policy.gateways.iter().enumerate() {
-        if !policy.groups.is_empty() && policy.groups_of(i).next().is_none() {
+        if !policy.groups.is_empty() && memberships.get(i).is_none_or(Vec::is_empty) {
             w.push(format!(
                 "gateway {} is in no group: it is only monitored (status, metrics, events); its \
                  failure kills nothing",
@@ -1991,7 +2206,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn explain_into(p: &Policy, out: &mut String) -> std::fmt::Result {
+fn explain_into(p: &Policy, out: &mut String, steps: &Cell<u64>) -> std::fmt::Result {
     writeln!(
         out,
         "{}: {}, {}, {}",
@@ -2002,16 +2217,19 @@ fn explain_into(p: &Policy, out: &mut String) -> std::fmt::Result {
     )?;
 
     writeln!(out, "\nGateways")?;
-    for (i, g) in p.gateways.iter().enumerate() {
-        explain_gateway(p, i, g, out)?;
+    let memberships = memberships(p, steps);
+    for (g, groups) in p.gateways.iter().zip(&memberships) {
+        explain_gateway(g, groups, out)?;
     }
 
     writeln!(out, "\nGroups")?;
     if p.groups.is_empty() {
         writeln!(out, "  none: gateways are monitored, nothing is ever killed")?;
     }
+    // Joined once, not once per group.
+    let protected = p.protected.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ");
     for grp in &p.groups {
-        explain_group(p, grp, out)?;
+        explain_group(p, grp, &protected, out)?;
     }
 
     writeln!(out, "\nProtected flows (spared when a group's on_recovery is kill-unprotected)")?;
@@ -2073,7 +2291,7 @@ fn explain_into(p: &Policy, out: &mut String) -> std::fmt::Result {
         }
     }
 
-    let warnings = warnings(p);
+    let warnings = warnings_with(p, &memberships);
     if warnings.is_empty() {
         writeln!(out, "\nNo warnings.")?;
     } else {
@@ -2085,7 +2303,7 @@ fn explain_into(p: &Policy, out: &mut String) -> std::fmt::Result {
     Ok(())
 }
 
-fn explain_gateway(p: &Policy, index: usize, g: &Gateway, out: &mut String) -> std::fmt::Result {
+fn explain_gateway(g: &Gateway, groups: &[(&Group, u8)], out: &mut String) -> std::fmt::Result {
     let h = &g.health;
     writeln!(
         out,
@@ -2168,13 +2386,8 @@ fn explain_gateway(p: &Policy, index: usize, g: &Gateway, out: &mut String) -> s
         }
     }
     writeln!(out, "    its states are those with: {}", ways.join("; or "))?;
-    let groups = p
-        .groups_of(index)
-        .map(|grp| {
-            let tier = grp.members.iter().find(|m| m.gateway == index).map_or(0, |m| m.tier);
-            format!("{} (tier {tier})", grp.name)
-        })
-        .collect::<Vec<_>>();
+    let groups =
+        groups.iter().map(|(grp, tier)| format!("{} (tier {tier})", grp.name)).collect::<Vec<_>>();
     if groups.is_empty() {
         writeln!(out, "    in no group: monitored only")?;
     } else {
@@ -2183,7 +2396,8 @@ fn explain_gateway(p: &Policy, index: usize, g: &Gateway, out: &mut String) -> s
     Ok(())
 }
 
-fn explain_group(p: &Policy, grp: &Group, out: &mut String) -> std::fmt::Result {
+/// `protected`: the protected flows' names, joined.
+fn explain_group(p: &Policy, grp: &Group, protected: &str, out: &mut String) -> std::fmt::Result {
     writeln!(out, "  {}", grp.name)?;
     for tier in distinct_tiers(grp) {
         let names = grp
@@ -2211,7 +2425,6 @@ fn explain_group(p: &Policy, grp: &Group, out: &mut String) -> std::fmt::Result 
         }
     };
     writeln!(out, "    when a member goes down: {down}")?;
-    let protected = p.protected.iter().map(|f| f.name.as_str()).collect::<Vec<_>>();
     let recovery = match grp.on_recovery {
         OnRecovery::Keep => "connections stay on the lower tier until they end; new ones use \
                              the recovered gateway"
@@ -2227,7 +2440,7 @@ fn explain_group(p: &Policy, grp: &Group, out: &mut String) -> std::fmt::Result 
         OnRecovery::KillUnprotected => format!(
             "the lower tiers' states are killed, so connections move back at once, except \
              protected flows ({})",
-            protected.join(", ")
+            protected
         ),
     };
     writeln!(out, "    when a better tier recovers: {recovery}")?;
