@@ -44,6 +44,49 @@ pub trait Backend: Send + Sync {
     ) -> Result<KillReport, BrokerError>;
 }
 
+/// A shared backend is a backend (tests keep one handle and give the broker another).
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
+    fn info(&self) -> BackendInfo {
+        (**self).info()
+    }
+    fn unsupported_hint(&self, field: SelectorField) -> Option<String> {
+        (**self).unsupported_hint(field)
+    }
+    fn snapshot(
+        &self,
+        selector: Option<&CheckedSelector>,
+        batch: usize,
+        sink: &mut Sink<'_>,
+    ) -> Result<u64, BrokerError> {
+        (**self).snapshot(selector, batch, sink)
+    }
+    fn count(&self, selectors: &[CheckedSelector]) -> Result<CountReply, BrokerError> {
+        (**self).count(selectors)
+    }
+    fn kill_matching(
+        &self,
+        selectors: &[CheckedSelector],
+        match_opposite: bool,
+        protected: &[Prefix],
+    ) -> Result<KillReport, BrokerError> {
+        (**self).kill_matching(selectors, match_opposite, protected)
+    }
+    fn kill_handles(
+        &self,
+        handles: &[StateHandle],
+        protected: &[Prefix],
+    ) -> Result<KillReport, BrokerError> {
+        (**self).kill_handles(handles, protected)
+    }
+    fn flush(
+        &self,
+        interface: Option<&IfName>,
+        protected: &[Prefix],
+    ) -> Result<KillReport, BrokerError> {
+        (**self).flush(interface, protected)
+    }
+}
+
 #[cfg(target_os = "linux")]
 pub mod conntrack {
     //! Linux conntrack through `statecull-conntrack`.

@@ -33,7 +33,12 @@ OPTIONS:
                              (root is always allowed, for operators)
         --protect PREFIX     never kill states touching PREFIX, whatever is asked;
                              repeatable (e.g. --protect 192.0.2.0/28 for management)
-        --max-connections N  concurrent clients [default: 16]
+        --max-connections N  connection slots shared by all clients [default: 16];
+                             root and the engine's user each have one more, reserved
+        --max-connections-per-user N
+                             most shared slots one user may hold [default: half]
+        --engine-user USER   the engine's user (name or uid), which gets the reserved
+                             slot [default: the first --allow-user]
         --backend NAME       state table: conntrack (Linux), pf (FreeBSD), or pf-model: an
                              in-memory model of pf with a generated two-WAN router table,
                              for simulation and tests [default: conntrack]
@@ -61,6 +66,8 @@ CONFIG FILE (all keys optional):
     allow_groups = []                  # or allow_gids = []
     protected = [\"192.0.2.0/28\", \"2001:db8:ffff::/48\"]
     max_connections = 16
+    max_connections_per_user = 8
+    engine_user = \"statecull\"
     backend = \"conntrack\"
     log_format = \"json\"
     log_level = \"info\"
@@ -68,8 +75,10 @@ CONFIG FILE (all keys optional):
 
 Every kill is logged as one audit line (target statecull::audit): peer uid/gid/pid,
 verb, selector, killed/not found/spared counts, path taken and microseconds.
-SIGTERM or SIGINT: stop accepting, finish requests in flight, exit (a confined broker cannot
-remove its socket file; nothing listens there any more and the next start replaces it).
+SIGTERM, SIGINT or SIGQUIT: stop accepting, finish requests in flight (a kill is never cut
+short), exit 0 (a confined broker cannot remove its socket file; nothing listens there any more
+and the next start replaces it). Other signals that would end a process (SIGHUP, SIGUSR1,
+SIGUSR2, SIGALRM, real-time signals, ...) are logged and ignored.
 ";
 
 struct Args {
@@ -110,9 +119,21 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
             Long("no-sandbox") => no_sandbox = true,
             Short('s') => flags.push(("socket".into(), value(&mut parser)?)),
             Long(
-                name @ ("socket" | "socket-group" | "allow-user" | "allow-group" | "protect"
-                | "max-connections" | "backend" | "log-format" | "log-level"
-                | "model-states" | "model-seed" | "model-release" | "user"),
+                name @ ("socket"
+                | "socket-group"
+                | "allow-user"
+                | "allow-group"
+                | "protect"
+                | "max-connections"
+                | "max-connections-per-user"
+                | "engine-user"
+                | "backend"
+                | "log-format"
+                | "log-level"
+                | "model-states"
+                | "model-seed"
+                | "model-release"
+                | "user"),
             ) => {
                 let name = name.to_owned();
                 flags.push((name, value(&mut parser)?));
@@ -141,6 +162,15 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
                     .filter(|n| *n > 0)
                     .ok_or_else(|| bad("expected a number of at least 1".into()))?;
             }
+            "max-connections-per-user" => {
+                config.max_connections_per_user = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad("expected a number of at least 1".into()))?,
+                );
+            }
+            "engine-user" => config.engine_uid = Some(config::resolve_user(&v).map_err(bad)?),
             "backend" => config.backend = config::parse_backend(&v).map_err(bad)?,
             "model-states" | "model-seed" | "model-release" => {
                 let BackendChoice::PfModel(spec) = &mut config.backend else {
@@ -262,12 +292,178 @@ fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> 
     )))
 }
 
+/// Signals that stop the broker the way SIGTERM does: stop accepting, finish the requests in
+/// flight (never a kill half done), write their audit lines, exit 0.
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+
+/// Signals whose default action would end the process (or stop it for no reason) and which
+/// the broker has no use for: taken and logged, nothing else. Any process of the broker's uid
+/// may send them, and dying on one in the middle of a kill would leave the kill half done and
+/// unaudited. Synchronous faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS) keep
+/// their defaults: they mean a bug (or a seccomp kill), and continuing would be wrong.
+#[cfg(target_os = "linux")]
+const IGNORED_SIGNALS: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGSTKFLT,
+    Signal::SIGPIPE,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+#[cfg(not(target_os = "linux"))]
+const IGNORED_SIGNALS: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGPIPE,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGINFO,
+];
+
+/// Every signal the signal thread takes: the stop signals, the ignored ones, and (Linux) the
+/// real-time signals, whose default action also ends the process.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in STOP_SIGNALS.iter().chain(IGNORED_SIGNALS) {
+        set.add(*s);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // nix names no real-time signal; start from "everything" and take out what must
+        // keep its default action or is not a signal to wait for.
+        let mut all = SigSet::all();
+        for keep in [
+            Signal::SIGSEGV,
+            Signal::SIGBUS,
+            Signal::SIGILL,
+            Signal::SIGFPE,
+            Signal::SIGTRAP,
+            Signal::SIGSYS,
+            Signal::SIGABRT,
+            Signal::SIGKILL,
+            Signal::SIGSTOP,
+            Signal::SIGCHLD,
+            Signal::SIGCONT,
+            Signal::SIGWINCH,
+            Signal::SIGURG,
+        ] {
+            all.remove(keep);
+        }
+        set = all;
+    }
+    set
+}
+
+/// Where the signal thread takes signals from. On Linux a signalfd, opened before
+/// confinement: `sigwait` would have to name every signal it returns, and nix's wrapper
+/// panics on the real-time ones. Elsewhere `sigwait` on the set (no real-time signals in it).
+struct SignalSource {
+    #[cfg(target_os = "linux")]
+    fd: nix::sys::signalfd::SignalFd,
+    #[cfg(not(target_os = "linux"))]
+    set: SigSet,
+}
+
+impl SignalSource {
+    fn open(set: SigSet) -> Result<Self, BrokerError> {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::signalfd::{SfdFlags, SignalFd};
+            let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)
+                .map_err(|e| BrokerError::io("signalfd", e.into()))?;
+            Ok(Self { fd })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Ok(Self { set })
+        }
+    }
+
+    /// The next signal's number and name.
+    fn next(&mut self) -> Option<(i32, String)> {
+        #[cfg(target_os = "linux")]
+        {
+            loop {
+                match self.fd.read_signal() {
+                    Ok(Some(info)) => {
+                        let n = i32::try_from(info.ssi_signo).unwrap_or(0);
+                        let name = Signal::try_from(n)
+                            .map(|s| s.as_str().to_owned())
+                            .unwrap_or_else(|_| format!("signal {n} (real-time)"));
+                        return Some((n, name));
+                    }
+                    Ok(None) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return None,
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            self.set.wait().ok().map(|s| (s as i32, s.as_str().to_owned()))
+        }
+    }
+}
+
+/// Take signals on a thread of its own (all of them are blocked in every thread): a stop
+/// signal writes to `stop` and ends the thread; the others are logged (once a minute per
+/// signal at most) and otherwise ignored.
+fn signal_thread(mut source: SignalSource, stop: std::os::fd::OwnedFd) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut last_logged: std::collections::HashMap<i32, std::time::Instant> =
+                std::collections::HashMap::new();
+            while let Some((n, name)) = source.next() {
+                if STOP_SIGNALS.iter().any(|s| *s as i32 == n) {
+                    tracing::info!(signal = %name, "stop requested");
+                    let _ = nix::unistd::write(&stop, b"x");
+                    return;
+                }
+                let now = std::time::Instant::now();
+                let quiet = last_logged
+                    .get(&n)
+                    .is_some_and(|t| now.duration_since(*t) < std::time::Duration::from_secs(60));
+                if !quiet {
+                    last_logged.insert(n, now);
+                    tracing::info!(
+                        signal = %name,
+                        "signal ignored (the broker stops on SIGTERM, SIGINT or SIGQUIT; it has \
+                         no configuration to reload)"
+                    );
+                }
+            }
+            // The signal source failed: stop rather than run on with stray signals blocked
+            // forever and no way to be stopped but SIGKILL.
+            tracing::error!("cannot read signals any more; stopping");
+            let _ = nix::unistd::write(&stop, b"x");
+        })
+        .map(drop)
+}
+
 fn run(args: Args) -> Result<(), BrokerError> {
-    // Block the stop signals in every thread; one thread waits for them synchronously.
-    let mut stop_signals = SigSet::empty();
-    stop_signals.add(Signal::SIGTERM);
-    stop_signals.add(Signal::SIGINT);
-    stop_signals.thread_block().map_err(|e| BrokerError::io("block signals", e.into()))?;
+    // Block every handled signal in every thread (threads inherit the mask); one thread
+    // waits for them synchronously. Signals that arrive before it starts stay pending.
+    let signals = handled_signals();
+    signals.thread_block().map_err(|e| BrokerError::io("block signals", e.into()))?;
+    // Opened now: no descriptor can be created once confined.
+    let signal_source = SignalSource::open(signals)?;
 
     let backend = open_backend(args.config.backend)?;
     if args.check {
@@ -332,14 +528,7 @@ fn run(args: Args) -> Result<(), BrokerError> {
     }
     let (stop_read, stop_write) =
         nix::unistd::pipe().map_err(|e| BrokerError::io("pipe", e.into()))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = stop_signals.wait() {
-                tracing::info!(signal = %sig, "stop requested");
-            }
-            let _ = nix::unistd::write(&stop_write, b"x");
-        })
+    signal_thread(signal_source, stop_write)
         .map_err(|e| BrokerError::io("start the signal thread", e))?;
     server.run(stop_read)
 }

@@ -78,7 +78,16 @@ pub struct Config {
     pub allowed_gids: Vec<u32>,
     /// States touching these prefixes are never killed.
     pub protected: Vec<Prefix>,
+    /// Connection slots shared by every peer (root and the engine's uid also have one
+    /// reserved slot each beyond these).
     pub max_connections: usize,
+    /// Most of the shared slots one uid may hold (None: half of `max_connections`).
+    pub max_connections_per_user: Option<usize>,
+    /// The engine's uid: it gets a reserved connection slot (None: the first allowed uid).
+    pub engine_uid: Option<u32>,
+    /// Deadlines for peers (not in the file: the defaults are the design's values; tests
+    /// shorten them).
+    pub timeouts: crate::dispatch::Timeouts,
     pub backend: BackendChoice,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
@@ -99,6 +108,9 @@ impl Default for Config {
             allowed_gids: Vec::new(),
             protected: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_user: None,
+            engine_uid: None,
+            timeouts: crate::dispatch::Timeouts::default(),
             backend: BackendChoice::Conntrack,
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
@@ -123,6 +135,8 @@ struct FileConfig {
     #[serde(default)]
     protected: Vec<toml::Spanned<String>>,
     max_connections: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    engine_user: Option<String>,
     backend: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
@@ -233,6 +247,15 @@ impl Config {
             }
             c.max_connections = n;
         }
+        if let Some(n) = file.max_connections_per_user {
+            if n == 0 {
+                return Err(err(1, "max_connections_per_user must be at least 1".into()));
+            }
+            c.max_connections_per_user = Some(n);
+        }
+        if let Some(u) = &file.engine_user {
+            c.engine_uid = Some(resolve_user(u).map_err(|m| err(1, format!("engine_user: {m}")))?);
+        }
         if let Some(b) = &file.backend {
             c.backend = parse_backend(b).map_err(|m| err(1, m))?;
         }
@@ -259,6 +282,19 @@ impl Config {
             c.log_level = parse_log_level(l).map_err(|m| err(1, m))?;
         }
         Ok(c)
+    }
+
+    /// Most shared connection slots one uid may hold.
+    pub fn max_connections_per_user(&self) -> usize {
+        self.max_connections_per_user
+            .unwrap_or(self.max_connections / 2)
+            .clamp(1, self.max_connections.max(1))
+    }
+
+    /// The uid with a reserved slot besides root: the configured engine user, else the first
+    /// allowed uid (the engine's, in the shipped configuration).
+    pub fn engine_uid(&self) -> Option<u32> {
+        self.engine_uid.or_else(|| self.allowed_uids.first().copied())
     }
 
     /// Is a peer with these credentials allowed? Root always is (the operator).

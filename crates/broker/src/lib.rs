@@ -6,15 +6,21 @@
 //! kills states touching its own protected prefixes, and writes one audit line per mutation.
 //!
 //! * [`config`]: the broker's own small configuration;
-//! * [`server`]: listener, peer credentials, the per-connection request loop;
+//! * [`dispatch`]: one client's conversation, without I/O (decode, check, act, audit);
+//! * [`admission`]: connection slots and rate-limited refusal logs, pure;
+//! * [`server`]: listener, peer credentials, threads and deadlines;
 //! * [`backend`]: the interface to a state table, and the conntrack implementation;
 //! * [`pf_backend`]: FreeBSD pf and its model.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod pf_backend;
 pub mod server;
 

@@ -14,7 +14,7 @@ use statecull_pf::plan::{self, Path};
 use statecull_pf::types::{PfState, af_of};
 use statecull_proto::{
     AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedSelector, CountReply, IfName,
-    KillPath, KillReport, Prefix, SelectorField, StateHandle,
+    KillPath, KillReport, Prefix, SelectorField, StateHandle, StateRecord,
 };
 
 use crate::backend::{Backend, Sink};
@@ -156,6 +156,64 @@ impl<D: PfDevice> PfBackend<D> {
     }
 }
 
+/// The states a kill by id must spare, keyed so that no spelling of a handle escapes them.
+#[derive(Debug, Default)]
+struct Shielded {
+    exact: HashSet<(u64, u32)>,
+    ids: HashSet<u64>,
+}
+
+impl Shielded {
+    fn insert(&mut self, s: &PfState) {
+        self.exact.insert((s.id, s.creatorid));
+        self.ids.insert(s.id);
+    }
+
+    /// Would killing `(id, creator)` kill a protected state? pf's kill by id reads creator 0
+    /// as this host's id (`pf_killstates`: `if (creatorid == 0) creatorid =
+    /// V_pf_status.hostid`), and listings never show 0 (the host id is never 0), so a handle
+    /// with creator 0 is spared when any protected state has its id.
+    fn covers(&self, id: u64, creator: u32) -> bool {
+        if creator == 0 { self.ids.contains(&id) } else { self.exact.contains(&(id, creator)) }
+    }
+}
+
+/// Past this many protected prefixes one full listing is cheaper than one filtered
+/// listing per prefix (each walks the whole table in the kernel).
+const MAX_FILTERED_PROTECTION_LISTINGS: usize = 8;
+
+impl<D: PfDevice> PfBackend<D> {
+    /// Every state touching a protected prefix, and how many listings it took. Over pf
+    /// netlink the kernel filters each listing by one prefix, so only protected states are
+    /// exported (a full export costs a message per state); without netlink, or with many
+    /// prefixes, one full listing.
+    fn protected_states(&self, protected: &[Prefix]) -> Result<(Shielded, u32), BrokerError> {
+        let mut shielded = Shielded::default();
+        let mut client = self.client();
+        let netlink = client.transports().nl_family.is_some();
+        let filters: Vec<StateFilter> =
+            if netlink && protected.len() <= MAX_FILTERED_PROTECTION_LISTINGS {
+                protected
+                    .iter()
+                    .map(|p| StateFilter { addr: Some((p.addr, p.len)), ..StateFilter::default() })
+                    .collect()
+            } else {
+                vec![StateFilter::default()]
+            };
+        for f in &filters {
+            client
+                .list(f, &mut |s| {
+                    if plan::touches(protected, &s) {
+                        shielded.insert(&s);
+                    }
+                    Ok(())
+                })
+                .map_err(map)?;
+        }
+        Ok((shielded, u32::try_from(filters.len()).unwrap_or(u32::MAX)))
+    }
+}
+
 impl<D: PfDevice> Backend for PfBackend<D> {
     fn info(&self) -> BackendInfo {
         BackendInfo {
@@ -188,34 +246,37 @@ impl<D: PfDevice> Backend for PfBackend<D> {
             Self::refuse_labels(&[s], "list")?;
         }
         let batch = batch.max(1);
+        // The device is shared by every request (one /dev/pf descriptor, one netlink
+        // socket, or the model), so the listing runs under its lock; a client that reads
+        // slowly must not hold that lock (every count and kill would wait behind it). The
+        // listing is therefore taken into memory first and written to the client after the
+        // lock is released. The dispatcher allows one snapshot per uid at a time, which
+        // bounds these buffers.
+        let mut batches: Vec<Vec<StateRecord>> = Vec::new();
         let mut pending = Vec::with_capacity(batch);
         let mut sent = 0u64;
-        let mut sink_error = None;
-        let listed = self.client().list(&listing_filter(selector), &mut |s| {
-            if selector.is_some_and(|sel| !plan::matches(sel, &s, None)) {
-                return Ok(());
-            }
-            pending.push(plan::to_record(&s));
-            if pending.len() >= batch {
-                sent += pending.len() as u64;
-                if let Err(e) = sink(std::mem::replace(&mut pending, Vec::with_capacity(batch))) {
-                    sink_error = Some(e);
-                    return Err(PfError::Unsupported("listing abandoned".into()));
+        self.client()
+            .list(&listing_filter(selector), &mut |s| {
+                if selector.is_some_and(|sel| !plan::matches(sel, &s, None)) {
+                    return Ok(());
                 }
-            }
-            Ok(())
-        });
-        if let Some(e) = sink_error {
-            return Err(BrokerError::Backend(format!("snapshot consumer stopped: {e}")));
-        }
-        listed.map_err(map)?;
+                pending.push(plan::to_record(&s));
+                if pending.len() >= batch {
+                    batches.push(std::mem::replace(&mut pending, Vec::with_capacity(batch)));
+                }
+                Ok(())
+            })
+            .map_err(map)?;
         if !pending.is_empty() {
-            sent += pending.len() as u64;
-            sink(pending)
-                .map_err(|e| BrokerError::Backend(format!("snapshot consumer stopped: {e}")))?;
+            batches.push(pending);
         }
+        let listed: u64 = batches.iter().map(|b| b.len() as u64).sum();
         if selector.is_none() {
-            self.remember_size(usize::try_from(sent).unwrap_or(usize::MAX));
+            self.remember_size(usize::try_from(listed).unwrap_or(usize::MAX));
+        }
+        for b in batches {
+            sent += b.len() as u64;
+            sink(b).map_err(|e| BrokerError::Backend(format!("snapshot consumer stopped: {e}")))?;
         }
         Ok(sent)
     }
@@ -223,25 +284,26 @@ impl<D: PfDevice> Backend for PfBackend<D> {
     fn count(&self, selectors: &[CheckedSelector]) -> Result<CountReply, BrokerError> {
         let started = Instant::now();
         Self::refuse_labels(&selectors.iter().collect::<Vec<_>>(), "count")?;
-        let all = self.list(None)?;
+        // Counted as the listing streams by: memory stays constant whatever the table size.
         let mut per_selector = vec![0u64; selectors.len()];
         let mut matching_any = 0u64;
-        for s in &all {
-            let mut any = false;
-            for (i, sel) in selectors.iter().enumerate() {
-                if plan::matches(sel, s, None) {
-                    per_selector[i] += 1;
-                    any = true;
+        let mut table_entries = 0u64;
+        self.client()
+            .list(&StateFilter::default(), &mut |s| {
+                table_entries += 1;
+                let mut any = false;
+                for (i, sel) in selectors.iter().enumerate() {
+                    if plan::matches(sel, &s, None) {
+                        per_selector[i] += 1;
+                        any = true;
+                    }
                 }
-            }
-            matching_any += u64::from(any);
-        }
-        Ok(CountReply {
-            per_selector,
-            matching_any,
-            table_entries: all.len() as u64,
-            elapsed_us: micros(started),
-        })
+                matching_any += u64::from(any);
+                Ok(())
+            })
+            .map_err(map)?;
+        self.remember_size(usize::try_from(table_entries).unwrap_or(usize::MAX));
+        Ok(CountReply { per_selector, matching_any, table_entries, elapsed_us: micros(started) })
     }
 
     fn kill_matching(
@@ -333,16 +395,11 @@ impl<D: PfDevice> Backend for PfBackend<D> {
         let mut spared = 0u64;
         let mut passes = 0u32;
         if !protected.is_empty() {
-            // Ids alone do not say what a state touches: one listing to find out.
-            passes = 1;
-            let touching: HashSet<(u64, u32)> = self
-                .list(None)?
-                .iter()
-                .filter(|s| plan::touches(protected, s))
-                .map(|s| (s.id, s.creatorid))
-                .collect();
-            ids.retain(|id| {
-                let keep = !touching.contains(id);
+            // Ids alone do not say what a state touches: list the protected states.
+            let (shielded, listings) = self.protected_states(protected)?;
+            passes = listings;
+            ids.retain(|(id, creator)| {
+                let keep = !shielded.covers(*id, *creator);
                 spared += u64::from(!keep);
                 keep
             });

@@ -1,52 +1,46 @@
-//! The listener and the per-connection request loop.
+//! The listener and the per-connection threads: sockets, peer credentials, connection slots
+//! and deadlines. What a frame means is decided in [`crate::dispatch`], which does no I/O.
 //!
-//! Synchronous std code: one thread accepts, one thread serves each connection (bounded by
-//! `max_connections`). For every frame: check the length, then decode, then check the
-//! meaning, then act. A frame that does not decode gets an error answer and closes that
-//! connection only; a request that decodes but is refused gets an error answer and the
-//! connection stays usable.
+//! Synchronous std code: one thread accepts, one thread serves each admitted connection.
+//! For every frame: check the length, then let the session decode, check and act.
+//! Every read and write has a deadline, so no peer (silent, slow, or gone) holds a slot, a
+//! thread or a lock for long:
+//! * before Hello: [`Timeouts::hello`] from connecting; after Hello, [`Timeouts::idle`]
+//!   without a request closes the connection;
+//! * a frame that has started must be complete within [`Timeouts::frame`];
+//! * each answer must be taken within [`Timeouts::write`], a whole snapshot within
+//!   [`Timeouts::snapshot_total`].
+//!
+//! Refused peers (not allowed, or no slot) get one short answer written without blocking,
+//! and at most one log line per uid per 10 s.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use statecull_proto::frame::{decode_request, encode_response, payload_len};
-use statecull_proto::{
-    CheckedSelector, ErrorCode, ErrorReply, HEADER_LEN, Hello, HelloReply, KillReport, Limits,
-    PROTOCOL_VERSION, Request, Response, SnapshotDone, Verb,
-};
+use statecull_proto::frame::{encode_response, payload_len};
+use statecull_proto::{ErrorCode, ErrorReply, HEADER_LEN, Response};
 use tracing::{debug, info, warn};
 
+use crate::admission::{LogLine, RefusalLog, Slot, Slots};
 use crate::backend::Backend;
 use crate::config::Config;
+use crate::dispatch::{Broker, Flow, Output, Session, Timeouts};
 use crate::error::BrokerError;
 
-/// Once a frame has started, the rest must arrive within this time.
-const FRAME_DEADLINE: Duration = Duration::from_secs(10);
-/// How often an idle connection checks for shutdown.
+pub use crate::dispatch::Peer;
+
+/// How often a waiting connection checks for shutdown.
 const IDLE_TICK: Duration = Duration::from_millis(500);
-/// A client that stops reading its answers is dropped after this long.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight (a large kill) to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// A connection must say Hello this soon, so silent peers cannot hold connection slots.
-const HELLO_DEADLINE: Duration = Duration::from_secs(10);
-/// A snapshot client may read slowly (a pager), but not forever.
-const SNAPSHOT_WRITE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    pub uid: u32,
-    pub gid: u32,
-    /// 0 where the platform does not report it.
-    pub pid: i32,
-}
+/// Refused peers are logged at most once per uid per this window.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 #[cfg(target_os = "linux")]
 fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
@@ -63,14 +57,10 @@ fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
 
 /// State shared by the accept loop and the connection threads.
 struct Shared {
-    config: Config,
-    backend: Box<dyn Backend>,
-    limits: Limits,
-    shutting_down: AtomicBool,
-    connections: AtomicUsize,
-    /// Mutations run one at a time, so a kill's before/after count is not disturbed by
-    /// another kill from this broker.
-    mutation: Mutex<()>,
+    broker: Broker,
+    slots: Mutex<Slots>,
+    /// Connection threads running (for the drain at shutdown).
+    active: AtomicUsize,
 }
 
 /// A bound listener, ready to serve.
@@ -78,6 +68,7 @@ pub struct Server {
     listener: UnixListener,
     shared: Arc<Shared>,
     socket: PathBuf,
+    refusals: RefusalLog,
 }
 
 impl std::fmt::Debug for Server {
@@ -100,6 +91,17 @@ fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, BrokerError> {
     .map_err(|e| BrokerError::Config(e.to_string()))
 }
 
+/// Write a short answer to a peer that is turned away, without ever blocking the accept
+/// loop: one non-blocking write attempt, then the connection is dropped.
+fn turn_away(mut stream: UnixStream, reply: ErrorReply) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    if let Ok(frame) = encode_response(&Response::Error(reply)) {
+        let _ = stream.write(&frame);
+    }
+}
+
 impl Server {
     /// The listening socket, for confinement (Capsicum rights on FreeBSD).
     pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -109,27 +111,32 @@ impl Server {
     pub fn bind(config: Config, backend: Box<dyn Backend>) -> Result<Self, BrokerError> {
         let listener = bind(&config.socket, config.socket_gid)?;
         let socket = config.socket.clone();
+        let slots = Slots::new(
+            config.max_connections,
+            config.max_connections_per_user(),
+            config.engine_uid(),
+        );
         Ok(Self {
             listener,
             socket,
             shared: Arc::new(Shared {
-                config,
-                backend,
-                limits: Limits::PROTOCOL,
-                shutting_down: AtomicBool::new(false),
-                connections: AtomicUsize::new(0),
-                mutation: Mutex::new(()),
+                broker: Broker::new(config, backend),
+                slots: Mutex::new(slots),
+                active: AtomicUsize::new(0),
             }),
+            refusals: RefusalLog::new(REFUSAL_LOG_WINDOW),
         })
     }
 
     /// Serve until `stop` becomes readable (the signal thread writes to it), then stop
     /// accepting, remove the socket and wait for requests in flight.
-    pub fn run(self, stop: impl AsFd) -> Result<(), BrokerError> {
+    pub fn run(mut self, stop: impl AsFd) -> Result<(), BrokerError> {
+        let broker = &self.shared.broker;
         info!(
             socket = %self.socket.display(),
-            backend = %self.shared.backend.info().kind,
-            protected = self.shared.config.protected.len(),
+            backend = %broker.backend().info().kind,
+            protected = broker.config().protected.len(),
+            max_connections = broker.config().max_connections,
             "broker listening"
         );
         loop {
@@ -149,7 +156,7 @@ impl Server {
                 continue;
             }
             match self.listener.accept() {
-                Ok((stream, _)) => self.spawn(stream),
+                Ok((stream, _)) => self.admit(stream),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // EMFILE and friends: log, back off briefly, keep serving.
                 Err(e) => {
@@ -158,26 +165,27 @@ impl Server {
                 }
             }
         }
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let broker = &self.shared.broker;
+        broker.stop();
         info!("shutting down: no new connections");
         let _ = std::fs::remove_file(&self.socket);
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while self.shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let left = self.shared.connections.load(Ordering::SeqCst);
+        let left = self.shared.active.load(Ordering::SeqCst);
         if left > 0 {
             warn!(connections = left, "stopping with connections still open");
         }
         // Never exit in the middle of a kill: wait for the one running (if any) to finish and
         // write its audit line. No new kill can start: they are refused while stopping.
-        drop(self.shared.mutation.lock().unwrap_or_else(|p| p.into_inner()));
+        broker.wait_for_mutation();
         info!("broker stopped");
         Ok(())
     }
 
-    fn spawn(&self, stream: UnixStream) {
-        let shared = Arc::clone(&self.shared);
+    /// Check who is calling, give them a slot and a thread, or turn them away.
+    fn admit(&mut self, stream: UnixStream) {
         let peer = match peer_of(&stream) {
             Ok(p) => p,
             Err(e) => {
@@ -185,75 +193,108 @@ impl Server {
                 return;
             }
         };
-        if !shared.config.allows(peer.uid, peer.gid) {
-            warn!(uid = peer.uid, gid = peer.gid, pid = peer.pid, "peer not allowed; closing");
-            let mut s = stream;
-            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = send(
-                &mut s,
-                &Response::Error(ErrorReply {
+        let config = self.shared.broker.config();
+        if !config.allows(peer.uid, peer.gid) {
+            if let LogLine::Write { left_out } = self.refusals.note(peer.uid, Instant::now()) {
+                warn!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    pid = peer.pid,
+                    refused_since_last_line = left_out,
+                    "peer not allowed; closing"
+                );
+            }
+            // Who else may connect is configuration: a refused peer is not told.
+            turn_away(
+                stream,
+                ErrorReply {
                     code: ErrorCode::PermissionDenied,
                     message: format!(
-                        "uid {} gid {} may not use this broker (allowed: root, uids {:?}, gids {:?})",
-                        peer.uid, peer.gid, shared.config.allowed_uids, shared.config.allowed_gids
+                        "uid {} gid {} may not use this broker (see the broker's allow_users and allow_groups)",
+                        peer.uid, peer.gid
                     ),
-                }),
+                },
             );
             return;
         }
-        let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        if n > shared.config.max_connections {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
-            warn!(
-                uid = peer.uid,
-                pid = peer.pid,
-                limit = shared.config.max_connections,
-                "too many connections"
-            );
-            let mut s = stream;
-            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = send(
-                &mut s,
-                &Response::Error(ErrorReply {
-                    code: ErrorCode::Busy,
-                    message: format!("more than {} connections", shared.config.max_connections),
-                }),
-            );
-            return;
-        }
-        let spawned = std::thread::Builder::new().name(format!("conn-{}", peer.pid)).spawn({
-            let shared = Arc::clone(&shared);
-            move || {
-                let _guard = ConnGuard(&shared.connections);
-                let mut conn = Connection {
+        let admitted = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner()).admit(peer.uid);
+        let slot = match admitted {
+            Ok(slot) => slot,
+            Err(no) => {
+                if let LogLine::Write { left_out } = self.refusals.note(peer.uid, Instant::now()) {
+                    warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        open = no.open,
+                        of_this_user = no.of_this_user,
+                        refused_since_last_line = left_out,
+                        "{}; connection refused",
+                        no.reason
+                    );
+                }
+                turn_away(
                     stream,
-                    peer,
-                    shared: &shared,
-                    hello: None,
-                    opened: Instant::now(),
-                };
-                conn.serve();
+                    ErrorReply {
+                        code: ErrorCode::Busy,
+                        message: format!("{} ({} open); try again", no.reason, no.open),
+                    },
+                );
+                return;
+            }
+        };
+        self.shared.active.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new().name(format!("conn-{}", peer.pid)).spawn({
+            let shared = Arc::clone(&self.shared);
+            move || {
+                let _guard = ConnGuard { shared: &shared, slot };
+                serve(&shared.broker, stream, peer);
             }
         });
         if let Err(e) = spawned {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            // The closure (and its guard) was dropped with the error: slot and count are back.
             warn!(error = %e, "cannot start a connection thread");
         }
     }
 }
 
-/// Decrements the connection count however the thread ends.
-struct ConnGuard<'a>(&'a AtomicUsize);
+/// Gives the slot back and counts the thread out however it ends.
+struct ConnGuard<'a> {
+    shared: &'a Shared,
+    slot: Slot,
+}
 
 impl Drop for ConnGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.shared.slots.lock().unwrap_or_else(|p| p.into_inner()).release(self.slot);
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-fn send(stream: &mut UnixStream, resp: &Response) -> io::Result<()> {
-    let frame = encode_response(resp).map_err(|e| io::Error::other(e.to_string()))?;
-    stream.write_all(&frame)
+/// Writes frames to the socket, each by its deadline.
+struct SocketOutput<'s> {
+    stream: &'s UnixStream,
+}
+
+impl Output for SocketOutput<'_> {
+    fn send_frame(&mut self, mut frame: &[u8], deadline: Instant) -> Result<(), String> {
+        while !frame.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("the client did not take the answer in time".into());
+            }
+            self.stream.set_write_timeout(Some(left)).map_err(|e| e.to_string())?;
+            match self.stream.write(frame) {
+                Ok(0) => return Err("the client closed the connection".into()),
+                Ok(n) => frame = &frame[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    return Err("the client did not take the answer in time".into());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why reading a frame stopped.
@@ -262,86 +303,101 @@ enum ReadEnd {
     Closed,
     /// Shutdown was requested while idle.
     Shutdown,
-    /// The peer broke the protocol or stalled; already logged.
+    /// The connection was idle (or silent before Hello) for too long.
+    Idle(&'static str),
+    /// The peer broke the protocol or stalled mid-frame.
     Abort(String),
 }
 
-struct Connection<'a> {
-    stream: UnixStream,
-    peer: Peer,
-    shared: &'a Shared,
-    hello: Option<Hello>,
-    opened: Instant,
-}
-
-impl Connection<'_> {
-    fn serve(&mut self) {
-        debug!(uid = self.peer.uid, pid = self.peer.pid, "connection opened");
-        if self.stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
-            return;
-        }
-        loop {
-            let payload = match self.read_frame() {
-                Ok(p) => p,
-                Err(ReadEnd::Closed) | Err(ReadEnd::Shutdown) => break,
-                Err(ReadEnd::Abort(why)) => {
-                    warn!(uid = self.peer.uid, pid = self.peer.pid, why, "closing connection");
-                    break;
-                }
-            };
-            let request = match decode_request(&payload) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(uid = self.peer.uid, pid = self.peer.pid, error = %e, "malformed request; closing connection");
-                    let _ = send(&mut self.stream, &Response::Error(ErrorReply::from(&e)));
-                    break;
-                }
-            };
-            if self.handle(request).is_err() {
+/// Serve one connection until it closes.
+fn serve(broker: &Broker, stream: UnixStream, peer: Peer) {
+    debug!(uid = peer.uid, pid = peer.pid, "connection opened");
+    let timeouts = broker.timeouts();
+    let mut session = Session::new(broker, peer);
+    let opened = Instant::now();
+    let mut last_request = opened;
+    let mut reader = FrameReader { stream: &stream, broker, timeouts };
+    loop {
+        let (wait_until, why) = if session.said_hello() {
+            (last_request + timeouts.idle, "idle for too long after Hello")
+        } else {
+            (opened + timeouts.hello, "no Hello in time")
+        };
+        let payload = match reader.read_frame(wait_until, why) {
+            Ok(p) => p,
+            Err(ReadEnd::Closed | ReadEnd::Shutdown) => break,
+            Err(ReadEnd::Idle(why)) => {
+                debug!(uid = peer.uid, pid = peer.pid, why, "closing connection");
                 break;
             }
+            Err(ReadEnd::Abort(why)) => {
+                warn!(uid = peer.uid, pid = peer.pid, why, "closing connection");
+                break;
+            }
+        };
+        let mut out = SocketOutput { stream: &stream };
+        if session.handle(&payload, &mut out) == Flow::Close {
+            break;
         }
-        debug!(uid = self.peer.uid, pid = self.peer.pid, "connection closed");
+        last_request = Instant::now();
     }
+    debug!(uid = peer.uid, pid = peer.pid, "connection closed");
+}
 
-    /// Read one frame: header, length check, then exactly that many bytes.
-    fn read_frame(&mut self) -> Result<Vec<u8>, ReadEnd> {
+struct FrameReader<'s> {
+    stream: &'s UnixStream,
+    broker: &'s Broker,
+    timeouts: Timeouts,
+}
+
+impl FrameReader<'_> {
+    /// Read one frame: header, length check, then exactly that many bytes. The first byte
+    /// may be waited for until `wait_until`; the rest must follow within the frame deadline.
+    fn read_frame(&mut self, wait_until: Instant, why: &'static str) -> Result<Vec<u8>, ReadEnd> {
         let mut header = [0u8; HEADER_LEN];
-        self.read_exact_idle(&mut header)?;
+        self.wait_first_byte(&mut header[..1], wait_until, why)?;
+        let frame_deadline = Instant::now() + self.timeouts.frame;
+        self.read_exact_deadline(&mut header[1..], frame_deadline)?;
         let len = match payload_len(header) {
             Ok(l) => l,
             Err(e) => {
-                let _ = send(&mut self.stream, &Response::Error(ErrorReply::from(&e)));
+                let mut out = SocketOutput { stream: self.stream };
+                if let Ok(frame) = encode_response(&Response::Error(ErrorReply::from(&e))) {
+                    let _ = out.send_frame(&frame, Instant::now() + self.timeouts.write);
+                }
                 return Err(ReadEnd::Abort(e.to_string()));
             }
         };
         // The length is bounded (≤ 1 MiB) before this allocation.
         let mut payload = vec![0u8; len];
-        self.read_exact_deadline(&mut payload, Instant::now() + FRAME_DEADLINE)?;
+        self.read_exact_deadline(&mut payload, frame_deadline)?;
         Ok(payload)
     }
 
-    /// Wait for a frame header for as long as the connection is idle; once its first byte
-    /// arrived, the rest must follow within the frame deadline.
-    fn read_exact_idle(&mut self, buf: &mut [u8]) -> Result<(), ReadEnd> {
-        if self.stream.set_read_timeout(Some(IDLE_TICK)).is_err() {
-            return Err(ReadEnd::Abort("cannot set a read timeout".into()));
-        }
+    fn wait_first_byte(
+        &mut self,
+        buf: &mut [u8],
+        wait_until: Instant,
+        why: &'static str,
+    ) -> Result<(), ReadEnd> {
         loop {
-            if self.shared.shutting_down.load(Ordering::SeqCst) {
+            if self.broker.is_stopping() {
                 return Err(ReadEnd::Shutdown);
             }
-            if self.hello.is_none() && self.opened.elapsed() > HELLO_DEADLINE {
-                return Err(ReadEnd::Abort("no Hello within 10 s".into()));
+            let left = wait_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ReadEnd::Idle(why));
             }
-            match self.stream.read(&mut buf[..1]) {
+            if self.stream.set_read_timeout(Some(left.min(IDLE_TICK))).is_err() {
+                return Err(ReadEnd::Abort("cannot set a read timeout".into()));
+            }
+            match (&mut &*self.stream).read(buf) {
                 Ok(0) => return Err(ReadEnd::Closed),
-                Ok(_) => break,
-                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(_) => return Ok(()),
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ReadEnd::Abort(format!("read: {e}"))),
             }
         }
-        self.read_exact_deadline(&mut buf[1..], Instant::now() + FRAME_DEADLINE)
     }
 
     fn read_exact_deadline(
@@ -357,7 +413,7 @@ impl Connection<'_> {
             if self.stream.set_read_timeout(Some(left)).is_err() {
                 return Err(ReadEnd::Abort("cannot set a read timeout".into()));
             }
-            match self.stream.read(buf) {
+            match (&mut &*self.stream).read(buf) {
                 Ok(0) => {
                     return Err(ReadEnd::Abort("peer closed the connection mid-frame".into()));
                 }
@@ -368,218 +424,6 @@ impl Connection<'_> {
         }
         Ok(())
     }
-
-    fn reply(&mut self, resp: &Response) -> Result<(), ()> {
-        send(&mut self.stream, resp).map_err(|e| {
-            debug!(error = %e, "cannot answer; closing connection");
-        })
-    }
-
-    fn refuse(&mut self, verb: Verb, e: &BrokerError) -> Result<(), ()> {
-        let reply = e.reply();
-        if verb.is_mutation() {
-            warn!(
-                target: "statecull::audit",
-                uid = self.peer.uid,
-                gid = self.peer.gid,
-                pid = self.peer.pid,
-                client = self.client(),
-                verb = verb.name(),
-                code = reply.code.name(),
-                error = %reply.message,
-                "refused"
-            );
-        } else {
-            debug!(verb = verb.name(), code = reply.code.name(), error = %reply.message, "refused");
-        }
-        self.reply(&Response::Error(reply))
-    }
-
-    fn client(&self) -> &str {
-        self.hello.as_ref().map_or("", |h| h.client.as_str())
-    }
-
-    /// Handle one decoded request. `Err` closes the connection.
-    fn handle(&mut self, request: Request) -> Result<(), ()> {
-        let verb = request.verb();
-        if self.shared.shutting_down.load(Ordering::SeqCst) && verb.is_mutation() {
-            let e = BrokerError::Refused {
-                code: ErrorCode::ShuttingDown,
-                message: "the broker is stopping".into(),
-            };
-            return self.refuse(verb, &e);
-        }
-        let selectors = match request.check(&self.shared.limits) {
-            Ok(s) => s,
-            Err(e) => return self.refuse(verb, &BrokerError::Request(e)),
-        };
-        if let Request::Hello(hello) = request {
-            return self.hello(hello);
-        }
-        if self.hello.is_none() {
-            let e = BrokerError::Refused {
-                code: ErrorCode::HelloRequired,
-                message: "send Hello first".into(),
-            };
-            return self.refuse(verb, &e);
-        }
-        let info = self.shared.backend.info();
-        for s in &selectors {
-            if let Some(field) =
-                s.fields().into_iter().find(|f| !info.capabilities.selector_fields.contains(f))
-            {
-                let supported = info
-                    .capabilities
-                    .selector_fields
-                    .iter()
-                    .map(|f| f.name())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let e =
-                    BrokerError::Unsupported(match self.shared.backend.unsupported_hint(field) {
-                        Some(hint) => format!("{hint} (supported: {supported})"),
-                        None => format!(
-                            "the {} backend cannot select by {field} (supported: {supported})",
-                            info.kind
-                        ),
-                    });
-                return self.refuse(verb, &e);
-            }
-        }
-        match request {
-            Request::Hello(_) => Ok(()),
-            Request::Snapshot { .. } => self.snapshot(selectors.first()),
-            Request::Count { .. } => match self.shared.backend.count(&selectors) {
-                Ok(c) => self.reply(&Response::Count(c)),
-                Err(e) => self.refuse(verb, &e),
-            },
-            Request::KillMatching { match_opposite, .. } => {
-                let what = describe(&selectors);
-                self.mutate(verb, &what, |b, protected| {
-                    b.kill_matching(&selectors, match_opposite, protected)
-                })
-            }
-            Request::KillHandles { handles } => {
-                let what = format!("{} handle(s)", handles.len());
-                self.mutate(verb, &what, |b, protected| b.kill_handles(&handles, protected))
-            }
-            Request::Flush { interface } => {
-                let what = interface
-                    .as_ref()
-                    .map_or("all states".to_owned(), |i| format!("interface {i}"));
-                self.mutate(verb, &what, |b, protected| b.flush(interface.as_ref(), protected))
-            }
-        }
-    }
-
-    fn hello(&mut self, hello: Hello) -> Result<(), ()> {
-        if hello.protocol_version != PROTOCOL_VERSION {
-            return self.reply(&Response::Error(ErrorReply {
-                code: ErrorCode::VersionMismatch,
-                message: format!(
-                    "client speaks protocol {}, this broker speaks {PROTOCOL_VERSION}",
-                    hello.protocol_version
-                ),
-            }));
-        }
-        debug!(uid = self.peer.uid, pid = self.peer.pid, client = %hello.client, "hello");
-        self.hello = Some(hello);
-        let reply = HelloReply {
-            protocol_version: PROTOCOL_VERSION,
-            broker_version: env!("CARGO_PKG_VERSION").to_owned(),
-            backend: self.shared.backend.info(),
-            limits: self.shared.limits,
-            protected: self.shared.config.protected.clone(),
-        };
-        self.reply(&Response::Hello(reply))
-    }
-
-    fn snapshot(&mut self, selector: Option<&CheckedSelector>) -> Result<(), ()> {
-        let started = Instant::now();
-        let batch = self.shared.limits.max_snapshot_batch as usize;
-        if self.stream.set_write_timeout(Some(SNAPSHOT_WRITE_TIMEOUT)).is_err() {
-            return Err(());
-        }
-        let stream = &mut self.stream;
-        let mut client_gone = false;
-        let mut sink = |records: Vec<statecull_proto::StateRecord>| -> Result<(), String> {
-            send(stream, &Response::SnapshotBatch(records)).map_err(|e| {
-                client_gone = true;
-                e.to_string()
-            })
-        };
-        let result = self.shared.backend.snapshot(selector, batch, &mut sink);
-        if client_gone {
-            // Part of a frame may be out: nothing more can be said on this stream.
-            debug!(
-                uid = self.peer.uid,
-                pid = self.peer.pid,
-                "snapshot client stopped reading; closing"
-            );
-            return Err(());
-        }
-        if self.stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
-            return Err(());
-        }
-        match result {
-            Ok(records) => self.reply(&Response::SnapshotDone(SnapshotDone {
-                records,
-                elapsed_us: micros(started),
-            })),
-            Err(e) => self.refuse(Verb::Snapshot, &e),
-        }
-    }
-
-    /// Run a mutation under the mutation lock and write its audit line.
-    fn mutate(
-        &mut self,
-        verb: Verb,
-        what: &str,
-        op: impl FnOnce(&dyn Backend, &[statecull_proto::Prefix]) -> Result<KillReport, BrokerError>,
-    ) -> Result<(), ()> {
-        let result = {
-            let _one_at_a_time = self.shared.mutation.lock().unwrap_or_else(|p| p.into_inner());
-            op(self.shared.backend.as_ref(), &self.shared.config.protected)
-        };
-        match result {
-            Ok(report) => {
-                // A kill that stopped part way still changed the table: it is audited with
-                // what it did, and said to be partial.
-                let partial = !report.exact && report.first_error.is_some() || report.failed > 0;
-                info!(
-                    target: "statecull::audit",
-                    uid = self.peer.uid,
-                    gid = self.peer.gid,
-                    pid = self.peer.pid,
-                    client = self.client(),
-                    verb = verb.name(),
-                    selector = what,
-                    killed = report.killed,
-                    not_found = report.not_found,
-                    spared = report.spared,
-                    failed = report.failed,
-                    exact = report.exact,
-                    path = report.path.name(),
-                    table_passes = report.table_passes,
-                    elapsed_us = report.elapsed_us,
-                    error = report.first_error.as_deref(),
-                    note = report.note.as_deref(),
-                    "{}",
-                    if partial { "states partially killed" } else { "states killed" }
-                );
-                self.reply(&Response::Killed(report))
-            }
-            Err(e) => self.refuse(verb, &e),
-        }
-    }
-}
-
-fn describe(selectors: &[CheckedSelector]) -> String {
-    selectors.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" | ")
-}
-
-fn micros(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 fn is_timeout(e: &io::Error) -> bool {
