@@ -247,6 +247,44 @@ fn protected_prefixes_are_spared_and_reported() {
     assert_eq!(snapshot(&mut c, None).len() as u64, f.spared);
 }
 
+/// Part of the hostile-peer suite (issue 9): every spelling of a handle that can reach a
+/// protected entry is spared. The kernel finds an entry by either of its tuples, so the reply
+/// tuple given as "orig" names the same entry; id 0 would name whatever holds the tuple.
+#[test]
+fn protected_entries_survive_every_handle_spelling() {
+    if skip_unless_root("protected_entries_survive_every_handle_spelling") {
+        return;
+    }
+    let spec = TableSpec::two_wans(ENTRIES);
+    let protected: Prefix = "192.0.2.10/32".parse().unwrap();
+    let lab = lab("protspell", &spec, &["--protect", "192.0.2.10/32"]);
+    let mut c = client(&lab);
+    let shielded: Vec<StateRecord> =
+        snapshot(&mut c, None).into_iter().filter(|r| protected.contains(&r.key.src)).collect();
+    assert!(!shielded.is_empty());
+    let mut spellings: Vec<(&str, Vec<StateHandle>)> = vec![
+        ("as listed", vec![]),
+        ("reply tuple as orig", vec![]),
+        ("id 0", vec![]),
+        ("reply tuple, id 0", vec![]),
+    ];
+    for r in &shielded {
+        let StateHandle::Conntrack { orig, id, zone } = r.handle else { panic!("not conntrack") };
+        let StateDetail::Conntrack { reply, .. } = r.detail else { panic!("not conntrack") };
+        spellings[0].1.push(StateHandle::Conntrack { orig, id, zone });
+        spellings[1].1.push(StateHandle::Conntrack { orig: reply, id, zone });
+        spellings[2].1.push(StateHandle::Conntrack { orig, id: 0, zone });
+        spellings[3].1.push(StateHandle::Conntrack { orig: reply, id: 0, zone });
+    }
+    for (what, handles) in spellings {
+        let r = c.kill_handles(handles).expect("kill");
+        assert_eq!(r.killed, 0, "handles {what} killed protected entries: {r:?}");
+    }
+    let left =
+        snapshot(&mut c, None).into_iter().filter(|r| protected.contains(&r.key.src)).count();
+    assert_eq!(left, shielded.len());
+}
+
 fn raw_call(stream: &mut UnixStream, req: &Request) -> Response {
     stream.write_all(&encode_request(req).unwrap()).unwrap();
     read_response(stream).expect("a response")

@@ -907,22 +907,81 @@ fn a_refused_peer_flood_is_logged_briefly_told_nothing_and_starves_no_one() {
 // ---------------------------------------------------------------------------------------
 // Signals (issue 9, item 8): the broker binary, pf model, no root needed
 
-/// SIGHUP, SIGUSR1, SIGUSR2, SIGALRM and real-time signals killed the broker with the
-/// default action, also in the middle of a kill (86,254 entries deleted, no audit line).
-#[test]
-fn stray_signals_neither_stop_the_broker_nor_cut_a_kill_short() {
-    let dir = TempDir::new("hostile-signals").unwrap();
+/// A confined pf-model broker process (seccomp and all, as deployed), its socket and log.
+fn model_broker_process(
+    states: usize,
+    extra: &[&str],
+) -> (std::process::Child, PathBuf, PathBuf, TempDir) {
+    let dir = TempDir::new("hostile-proc").unwrap();
     let socket = dir.path().join("broker.sock");
     let log = dir.path().join("broker.log");
+    let me = nix::unistd::geteuid().as_raw().to_string();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_itest-broker"))
-        .args(["--backend", "pf-model", "--model-states", "400000", "--socket"])
+        .args(["--backend", "pf-model", "--model-states", &states.to_string(), "--socket"])
         .arg(&socket)
         .args(statecull_tests::broker_test_args())
+        .args(["--allow-user", &me])
+        .args(extra)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "the broker did not start");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the broker exited at start ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, socket, log, dir)
+}
+
+/// Refused connections are answered from the accept loop without blocking it; in a
+/// confined broker that answer must go through syscalls its seccomp list allows (a
+/// non-blocking `fcntl`/`ioctl` would have killed it).
+#[test]
+fn a_confined_broker_turns_peers_away_and_keeps_serving() {
+    let (mut child, socket, log, _dir) =
+        model_broker_process(1000, &["--max-connections", "1", "--max-connections-per-user", "1"]);
+    // The pool's slot and the reserved one (root's, or the engine's: the first allowed
+    // user, which is us), then Busy.
+    let mut held = Vec::new();
+    let mut busy = 0;
+    for _ in 0..4 {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        send(&mut s, &hello());
+        match recv(&mut s) {
+            Some(Response::Hello(_)) => held.push(s),
+            Some(Response::Error(e)) if e.code == ErrorCode::Busy => busy += 1,
+            other => panic!("{other:?}\n{}", std::fs::read_to_string(&log).unwrap()),
+        }
+    }
+    assert_eq!((held.len(), busy), (2, 2));
+    assert!(child.try_wait().unwrap().is_none(), "{}", std::fs::read_to_string(&log).unwrap());
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    say_hello(&mut s);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// SIGHUP, SIGUSR1, SIGUSR2, SIGALRM and real-time signals killed the broker with the
+/// default action, also in the middle of a kill (86,254 entries deleted, no audit line).
+#[test]
+fn stray_signals_neither_stop_the_broker_nor_cut_a_kill_short() {
+    let (mut child, socket, log, _dir) = model_broker_process(400_000, &[]);
     let pid = child.id().to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
     while UnixStream::connect(&socket).is_err() {

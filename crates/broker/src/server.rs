@@ -69,6 +69,8 @@ pub struct Server {
     shared: Arc<Shared>,
     socket: PathBuf,
     refusals: RefusalLog,
+    /// Refused connections waiting to be closed (see [`turn_away`]).
+    lingering: std::collections::VecDeque<(Instant, UnixStream)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -91,15 +93,29 @@ fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, BrokerError> {
     .map_err(|e| BrokerError::Config(e.to_string()))
 }
 
+/// Refused connections kept open this long after their answer, so a client that is still
+/// sending its Hello is not reset before it reads why it was refused.
+const TURNED_AWAY_LINGER: Duration = Duration::from_millis(250);
+/// At most this many refused connections linger; under a flood the oldest close early.
+const MAX_LINGERING: usize = 64;
+
 /// Write a short answer to a peer that is turned away, without ever blocking the accept
-/// loop: one non-blocking write attempt, then the connection is dropped.
-fn turn_away(mut stream: UnixStream, reply: ErrorReply) {
-    if stream.set_nonblocking(true).is_err() {
-        return;
-    }
+/// loop: one non-blocking send (`MSG_DONTWAIT`; a refusal fits any socket buffer). The
+/// connection then lingers briefly in `lingering` before it is closed.
+fn turn_away(
+    stream: UnixStream,
+    reply: ErrorReply,
+    lingering: &mut std::collections::VecDeque<(Instant, UnixStream)>,
+) {
+    use nix::sys::socket::{MsgFlags, send};
+    use std::os::fd::AsRawFd;
     if let Ok(frame) = encode_response(&Response::Error(reply)) {
-        let _ = stream.write(&frame);
+        let _ = send(stream.as_raw_fd(), &frame, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
     }
+    if lingering.len() >= MAX_LINGERING {
+        lingering.pop_front();
+    }
+    lingering.push_back((Instant::now() + TURNED_AWAY_LINGER, stream));
 }
 
 impl Server {
@@ -125,6 +141,7 @@ impl Server {
                 active: AtomicUsize::new(0),
             }),
             refusals: RefusalLog::new(REFUSAL_LOG_WINDOW),
+            lingering: std::collections::VecDeque::new(),
         })
     }
 
@@ -144,7 +161,18 @@ impl Server {
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            // Wake up to close lingering refused connections on time.
+            let timeout = if self.lingering.is_empty() {
+                PollTimeout::NONE
+            } else {
+                PollTimeout::from(100u8)
+            };
+            let polled = poll(&mut fds, timeout);
+            let now = Instant::now();
+            while self.lingering.front().is_some_and(|(until, _)| *until <= now) {
+                self.lingering.pop_front();
+            }
+            match polled {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(BrokerError::io("poll", e.into())),
@@ -165,6 +193,7 @@ impl Server {
                 }
             }
         }
+        self.lingering.clear();
         let broker = &self.shared.broker;
         broker.stop();
         info!("shutting down: no new connections");
@@ -214,6 +243,7 @@ impl Server {
                         peer.uid, peer.gid
                     ),
                 },
+                &mut self.lingering,
             );
             return;
         }
@@ -238,6 +268,7 @@ impl Server {
                         code: ErrorCode::Busy,
                         message: format!("{} ({} open); try again", no.reason, no.open),
                     },
+                    &mut self.lingering,
                 );
                 return;
             }
