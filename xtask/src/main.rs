@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, clippy::cast_possible_truncation)]
 
 mod bench;
+mod bench_hostile;
 mod bench_pf;
 mod demo;
 mod lab_task;
@@ -81,6 +82,16 @@ enum Task {
     },
     /// Type-check the crates that must build on FreeBSD
     CheckFreebsd,
+    /// (internal) a hostile client for `bench hostile`, run as another user
+    #[command(hide = true)]
+    BenchClient {
+        /// count: 64-selector counts back to back; stall: a snapshot never read
+        mode: String,
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +122,26 @@ enum BenchWhat {
         #[arg(long, default_value_t = 20)]
         sample: usize,
         /// One JSON object instead of the tables
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hostile peers against a pf-model broker (root): twelve clients of another uid flood
+    /// 64-selector counts while root counts, then a snapshot reader stalls while root kills;
+    /// prints latencies and memory with PASS/FAIL goals
+    Hostile {
+        /// States in the model's table
+        #[arg(long, default_value_t = 2_000_000)]
+        states: usize,
+        /// Attacking clients (uid nobody)
+        #[arg(long, default_value_t = 12)]
+        attackers: usize,
+        /// How long the count flood lasts
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// A broker binary to measure instead of this tree's release build
+        #[arg(long, value_name = "PATH")]
+        broker_bin: Option<std::path::PathBuf>,
+        /// One JSON object instead of the table
         #[arg(long)]
         json: bool,
     },
@@ -254,6 +285,14 @@ fn main() -> ExitCode {
         }
         Task::Bench { what: BenchWhat::PfModel { states, sample, json } } => {
             bench_pf::bench_pf_model(states, sample.max(1), json)
+        }
+        Task::Bench {
+            what: BenchWhat::Hostile { states, attackers, seconds, broker_bin, json },
+        } => {
+            bench_hostile::bench_hostile(states, attackers.max(1), seconds.max(3), broker_bin, json)
+        }
+        Task::BenchClient { mode, socket, seconds } => {
+            bench_hostile::client(&mode, &socket, seconds)
         }
         Task::Test { args } => test(&args),
         Task::FuzzSmoke { seconds } => fuzz_smoke(seconds),

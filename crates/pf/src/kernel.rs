@@ -87,11 +87,21 @@ pub struct ModelDevice {
     pub model: PfModel,
     release: Release,
     queue: VecDeque<Vec<u8>>,
+    /// A netlink dump being handed out a datagram at a time (see [`PfModel::list_begin`]).
+    dump: Option<Dump>,
+}
+
+/// A `GETSTATES` dump in progress.
+#[derive(Debug)]
+struct Dump {
+    seq: u32,
+    filter: StateFilter,
+    cursor: crate::model::ListCursor,
 }
 
 impl ModelDevice {
     pub fn new(model: PfModel, release: Release) -> Self {
-        Self { model, release, queue: VecDeque::new() }
+        Self { model, release, queue: VecDeque::new(), dump: None }
     }
 
     fn ack(&mut self, seq: u32, error: i32, request: &[u8]) {
@@ -139,20 +149,10 @@ impl ModelDevice {
                         self.ack(msg.seq, errno::EINVAL, raw);
                         continue;
                     };
-                    let states = self.model.list(|s| filter.matches(s));
-                    // One datagram per ~100 states, as a kernel dump fills its buffers.
-                    for chunk in states.chunks(100) {
-                        let mut b = MsgBuilder::new();
-                        for s in chunk {
-                            nl::state_message(&mut b, MODEL_FAMILY_ID, msg.seq, s);
-                        }
-                        self.queue.push_back(b.as_bytes().to_vec());
-                    }
-                    let mut b = MsgBuilder::new();
-                    let m =
-                        b.begin_with(NLMSG_DONE, statecull_netlink::NLM_F_MULTI, msg.seq, [0; 4]);
-                    b.end(m);
-                    self.queue.push_back(b.as_bytes().to_vec());
+                    // Handed out as the reader asks (`nl_recv`), like a kernel dump that
+                    // fills the socket buffer as it drains.
+                    let cursor = self.model.list_begin();
+                    self.dump = Some(Dump { seq: msg.seq, filter, cursor });
                 }
                 cmd::KILLSTATES | cmd::CLRSTATES if self.release.netlink_kill => {
                     let Ok((c, k)) = nl::parse_kill_request(&msg) else {
@@ -175,6 +175,27 @@ impl ModelDevice {
                 _ => self.ack(msg.seq, errno::EOPNOTSUPP, raw),
             }
         }
+    }
+}
+
+impl ModelDevice {
+    /// Queue the dump's next datagram (about 100 states, whole rows), or its end.
+    fn continue_dump(&mut self) {
+        let Some(mut dump) = self.dump.take() else { return };
+        let filter = &dump.filter;
+        let states = self.model.list_next(&mut dump.cursor, |s| filter.matches(s), 100);
+        let mut b = MsgBuilder::new();
+        if states.is_empty() {
+            let m = b.begin_with(NLMSG_DONE, statecull_netlink::NLM_F_MULTI, dump.seq, [0; 4]);
+            b.end(m);
+            self.queue.push_back(b.as_bytes().to_vec());
+            return;
+        }
+        for s in &states {
+            nl::state_message(&mut b, MODEL_FAMILY_ID, dump.seq, s);
+        }
+        self.queue.push_back(b.as_bytes().to_vec());
+        self.dump = Some(dump);
     }
 }
 
@@ -225,12 +246,17 @@ impl PfDevice for ModelDevice {
     }
 
     fn nl_send(&mut self, datagram: &[u8]) -> Result<(), Errno> {
+        // A new request ends a dump nobody finished reading (its client gave up on it).
+        self.dump = None;
         self.handle_netlink(datagram);
         Ok(())
     }
 
     fn nl_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), Errno> {
         buf.clear();
+        if self.queue.is_empty() {
+            self.continue_dump();
+        }
         match self.queue.pop_front() {
             Some(d) => {
                 buf.extend_from_slice(&d);

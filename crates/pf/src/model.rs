@@ -378,10 +378,31 @@ impl PfModel {
     /// Listing (netlink `GETSTATES` / `DIOCGETSTATESV2`): one pass that skips empty rows
     /// without locking. `keep` is the kernel-side filter.
     pub fn list(&mut self, keep: impl Fn(&PfState) -> bool) -> Vec<PfState> {
+        let mut cursor = self.list_begin();
+        self.list_next(&mut cursor, keep, usize::MAX)
+    }
+
+    /// Start a listing that is handed out piece by piece, as a netlink dump is: the kernel
+    /// fills the socket's buffer a row at a time while userland reads, so neither side ever
+    /// holds the whole table. Counted as one request and one pass.
+    pub fn list_begin(&mut self) -> ListCursor {
         self.cost.requests += 1;
         self.cost.passes += 1;
+        ListCursor { row: 0 }
+    }
+
+    /// The next whole rows of a listing, until at least `at_least` states are kept or the
+    /// table ends (an empty answer: the listing is over).
+    pub fn list_next(
+        &mut self,
+        cursor: &mut ListCursor,
+        keep: impl Fn(&PfState) -> bool,
+        at_least: usize,
+    ) -> Vec<PfState> {
         let mut out = Vec::new();
-        for row in &self.rows {
+        while cursor.row < self.rows.len() && out.len() < at_least {
+            let row = &self.rows[cursor.row];
+            cursor.row += 1;
             if row.is_empty() {
                 continue;
             }
@@ -397,6 +418,12 @@ impl PfModel {
         self.cost.states_exported += out.len() as u64;
         out
     }
+}
+
+/// Where a piecewise listing stands (see [`PfModel::list_begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    row: usize,
 }
 
 /// Which family an address belongs to, as pf numbers them.
