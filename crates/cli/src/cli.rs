@@ -1,11 +1,12 @@
 //! The `statecull` command line. In the library so the binary is a one-line `main` and
 //! integration tests can build a binary from exactly this code.
 
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::output::{Output, to_stderr};
 use crate::render;
 use crate::selector_args::SelectorArgs;
 use crate::{BrokerClient, ClientError, DEFAULT_BROKER_SOCKET};
@@ -32,7 +33,10 @@ use statecull_proto::{IfName, ProtoError};
         statecull broker count --mark 1/0xff\n  \
         statecull broker kill --mark 1/0xff            # WAN1's connections, one kernel pass\n  \
         statecull broker kill --nat-addr 198.51.100.1  # everything SNATed to WAN1's address\n  \
-        statecull broker list --proto udp --dport 5060 --json"
+        statecull broker list --proto udp --dport 5060 --json\n\n\
+        EXIT STATUS:\n  \
+        0 done (also when the output is closed early, as by `statecull status | head`: the\n    \
+        command stops quietly), 1 refused or failed (including partial kills), 2 usage"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -88,7 +92,8 @@ enum Command {
     Events {
         #[command(flatten)]
         engine: EngineArgs,
-        /// Keep printing new events until interrupted
+        /// Keep printing new events until interrupted or the output is closed (with --exec,
+        /// until interrupted: the commands keep running when nobody reads the output)
         #[arg(long, short = 'f')]
         follow: bool,
         /// Run CMD for every new event (needs --follow)
@@ -236,10 +241,8 @@ fn connect(args: &BrokerArgs) -> Result<BrokerClient, CliError> {
     Ok(BrokerClient::connect_with_timeout(&args.socket, "statecull cli", timeout)?)
 }
 
-fn broker(args: BrokerArgs) -> Result<(), CliError> {
+fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
     let started = Instant::now();
-    let out = io::stdout();
-    let mut out = BufWriter::new(out.lock());
     match &args.verb {
         BrokerVerb::Hello => {
             let client = connect(&args)?;
@@ -284,7 +287,7 @@ fn broker(args: BrokerArgs) -> Result<(), CliError> {
             let sel = selector.to_selector();
             check_selector(sel.as_ref())?;
             let mut client = connect(&args)?;
-            list(&mut client, sel, args.json, started, &mut out)?;
+            list(&mut client, sel, args.json, started, out)?;
         }
         BrokerVerb::Kill { selector, opposite } => {
             let Some(sel) = selector.to_selector() else {
@@ -296,8 +299,8 @@ fn broker(args: BrokerArgs) -> Result<(), CliError> {
             check_selector(Some(&sel))?;
             let mut client = connect(&args)?;
             let report = client.kill_matching(vec![sel], *opposite)?;
-            print_kill(&report, args.json, started, &mut out)?;
-            partial_kill(&report, &mut out)?;
+            print_kill(&report, args.json, started, out)?;
+            partial_kill(&report, out)?;
         }
         BrokerVerb::Flush { interface } => {
             let interface = interface
@@ -306,8 +309,8 @@ fn broker(args: BrokerArgs) -> Result<(), CliError> {
                 .transpose()?;
             let mut client = connect(&args)?;
             let report = client.flush(interface)?;
-            print_kill(&report, args.json, started, &mut out)?;
-            partial_kill(&report, &mut out)?;
+            print_kill(&report, args.json, started, out)?;
+            partial_kill(&report, out)?;
         }
     }
     out.flush()?;
@@ -366,7 +369,7 @@ fn list(
     sel: Option<statecull_proto::Selector>,
     json: bool,
     started: Instant,
-    out: &mut impl Write,
+    out: &mut Output,
 ) -> Result<(), CliError> {
     let progress = io::stderr().is_terminal();
     let mut last_progress = Instant::now();
@@ -385,25 +388,29 @@ fn list(
             };
             if let Err(e) = res {
                 write_err = Some(e);
-                return Err(ClientError::Unexpected("output closed".into()));
+                return Err(ClientError::Unexpected("output failed".into()));
             }
             n += 1;
         }
+        // `statecull broker list | head`: nobody reads any more, so stop listing (the
+        // broker abandons a snapshot whose reader goes away).
+        if out.closed() {
+            return Err(ClientError::Unexpected("output closed".into()));
+        }
         if progress && last_progress.elapsed() > Duration::from_millis(200) {
-            eprint!("\rlisting: {n} states so far ...");
+            to_stderr(format_args!("\rlisting: {n} states so far ..."));
             last_progress = Instant::now();
         }
         Ok(())
     });
     if progress {
-        eprint!("\r\x1b[K");
+        to_stderr(format_args!("\r\x1b[K"));
     }
     if let Some(e) = write_err {
-        // `statecull broker list | head` is fine.
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            return Ok(());
-        }
         return Err(e.into());
+    }
+    if out.closed() {
+        return Ok(());
     }
     let done = done?;
     if json {
@@ -416,24 +423,39 @@ fn list(
         )?;
     } else {
         out.flush()?;
-        eprintln!("{} state(s) listed in {:.1} ms", done.records, ms(started));
+        if !out.closed() {
+            to_stderr(format_args!("{} state(s) listed in {:.1} ms\n", done.records, ms(started)));
+        }
     }
     Ok(())
 }
 
-fn fail(e: CliError) -> ExitCode {
-    eprintln!("statecull: {e}");
+fn fail(e: &CliError) -> ExitCode {
+    to_stderr(format_args!("statecull: {e}\n"));
     ExitCode::from(e.exit_code())
 }
 
 /// Run `statecull` with these arguments (including the program name, as clap expects).
+///
+/// Every command writes through one [`Output`]: when the reader of standard output goes
+/// away, the command stops quietly and exits 0 unless it failed for another reason.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    // clap prints --help and --version itself and ignores write errors (no panic).
     let cli = Cli::parse_from(args);
-    let result = match cli.command {
-        Command::Broker(args) => broker(args),
-        Command::Status(e) => crate::engine_cmds::status(&e.control, e.json),
+    let mut out = Output::stdout();
+    let result = run(cli.command, &mut out).and_then(|()| Ok(out.flush()?));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn run(command: Command, out: &mut Output) -> Result<(), CliError> {
+    match command {
+        Command::Broker(args) => broker(args, out),
+        Command::Status(e) => crate::engine_cmds::status(&e.control, e.json, out),
         Command::Plan { engine, down, up } => {
-            crate::engine_cmds::plan(&engine.control, down, up, engine.json)
+            crate::engine_cmds::plan(&engine.control, down, up, engine.json, out)
         }
         Command::Gateway { engine, name, action, routed } => {
             use statecull_proto::control::GatewayAction as A;
@@ -443,22 +465,15 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
                 (GatewayVerb::Up, false) => vec![A::Up],
                 (GatewayVerb::Routed, _) => vec![A::Routed],
                 (GatewayVerb::Up, true) => {
-                    return fail(usage("--routed goes with `down` (or use the `routed` action)"));
+                    return Err(usage("--routed goes with `down` (or use the `routed` action)"));
                 }
             };
-            crate::engine_cmds::gateway(&engine.control, name, &actions, engine.json)
+            crate::engine_cmds::gateway(&engine.control, name, &actions, engine.json, out)
         }
         Command::Events { engine, follow, exec } => {
-            crate::engine_cmds::events(&engine.control, follow, engine.json, exec)
+            crate::engine_cmds::events(&engine.control, follow, engine.json, exec, out)
         }
-        Command::CheckPolicy { file, json } => crate::engine_cmds::check_policy(&file, json),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("statecull: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Command::CheckPolicy { file, json } => crate::engine_cmds::check_policy(&file, json, out),
     }
 }
 
@@ -511,7 +526,7 @@ mod tests {
 
     #[test]
     fn partial_kill_flushes_the_report_first() {
-        let mut out = BufWriter::new(Vec::new());
+        let mut out = Output::new(Vec::new());
         write!(out, "report").unwrap();
         assert!(partial_kill(&report(2, true, Some("x")), &mut out).is_err());
         assert_eq!(out.get_ref().as_slice(), b"report");
@@ -536,7 +551,7 @@ mod tests {
         let Command::Broker(b) = Cli::parse_from(args).command else {
             panic!("parsed as another command")
         };
-        let e = broker(b).expect_err("refused before connecting");
+        let e = broker(b, &mut Output::stdout()).expect_err("refused before connecting");
         assert_eq!(e.exit_code(), 2);
     }
 

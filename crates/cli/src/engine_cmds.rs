@@ -13,6 +13,7 @@ use statecull_proto::control::{
 };
 
 use crate::cli::CliError;
+use crate::output::{Output, to_stderr};
 
 /// A blocking connection to the engine's control socket.
 #[derive(Debug)]
@@ -213,14 +214,14 @@ pub fn plan_text(p: &PlanReply) -> String {
     out
 }
 
-pub fn status(path: &Path, json: bool) -> Result<(), CliError> {
+pub fn status(path: &Path, json: bool, out: &mut Output) -> Result<(), CliError> {
     let mut c = ControlClient::connect(path, Some(Duration::from_secs(30)))?;
     match c.call(&ControlRequest::Status)? {
         ControlReply::Status(st) => {
             if json {
-                println!("{}", serde_json::to_string(&st)?);
+                writeln!(out, "{}", serde_json::to_string(&st)?)?;
             } else {
-                print!("{}", status_text(&st));
+                write!(out, "{}", status_text(&st))?;
             }
             Ok(())
         }
@@ -228,7 +229,13 @@ pub fn status(path: &Path, json: bool) -> Result<(), CliError> {
     }
 }
 
-pub fn plan(path: &Path, down: Vec<String>, up: Vec<String>, json: bool) -> Result<(), CliError> {
+pub fn plan(
+    path: &Path,
+    down: Vec<String>,
+    up: Vec<String>,
+    json: bool,
+    out: &mut Output,
+) -> Result<(), CliError> {
     if down.is_empty() && up.is_empty() {
         return Err(CliError::Usage(
             "say what to simulate: --down NAME and/or --up NAME (e.g. statecull plan --down WAN1)"
@@ -239,9 +246,9 @@ pub fn plan(path: &Path, down: Vec<String>, up: Vec<String>, json: bool) -> Resu
     match c.call(&ControlRequest::Plan { down, up })? {
         ControlReply::Plan(p) => {
             if json {
-                println!("{}", serde_json::to_string(&p)?);
+                writeln!(out, "{}", serde_json::to_string(&p)?)?;
             } else {
-                print!("{}", plan_text(&p));
+                write!(out, "{}", plan_text(&p))?;
             }
             Ok(())
         }
@@ -254,18 +261,20 @@ pub fn gateway(
     name: String,
     actions: &[GatewayAction],
     json: bool,
+    out: &mut Output,
 ) -> Result<(), CliError> {
     let mut c = ControlClient::connect(path, Some(Duration::from_secs(30)))?;
     for &action in actions {
         match c.call(&ControlRequest::Gateway { name: name.clone(), action })? {
             ControlReply::Done { message } => {
                 if json {
-                    println!(
+                    writeln!(
+                        out,
                         "{}",
                         serde_json::json!({ "gateway": name, "action": action, "message": message })
-                    );
+                    )?;
                 } else {
-                    println!("{message}");
+                    writeln!(out, "{message}")?;
                 }
             }
             other => return Err(unexpected("gateway", &other)),
@@ -306,12 +315,26 @@ fn run_exec(cmd: &str, e: &Event) {
     let status = Process::new("/bin/sh").arg("-c").arg(cmd).envs(event_env(e)).status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => eprintln!("statecull events: --exec command for event #{} exited with {s}", e.seq),
-        Err(err) => eprintln!("statecull events: cannot run --exec command: {err}"),
+        Ok(s) => to_stderr(format_args!(
+            "statecull events: --exec command for event #{} exited with {s}\n",
+            e.seq
+        )),
+        Err(err) => {
+            to_stderr(format_args!("statecull events: cannot run --exec command: {err}\n"));
+        }
     }
 }
 
-pub fn events(path: &Path, follow: bool, json: bool, exec: Option<String>) -> Result<(), CliError> {
+/// Print events; with `follow`, every new one as it comes (flushed per event), until the
+/// engine closes the stream or, without `exec`, nobody reads the output any more. With
+/// `exec` the commands are the job (routing hooks), so a closed output does not stop them.
+pub fn events(
+    path: &Path,
+    follow: bool,
+    json: bool,
+    exec: Option<String>,
+    out: &mut Output,
+) -> Result<(), CliError> {
     let mut c =
         ControlClient::connect(path, if follow { None } else { Some(Duration::from_secs(30)) })?;
     c.send(&ControlRequest::Events { follow })?;
@@ -319,8 +342,7 @@ pub fn events(path: &Path, follow: bool, json: bool, exec: Option<String>) -> Re
         ControlReply::Events { events } => events,
         other => return Err(unexpected("events", &other)),
     };
-    let mut out = std::io::stdout().lock();
-    let show = |out: &mut std::io::StdoutLock<'_>, e: &Event| -> Result<(), CliError> {
+    let show = |out: &mut Output, e: &Event| -> Result<(), CliError> {
         if json {
             writeln!(out, "{}", serde_json::to_string(e)?)?;
         } else {
@@ -329,41 +351,48 @@ pub fn events(path: &Path, follow: bool, json: bool, exec: Option<String>) -> Re
         out.flush()?;
         Ok(())
     };
+    let stop = |out: &Output| out.closed() && exec.is_none();
     // With --exec, only new events run the command (old ones already happened; re-running
     // them after a restart of this follower would replay routing changes).
     for e in &backlog {
-        show(&mut out, e)?;
+        show(out, e)?;
+        if stop(out) {
+            return Ok(());
+        }
     }
     if !follow {
         return Ok(());
     }
     while let Some(line) = c.read_line()? {
         if let Ok(e) = serde_json::from_str::<Event>(&line) {
-            show(&mut out, &e)?;
+            show(out, &e)?;
             if let Some(cmd) = &exec {
                 run_exec(cmd, &e);
+            }
+            if stop(out) {
+                return Ok(());
             }
         } else if let Ok(ControlReply::Error { message }) =
             serde_json::from_str::<ControlReply>(&line)
         {
-            eprintln!("statecull events: {message}");
+            to_stderr(format_args!("statecull events: {message}\n"));
         } else {
-            eprintln!("statecull events: ignoring a line this version cannot read");
+            to_stderr(format_args!("statecull events: ignoring a line this version cannot read\n"));
         }
     }
     Err(engine_error("the engine closed the event stream (stopped or restarted)"))
 }
 
-pub fn check_policy(file: &PathBuf, json: bool) -> Result<(), CliError> {
+pub fn check_policy(file: &PathBuf, json: bool, out: &mut Output) -> Result<(), CliError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
     let policy = statecull_policy::load::parse(&text, &file.display().to_string())
         .map_err(|e| CliError::Policy(e.to_string()))?;
     if json {
-        println!("{}", serde_json::to_string(&policy)?);
+        writeln!(out, "{}", serde_json::to_string(&policy)?)?;
     } else {
-        println!("{}", statecull_policy::load::explain(&policy));
-        println!("OK: {} is a valid policy.", file.display());
+        writeln!(out, "{}", statecull_policy::load::explain(&policy))?;
+        writeln!(out, "OK: {} is a valid policy.", file.display())?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client;
 pub mod engine_cmds;
+pub mod output;
 pub mod render;
 pub mod selector_args;
 

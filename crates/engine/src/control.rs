@@ -1,9 +1,17 @@
 //! The control socket: `statecull status|plan|gateway|events` (and scripts) talk to the
 //! engine here, one JSON object per line (see `statecull_proto::control`).
 //!
-//! The socket is created 0660 (umask set around bind); who may use it is decided by its
-//! group. A line longer than `MAX_CONTROL_LINE` or one that does not parse gets an `Error`
-//! reply; an over-long line also closes the connection.
+//! The socket is created mode 0660 by `statecull_sandbox::socket` (bound in a private
+//! directory, renamed into place); who may use it is decided by its group. A line longer
+//! than `MAX_CONTROL_LINE` or one that does not parse gets an `Error` reply; an over-long
+//! line also closes the connection.
+//!
+//! Every connection costs the engine a descriptor, and the engine needs descriptors to read
+//! gateway health (dpinger polls) and reach the broker. So connections are bounded
+//! ([`ControlLimits`]): past the cap a connection gets one `Error` line and is closed; a
+//! connection must finish each request line, and read each answer, within the idle timeout;
+//! `events --follow` subscribers, which legitimately stay silent, have a smaller cap of their
+//! own and are closed when they hang up or stop reading.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +25,7 @@ use statecull_proto::control::{
 use statecull_proto::{Capabilities, Selector};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::EngineError;
@@ -27,69 +36,157 @@ use crate::state::Shared;
 /// broker link); past it, counts are shown as unknown.
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Bind the control socket (removing a stale one), mode 0660.
-pub fn bind(path: &Path) -> Result<UnixListener, EngineError> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() {
-            // A live engine would still answer; a stale socket from a stopped one refuses.
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(EngineError::Config(format!(
-                    "{} is in use: is another statecull-engine running?",
-                    path.display()
-                )));
-            }
-            std::fs::remove_file(path)
-                .map_err(|e| EngineError::io(format!("removing stale {}", path.display()), e))?;
-        } else {
-            return Err(EngineError::Config(format!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            )));
-        }
-    }
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
-    let l = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    l.map_err(|e| EngineError::io(format!("binding the control socket {}", path.display()), e))
+/// Bounds on the control socket's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// Connections served at once, `events --follow` subscribers not counted. Further ones
+    /// get an `Error` line and are closed.
+    pub max_connections: usize,
+    /// `events --follow` subscribers at once (a subscriber gives back its connection slot).
+    pub max_followers: usize,
+    /// A connection must send each complete request line within this (from connecting, or
+    /// from its previous answer), and take each answer within it; a follower must keep
+    /// reading its events.
+    pub idle_timeout: Duration,
 }
 
-/// Serve control connections until the listener fails.
+impl Default for ControlLimits {
+    /// 64 + 16 descriptors at most, far below the engine's descriptor limit (see the systemd
+    /// unit's `LimitNOFILE=`); 30 s is long for a script between two requests.
+    fn default() -> Self {
+        ControlLimits {
+            max_connections: 64,
+            max_followers: 16,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bind the control socket, mode 0660, without following links (see
+/// `statecull_sandbox::socket`): a stale socket is replaced, a live one or anything else at
+/// the path refused, and so is a directory others could write.
+pub fn bind(path: &Path) -> Result<UnixListener, EngineError> {
+    use statecull_sandbox::socket::{SocketError, SocketSpec, bind_unix_listener};
+    let spec = SocketSpec { path, mode: 0o660, group: None, owner_name: "a process" };
+    let listener = bind_unix_listener(&spec).map_err(|e| {
+        EngineError::Config(match e {
+            SocketError::InUse { .. } => format!(
+                "{e}: is another statecull-engine running? Stop it, or give this one another \
+                 --control-socket"
+            ),
+            other => format!("cannot create the control socket: {other}"),
+        })
+    })?;
+    let io_error = |e| EngineError::io(format!("control socket {}", path.display()), e);
+    listener.set_nonblocking(true).map_err(io_error)?;
+    UnixListener::from_std(listener).map_err(io_error)
+}
+
+/// Serve control connections with the default [`ControlLimits`] until the listener fails.
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    serve_with(listener, shared, ControlLimits::default()).await;
+}
+
+/// How often an accept error (out of descriptors, say) is logged at most.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Serve control connections within `limits`.
+pub async fn serve_with(listener: UnixListener, shared: Arc<Shared>, limits: ControlLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let followers = Arc::new(Semaphore::new(limits.max_followers));
+    let mut accept_errors = crate::sources::RateLimited::new(ACCEPT_ERROR_LOG_EVERY);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    refuse(
+                        stream,
+                        &format!(
+                            "too many control connections (limit {}); try again later",
+                            limits.max_connections
+                        ),
+                    );
+                    continue;
+                };
                 let shared = Arc::clone(&shared);
+                let followers = Arc::clone(&followers);
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, shared).await {
+                    if let Err(e) = connection(stream, shared, limits, slot, followers).await {
                         tracing::debug!("control connection: {e}");
                     }
                 });
             }
             Err(e) => {
-                tracing::warn!("control socket accept: {e}");
+                if let Some(also) = accept_errors.allow() {
+                    tracing::error!(
+                        "control socket: accept failed: {e}{} (out of descriptors? the \
+                         control socket is answered again once connections close)",
+                        crate::sources::also_text(also)
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
+/// Tell a connection over the cap why it is closed, without waiting for it: the line is
+/// short and the socket's buffer is empty, so a non-blocking write takes it or nothing does.
+fn refuse(stream: UnixStream, message: &str) {
+    use std::io::Write as _;
+    let Ok(mut line) = serde_json::to_vec(&ControlReply::Error { message: message.into() }) else {
+        return;
+    };
+    line.push(b'\n');
+    if let Ok(mut s) = stream.into_std() {
+        let _ = s.write(&line);
+    }
+}
+
+/// Write one line, giving up on a peer that does not take it within `timeout`.
 async fn write_line<T: serde::Serialize>(
     w: &mut (impl AsyncWriteExt + Unpin),
     v: &T,
+    timeout: Duration,
 ) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line).await
+    match tokio::time::timeout(timeout, w.write_all(&line)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the peer did not read its answer in time",
+        )),
+    }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    limits: ControlLimits,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    followers: Arc<Semaphore>,
+) -> std::io::Result<()> {
+    let idle = limits.idle_timeout;
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = (&mut r).take(MAX_CONTROL_LINE as u64 + 1).read_until(b'\n', &mut buf).await?;
+        let mut limited = (&mut r).take(MAX_CONTROL_LINE as u64 + 1);
+        let n = match tokio::time::timeout(idle, limited.read_until(b'\n', &mut buf)).await {
+            Ok(n) => n?,
+            Err(_) => {
+                let message = format!(
+                    "no complete request line within {} ms; closing this connection",
+                    idle.as_millis()
+                );
+                // Best effort: the peer may not be reading either.
+                let short = idle.min(Duration::from_secs(1));
+                let _ = write_line(&mut w, &ControlReply::Error { message }, short).await;
+                return Ok(());
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -99,7 +196,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<
             } else {
                 "request line not terminated by a newline"
             };
-            write_line(&mut w, &ControlReply::Error { message: msg.into() }).await?;
+            write_line(&mut w, &ControlReply::Error { message: msg.into() }, idle).await?;
             return Ok(());
         }
         let req: ControlRequest = match serde_json::from_slice(&buf) {
@@ -108,35 +205,67 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<
                 let message = format!(
                     "cannot read the request ({e}); expected one JSON object per line, e.g. \"status\" or {{\"gateway\":{{\"name\":\"WAN1\",\"action\":\"down\"}}}}"
                 );
-                write_line(&mut w, &ControlReply::Error { message }).await?;
+                write_line(&mut w, &ControlReply::Error { message }, idle).await?;
                 continue;
             }
         };
         match req {
             ControlRequest::Events { follow } => {
-                let (backlog, mut rx) = shared.bus.subscribe_with_backlog();
-                write_line(&mut w, &ControlReply::Events { events: backlog }).await?;
                 if !follow {
+                    let backlog = shared.bus.backlog();
+                    write_line(&mut w, &ControlReply::Events { events: backlog }, idle).await?;
                     continue;
                 }
-                loop {
-                    match rx.recv().await {
-                        Ok(ev) => write_line::<Event>(&mut w, &ev).await?,
-                        Err(RecvError::Lagged(n)) => {
-                            let message =
-                                format!("this follower was too slow and missed {n} events");
-                            write_line(&mut w, &ControlReply::Error { message }).await?;
-                        }
-                        Err(RecvError::Closed) => return Ok(()),
-                    }
-                }
+                let Ok(_follower) = Arc::clone(&followers).try_acquire_owned() else {
+                    let message = format!(
+                        "too many `events --follow` subscribers (limit {}); try again later",
+                        limits.max_followers
+                    );
+                    write_line(&mut w, &ControlReply::Error { message }, idle).await?;
+                    return Ok(());
+                };
+                // A follower stays silent for good: it holds a follower slot instead.
+                drop(slot);
+                return follow_events(&shared, r, w, idle).await;
             }
             other => {
                 let reply = match handle(&shared, other).await {
                     Ok(r) => r,
                     Err(e) => ControlReply::Error { message: e.to_string() },
                 };
-                write_line(&mut w, &reply).await?;
+                write_line(&mut w, &reply, idle).await?;
+            }
+        }
+    }
+}
+
+/// `events --follow`: the backlog, then every event, until the follower hangs up or stops
+/// reading (an event it does not take within `idle` ends the subscription).
+async fn follow_events(
+    shared: &Shared,
+    mut r: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    idle: Duration,
+) -> std::io::Result<()> {
+    let (backlog, mut rx) = shared.bus.subscribe_with_backlog();
+    write_line(&mut w, &ControlReply::Events { events: backlog }, idle).await?;
+    let mut sink = [0u8; 512];
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ev) => write_line::<Event>(&mut w, &ev, idle).await?,
+                Err(RecvError::Lagged(n)) => {
+                    let message = format!("this follower was too slow and missed {n} events");
+                    write_line(&mut w, &ControlReply::Error { message }, idle).await?;
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            // Nothing more is expected from a follower; its hanging up frees the slot now
+            // rather than at the next event. Anything it sends is ignored.
+            got = r.read(&mut sink) => {
+                if got? == 0 {
+                    return Ok(());
+                }
             }
         }
     }
@@ -180,6 +309,7 @@ async fn caps(shared: &Shared) -> Option<Capabilities> {
     if let Some(h) = shared.broker.state().hello {
         return Some(h.backend.capabilities);
     }
+    // A background request: a caller that times out leaves nothing queued for the broker.
     match tokio::time::timeout(COUNT_TIMEOUT, shared.broker.hello()).await {
         Ok(Ok(h)) => Some(h.backend.capabilities),
         _ => None,
@@ -191,7 +321,9 @@ async fn count(shared: &Shared, selectors: Vec<Selector>) -> Option<(Vec<u64>, u
     if selectors.is_empty() {
         return None;
     }
-    let fut = shared.broker.call(move |c| c.count(selectors));
+    // A background request: bounded, and dropped unsent if this caller times out first,
+    // so abandoned `status` calls never queue counts in front of a kill.
+    let fut = shared.broker.call_background(move |c| c.count(selectors));
     match tokio::time::timeout(COUNT_TIMEOUT, fut).await {
         Ok(Ok(c)) => Some((c.per_selector, c.matching_any, c.table_entries)),
         _ => None,
@@ -245,12 +377,16 @@ async fn status(shared: &Arc<Shared>) -> StatusReply {
             name: g.name.clone(),
             interface: g.interface.to_string(),
             address: g.address.to_string(),
-            health_source: match &g.source {
-                statecull_policy::model::HealthSource::Icmp => "icmp".into(),
-                statecull_policy::model::HealthSource::Dpinger { socket } => {
+            health_source: match (&g.source, &f.source_error) {
+                (statecull_policy::model::HealthSource::Icmp, _) => "icmp".into(),
+                (statecull_policy::model::HealthSource::Dpinger { socket }, None) => {
                     format!("dpinger {socket}")
                 }
-                statecull_policy::model::HealthSource::External => "external".into(),
+                // The health shown is stale: say so where the operator looks.
+                (statecull_policy::model::HealthSource::Dpinger { socket }, Some(e)) => {
+                    format!("dpinger {socket} (FAILING, health not updated: {e})")
+                }
+                (statecull_policy::model::HealthSource::External, _) => "external".into(),
             },
             state: f.state.name().into(),
             suppressed: f.suppressed,
@@ -337,12 +473,14 @@ async fn dry_run(
         };
         let (per, would_kill) = if selectors.is_empty() {
             // A flush kills the whole table.
-            let table =
-                tokio::time::timeout(COUNT_TIMEOUT, shared.broker.call(|c| c.count(vec![])))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|c| c.table_entries);
+            let table = tokio::time::timeout(
+                COUNT_TIMEOUT,
+                shared.broker.call_background(|c| c.count(vec![])),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|c| c.table_entries);
             counted &= table.is_some();
             (vec![], table)
         } else {

@@ -78,6 +78,10 @@ struct Args {
     /// every start)
     #[arg(long)]
     no_sandbox: bool,
+    /// Close a control connection that sends no complete request line for this many
+    /// milliseconds (tests use a short one)
+    #[arg(long, value_name = "MS", hide = true)]
+    control_idle_timeout_ms: Option<u64>,
 }
 
 /// The engine's own user (see sandbox/profiles/systemd/statecull.sysusers).
@@ -97,14 +101,19 @@ fn init_logging(format: LogFormat, level: tracing_subscriber::filter::LevelFilte
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = Args::parse_from(args);
     init_logging(args.log_format, args.log_level);
-    // A parent may have left SIGTERM/SIGINT blocked (a supervisor that waits for signals
-    // with sigwait does); the mask is inherited across exec, and blocked signals never reach
-    // tokio's handlers. Unblock them before any thread exists, so every thread inherits it.
-    let mut stop = nix::sys::signal::SigSet::empty();
-    stop.add(nix::sys::signal::Signal::SIGTERM);
-    stop.add(nix::sys::signal::Signal::SIGINT);
-    if let Err(e) = stop.thread_unblock() {
-        eprintln!("statecull-engine: cannot unblock SIGTERM/SIGINT: {e}");
+    // A parent may have left signals blocked (a supervisor that waits for signals with
+    // sigwait does); the mask is inherited across exec, and blocked signals never reach
+    // tokio's handlers. Unblock the ones the engine handles before any thread exists, so
+    // every thread inherits it. (Real-time signals cannot be named here; left blocked they
+    // stay pending and harmless.)
+    let handled: nix::sys::signal::SigSet = crate::signals::STOP
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(crate::signals::ignored().into_iter().map(|(n, _)| n))
+        .filter_map(|n| nix::sys::signal::Signal::try_from(n).ok())
+        .collect();
+    if let Err(e) = handled.thread_unblock() {
+        eprintln!("statecull-engine: cannot unblock the signals it handles: {e}");
         return ExitCode::FAILURE;
     }
     // One thread until confinement: Landlock and capability changes apply per thread, so
@@ -139,7 +148,27 @@ struct Opened {
     routes: Option<RouteWatcher>,
     control: tokio::net::UnixListener,
     control_path: PathBuf,
+    control_limits: crate::control::ControlLimits,
     metrics: Option<tokio::net::TcpListener>,
+    /// Installed before confinement (see `signals.rs`).
+    signals: crate::signals::Signals,
+}
+
+/// Raise the soft descriptor limit to the hard one: the soft limit (1024 by default) is
+/// only a guard for programs that use `select`, which the engine does not, and running out
+/// makes health sources unreadable. Bounded by the control socket's and the metrics
+/// listener's connection caps, the engine needs far fewer; the systemd unit sets both limits
+/// with `LimitNOFILE=`.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!("descriptor limit raised from {soft} to {hard}"),
+            Err(e) => tracing::warn!("descriptor limit stays {soft} (hard {hard}): {e}"),
+        },
+        Ok((soft, _)) => tracing::info!("descriptor limit {soft}"),
+        Err(e) => tracing::warn!("cannot read the descriptor limit: {e}"),
+    }
 }
 
 async fn open(args: &Args) -> Result<Opened, EngineError> {
@@ -187,7 +216,13 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
     } else {
         None
     };
+    raise_nofile_limit();
+    let signals = crate::signals::Signals::install()?;
     let control = crate::control::bind(&control_path)?;
+    let mut control_limits = crate::control::ControlLimits::default();
+    if let Some(ms) = args.control_idle_timeout_ms {
+        control_limits.idle_timeout = Duration::from_millis(ms.max(1));
+    }
     let metrics = match metrics_addr {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -205,7 +240,9 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         routes,
         control,
         control_path,
+        control_limits,
         metrics,
+        signals,
     })
 }
 
@@ -296,8 +333,18 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
 }
 
 async fn work(opened: Opened) -> Result<(), EngineError> {
-    let Opened { shared, decisions, metrics_rx, prober, routes, control, control_path, metrics } =
-        opened;
+    let Opened {
+        shared,
+        decisions,
+        metrics_rx,
+        prober,
+        routes,
+        control,
+        control_path,
+        control_limits,
+        metrics,
+        signals,
+    } = opened;
     let mut tasks = tokio::task::JoinSet::new();
 
     // Probes -> health machines.
@@ -317,32 +364,13 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
     // dpinger status sockets.
     for (i, g) in shared.policy.gateways.iter().enumerate() {
         if let HealthSource::Dpinger { socket } = &g.source {
-            let s = Arc::clone(&shared);
-            let path = PathBuf::from(socket);
-            let every = g.probe_interval;
-            let timeout = g.probe_timeout;
-            tasks.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                let mut last_err: Option<String> = None;
-                loop {
-                    tick.tick().await;
-                    match crate::dpinger::read_status(&path, timeout).await {
-                        Ok(st) => {
-                            last_err = None;
-                            s.record_summary(i, f64::from(st.loss_pct), st.latency_or_none());
-                        }
-                        Err(e) => {
-                            let msg = e.to_string();
-                            if last_err.as_deref() != Some(msg.as_str()) {
-                                tracing::warn!("{}: {msg}", s.gateway_name(i));
-                            }
-                            last_err = Some(msg);
-                            // No answer from dpinger is no evidence either way about the
-                            // gateway; the engine keeps its last verdict.
-                        }
-                    }
-                }
-            });
+            tasks.spawn(crate::sources::poll_dpinger(
+                Arc::clone(&shared),
+                i,
+                PathBuf::from(socket),
+                g.probe_interval,
+                g.probe_timeout,
+            ));
         }
     }
     // Timers.
@@ -395,7 +423,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
             }
         });
     }
-    tasks.spawn(crate::control::serve(control, Arc::clone(&shared)));
+    tasks.spawn(crate::control::serve_with(control, Arc::clone(&shared), control_limits));
     if let Some(l) = metrics {
         tasks.spawn(crate::metrics::serve(l, metrics_rx));
     }
@@ -415,11 +443,10 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         .field("pid", std::process::id()),
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| EngineError::io("installing the SIGTERM handler", e))?;
+    // Loggers of ignored signals: they run until the engine stops.
+    let mut quiet = tokio::task::JoinSet::new();
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        name = signals.run(&mut quiet) => tracing::info!("{name}: stopping"),
         Some(r) = tasks.join_next() => {
             // Every task runs for the engine's lifetime: one that ends is a failure, and
             // the exit status must say so (systemd's Restart=on-failure).
@@ -430,6 +457,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
             }));
         }
     }
+    quiet.abort_all();
     tasks.abort_all();
     Ok(())
 }

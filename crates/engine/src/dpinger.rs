@@ -133,6 +133,13 @@ pub async fn read_status(path: &Path, timeout: Duration) -> Result<DpingerStatus
     let err = |message: String| EngineError::Dpinger { path: shown.clone(), message };
     let exchange = async {
         let stream = UnixStream::connect(path).await.map_err(|e| {
+            if crate::sources::out_of_descriptors(&e) {
+                // Not dpinger's fault, and not something to wait out quietly.
+                return EngineError::Exhausted {
+                    what: format!("dpinger {shown}: connect"),
+                    source: e,
+                };
+            }
             err(format!("connect: {e} (is dpinger running with -u {}?)", path.display()))
         })?;
         let mut buf = Vec::with_capacity(256);
@@ -164,6 +171,25 @@ pub async fn read_status(path: &Path, timeout: Duration) -> Result<DpingerStatus
         EngineError::Dpinger { message, .. } => err(message),
         other => other,
     })
+}
+
+/// Check that a report comes from the dpinger watching gateway `expected`.
+///
+/// dpinger's identifier (`-i NAME`) is the gateway's name on pfSense and OPNsense, and the
+/// policy has no other name for it: a report naming another gateway means the policy points
+/// at the wrong socket, and taking its figures would judge this gateway by another one's
+/// link. A report without an identifier (dpinger started without `-i`) cannot be checked
+/// and passes. Returns the refusal's text.
+pub fn check_identifier(status: &DpingerStatus, expected: &str) -> Result<(), String> {
+    if status.name.is_empty() || status.name == expected {
+        return Ok(());
+    }
+    Err(format!(
+        "the dpinger report is for {:?}, not for {expected:?}: refusing its figures (is \
+         dpinger_socket pointing at another gateway's socket? dpinger's -i NAME must be the \
+         gateway's name in the policy)",
+        clip(&status.name)
+    ))
 }
 
 #[cfg(test)]
@@ -295,6 +321,78 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("no complete status within 200ms"), "{msg}");
         assert!(msg.contains("gw.sock"), "{msg}");
+    }
+
+    #[test]
+    fn identifiers_are_checked() {
+        let st = |name: &str| parse_status(&format!("{name} 1000 10 0")).unwrap();
+        assert!(check_identifier(&st("WAN1"), "WAN1").is_ok());
+        let e = check_identifier(&st("WAN2"), "WAN1").unwrap_err();
+        assert!(e.contains("\"WAN2\"") && e.contains("\"WAN1\""), "{e}");
+        assert!(check_identifier(&st("wan1"), "WAN1").is_err(), "names are compared exactly");
+        // dpinger without -i: nothing to check.
+        assert!(check_identifier(&parse_status("1000 10 0").unwrap(), "WAN1").is_ok());
+    }
+
+    /// Issue 10e: WAN1's policy points at WAN2's dpinger socket. Its reports (WAN2 dead,
+    /// 100 % loss) must be refused loudly, never judged as WAN1's health.
+    #[tokio::test]
+    async fn a_report_for_another_gateway_is_refused() {
+        let dir = TempDir::new();
+        let path = server(&dir, Some(b"WAN2 0 0 100\n"));
+        let policy = format!(
+            r#"
+[routing]
+confirm = "delay"
+settle_timeout = "1s"
+
+[[gateway]]
+name = "WAN1"
+interface = "igb1"
+address = "198.51.100.254"
+health_source = "dpinger"
+dpinger_socket = "{}"
+window = 2
+min_samples = 1
+[gateway.states]
+nat_addr = ["198.51.100.1"]
+
+[[gateway]]
+name = "WAN2"
+interface = "igb2"
+address = "203.0.113.254"
+health_source = "external"
+[gateway.states]
+nat_addr = ["203.0.113.1"]
+
+[[group]]
+name = "failover"
+members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
+on_down = "gateway"
+"#,
+            path.display()
+        );
+        let policy = statecull_policy::load::parse(&policy, "test").unwrap();
+        let broker = crate::broker::BrokerLink::new(dir.0.join("no-broker.sock"));
+        let (shared, _decisions, metrics) = crate::state::Shared::new(policy, broker);
+        let shared = std::sync::Arc::new(shared);
+        let poll = tokio::spawn(crate::sources::poll_dpinger(
+            std::sync::Arc::clone(&shared),
+            0,
+            path,
+            Duration::from_millis(20),
+            Duration::from_secs(2),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        poll.abort();
+        let facts = shared.gateway_facts();
+        assert_eq!(facts[0].probes_total, 0, "WAN2's report was taken for WAN1's");
+        assert_eq!(facts[0].state.name(), "up", "WAN1 judged by WAN2's link");
+        assert!(facts[0].source_errors_total >= 2, "{:?}", facts[0]);
+        let err = facts[0].source_error.clone().unwrap_or_default();
+        assert!(err.contains("\"WAN2\"") && err.contains("refusing"), "{err}");
+        let m = metrics.borrow();
+        assert!(!m.gateways[0].health_source_up, "the metric must show the source failing");
     }
 
     #[tokio::test]

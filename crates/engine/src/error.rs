@@ -19,6 +19,14 @@ pub enum EngineError {
     /// A dpinger status line or socket problem.
     #[error("dpinger {path}: {message}")]
     Dpinger { path: String, message: String },
+    /// The engine (or the system) has no file descriptor left: whatever needed one (a
+    /// dpinger poll, a broker connection) did not happen. Reported loudly, never taken for a
+    /// gateway's health.
+    #[error(
+        "{what}: {source}: the engine is OUT OF FILE DESCRIPTORS, so this was not done (raise \
+         LimitNOFILE=, or find what holds the descriptors)"
+    )]
+    Exhausted { what: String, source: std::io::Error },
     /// rtnetlink (route watching) failed.
     #[error("route watcher: {0}")]
     Routes(String),

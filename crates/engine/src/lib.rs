@@ -14,6 +14,8 @@ pub mod executor;
 pub mod metrics;
 pub mod probe;
 pub mod routes;
+pub mod signals;
+pub mod sources;
 pub mod state;
 
 pub use error::EngineError;

@@ -4,15 +4,19 @@
 //! [`render`] is pure. [`serve`] takes an already-bound listener, so the engine can bind it
 //! before it confines itself, and reads the current values from a `watch` channel the rest of
 //! the engine updates. The server is deliberately tiny: one request per connection, the
-//! request head bounded in size and time, then the answer and close.
+//! request head bounded in size and time, then the answer (bounded in time too) and close.
+//! Connections are served concurrently and bounded in number; a full server makes room by
+//! closing the oldest connection that has still not sent its request, so clients that
+//! connect and say nothing cannot starve a scrape.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 /// One gateway's figures.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -32,6 +36,10 @@ pub struct GatewayMetrics {
     pub sweep_leftovers_total: u64,
     pub probes_total: u64,
     pub probes_lost_total: u64,
+    /// The gateway's health source answered at its last poll (always true for ICMP probes
+    /// and external verdicts). False: the health shown is not being updated.
+    pub health_source_up: bool,
+    pub health_source_errors_total: u64,
 }
 
 /// Everything the engine exports.
@@ -54,8 +62,12 @@ const STATES: [&str; 3] = ["up", "degraded", "down"];
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Time a client gets to send its request head, and again to read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; further ones wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections served at once. A new connection past it takes the slot of the oldest one
+/// still waiting for its request head; if every connection is already being answered, it is
+/// closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How often an accept error (out of descriptors, say) is logged at most.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Escape a label value: backslash, double quote and line feed (exposition format 0.0.4).
 pub fn escape_label_value(v: &str) -> String {
@@ -215,6 +227,20 @@ pub fn render(m: &EngineMetrics) -> String {
         "ICMP probes to this gateway's targets that got no reply in time.",
         |g| Some(g.probes_lost_total.to_string()),
     );
+    t.per_gateway(
+        m,
+        "statecull_gateway_health_source_up",
+        "gauge",
+        "Whether the gateway's health source (dpinger) answered at its last poll (0: its health is not being updated).",
+        |g| Some(flag(g.health_source_up)),
+    );
+    t.per_gateway(
+        m,
+        "statecull_gateway_health_source_errors_total",
+        "counter",
+        "Polls of the gateway's health source (dpinger) that failed or were refused.",
+        |g| Some(g.health_source_errors_total.to_string()),
+    );
     t.family("statecull_plans_total", "counter", "Kill plans executed.");
     t.sample("statecull_plans_total", &[], &m.plans_total.to_string());
     t.family(
@@ -246,31 +272,62 @@ pub fn render(m: &EngineMetrics) -> String {
 ///
 /// Each connection gets [`IO_TIMEOUT`] to send a request head of at most
 /// [`MAX_REQUEST_HEAD`] bytes, one answer (`200` with the current metrics, `404` for any other
-/// path or method, `400` for a head that does not parse) and is closed. At most
-/// [`MAX_CONNECTIONS`] are served at once. Errors only end the connection concerned; accept
-/// errors (out of descriptors, say) are logged and retried after a pause.
+/// path or method, `400` for a head that does not parse) written within [`IO_TIMEOUT`], and
+/// is closed. Connections are served concurrently, at most [`MAX_CONNECTIONS`] at once; when
+/// all are taken, the oldest one still silent is closed to make room (a waiting scrape is
+/// never stuck behind silent clients, and silent clients cannot hold the slots). Errors only
+/// end the connection concerned; accept errors (out of descriptors, say) are logged and
+/// retried after a pause.
 pub async fn serve(listener: TcpListener, rx: watch::Receiver<EngineMetrics>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_with(listener, rx, MAX_CONNECTIONS).await;
+}
+
+async fn serve_with(listener: TcpListener, rx: watch::Receiver<EngineMetrics>, max: usize) {
+    let slots = Arc::new(Semaphore::new(max));
+    // Connections still waiting for their request head, oldest first; sending on the channel
+    // closes that connection. A connection drops its receiver once its head is in, which
+    // takes it off this list.
+    let mut silent: VecDeque<oneshot::Sender<()>> = VecDeque::new();
+    let mut accept_errors = crate::sources::RateLimited::new(ACCEPT_ERROR_LOG_EVERY);
     loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return; // the semaphore is never closed
-        };
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                let rx = rx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = handle(stream, &rx).await {
-                        tracing::debug!(error = %e, "metrics connection");
-                    }
-                });
-            }
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
             Err(e) => {
-                drop(permit);
-                tracing::warn!(error = %e, "metrics listener: accept failed");
+                if let Some(held) = accept_errors.allow() {
+                    tracing::error!(
+                        error = %e,
+                        "metrics listener: accept failed{}",
+                        crate::sources::also_text(held)
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
             }
-        }
+        };
+        silent.retain(|evict| !evict.is_closed());
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let Some(oldest) = silent.pop_front() else {
+                    // Every slot is answering a request (each within IO_TIMEOUT): no room.
+                    continue;
+                };
+                let _ = oldest.send(());
+                match tokio::time::timeout(IO_TIMEOUT, Arc::clone(&slots).acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => continue,
+                }
+            }
+        };
+        let (evict, evicted) = oneshot::channel();
+        silent.push_back(evict);
+        let rx = rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = handle(stream, &rx, evicted).await {
+                tracing::debug!(error = %e, "metrics connection");
+            }
+        });
     }
 }
 
@@ -325,10 +382,18 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-async fn handle(mut stream: TcpStream, rx: &watch::Receiver<EngineMetrics>) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
-        Ok(r) => r?,
-        Err(_) => return Ok(()), // silent client: just close
+async fn handle(
+    mut stream: TcpStream,
+    rx: &watch::Receiver<EngineMetrics>,
+    evicted: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let head = tokio::select! {
+        r = tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)) => match r {
+            Ok(r) => r?,
+            Err(_) => return Ok(()), // silent client: just close
+        },
+        // A newer connection needed the slot, and this one has still said nothing.
+        _ = evicted => return Ok(()),
     };
     let (status, body, head_only) = match head.as_deref().map_or(Route::BadRequest, route) {
         Route::Metrics { head_only } => {
@@ -377,6 +442,8 @@ mod tests {
                     sweep_leftovers_total: 1,
                     probes_total: 40,
                     probes_lost_total: 20,
+                    health_source_up: true,
+                    health_source_errors_total: 0,
                 },
                 GatewayMetrics {
                     name: "WAN2".into(),
@@ -389,6 +456,8 @@ mod tests {
                     sweep_leftovers_total: 0,
                     probes_total: 40,
                     probes_lost_total: 1,
+                    health_source_up: false,
+                    health_source_errors_total: 3,
                 },
             ],
             plans_total: 1,
@@ -440,6 +509,14 @@ statecull_probes_total{gateway="WAN2"} 40
 # TYPE statecull_probes_lost_total counter
 statecull_probes_lost_total{gateway="WAN1"} 20
 statecull_probes_lost_total{gateway="WAN2"} 1
+# HELP statecull_gateway_health_source_up Whether the gateway's health source (dpinger) answered at its last poll (0: its health is not being updated).
+# TYPE statecull_gateway_health_source_up gauge
+statecull_gateway_health_source_up{gateway="WAN1"} 1
+statecull_gateway_health_source_up{gateway="WAN2"} 0
+# HELP statecull_gateway_health_source_errors_total Polls of the gateway's health source (dpinger) that failed or were refused.
+# TYPE statecull_gateway_health_source_errors_total counter
+statecull_gateway_health_source_errors_total{gateway="WAN1"} 0
+statecull_gateway_health_source_errors_total{gateway="WAN2"} 3
 # HELP statecull_plans_total Kill plans executed.
 # TYPE statecull_plans_total counter
 statecull_plans_total 1
@@ -480,7 +557,7 @@ statecull_broker_connected 1
                 assert_eq!(name, current, "sample outside its family: {line}");
             }
         }
-        assert_eq!(seen.len(), 14);
+        assert_eq!(seen.len(), 16);
     }
 
     #[test]
@@ -600,6 +677,36 @@ statecull_broker_connected 1
         let head = request(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
         assert!(head.starts_with("HTTP/1.1 200 OK") && head.ends_with("\r\n\r\n"), "{head}");
         assert!(!server.is_finished());
+        server.abort();
+    }
+
+    /// 64 clients that connect, say nothing and reconnect as soon as they are closed: a
+    /// scrape must still be answered (a liveness bound, not a performance goal).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_reconnecting_clients_do_not_starve_a_scrape() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(small());
+        let server = tokio::spawn(serve(listener, rx));
+        let reconnects = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut silent = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let reconnects = Arc::clone(&reconnects);
+            silent.spawn(async move {
+                loop {
+                    let Ok(mut s) = TcpStream::connect(addr).await else { continue };
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink).await;
+                    reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        // Let them take every slot first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ok = request(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.ends_with(GOLDEN), "{ok}");
+        silent.abort_all();
         server.abort();
     }
 }

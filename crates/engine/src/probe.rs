@@ -327,6 +327,9 @@ impl Prober {
         let mut set = JoinSet::new();
         for g in self.gateways {
             let logged = Arc::new(Mutex::new(HashSet::new()));
+            let exhausted_log = Arc::new(Mutex::new(crate::sources::RateLimited::new(
+                crate::sources::EXHAUSTED_EVERY,
+            )));
             for (i, target) in g.spec.targets.iter().enumerate() {
                 let client = if target.is_ipv6() { g.v6.clone() } else { g.v4.clone() };
                 let Some(client) = client else { continue }; // opened for every family used
@@ -340,6 +343,7 @@ impl Prober {
                     interval: g.spec.interval,
                     timeout: g.spec.timeout,
                     logged: Arc::clone(&logged),
+                    exhausted_log: Arc::clone(&exhausted_log),
                 };
                 set.spawn_on(task.run(tx.clone()), &self.runtime);
             }
@@ -361,6 +365,8 @@ struct Target {
     timeout: Duration,
     /// Error kinds already logged for this gateway.
     logged: Arc<Mutex<HashSet<String>>>,
+    /// Descriptor exhaustion is logged again every `sources::EXHAUSTED_EVERY`.
+    exhausted_log: Arc<Mutex<crate::sources::RateLimited>>,
 }
 
 /// A short name for the kind of a ping error (for logging each kind once).
@@ -408,6 +414,7 @@ impl Target {
             (self.gateway, self.target, self.ident, self.scope_id, self.timeout);
         let name = self.name.clone();
         let logged = Arc::clone(&self.logged);
+        let exhausted_log = Arc::clone(&self.exhausted_log);
         async move {
             let mut pinger = client.pinger(target, ident).await;
             pinger.timeout(timeout);
@@ -421,8 +428,20 @@ impl Target {
                 Err(e) => {
                     let first =
                         logged.lock().map(|mut l| l.insert(error_kind(&e))).unwrap_or(false);
-                    if first {
-                        tracing::debug!(gateway = %name, %target, error = %e,
+                    let exhausted = matches!(&e, SurgeError::IOError(io)
+                        if crate::sources::out_of_descriptors(io));
+                    if exhausted {
+                        // The engine's own failure, not the gateway's: said at error level
+                        // for as long as it lasts (the probe still counts as lost, so the
+                        // gateway never looks healthy on it).
+                        let held = exhausted_log.lock().ok().and_then(|mut r| r.allow());
+                        if let Some(held) = held {
+                            tracing::error!(gateway = %name, %target, error = %e,
+                                "probe failed: the engine is OUT OF FILE DESCRIPTORS (counted as lost){}",
+                                crate::sources::also_text(held));
+                        }
+                    } else if first {
+                        tracing::warn!(gateway = %name, %target, error = %e,
                             "probe failed (counted as lost; further errors of this kind are not logged)");
                     }
                     Probe::Lost

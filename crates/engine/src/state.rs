@@ -45,6 +45,11 @@ pub struct GatewayRuntime {
     pub first_loss_unix_ms: Option<u64>,
     pub kills_total: u64,
     pub sweep_leftovers_total: u64,
+    /// Why the gateway's health source (dpinger) could not be read at its last poll; `None`
+    /// while it answers (and always for ICMP and external sources).
+    pub source_error: Option<String>,
+    /// Failed polls of the health source since start.
+    pub source_errors_total: u64,
 }
 
 /// Engine-wide counters for metrics.
@@ -100,6 +105,8 @@ impl Shared {
                 first_loss_unix_ms: None,
                 kills_total: 0,
                 sweep_leftovers_total: 0,
+                source_error: None,
+                source_errors_total: 0,
             })
             .collect();
         let routed = policy.gateways.iter().map(|_| watch::Sender::new(0)).collect();
@@ -172,6 +179,31 @@ impl Shared {
         };
         if let Some(t) = t {
             self.apply(gateway, t);
+        }
+    }
+
+    /// The gateway's health source could not be read (or its report was refused): its
+    /// health is not being updated. Shown by status and metrics until it answers again.
+    pub fn source_failed(&self, gateway: usize, message: &str) {
+        {
+            let mut gws = lock(&self.gateways);
+            let Some(g) = gws.get_mut(gateway) else { return };
+            g.source_errors_total += 1;
+            if g.source_error.as_deref() != Some(message) {
+                g.source_error = Some(message.to_owned());
+            }
+        }
+        self.refresh_metrics(None);
+    }
+
+    /// The gateway's health source answered.
+    pub fn source_ok(&self, gateway: usize) {
+        let changed = {
+            let mut gws = lock(&self.gateways);
+            gws.get_mut(gateway).is_some_and(|g| g.source_error.take().is_some())
+        };
+        if changed {
+            self.refresh_metrics(None);
         }
     }
 
@@ -321,6 +353,8 @@ impl Shared {
                     probes_lost: g.probes_lost,
                     kills_total: g.kills_total,
                     sweep_leftovers_total: g.sweep_leftovers_total,
+                    source_error: g.source_error.clone(),
+                    source_errors_total: g.source_errors_total,
                 }
             })
             .collect()
@@ -350,6 +384,8 @@ impl Shared {
                     sweep_leftovers_total: f.sweep_leftovers_total,
                     probes_total: f.probes_total,
                     probes_lost_total: f.probes_lost,
+                    health_source_up: f.source_error.is_none(),
+                    health_source_errors_total: f.source_errors_total,
                 })
                 .collect();
             m.plans_total = stats.plans_total;
@@ -376,4 +412,6 @@ pub struct GatewayFacts {
     pub probes_lost: u64,
     pub kills_total: u64,
     pub sweep_leftovers_total: u64,
+    pub source_error: Option<String>,
+    pub source_errors_total: u64,
 }

@@ -1,0 +1,365 @@
+//! The confined engine against hostile local peers, no root needed (as root the engine
+//! switches to `nobody`): signals any process of its uid may send must not stop it, and
+//! idle control connections must neither exhaust its descriptors nor stop it reading
+//! gateway health.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)] // test code
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use statecull_tests::TempDir;
+
+/// A daemon that is SIGKILLed if the test ends without stopping it.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.0.as_ref().unwrap().id() as i32)
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.0.as_mut().unwrap().try_wait(), Ok(None))
+    }
+
+    /// Wait up to `within` for the process to exit.
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.0.as_mut().unwrap().try_wait() {
+                self.0 = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn signal(&self, sig: i32) {
+        // Real-time signals have no `Signal` variant: send them with kill(1).
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for_socket(path: &Path, what: &str, p: &mut Proc, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(path).is_err() {
+        assert!(
+            p.alive(),
+            "{what} exited early: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_broker(dir: &Path) -> (Proc, PathBuf) {
+    let socket = dir.join("broker.sock");
+    let log = dir.join("broker.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_itest-broker"))
+        .args(["--backend", "pf-model", "--model-states", "2000", "--socket"])
+        .arg(&socket)
+        .args(statecull_tests::broker_test_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Proc(Some(child));
+    wait_for_socket(&socket, "pf-model broker", &mut p, &log);
+    (p, socket)
+}
+
+/// Start the confined engine with `policy`, optionally under a descriptor limit (soft and
+/// hard, so it cannot raise it).
+fn start_engine(dir: &Path, policy: &str, nofile: Option<u32>, extra: &[&str]) -> (Proc, PathBuf) {
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let control = dir.join("engine.sock");
+    let log = dir.join("engine.log");
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""));
+            c.arg(env!("CARGO_BIN_EXE_itest-engine"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_itest-engine")),
+    };
+    let child = cmd
+        .arg("--policy")
+        .arg(&policy_path)
+        .arg("--broker-socket")
+        .arg(dir.join("broker.sock"))
+        .arg("--control-socket")
+        .arg(&control)
+        .args(["--log-format", "json"])
+        .args(statecull_tests::daemon_user_args())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Proc(Some(child));
+    wait_for_socket(&control, "engine", &mut p, &log);
+    (p, control)
+}
+
+/// One request on a fresh connection; the answer's first line.
+fn ask(control: &Path, request: &str) -> String {
+    let mut s = UnixStream::connect(control).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+fn status_ok(control: &Path) -> bool {
+    ask(control, "\"status\"").starts_with("{\"status\"")
+}
+
+const EXTERNAL_POLICY: &str = r#"
+[routing]
+confirm = "signal"
+settle_timeout = "60s"
+
+[[gateway]]
+name = "WAN1"
+interface = "igb1"
+address = "198.51.100.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "198.51.100.254"
+nat_addr = ["198.51.100.1"]
+interface = "igb1"
+
+[[gateway]]
+name = "WAN2"
+interface = "igb2"
+address = "203.0.113.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "203.0.113.254"
+nat_addr = ["203.0.113.1"]
+interface = "igb2"
+
+[[group]]
+name = "failover"
+members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 } ]
+on_down = "gateway"
+"#;
+
+/// Issue 8: SIGHUP, SIGUSR1/2, SIGALRM, ... and the real-time signals used to stop the
+/// engine with their default action. Each must be survived (the engine still answers), and
+/// SIGTERM must still stop it with exit status 0.
+#[test]
+fn terminating_signals_are_survived_and_sigterm_still_stops_cleanly() {
+    let dir = TempDir::new("engine-signals").unwrap();
+    let (_broker, _) = start_broker(dir.path());
+    let (mut engine, control) = start_engine(dir.path(), EXTERNAL_POLICY, None, &[]);
+    assert!(status_ok(&control));
+    let signals = statecull_engine::signals::ignored();
+    assert!(signals.len() > 20, "real-time signals included: {signals:?}");
+    for (n, name) in &signals {
+        engine.signal(*n);
+        // Twice: the second one inside the log rate limit.
+        engine.signal(*n);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(engine.alive(), "{name} stopped the engine");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(engine.alive(), "a signal stopped the engine");
+    assert!(status_ok(&control), "the engine no longer answers");
+    let log = std::fs::read_to_string(dir.path().join("engine.log")).unwrap();
+    let hups = log.lines().filter(|l| l.contains("SIGHUP ignored")).count();
+    assert_eq!(hups, 1, "one line per signal per minute: {log}");
+    assert!(log.contains("reloading the policy is not supported yet"), "{log}");
+
+    kill(engine.pid(), Signal::SIGTERM).unwrap();
+    let status = engine.wait_exit(Duration::from_secs(10)).expect("SIGTERM stops the engine");
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// SIGQUIT and SIGINT stop the engine as SIGTERM does.
+#[test]
+fn sigquit_and_sigint_stop_it_like_sigterm() {
+    for sig in [Signal::SIGQUIT, Signal::SIGINT] {
+        let dir = TempDir::new("engine-quit").unwrap();
+        let (mut engine, control) = start_engine(dir.path(), EXTERNAL_POLICY, None, &[]);
+        assert!(status_ok(&control));
+        kill(engine.pid(), sig).unwrap();
+        let status = engine.wait_exit(Duration::from_secs(10)).expect("the engine stops");
+        assert_eq!(status.code(), Some(0), "{sig}: {status}");
+    }
+}
+
+/// A stand-in dpinger: answers every connection with `line` and closes it; counts them.
+fn dpinger(dir: &Path, line: &'static str) -> (PathBuf, Arc<AtomicU64>) {
+    let path = dir.join("dpinger_WAN1.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    // The engine may run as `nobody`.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let polls = Arc::new(AtomicU64::new(0));
+    let p = Arc::clone(&polls);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            p.fetch_add(1, Ordering::SeqCst);
+            let _ = s.write_all(line.as_bytes());
+        }
+    });
+    (path, polls)
+}
+
+fn dpinger_policy(socket: &Path) -> String {
+    format!(
+        r#"
+[routing]
+confirm = "delay"
+settle_timeout = "1s"
+
+[[gateway]]
+name = "WAN1"
+interface = "igb1"
+address = "198.51.100.254"
+health_source = "dpinger"
+dpinger_socket = "{}"
+probe_interval = "100ms"
+probe_timeout = "1s"
+[gateway.states]
+nat_addr = ["198.51.100.1"]
+
+[[gateway]]
+name = "WAN2"
+interface = "igb2"
+address = "203.0.113.254"
+health_source = "external"
+[gateway.states]
+nat_addr = ["203.0.113.1"]
+
+[[group]]
+name = "failover"
+members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
+on_down = "gateway"
+"#,
+        socket.display()
+    )
+}
+
+fn wait_polls(polls: &AtomicU64, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while polls.load(Ordering::SeqCst) < at_least {
+        assert!(Instant::now() < deadline, "dpinger is not being polled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 4: with 96 descriptors, 150 idle control connections used to take every one of
+/// them; dpinger polls then failed with EMFILE and a gateway failure went unseen. Now the
+/// excess is refused with a line, the idle ones are closed after the (here 2 s) idle
+/// timeout, and polling never stops.
+#[test]
+fn idle_control_connections_cannot_starve_health_polling() {
+    let dir = TempDir::new("engine-fds").unwrap();
+    let (socket, polls) = dpinger(dir.path(), "WAN1 1000 100 0\n");
+    let (mut engine, control) = start_engine(
+        dir.path(),
+        &dpinger_policy(&socket),
+        Some(96),
+        &["--control-idle-timeout-ms", "2000"],
+    );
+    wait_polls(&polls, 3);
+
+    let opened = Instant::now();
+    let mut conns: Vec<UnixStream> =
+        (0..150).map(|_| UnixStream::connect(&control).unwrap()).collect();
+    // Polling goes on while they are all open.
+    let before = polls.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1000));
+    let during = polls.load(Ordering::SeqCst) - before;
+    assert!(during >= 3, "only {during} dpinger polls in 1 s with the connections open");
+    assert!(engine.alive());
+
+    // The excess was refused at once with a reason; the rest were held until the idle
+    // timeout, then told and closed.
+    let (mut refused, mut idle_closed) = (0, 0);
+    for mut c in conns.drain(..) {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut all = String::new();
+        c.read_to_string(&mut all).unwrap();
+        if all.contains("too many control connections") {
+            refused += 1;
+        } else {
+            assert!(all.contains("no complete request line within 2000 ms"), "{all:?}");
+            idle_closed += 1;
+        }
+    }
+    assert!(refused >= 150 - 64, "only {refused} of 150 connections refused");
+    assert!(idle_closed <= 64, "{idle_closed} held");
+    assert!(opened.elapsed() >= Duration::from_secs(2), "closed before the idle timeout");
+    let before = polls.load(Ordering::SeqCst);
+    assert!(status_ok(&control));
+    wait_polls(&polls, before + 3);
+    let log = std::fs::read_to_string(dir.path().join("engine.log")).unwrap();
+    assert!(!log.contains("OUT OF FILE DESCRIPTORS"), "{log}");
+    assert!(engine.alive());
+}
+
+/// When descriptors run out anyway (a limit below what the caps allow), a dpinger poll that
+/// cannot get one is reported loudly as the engine's own failure, never taken for the
+/// gateway's health.
+#[test]
+fn running_out_of_descriptors_is_reported_loudly() {
+    let dir = TempDir::new("engine-emfile").unwrap();
+    let (socket, polls) = dpinger(dir.path(), "WAN1 1000 100 0\n");
+    let (engine, control) = start_engine(
+        dir.path(),
+        &dpinger_policy(&socket),
+        Some(40),
+        &["--control-idle-timeout-ms", "3000"],
+    );
+    wait_polls(&polls, 3);
+    let conns: Vec<UnixStream> = (0..64).map(|_| UnixStream::connect(&control).unwrap()).collect();
+    let log_path = dir.path().join("engine.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("OUT OF FILE DESCRIPTORS") && log.contains("health NOT updated") {
+            assert!(
+                log.lines().any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("dpinger")),
+                "{log}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no loud report of the exhaustion: {log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(conns);
+    drop(engine);
+}
