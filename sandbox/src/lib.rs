@@ -109,6 +109,10 @@ pub struct Plan {
     /// rules). Everything else on the filesystem is denied. Must exist and be reachable by
     /// the target user. Must be empty for the broker.
     pub readable_paths: Vec<std::path::PathBuf>,
+    /// Broker only: keep `CAP_NET_ADMIN`, which a kernel state table needs (ctnetlink).
+    /// False for a backend without one (the pf model): it then keeps no capability at all.
+    /// Must be false for the engine.
+    pub net_admin: bool,
 }
 
 /// What confinement is in force, as the kernel reports it plus what this process applied
@@ -426,8 +430,12 @@ mod tests {
 
     #[test]
     fn the_broker_reads_no_file() {
-        let plan =
-            Plan { role: Role::Broker, user: None, readable_paths: vec!["/etc/statecull".into()] };
+        let plan = Plan {
+            role: Role::Broker,
+            user: None,
+            readable_paths: vec!["/etc/statecull".into()],
+            net_admin: true,
+        };
         assert!(matches!(confine(&plan), Err(SandboxError::BrokerReadablePaths)));
     }
 }

@@ -1063,3 +1063,27 @@ fn stray_signals_neither_stop_the_broker_nor_cut_a_kill_short() {
     let ignored_lines = text.lines().filter(|l| l.contains("signal ignored")).count();
     assert!(ignored_lines <= 16, "{ignored_lines} lines for {sent} stray signals:\n{text}");
 }
+
+/// Issue 9, item 10: a pf-model broker started as root kept CAP_NET_ADMIN, which only a
+/// kernel table needs.
+#[test]
+fn a_pf_model_broker_started_as_root_keeps_no_capability() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "SKIPPED a_pf_model_broker_started_as_root_keeps_no_capability: not root (nothing to drop)"
+        );
+        return;
+    }
+    let dir = TempDir::new("hostile-caps").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_itest-broker"))
+        .args(["--backend", "pf-model", "--model-states", "1000", "--socket"])
+        .arg(dir.path().join("b.sock"))
+        .args(["--user", "nobody", "--print-sandbox"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for set in ["effective", "permitted", "bounding"] {
+        assert!(text.contains(&format!("{set}: none")), "{set} is not empty:\n{text}");
+    }
+}

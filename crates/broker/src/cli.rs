@@ -465,6 +465,8 @@ fn run(args: Args) -> Result<(), BrokerError> {
     // Opened now: no descriptor can be created once confined.
     let signal_source = SignalSource::open(signals)?;
 
+    // The pf model is memory, not a kernel table: it needs no capability at all.
+    let kernel_table = !matches!(args.config.backend, BackendChoice::PfModel(_));
     let backend = open_backend(args.config.backend)?;
     if args.check {
         let info = backend.info();
@@ -510,6 +512,7 @@ fn run(args: Args) -> Result<(), BrokerError> {
             role: statecull_sandbox::Role::Broker,
             user,
             readable_paths: Vec::new(),
+            net_admin: kernel_table,
         };
         let report = statecull_sandbox::confine(&plan).map_err(|e| {
             BrokerError::Config(format!(

@@ -309,6 +309,7 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
     }
     let plan = statecull_sandbox::Plan {
         role: statecull_sandbox::Role::Engine,
+        net_admin: false,
         user,
         readable_paths: opened
             .shared

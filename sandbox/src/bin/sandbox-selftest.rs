@@ -308,8 +308,12 @@ mod imp {
                 return ExitCode::from(3);
             }
         };
-        let plan =
-            Plan { role, user: Some(user), readable_paths: readable.iter().cloned().collect() };
+        let plan = Plan {
+            role,
+            user: Some(user),
+            readable_paths: readable.iter().cloned().collect(),
+            net_admin: role == Role::Broker,
+        };
         match confine(&plan) {
             Ok(report) => println!("{report}"),
             Err(e) => {

@@ -68,10 +68,10 @@ fn read_status() -> Result<ProcStatus, SandboxError> {
     ProcStatus::parse(&String::from_utf8_lossy(&text)).map_err(SandboxError::Status)
 }
 
-/// The capabilities a role keeps (in bounding, permitted and effective).
-fn kept(role: Role) -> CapsHashSet {
+/// The capabilities a plan keeps (in bounding, permitted and effective).
+fn kept(plan: &Plan) -> CapsHashSet {
     let mut set = CapsHashSet::new();
-    if role == Role::Broker {
+    if plan.role == Role::Broker && plan.net_admin {
         // ctnetlink: list, delete and flush conntrack entries; SO_RCVBUFFORCE.
         set.insert(Capability::CAP_NET_ADMIN);
     }
@@ -136,7 +136,7 @@ fn switch_user(plan: &Plan, t: &Target, before: &ProcStatus) -> Result<(), Sandb
     };
     // The broker keeps CAP_NET_ADMIN across the uid change; the permitted set would be
     // cleared otherwise. Switched off again right after.
-    let keep_caps = plan.role == Role::Broker && before.uids[1] == 0 && uid != 0;
+    let keep_caps = !kept(plan).is_empty() && before.uids[1] == 0 && uid != 0;
     if keep_caps {
         nix::sys::prctl::set_keepcaps(true).map_err(|e| fail("prctl(PR_SET_KEEPCAPS, 1)", e))?;
     }
@@ -283,7 +283,7 @@ pub(crate) fn confine(plan: &Plan) -> Result<Report, SandboxError> {
     // shrink the bounding set with. That is harmless — with no permitted capabilities,
     // no_new_privs and no exec, the bounding set can never be used — and it is said so.
     let unprivileged = !nix::unistd::geteuid().is_root() && before.cap_permitted == 0;
-    let keep = if unprivileged { CapsHashSet::new() } else { kept(plan.role) };
+    let keep = if unprivileged { CapsHashSet::new() } else { kept(plan) };
     if unprivileged {
         tracing::warn!(
             "started unprivileged: keeping no capability, the bounding set stays as inherited (unusable without permitted capabilities, under no_new_privs)"
