@@ -202,8 +202,10 @@ async fn connection(
         let req: ControlRequest = match serde_json::from_slice(&buf) {
             Ok(r) => r,
             Err(e) => {
+                // serde's message may quote the line (an unknown variant): clipped.
+                let why = statecull_proto::text::clip_message(e.to_string());
                 let message = format!(
-                    "cannot read the request ({e}); expected one JSON object per line, e.g. \"status\" or {{\"gateway\":{{\"name\":\"WAN1\",\"action\":\"down\"}}}}"
+                    "cannot read the request ({why}); expected one JSON object per line, e.g. \"status\" or {{\"gateway\":{{\"name\":\"WAN1\",\"action\":\"down\"}}}}"
                 );
                 write_line(&mut w, &ControlReply::Error { message }, idle).await?;
                 continue;
@@ -274,7 +276,8 @@ async fn follow_events(
 fn gateway_index(shared: &Shared, name: &str) -> Result<usize, EngineError> {
     shared.policy.gateway_index(name).ok_or_else(|| {
         EngineError::Control(format!(
-            "unknown gateway {name:?} (the policy names: {})",
+            "unknown gateway {} (the policy names: {})",
+            statecull_proto::text::clip(name),
             shared.policy.gateway_names()
         ))
     })

@@ -170,3 +170,30 @@ async fn connections_are_capped_and_idle_ones_closed() {
     assert!(read_line(&mut next).await.starts_with("{\"events\""));
     server.abort();
 }
+
+/// Issue 9, item 6 on the engine's side: a request line of tens of kilobytes (an unknown
+/// variant, an unknown gateway name) is not echoed back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_names_are_clipped_in_error_replies() {
+    let dir = TempDir::new(0o750);
+    let path = dir.0.join("engine.sock");
+    let listener = bind(&path).unwrap();
+    let limits = ControlLimits {
+        max_connections: 4,
+        max_followers: 1,
+        idle_timeout: Duration::from_secs(10),
+    };
+    let server = tokio::spawn(serve_with(listener, shared(&dir), limits));
+    let huge = "W".repeat(60_000);
+    for line in [
+        format!("{{\"gateway\":{{\"name\":\"{huge}\",\"action\":\"down\"}}}}\n"),
+        format!("\"{huge}\"\n"),
+    ] {
+        let mut c = connect(&path).await;
+        c.get_mut().write_all(line.as_bytes()).await.unwrap();
+        let reply = read_line(&mut c).await;
+        assert!(reply.contains("\"error\""), "{}", &reply[..reply.len().min(200)]);
+        assert!(reply.len() < 4096, "an error reply of {} bytes", reply.len());
+    }
+    server.abort();
+}
