@@ -221,12 +221,13 @@ pub fn bench_hostile(
     eprintln!("an attacker asks for the whole table and stops reading; then a kill ...");
     let staller = attacker("stall", &socket, 60)?;
     std::thread::sleep(Duration::from_secs(5));
+    // A kill's own report times the whole backend call, lock waits included; a count
+    // before it, compared with one alone, shows what the stalled reader costs others.
+    let stalled_count = timed(&mut root, one_selector())?;
     let t = Instant::now();
     let report =
         root.kill_matching(vec![gateway1()], true).map_err(|e| msg(format!("kill: {e}")))?;
     let kill_total = t.elapsed();
-    let kill_work = Duration::from_micros(report.elapsed_us);
-    let kill_wait = kill_total.saturating_sub(kill_work);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(staller.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -234,6 +235,7 @@ pub fn bench_hostile(
     let _ = staller.wait_with_output();
 
     let count_goal = t1 + t64 + Duration::from_millis(500);
+    let stalled_goal = t1 * 2 + Duration::from_secs(1);
     let rss_growth_mib = rss_peak.saturating_sub(rss_base) / 1024;
     let goals = [
         (
@@ -252,10 +254,11 @@ pub fn bench_hostile(
         ),
         (
             format!(
-                "a kill waits at most 1 s behind a stalled snapshot reader (waited {})",
-                secs(kill_wait)
+                "a stalled snapshot reader does not hold others up (count {} <= {})",
+                secs(stalled_count),
+                secs(stalled_goal)
             ),
-            kill_wait <= Duration::from_secs(1),
+            stalled_count <= stalled_goal,
         ),
     ];
     if json {
@@ -268,8 +271,8 @@ pub fn bench_hostile(
             "root_count_under_flood_worst_s": worst.as_secs_f64(),
             "rss_base_kib": rss_base,
             "rss_peak_kib": rss_peak,
-            "kill_s": kill_total.as_secs_f64(),
-            "kill_work_s": kill_work.as_secs_f64(),
+            "kill_with_stalled_reader_s": kill_total.as_secs_f64(),
+            "count_with_stalled_reader_s": stalled_count.as_secs_f64(),
             "kill_killed": report.killed,
             "attackers_report": attacker_lines,
             "goals": goals.iter().map(|(g, ok)| serde_json::json!({"goal": g, "pass": ok})).collect::<Vec<_>>(),
@@ -294,11 +297,10 @@ pub fn bench_hostile(
             rss_peak / 1024
         );
         println!(
-            "  kill of gateway 1 ({} states) with a stalled snapshot reader: {} in all, {} of work, waited {}",
+            "  with a stalled snapshot reader: 1-selector count {}, kill of gateway 1 ({} states) {}",
+            secs(stalled_count),
             report.killed,
-            secs(kill_total),
-            secs(kill_work),
-            secs(kill_wait)
+            secs(kill_total)
         );
         println!("goals:");
         for (g, ok) in &goals {
