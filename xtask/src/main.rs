@@ -8,6 +8,7 @@ mod bench;
 mod bench_hostile;
 mod bench_pf;
 mod demo;
+mod fuzz;
 mod lab_task;
 mod util;
 
@@ -75,10 +76,31 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run each fuzz target (frame decoder, nvlist unpacker) briefly (installs cargo-fuzz if missing)
-    FuzzSmoke {
-        #[arg(long, default_value_t = 30)]
-        seconds: u64,
+    /// Run every fuzz target of fuzz/ (the `bin` list of fuzz/Cargo.toml) one after another
+    /// and print, per target, the inputs executed and the crashes; exit 1 if any target
+    /// crashed (its failing input and how to reproduce it are printed) or failed to run.
+    /// Installs cargo-fuzz if missing; uses nightly when installed, else stable with
+    /// RUSTC_BOOTSTRAP=1.
+    #[command(alias = "fuzz-smoke")]
+    Fuzz {
+        /// Seconds per target [default: 30 when --runs is not given]
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Executions per target (libFuzzer -runs); with --seconds, whichever comes first
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Only this target (repeat for several)
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// Which toolchain gives cargo-fuzz its nightly features
+        #[arg(long, value_enum, default_value = "auto")]
+        toolchain: fuzz::Toolchain,
+        /// Show libFuzzer's own output as it runs
+        #[arg(long)]
+        verbose: bool,
+        /// More libFuzzer flags (after --), e.g. -- -max_len=65536
+        #[arg(last = true)]
+        libfuzzer_args: Vec<String>,
     },
     /// Type-check the crates that must build on FreeBSD
     CheckFreebsd,
@@ -179,38 +201,6 @@ fn test(args: &[String]) -> Result<()> {
     result
 }
 
-fn fuzz_smoke(seconds: u64) -> Result<()> {
-    if Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        eprintln!("installing cargo-fuzz ...");
-        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--quiet"]))?;
-    }
-    let fuzz_dir = util::root().join("fuzz");
-    let time = format!("-max_total_time={seconds}");
-    let nightly = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    // Every target: the protocol frame decoder and pf's nvlist unpacker.
-    for target in ["decode_frame", "nvlist_unpack"] {
-        let mut cmd = Command::new("cargo");
-        if nightly {
-            cmd.arg("+nightly");
-        } else {
-            // cargo-fuzz needs nightly features; stable can be told to allow them.
-            cmd.env("RUSTC_BOOTSTRAP", "1");
-        }
-        cmd.current_dir(&fuzz_dir).args(["fuzz", "run", target, "--", &time]);
-        run(&mut cmd)?;
-    }
-    Ok(())
-}
-
 fn check_freebsd() -> Result<()> {
     let target = "x86_64-unknown-freebsd";
     let added =
@@ -295,7 +285,16 @@ fn main() -> ExitCode {
             bench_hostile::client(&mode, &socket, seconds)
         }
         Task::Test { args } => test(&args),
-        Task::FuzzSmoke { seconds } => fuzz_smoke(seconds),
+        Task::Fuzz { seconds, runs, targets, toolchain, verbose, libfuzzer_args } => {
+            fuzz::fuzz(&fuzz::Options {
+                seconds,
+                runs,
+                targets,
+                toolchain,
+                verbose,
+                libfuzzer_args,
+            })
+        }
         Task::CheckFreebsd => check_freebsd(),
     };
     match result {

@@ -357,6 +357,46 @@ fn dump_request(msg_type: u16, seq: u32, family: u8, header_len: usize) -> Vec<u
     b
 }
 
+/// The pure decoding behind [`RouteWatcher::dump`], for the fuzz targets (`fuzz/`): not
+/// part of the engine's API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::HashMap;
+
+    use super::{
+        EngineError, RTM_NEWNEXTHOP, RTM_NEWROUTE, Route, parse_nexthop, parse_route,
+        resolve_nexthops, walk,
+    };
+
+    /// Decode a route dump and a nexthop dump (received buffers, messages of other sequence
+    /// numbers than `seq` skipped when given) as the watcher does, nexthop objects resolved.
+    pub fn decode_dump(
+        routes: &[u8],
+        nexthops: &[u8],
+        seq: Option<u32>,
+    ) -> Result<Vec<Route>, EngineError> {
+        let mut parsed = Vec::new();
+        walk(routes, seq, |m| {
+            if m.msg_type == RTM_NEWROUTE
+                && let Some(p) = parse_route(m.payload)?
+            {
+                parsed.push(p);
+            }
+            Ok(())
+        })?;
+        let mut objects = HashMap::new();
+        walk(nexthops, seq, |m| {
+            if m.msg_type == RTM_NEWNEXTHOP
+                && let Some((id, nh)) = parse_nexthop(m.payload)?
+            {
+                objects.insert(id, nh);
+            }
+            Ok(())
+        })?;
+        resolve_nexthops(parsed, &objects)
+    }
+}
+
 #[cfg(target_os = "linux")]
 pub use linux::RouteWatcher;
 
