@@ -54,6 +54,11 @@ impl FakeBackend {
         self.0.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Forget the calls so far (a fuzzer drives one backend through millions of inputs).
+    pub fn clear_calls(&self) {
+        self.0.calls.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// From now on, counts and kills wait in the backend until [`Self::release`].
     pub fn hold(&self) {
         *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
