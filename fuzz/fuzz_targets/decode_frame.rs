@@ -147,9 +147,10 @@ fn request_again(req: &Request, decoded_from: usize) {
         req
     );
     // Checks, and the methods on unchecked values, are total.
-    let checked = req.check(&Limits::PROTOCOL);
-    if let Ok(sels) = &checked {
-        for s in sels {
+    let checked = req.clone().check(&Limits::PROTOCOL, &statecull_proto::Capabilities::any());
+    if let Ok(checked) = &checked {
+        assert_eq!(checked.verb(), req.verb());
+        for s in checked.selectors() {
             let _ = s.to_string();
         }
     }

@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use statecull_broker::backend::Backend;
+use statecull_broker::backend::pf::PfBackend;
 use statecull_broker::config::Config;
 use statecull_broker::dispatch::{Broker, Flow, Output, Peer, Session, Timeouts};
 use statecull_broker::fake::{Call, FakeBackend};
-use statecull_broker::pf_backend::PfBackend;
 use statecull_broker::server::Server;
-use statecull_pf::kernel::{ModelDevice, PfClient, Release};
+use statecull_pf::client::PfClient;
+use statecull_pf::model_device::{ModelDevice, Release};
 use statecull_pf::table_gen::{Spec, router_table};
 use statecull_proto::frame::{decode_response, encode_request};
 use statecull_proto::{
@@ -704,9 +705,11 @@ fn a_stalled_snapshot_reader_does_not_hold_up_kills_or_counts() {
     let (backend, broker) = model_broker(200_000, &[]);
     drop(broker);
     let config = Config {
+        // Longer than the engine waits below: a lock held across the stalled writes would
+        // make the count and the kill time out.
         timeouts: Timeouts {
-            write: Duration::from_secs(60),
-            snapshot_total: Duration::from_secs(120),
+            write: Duration::from_secs(600),
+            snapshot_total: Duration::from_secs(900),
             ..Timeouts::default()
         },
         ..Config::default()
@@ -719,7 +722,8 @@ fn a_stalled_snapshot_reader_does_not_hold_up_kills_or_counts() {
     // Let the listing finish and the writes block on the full socket buffer.
     std::thread::sleep(Duration::from_secs(2));
     let mut engine = server.connect();
-    engine.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Generous: a loaded CI machine runs this debug build slowly.
+    engine.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
     say_hello(&mut engine);
     send(&mut engine, &Request::Count { selectors: vec![nat_selector()] });
     assert!(

@@ -10,9 +10,10 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use statecull_broker::backend::Backend;
-use statecull_broker::pf_backend::PfBackend;
-use statecull_pf::kernel::{ModelDevice, PfClient, Release};
+use statecull_broker::backend::pf::PfBackend;
+use statecull_pf::client::PfClient;
 use statecull_pf::model::{Cost, PfModel};
+use statecull_pf::model_device::{ModelDevice, Release};
 use statecull_pf::plan;
 use statecull_pf::table_gen::{ROUTER, Spec, router_table};
 use statecull_pf::types::{PfKill, RuleAddr};

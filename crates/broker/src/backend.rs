@@ -1,22 +1,21 @@
 //! The backend interface: the only way the broker touches a state table.
 
 use statecull_proto::{
-    BackendInfo, CheckedSelector, CountReply, IfName, KillReport, Prefix, SelectorField,
-    StateHandle, StateRecord,
+    BackendInfo, CheckedHandle, CheckedIfName, CheckedSelector, CountReply, KillReport, Prefix,
+    Unsupported,
 };
 
 use crate::error::BrokerError;
 
-/// Receives snapshot batches; an `Err` (client gone) abandons the listing.
-pub type Sink<'a> = dyn FnMut(Vec<StateRecord>) -> Result<(), String> + 'a;
+pub use statecull_proto::listing::Sink;
 
-/// A state table the broker can list and kill in. Implementations get only checked
-/// selectors and may assume the broker verified limits and selector fields against
-/// [`BackendInfo::capabilities`]; they still refuse what they cannot do exactly.
+/// A state table the broker can list and kill in. Implementations get only checked values
+/// (`Request::check` decided limits, meaning and the fields against
+/// [`BackendInfo::capabilities`]); they still refuse what they cannot do exactly.
 pub trait Backend: Send + Sync {
     fn info(&self) -> BackendInfo;
-    /// Why a selector field is not supported and what to use instead, for error messages.
-    fn unsupported_hint(&self, _field: SelectorField) -> Option<String> {
+    /// Why something is not supported and what to use instead, for error messages.
+    fn unsupported_hint(&self, _what: Unsupported) -> Option<String> {
         None
     }
     fn snapshot(
@@ -34,12 +33,12 @@ pub trait Backend: Send + Sync {
     ) -> Result<KillReport, BrokerError>;
     fn kill_handles(
         &self,
-        handles: &[StateHandle],
+        handles: &[CheckedHandle],
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError>;
     fn flush(
         &self,
-        interface: Option<&IfName>,
+        interface: Option<&CheckedIfName>,
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError>;
 }
@@ -49,8 +48,8 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn info(&self) -> BackendInfo {
         (**self).info()
     }
-    fn unsupported_hint(&self, field: SelectorField) -> Option<String> {
-        (**self).unsupported_hint(field)
+    fn unsupported_hint(&self, what: Unsupported) -> Option<String> {
+        (**self).unsupported_hint(what)
     }
     fn snapshot(
         &self,
@@ -73,14 +72,14 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn kill_handles(
         &self,
-        handles: &[StateHandle],
+        handles: &[CheckedHandle],
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError> {
         (**self).kill_handles(handles, protected)
     }
     fn flush(
         &self,
-        interface: Option<&IfName>,
+        interface: Option<&CheckedIfName>,
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError> {
         (**self).flush(interface, protected)
@@ -95,8 +94,8 @@ pub mod conntrack {
 
     use statecull_conntrack::{Conntrack, CtError, TupleFilter};
     use statecull_proto::{
-        AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedSelector, CountReply, IfName,
-        KillReport, Prefix, SelectorField, StateHandle,
+        AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedHandle, CheckedIfName,
+        CheckedSelector, CountReply, KillReport, Prefix, Unsupported,
     };
 
     use super::{Backend, Sink};
@@ -151,9 +150,16 @@ pub mod conntrack {
             }
         }
 
-        fn unsupported_hint(&self, field: SelectorField) -> Option<String> {
-            statecull_conntrack::matcher::unsupported_hint(field)
-                .map(|hint| format!("the conntrack backend cannot match on {field}: {hint}"))
+        fn unsupported_hint(&self, what: Unsupported) -> Option<String> {
+            match what {
+                Unsupported::Field(field) => statecull_conntrack::matcher::unsupported_hint(field)
+                    .map(|hint| format!("the conntrack backend cannot match on {field}: {hint}")),
+                Unsupported::FlushByInterface => Some(
+                    "conntrack entries do not record interfaces, so a flush cannot be limited \
+                     to one; flush without --interface, or kill by --mark or --nat-addr"
+                        .into(),
+                ),
+            }
         }
 
         fn snapshot(
@@ -189,7 +195,7 @@ pub mod conntrack {
 
         fn kill_handles(
             &self,
-            handles: &[StateHandle],
+            handles: &[CheckedHandle],
             protected: &[Prefix],
         ) -> Result<KillReport, BrokerError> {
             self.table.kill_handles(handles, protected).map_err(map)
@@ -197,16 +203,130 @@ pub mod conntrack {
 
         fn flush(
             &self,
-            interface: Option<&IfName>,
+            interface: Option<&CheckedIfName>,
             protected: &[Prefix],
         ) -> Result<KillReport, BrokerError> {
-            if let Some(i) = interface {
-                return Err(BrokerError::Unsupported(format!(
-                    "conntrack entries do not record interfaces, so a flush cannot be limited \
-                     to {i}; flush without --interface, or kill by --mark or --nat-addr"
-                )));
+            // `Request::check` refuses a flush by interface: the capabilities say none.
+            debug_assert!(interface.is_none(), "a conntrack flush by interface was let through");
+            if interface.is_some() {
+                return Err(BrokerError::Unsupported(
+                    "conntrack entries do not record interfaces".into(),
+                ));
             }
             self.table.flush(protected).map_err(map)
+        }
+    }
+}
+
+pub mod pf {
+    //! FreeBSD pf (and its model) through `statecull-pf`'s [`PfTable`].
+
+    use std::time::Instant;
+
+    use statecull_pf::client::{PfClient, PfError};
+    use statecull_pf::device::PfDevice;
+    use statecull_pf::table::PfTable;
+    use statecull_proto::{
+        AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedHandle, CheckedIfName,
+        CheckedSelector, CountReply, KillReport, Prefix, Unsupported,
+    };
+
+    use super::{Backend, Sink};
+    use crate::error::BrokerError;
+
+    /// A pf state table behind a [`PfDevice`].
+    #[derive(Debug)]
+    pub struct PfBackend<D: PfDevice> {
+        table: PfTable<D>,
+        kind: BackendKind,
+        kernel: String,
+    }
+
+    fn map(e: PfError) -> BrokerError {
+        match e {
+            PfError::Unsupported(m) => BrokerError::Unsupported(m),
+            other => BrokerError::Backend(other.to_string()),
+        }
+    }
+
+    impl<D: PfDevice> PfBackend<D> {
+        /// `rows` is the kernel's `net.pf.states_hashsize` (131,072 by default).
+        pub fn new(client: PfClient<D>, kind: BackendKind, kernel: String, rows: u64) -> Self {
+            Self { table: PfTable::new(client, rows), kind, kernel }
+        }
+
+        /// Look at the device (the model's cost counters, for benchmarks and tests).
+        pub fn with_device<R>(&self, f: impl FnOnce(&D) -> R) -> R {
+            self.table.with_device(f)
+        }
+    }
+
+    impl<D: PfDevice> Backend for PfBackend<D> {
+        fn info(&self) -> BackendInfo {
+            BackendInfo {
+                kind: self.kind,
+                kernel: self.kernel.clone(),
+                capabilities: Capabilities {
+                    selector_fields: statecull_pf::plan::SUPPORTED_FIELDS.to_vec(),
+                    kernel_mark_flush: false,
+                    // pf's kill filter takes addresses of either family directly.
+                    kernel_tuple_flush: vec![AddressFamily::Ipv4, AddressFamily::Ipv6],
+                    kernel_tuple_broken: Vec::new(),
+                    match_opposite: true,
+                    flush_by_interface: true,
+                },
+            }
+        }
+
+        fn unsupported_hint(&self, what: Unsupported) -> Option<String> {
+            let Unsupported::Field(field) = what else { return None };
+            statecull_pf::plan::unsupported_hint(field)
+                .map(|h| format!("the pf backend cannot match on {field}: {h}"))
+        }
+
+        fn snapshot(
+            &self,
+            selector: Option<&CheckedSelector>,
+            batch: usize,
+            sink: &mut Sink<'_>,
+        ) -> Result<u64, BrokerError> {
+            self.table.snapshot(selector, batch, sink).map_err(map)
+        }
+
+        fn count(&self, selectors: &[CheckedSelector]) -> Result<CountReply, BrokerError> {
+            let started = Instant::now();
+            let c = self.table.count(selectors).map_err(map)?;
+            Ok(CountReply {
+                per_selector: c.per_selector,
+                matching_any: c.matching_any,
+                table_entries: c.table_entries,
+                elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            })
+        }
+
+        fn kill_matching(
+            &self,
+            selectors: &[CheckedSelector],
+            match_opposite: bool,
+            protected: &[Prefix],
+        ) -> Result<KillReport, BrokerError> {
+            self.table.kill_matching(selectors, match_opposite, protected).map_err(map)
+        }
+
+        fn kill_handles(
+            &self,
+            handles: &[CheckedHandle],
+            protected: &[Prefix],
+        ) -> Result<KillReport, BrokerError> {
+            self.table.kill_handles(handles, protected).map_err(map)
+        }
+
+        fn flush(
+            &self,
+            interface: Option<&CheckedIfName>,
+            protected: &[Prefix],
+        ) -> Result<KillReport, BrokerError> {
+            self.table.flush(interface.map(CheckedIfName::as_str), protected).map_err(map)
         }
     }
 }

@@ -41,7 +41,9 @@ OPTIONS:
                              slot [default: the first --allow-user]
         --backend NAME       state table: conntrack (Linux), pf (FreeBSD), or pf-model: an
                              in-memory model of pf with a generated two-WAN router table,
-                             for simulation and tests [default: conntrack]
+                             for simulation and tests [default: conntrack]; pf-model exists
+                             only in builds with the cargo feature `model` (cargo build -p
+                             statecull-broker --features model), never in a package
         --model-states N     pf-model: states in the generated table [default: 100000]
         --model-seed N       pf-model: seed of the generated table [default: 1]
         --model-release R    pf-model: FreeBSD release whose interfaces to emulate:
@@ -107,6 +109,14 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
         match arg {
             Short('h') | Long("help") => {
                 print!("{HELP}");
+                println!(
+                    "\nThis build: --backend pf-model is {}.",
+                    if cfg!(feature = "model") {
+                        "available"
+                    } else {
+                        "not available (no simulator in a production broker)"
+                    }
+                );
                 return Ok(None);
             }
             Short('V') | Long("version") => {
@@ -237,12 +247,12 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
             dev.limit_capabilities().map_err(|e| {
                 BrokerError::Backend(format!("cannot limit the pf descriptors: {e}"))
             })?;
-            let client = statecull_pf::kernel::PfClient::probe(dev)
+            let client = statecull_pf::client::PfClient::probe(dev)
                 .map_err(|e| BrokerError::Backend(format!("pf: {e}")))?;
             let kernel = statecull_pf::sys::kernel_release();
             // FreeBSD's default `net.pf.states_hashsize`; only the path choice depends on it.
-            let rows = statecull_pf::model::DEFAULT_ROWS as u64;
-            Ok(Box::new(crate::pf_backend::PfBackend::new(
+            let rows = statecull_pf::types::DEFAULT_ROWS as u64;
+            Ok(Box::new(crate::backend::pf::PfBackend::new(
                 client,
                 statecull_proto::BackendKind::Pf,
                 kernel,
@@ -254,12 +264,17 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
             "the pf backend exists only on FreeBSD; --backend pf-model runs pf's model anywhere"
                 .into(),
         )),
+        #[cfg(feature = "model")]
         BackendChoice::PfModel(spec) => open_model(spec),
+        #[cfg(not(feature = "model"))]
+        BackendChoice::PfModel(_) => Err(BrokerError::Config(config::NO_MODEL.into())),
     }
 }
 
+#[cfg(feature = "model")]
 fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> {
-    use statecull_pf::kernel::{ModelDevice, PfClient, Release};
+    use statecull_pf::client::PfClient;
+    use statecull_pf::model_device::{ModelDevice, Release};
     let started = std::time::Instant::now();
     let generated = statecull_pf::table_gen::router_table(&statecull_pf::table_gen::Spec::new(
         spec.states,
@@ -284,7 +299,7 @@ fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> 
     );
     let kernel =
         format!("pf model of FreeBSD {}, {states} states (seed {})", spec.release, spec.seed);
-    Ok(Box::new(crate::pf_backend::PfBackend::new(
+    Ok(Box::new(crate::backend::pf::PfBackend::new(
         client,
         statecull_proto::BackendKind::PfModel,
         kernel,

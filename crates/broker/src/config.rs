@@ -150,11 +150,16 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
+/// Why `pf-model` is refused by a broker built without the model.
+pub const NO_MODEL: &str = "this broker was built without the pf model (backend pf-model is for \
+     tests and simulation; build one with `cargo build -p statecull-broker --features model`)";
+
 pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     match s {
         "conntrack" => Ok(BackendChoice::Conntrack),
         "pf" => Ok(BackendChoice::Pf),
-        "pf-model" => Ok(BackendChoice::PfModel(ModelSpec::default())),
+        "pf-model" if cfg!(feature = "model") => Ok(BackendChoice::PfModel(ModelSpec::default())),
+        "pf-model" => Err(NO_MODEL.into()),
         other => Err(format!("unknown backend {other:?} (available: conntrack, pf, pf-model)")),
     }
 }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use statecull_proto::frame::{decode_request, encode_response};
 use statecull_proto::text::{clip, clip_message};
 use statecull_proto::{
-    CheckedSelector, ErrorCode, ErrorReply, Hello, HelloReply, KillReport, Limits,
-    PROTOCOL_VERSION, Prefix, Request, Response, SnapshotDone, StateRecord, Verb,
+    CheckedRequest, CheckedSelector, ErrorCode, ErrorReply, Hello, HelloReply, KillReport, Limits,
+    PROTOCOL_VERSION, Prefix, ProtoError, Request, Response, SnapshotDone, StateRecord, Verb,
 };
 use tracing::{debug, info, warn};
 
@@ -310,11 +310,13 @@ impl<'a> Session<'a> {
             };
             return self.refuse(out, verb, &e);
         }
-        let selectors = match request.check(&broker.limits) {
-            Ok(s) => s,
-            Err(e) => return self.refuse(out, verb, &BrokerError::Request(e)),
+        // The one decision about meaning: length, every value, what the backend offers.
+        let caps = broker.backend.info().capabilities;
+        let request = match request.check(&broker.limits, &caps) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(out, verb, &self.explain(e)),
         };
-        if let Request::Hello(hello) = request {
+        if let CheckedRequest::Hello(hello) = request {
             return self.hello(hello, out);
         }
         if self.hello.is_none() {
@@ -324,13 +326,10 @@ impl<'a> Session<'a> {
             };
             return self.refuse(out, verb, &e);
         }
-        if let Err(e) = self.check_fields(&selectors) {
-            return self.refuse(out, verb, &e);
-        }
         match request {
-            Request::Hello(_) => Flow::Continue,
-            Request::Snapshot { .. } => self.snapshot(selectors.first(), out),
-            Request::Count { .. } => {
+            CheckedRequest::Hello(_) => Flow::Continue,
+            CheckedRequest::Snapshot { selector } => self.snapshot(selector.as_ref(), out),
+            CheckedRequest::Count { selectors } => {
                 let Some(_one_per_uid) = self.enter_read(ReadKind::Count) else {
                     return self.refuse(out, verb, &self.busy_reading(ReadKind::Count));
                 };
@@ -339,17 +338,17 @@ impl<'a> Session<'a> {
                     Err(e) => self.refuse(out, verb, &e),
                 }
             }
-            Request::KillMatching { match_opposite, .. } => {
+            CheckedRequest::KillMatching { selectors, match_opposite } => {
                 let what = describe(&selectors);
                 self.mutate(out, verb, &what, |b, protected| {
                     b.kill_matching(&selectors, match_opposite, protected)
                 })
             }
-            Request::KillHandles { handles } => {
+            CheckedRequest::KillHandles { handles } => {
                 let what = format!("{} handle(s)", handles.len());
                 self.mutate(out, verb, &what, |b, protected| b.kill_handles(&handles, protected))
             }
-            Request::Flush { interface } => {
+            CheckedRequest::Flush { interface } => {
                 let what = interface
                     .as_ref()
                     .map_or("all states".to_owned(), |i| format!("interface {i}"));
@@ -358,31 +357,20 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Every selector field must be one the backend can match on.
-    fn check_fields(&self, selectors: &[CheckedSelector]) -> Result<(), BrokerError> {
+    /// A refusal for the client, with the backend's own advice where it has some ("select a
+    /// gateway's connections by its ct mark") instead of the generic sentence.
+    fn explain(&self, e: ProtoError) -> BrokerError {
+        let ProtoError::Unsupported { what, supported } = &e else {
+            return BrokerError::Request(e);
+        };
         let backend = self.broker.backend.as_ref();
-        let info = backend.info();
-        for s in selectors {
-            if let Some(field) =
-                s.fields().into_iter().find(|f| !info.capabilities.selector_fields.contains(f))
-            {
-                let supported = info
-                    .capabilities
-                    .selector_fields
-                    .iter()
-                    .map(|f| f.name())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(BrokerError::Unsupported(match backend.unsupported_hint(field) {
-                    Some(hint) => format!("{hint} (supported: {supported})"),
-                    None => format!(
-                        "the {} backend cannot select by {field} (supported: {supported})",
-                        info.kind
-                    ),
-                }));
-            }
-        }
-        Ok(())
+        BrokerError::Unsupported(match backend.unsupported_hint(*what) {
+            Some(hint) => format!("{hint} (supported: {supported})"),
+            None => format!(
+                "the {} backend does not support {what} (supported: {supported})",
+                backend.info().kind
+            ),
+        })
     }
 
     fn enter_read(&self, kind: ReadKind) -> Option<ReadTicket<'a>> {

@@ -11,9 +11,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use statecull_proto::{
-    AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedSelector, CountReply, IfName,
-    KillPath, KillReport, L4, Prefix, SelectorField, StateDetail, StateHandle, StateKey,
-    StateRecord,
+    AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedHandle, CheckedIfName,
+    CheckedSelector, CountReply, KillPath, KillReport, L4, Prefix, SelectorField, StateDetail,
+    StateHandle, StateKey, StateRecord,
 };
 
 use crate::backend::{Backend, Sink};
@@ -221,7 +221,7 @@ impl Backend for FakeBackend {
 
     fn kill_handles(
         &self,
-        handles: &[StateHandle],
+        handles: &[CheckedHandle],
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError> {
         let _in =
@@ -234,7 +234,7 @@ impl Backend for FakeBackend {
 
     fn flush(
         &self,
-        interface: Option<&IfName>,
+        interface: Option<&CheckedIfName>,
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError> {
         let _in =

@@ -9,8 +9,8 @@
 //! * [`dispatch`]: one client's conversation, without I/O (decode, check, act, audit);
 //! * [`admission`]: connection slots and rate-limited refusal logs, pure;
 //! * [`server`]: listener, peer credentials, threads and deadlines;
-//! * [`backend`]: the interface to a state table, and the conntrack implementation;
-//! * [`pf_backend`]: FreeBSD pf and its model.
+//! * [`backend`]: the interface to a state table, and two thin adapters over conntrack's and
+//!   pf's tables (the pf model too, with feature `model`).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -21,7 +21,6 @@ pub mod dispatch;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
-pub mod pf_backend;
 pub mod server;
 
 pub use error::BrokerError;

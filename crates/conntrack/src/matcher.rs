@@ -5,9 +5,7 @@
 
 use std::net::IpAddr;
 
-use statecull_proto::{
-    AddressFamily, CheckedSelector, Prefix, Selector, SelectorField, StateRecord,
-};
+use statecull_proto::{AddressFamily, CheckedSelector, Prefix, Selector, SelectorField};
 
 use crate::ct::{CtEntry, KernelFilter};
 
@@ -112,14 +110,10 @@ pub fn touches(protected: &[Prefix], e: &CtEntry) -> bool {
     if protected.is_empty() {
         return false;
     }
-    let addrs = [e.orig.src, e.orig.dst, e.reply.src, e.reply.dst];
-    protected.iter().any(|p| addrs.iter().any(|a| p.contains(a)))
-}
-
-/// Same as [`touches`] for a record from a snapshot.
-pub fn record_touches(protected: &[Prefix], r: &StateRecord) -> bool {
-    let addrs = r.addresses();
-    protected.iter().any(|p| addrs.iter().any(|a| p.contains(a)))
+    statecull_proto::listing::touches(
+        protected,
+        &[e.orig.src, e.orig.dst, e.reply.src, e.reply.dst],
+    )
 }
 
 /// What the kernel can do for a selector.

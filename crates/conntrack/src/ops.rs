@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use statecull_proto::{KillPath, KillReport, Prefix, StateHandle, StateKey};
+use statecull_proto::{CheckedHandle, KillPath, KillReport, Prefix, StateHandle, StateKey};
 use tracing::warn;
 
 use crate::codec::{MsgBuilder, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NlMsgs};
@@ -186,12 +186,12 @@ pub(crate) fn first_entries(filter: &KernelFilter, limit: usize) -> Result<Vec<C
 /// Fetch the entries for a chunk of handles in one round trip (`None` where missing).
 pub(crate) fn lookup(
     sock: &mut CtSocket,
-    handles: &[StateHandle],
+    handles: &[CheckedHandle],
 ) -> Result<Vec<Option<CtEntry>>, CtError> {
     let mut b = MsgBuilder::with_capacity(handles.len() * MAX_DELETE_MSG);
     let mut seqs = Vec::with_capacity(handles.len());
     for h in handles {
-        let StateHandle::Conntrack { orig, zone, .. } = h else {
+        let StateHandle::Conntrack { orig, zone, .. } = h.get() else {
             return Err(not_conntrack());
         };
         let seq = sock.next_seq();

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use statecull_proto::listing::{Batcher, Sink, Tally};
 use statecull_proto::{
-    AddressFamily, CheckedSelector, KillPath, KillReport, Prefix, StateDetail, StateHandle,
-    StateRecord,
+    AddressFamily, CheckedHandle, CheckedSelector, KillPath, KillReport, Prefix, StateDetail,
+    StateHandle, StateRecord,
 };
 use tracing::{debug, info, warn};
 
@@ -66,13 +67,8 @@ pub struct Conntrack {
     kernel: String,
 }
 
-/// Counts of a `Count` request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counts {
-    pub per_selector: Vec<u64>,
-    pub matching_any: u64,
-    pub table_entries: u64,
-}
+/// Counts of a `Count` request (the same type as every backend's).
+pub use statecull_proto::listing::Counts;
 
 fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
@@ -318,26 +314,18 @@ impl Conntrack {
         &self,
         selector: Option<&CheckedSelector>,
         batch: usize,
-        sink: &mut dyn FnMut(Vec<StateRecord>) -> Result<(), String>,
+        sink: &mut Sink<'_>,
     ) -> Result<u64, CtError> {
         let filter = match selector {
             Some(s) => matcher::kernel_plan(s, self.features_for(&[s])).filter,
             None => KernelFilter::default(),
         };
-        let batch = batch.max(1);
-        let mut pending = Vec::with_capacity(batch);
-        let mut sent = 0u64;
+        let mut batcher = Batcher::new(batch, sink);
         let stats = dump(&filter, &mut |e| {
             if selector.is_some_and(|s| !matcher::matches(s, &e)) {
                 return Ok(());
             }
-            pending.push(to_record(e));
-            if pending.len() >= batch {
-                sent += pending.len() as u64;
-                sink(std::mem::replace(&mut pending, Vec::with_capacity(batch)))
-                    .map_err(CtError::Aborted)?;
-            }
-            Ok(())
+            batcher.push(to_record(e)).map_err(CtError::Aborted)
         })?;
         if stats.interrupted {
             // A resize moved entries while we walked: some may be missing.
@@ -345,34 +333,22 @@ impl Conntrack {
                 "the conntrack table was resized during the listing; run it again".into(),
             ));
         }
-        if !pending.is_empty() {
-            sent += pending.len() as u64;
-            sink(pending).map_err(CtError::Aborted)?;
-        }
-        Ok(sent)
+        batcher.finish().map_err(CtError::Aborted)
     }
 
     /// Count the entries matching each selector, in one dump.
     pub fn count(&self, selectors: &[CheckedSelector]) -> Result<Counts, CtError> {
+        debug_assert!(selectors.iter().all(|s| matcher::check_supported(s).is_ok()));
         let table_entries = self.table_entries()?;
-        let mut per_selector = vec![0u64; selectors.len()];
-        let mut matching_any = 0u64;
+        let mut tally = Tally::new(selectors.len());
         if selectors.is_empty() {
-            return Ok(Counts { per_selector, matching_any, table_entries });
+            return Ok(Counts { table_entries, ..tally.finish() });
         }
         let filter = self.prefilter(selectors);
         for attempt in 1..=DUMP_ATTEMPTS {
-            per_selector.iter_mut().for_each(|c| *c = 0);
-            matching_any = 0;
+            tally.reset();
             let stats = dump(&filter, &mut |e| {
-                let mut any = false;
-                for (i, s) in selectors.iter().enumerate() {
-                    if matcher::matches(s, &e) {
-                        per_selector[i] += 1;
-                        any = true;
-                    }
-                }
-                matching_any += u64::from(any);
+                tally.add(|i| matcher::matches(&selectors[i], &e));
                 Ok(())
             })?;
             if !stats.interrupted {
@@ -384,7 +360,8 @@ impl Conntrack {
                 ));
             }
         }
-        Ok(Counts { per_selector, matching_any, table_entries })
+        // The dump was kernel-prefiltered: the table's size comes from GET_STATS.
+        Ok(Counts { table_entries, ..tally.finish() })
     }
 
     /// A kernel filter every selector implies (one selector: its own plan; several: their
@@ -411,9 +388,9 @@ impl Conntrack {
         protected: &[Prefix],
     ) -> Result<KillReport, CtError> {
         let started = Instant::now();
-        for s in selectors {
-            matcher::check_supported(s).map_err(CtError::Unsupported)?;
-        }
+        // `Request::check` refused fields the capabilities do not list; this re-check is
+        // only for the broker's tests.
+        debug_assert!(selectors.iter().all(|s| matcher::check_supported(s).is_ok()));
         if selectors.is_empty() {
             return Err(CtError::Unsupported("a kill needs at least one selector".into()));
         }
@@ -452,7 +429,7 @@ impl Conntrack {
     /// protected connection.
     pub fn kill_handles(
         &self,
-        handles: &[StateHandle],
+        handles: &[CheckedHandle],
         protected: &[Prefix],
     ) -> Result<KillReport, CtError> {
         let started = Instant::now();
@@ -477,14 +454,16 @@ impl Conntrack {
 
 fn queue_handles(
     deleter: &mut Deleter,
-    handles: &[StateHandle],
+    handles: &[CheckedHandle],
     protected: &[Prefix],
     spared: &mut u64,
     gone: &mut u64,
 ) -> Result<(), CtError> {
     if protected.is_empty() {
         for h in handles {
-            let StateHandle::Conntrack { orig, id, zone } = h else { return Err(not_conntrack()) };
+            let StateHandle::Conntrack { orig, id, zone } = h.get() else {
+                return Err(not_conntrack());
+            };
             deleter.push(orig, *id, *zone)?;
         }
         return Ok(());
@@ -493,7 +472,9 @@ fn queue_handles(
     for chunk in handles.chunks(GET_CHUNK) {
         let found = lookup(&mut sock, chunk)?;
         for (h, entry) in chunk.iter().zip(found) {
-            let StateHandle::Conntrack { orig, id, zone } = h else { return Err(not_conntrack()) };
+            let StateHandle::Conntrack { orig, id, zone } = h.get() else {
+                return Err(not_conntrack());
+            };
             match entry {
                 // A handle names one entry: the tuple *and* the id must agree.
                 Some(e) if e.id == *id => {

@@ -6,17 +6,16 @@
 //! through wire and stack lists, like the kernel's `V_pf_idhash` and `V_pf_keyhash`. Every
 //! operation counts what the kernel would pay: full passes, rows locked, states examined,
 //! key-hash lookups, id lookups and states exported. This module works on decoded requests;
-//! [`crate::kernel::ModelKernel`] puts the real request bytes in front of it.
+//! [`crate::model_device::ModelDevice`] puts the real request bytes in front of it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::types::{
-    AF_INET, AF_INET6, Direction, PfKey, PfKill, PfState, RuleAddr, pf_addr_bytes, port_op,
+    AF_INET6, Direction, PfKey, PfKill, PfState, RuleAddr, pf_addr_bytes, port_op, twin_search,
 };
 
-/// Default `net.pf.states_hashsize`.
-pub const DEFAULT_ROWS: usize = 131_072;
+pub use crate::types::DEFAULT_ROWS;
 
 /// What the model's operations cost, in the kernel's terms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,14 +115,6 @@ pub fn match_port(op: u8, a1: u16, a2: u16, p: u16) -> bool {
         port_op::GT => p > a1,
         port_op::GE => p >= a1,
         _ => false,
-    }
-}
-
-/// The twin search of `kill_match` for a victim: the key to look up and the direction.
-pub fn twin_search(s: &PfState) -> (PfKey, Direction) {
-    match s.direction {
-        Direction::Out => (s.stack.swapped(), Direction::In),
-        Direction::In => (s.wire.swapped(), Direction::Out),
     }
 }
 
@@ -424,9 +415,4 @@ impl PfModel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListCursor {
     row: usize,
-}
-
-/// Which family an address belongs to, as pf numbers them.
-pub fn pf_af(a: &IpAddr) -> u8 {
-    if a.is_ipv4() { AF_INET } else { AF_INET6 }
 }

@@ -12,9 +12,8 @@ use statecull_proto::{
     StateKey, StateRecord, ipproto,
 };
 
-use crate::model::twin_search;
 use crate::types::{
-    AF_INET, AF_INET6, Direction, PfKey, PfKill, PfState, RuleAddr, af_of, port_op,
+    AF_INET, AF_INET6, Direction, PfKey, PfKill, PfState, RuleAddr, port_op, twin_search,
 };
 
 /// Selector fields the pf backends understand. Marks are a conntrack concept.
@@ -118,8 +117,10 @@ pub fn matches(sel: &Selector, s: &PfState, labels: Option<&[String]>) -> bool {
 
 /// Does the state name an address inside a protected prefix (either key, either end)?
 pub fn touches(protected: &[Prefix], s: &PfState) -> bool {
-    let addrs = [s.wire.addr[0], s.wire.addr[1], s.stack.addr[0], s.stack.addr[1]];
-    protected.iter().any(|p| addrs.iter().any(|a| p.contains(a)))
+    statecull_proto::listing::touches(
+        protected,
+        &[s.wire.addr[0], s.wire.addr[1], s.stack.addr[0], s.stack.addr[1]],
+    )
 }
 
 /// For each victim (index into `states`), its twin's index when exactly one state qualifies:
@@ -280,18 +281,4 @@ pub fn to_record(s: &PfState) -> StateRecord {
             reply_bytes: s.bytes[1],
         }),
     }
-}
-
-/// The family a pf address family number names, if any.
-pub fn family_of_af(af: u8) -> Option<statecull_proto::AddressFamily> {
-    match af {
-        AF_INET => Some(statecull_proto::AddressFamily::Ipv4),
-        AF_INET6 => Some(statecull_proto::AddressFamily::Ipv6),
-        _ => None,
-    }
-}
-
-/// pf's number for the family of an address.
-pub fn af(a: &IpAddr) -> u8 {
-    af_of(a)
 }

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use crate::abi::{
     DIOCCLRSTATESNV, DIOCGETSTATESV2, DIOCKILLSTATESNV, PF_STATE_VERSION, PfiocNv, PfiocStatesV2,
 };
-use crate::kernel::{Errno, PfDevice};
+use crate::device::{Errno, PfDevice};
 
 // The request numbers nix computes with FreeBSD's encoding must be the pinned ones.
 const _: () = {

@@ -258,6 +258,17 @@ impl PfKill {
     }
 }
 
+/// Default `net.pf.states_hashsize`: the id-hash rows of the kernel's state table.
+pub const DEFAULT_ROWS: usize = 131_072;
+
+/// The twin search of `kill_match` for a victim: the key to look up and the direction.
+pub fn twin_search(s: &PfState) -> (PfKey, Direction) {
+    match s.direction {
+        Direction::Out => (s.stack.swapped(), Direction::In),
+        Direction::In => (s.wire.swapped(), Direction::Out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use statecull_pf::kernel::{ModelDevice, PfClient, PfDevice, PfError, Release, errno};
+use statecull_pf::client::{PfClient, PfError};
+use statecull_pf::device::{PfDevice, errno};
+use statecull_pf::model_device::{ModelDevice, Release};
 use statecull_pf::nl::StateFilter;
 use statecull_pf::table_gen::{ROUTER, Spec, router_table};
 use statecull_pf::types::{PfKill, PfState, RuleAddr, af_of};

@@ -6,8 +6,9 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use proptest::prelude::*;
-use statecull_pf::model::{PfModel, match_port, twin_search};
+use statecull_pf::model::{PfModel, match_port};
 use statecull_pf::table_gen::{Kind, ROUTER, Spec, router_table};
+use statecull_pf::types::twin_search;
 use statecull_pf::types::{
     AF_INET6, Direction, PfKey, PfKill, PfState, RuleAddr, af_of, pf_addr_bytes, port_op,
 };

@@ -12,7 +12,7 @@ use crate::model::{
     AddressFamily, IfName, L4, Label, MAX_IFNAME_LEN, MAX_LABEL_LEN, MarkMatch, PortRange, Prefix,
     Selector, SelectorField, StateHandle, StateKey, ipproto,
 };
-use crate::verbs::{Hello, Request};
+use crate::verbs::{Capabilities, Hello, Request, Verb};
 
 /// Upper bounds a broker enforces per request. The protocol constants are the ceiling; a
 /// broker may advertise lower ones in its Hello reply.
@@ -322,68 +322,196 @@ impl StateHandle {
     }
 }
 
-impl Request {
-    /// Check a request against `limits` (normally the broker's advertised limits).
-    ///
-    /// Returns the checked selectors of `Count`/`KillMatching`/`Snapshot` in request order so
-    /// the caller acts on exactly what was checked.
-    pub fn check(&self, limits: &Limits) -> Result<Vec<CheckedSelector>, ProtoError> {
-        let max_selectors = limits.max_selectors as usize;
+/// A handle that passed [`StateHandle::check`]. Backends only accept this type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CheckedHandle(StateHandle);
+
+impl CheckedHandle {
+    pub fn get(&self) -> &StateHandle {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for CheckedHandle {
+    type Target = StateHandle;
+    fn deref(&self) -> &StateHandle {
+        &self.0
+    }
+}
+
+/// An interface name that passed [`IfName::check`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CheckedIfName(IfName);
+
+impl CheckedIfName {
+    pub fn get(&self) -> &IfName {
+        &self.0
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0.0
+    }
+}
+
+impl std::fmt::Display for CheckedIfName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a request asks of the backend that it may not offer (see [`Capabilities`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unsupported {
+    /// A selector field the backend cannot match on.
+    Field(SelectorField),
+    /// A flush limited to one interface.
+    FlushByInterface,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Hello(Hello { client, .. }) => {
-                if client.len() > crate::MAX_CLIENT_NAME_LEN {
-                    return Err(ProtoError::TooMany {
-                        what: "bytes in the client name",
-                        count: client.len(),
-                        max: crate::MAX_CLIENT_NAME_LEN,
-                    });
-                }
-                Ok(Vec::new())
+            Unsupported::Field(field) => write!(f, "selecting by {field}"),
+            Unsupported::FlushByInterface => f.write_str("a flush limited to one interface"),
+        }
+    }
+}
+
+impl Capabilities {
+    /// Everything a request can ask for: what a client checks against before it knows
+    /// which broker (and backend) it will talk to.
+    pub fn any() -> Self {
+        Capabilities {
+            selector_fields: SelectorField::ALL.to_vec(),
+            kernel_mark_flush: true,
+            kernel_tuple_flush: vec![AddressFamily::Ipv4, AddressFamily::Ipv6],
+            kernel_tuple_broken: Vec::new(),
+            match_opposite: true,
+            flush_by_interface: true,
+        }
+    }
+
+    fn check_fields(&self, sel: &CheckedSelector) -> Result<(), ProtoError> {
+        match sel.fields().into_iter().find(|f| !self.selector_fields.contains(f)) {
+            Some(field) => Err(self.unsupported(Unsupported::Field(field))),
+            None => Ok(()),
+        }
+    }
+
+    fn unsupported(&self, what: Unsupported) -> ProtoError {
+        ProtoError::Unsupported {
+            what,
+            supported: self.selector_fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "),
+        }
+    }
+}
+
+/// A request that passed [`Request::check`]: every value in it is a checked type, so code
+/// that acts on it (the broker's dispatcher, the backends) cannot act on anything unchecked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckedRequest {
+    Hello(Hello),
+    Snapshot { selector: Option<CheckedSelector> },
+    Count { selectors: Vec<CheckedSelector> },
+    KillHandles { handles: Vec<CheckedHandle> },
+    KillMatching { selectors: Vec<CheckedSelector>, match_opposite: bool },
+    Flush { interface: Option<CheckedIfName> },
+}
+
+impl CheckedRequest {
+    pub fn verb(&self) -> Verb {
+        match self {
+            CheckedRequest::Hello(_) => Verb::Hello,
+            CheckedRequest::Snapshot { .. } => Verb::Snapshot,
+            CheckedRequest::Count { .. } => Verb::Count,
+            CheckedRequest::KillHandles { .. } => Verb::KillHandles,
+            CheckedRequest::KillMatching { .. } => Verb::KillMatching,
+            CheckedRequest::Flush { .. } => Verb::Flush,
+        }
+    }
+
+    /// The request's selectors, in request order (none for verbs without selectors).
+    pub fn selectors(&self) -> &[CheckedSelector] {
+        match self {
+            CheckedRequest::Snapshot { selector } => selector.as_slice(),
+            CheckedRequest::Count { selectors }
+            | CheckedRequest::KillMatching { selectors, .. } => selectors,
+            _ => &[],
+        }
+    }
+}
+
+fn check_count(what: &'static str, count: usize, max: usize) -> Result<(), ProtoError> {
+    if count > max {
+        return Err(ProtoError::TooMany { what, count, max });
+    }
+    Ok(())
+}
+
+impl Request {
+    /// Check a request: length first (against `limits`, normally the broker's advertised
+    /// ones), then meaning (every selector, handle and name), then what the backend offers
+    /// (`caps`; a client that does not know its broker yet uses [`Capabilities::any`]).
+    ///
+    /// This is the one place that decides whether a request is acceptable; what it returns
+    /// holds only checked types.
+    pub fn check(self, limits: &Limits, caps: &Capabilities) -> Result<CheckedRequest, ProtoError> {
+        let max_selectors = limits.max_selectors as usize;
+        let selectors = |selectors: &[Selector]| -> Result<Vec<CheckedSelector>, ProtoError> {
+            check_count("selectors", selectors.len(), max_selectors)?;
+            let checked = selectors.iter().map(Selector::check).collect::<Result<Vec<_>, _>>()?;
+            checked.iter().try_for_each(|s| caps.check_fields(s))?;
+            Ok(checked)
+        };
+        match self {
+            Request::Hello(hello) => {
+                check_count(
+                    "bytes in the client name",
+                    hello.client.len(),
+                    crate::MAX_CLIENT_NAME_LEN,
+                )?;
+                Ok(CheckedRequest::Hello(hello))
             }
-            Request::Snapshot { selector } => selector.iter().map(Selector::check).collect(),
-            Request::Count { selectors } => {
-                if selectors.len() > max_selectors {
-                    return Err(ProtoError::TooMany {
-                        what: "selectors",
-                        count: selectors.len(),
-                        max: max_selectors,
-                    });
+            Request::Snapshot { selector } => {
+                let selector = selector.as_ref().map(Selector::check).transpose()?;
+                if let Some(s) = &selector {
+                    caps.check_fields(s)?;
                 }
-                selectors.iter().map(Selector::check).collect()
+                Ok(CheckedRequest::Snapshot { selector })
             }
-            Request::KillMatching { selectors, .. } => {
-                if selectors.is_empty() {
+            Request::Count { selectors: s } => {
+                Ok(CheckedRequest::Count { selectors: selectors(&s)? })
+            }
+            Request::KillMatching { selectors: s, match_opposite } => {
+                if s.is_empty() {
                     return Err(ProtoError::EmptySelector(
                         "KillMatching without selectors; use Flush to clear the table".into(),
                     ));
                 }
-                if selectors.len() > max_selectors {
-                    return Err(ProtoError::TooMany {
-                        what: "selectors",
-                        count: selectors.len(),
-                        max: max_selectors,
-                    });
-                }
-                selectors.iter().map(Selector::check).collect()
+                Ok(CheckedRequest::KillMatching { selectors: selectors(&s)?, match_opposite })
             }
             Request::KillHandles { handles } => {
-                let max = limits.max_handles as usize;
                 if handles.is_empty() {
                     return Err(ProtoError::invalid("request", "KillHandles without handles"));
                 }
-                if handles.len() > max {
-                    return Err(ProtoError::TooMany { what: "handles", count: handles.len(), max });
-                }
-                for h in handles {
-                    h.check()?;
-                }
-                Ok(Vec::new())
+                check_count("handles", handles.len(), limits.max_handles as usize)?;
+                let handles = handles
+                    .into_iter()
+                    .map(|h| h.check().map(|()| CheckedHandle(h)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(CheckedRequest::KillHandles { handles })
             }
             Request::Flush { interface } => {
-                if let Some(i) = interface {
-                    i.check()?;
-                }
-                Ok(Vec::new())
+                let interface = match interface {
+                    Some(i) => {
+                        i.check()?;
+                        if !caps.flush_by_interface {
+                            return Err(caps.unsupported(Unsupported::FlushByInterface));
+                        }
+                        Some(CheckedIfName(i))
+                    }
+                    None => None,
+                };
+                Ok(CheckedRequest::Flush { interface })
             }
         }
     }

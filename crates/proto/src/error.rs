@@ -29,6 +29,9 @@ pub enum ProtoError {
     /// A message followed by extra bytes inside its frame.
     #[error("{trailing} trailing byte(s) after a {consumed}-byte message")]
     TrailingBytes { consumed: usize, trailing: usize },
+    /// Something the backend does not offer (a selector field, a flush by interface).
+    #[error("this backend does not support {what} (supported selector fields: {supported})")]
+    Unsupported { what: crate::check::Unsupported, supported: String },
     /// A message that cannot be framed (too large once encoded).
     #[error("message cannot be encoded: {0}")]
     Encode(String),
@@ -48,6 +51,7 @@ impl ProtoError {
         match self {
             Self::Parse { .. } | Self::Invalid { .. } => ErrorCode::InvalidArgument,
             Self::EmptySelector(_) => ErrorCode::EmptySelector,
+            Self::Unsupported { .. } => ErrorCode::Unsupported,
             Self::TooMany { .. } => ErrorCode::TooLarge,
             Self::FrameTooLarge { .. }
             | Self::EmptyFrame

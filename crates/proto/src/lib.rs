@@ -4,6 +4,8 @@
 //! * [`verbs`]: the closed list of requests and responses;
 //! * [`check`]: what makes a decoded value acceptable ([`Selector::check`] and friends);
 //! * [`frame`]: length-prefixed bincode frames, bounded and strict;
+//! * [`listing`]: what every backend does with a listing (snapshot batches, per-selector
+//!   counts, protected-prefix checks), written once;
 //! * [`text`]: untrusted text clipped and escaped for messages and logs.
 //!
 //! This crate does no I/O and contains no `unsafe`.
@@ -13,11 +15,14 @@ pub mod check;
 pub mod control;
 mod error;
 pub mod frame;
+pub mod listing;
 pub mod model;
 pub mod text;
 pub mod verbs;
 
-pub use check::{CheckedSelector, Limits};
+pub use check::{
+    CheckedHandle, CheckedIfName, CheckedRequest, CheckedSelector, Limits, Unsupported,
+};
 pub use error::ProtoError;
 pub use model::{
     AddressFamily, Counters, IfName, L4, Label, MarkMatch, PfDirection, PortRange, Prefix,

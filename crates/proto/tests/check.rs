@@ -7,8 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 use statecull_proto::{
-    AddressFamily, ErrorCode, ErrorReply, Hello, IfName, L4, Label, Limits, MarkMatch, PortRange,
-    Prefix, ProtoError, Request, Selector, StateHandle, StateKey, ipproto,
+    AddressFamily, Capabilities, ErrorCode, ErrorReply, Hello, IfName, L4, Label, Limits,
+    MarkMatch, PortRange, Prefix, ProtoError, Request, Selector, SelectorField, StateHandle,
+    StateKey, Unsupported, ipproto,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -637,8 +638,10 @@ fn request_check_table() {
         ),
     ];
     for (case, req, limits, want, n_checked) in cases {
-        let got = req.check(&limits);
+        let got = req.clone().check(&limits, &Capabilities::any());
         if let Ok(checked) = &got {
+            assert_eq!(checked.verb(), req.verb(), "{case}");
+            let checked = checked.selectors();
             assert_eq!(checked.len(), n_checked, "{case}");
             // The checked selectors are the request's, in request order.
             let sent: Vec<&Selector> = match &req {
@@ -653,6 +656,53 @@ fn request_check_table() {
         }
         expect(case, got, want);
     }
+}
+
+/// What the backend offers is checked in the same place: a selector field or a flush by
+/// interface the capabilities lack is refused as `Unsupported`, whatever else is right.
+#[test]
+fn request_check_refuses_what_the_backend_lacks() {
+    let p = Limits::PROTOCOL;
+    let conntrack_like = Capabilities {
+        selector_fields: SelectorField::ALL
+            .iter()
+            .copied()
+            .filter(|f| !matches!(f, SelectorField::Gateway | SelectorField::Interface))
+            .collect(),
+        flush_by_interface: false,
+        ..Capabilities::any()
+    };
+    let gw = Selector { gateway: Some(v4(198, 51, 100, 254)), ..Selector::default() };
+    let cases = [
+        (
+            Request::Count { selectors: vec![tcp(), gw.clone()] },
+            Unsupported::Field(SelectorField::Gateway),
+        ),
+        (
+            Request::KillMatching { selectors: vec![gw.clone()], match_opposite: true },
+            Unsupported::Field(SelectorField::Gateway),
+        ),
+        (Request::Snapshot { selector: Some(gw) }, Unsupported::Field(SelectorField::Gateway)),
+        (Request::Flush { interface: Some(IfName("igb1".into())) }, Unsupported::FlushByInterface),
+    ];
+    for (req, what) in cases {
+        let e = req.clone().check(&p, &conntrack_like).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unsupported, "{req:?}");
+        assert!(
+            matches!(&e, ProtoError::Unsupported { what: w, .. } if *w == what),
+            "{req:?}: {e}"
+        );
+        // The same request is fine for a backend that has it.
+        assert!(req.check(&p, &Capabilities::any()).is_ok());
+    }
+    // Meaning is checked before capabilities: a bad selector says what is wrong with it.
+    let bad = Selector {
+        gateway: Some(v4(198, 51, 100, 254)),
+        src: Some(pfx(v4(10, 0, 0, 1), 8)),
+        ..Selector::default()
+    };
+    let e = Request::Count { selectors: vec![bad] }.check(&p, &conntrack_like).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
 }
 
 #[test]

@@ -27,7 +27,8 @@ fn decode_both_and_recheck(bytes: &[u8]) {
         let frame = encode_request(&req).expect("a decoded request re-encodes");
         assert!(frame.len() - HEADER_LEN <= bytes.len());
         assert_eq!(decode_request(&frame[HEADER_LEN..]).unwrap(), req);
-        let _ = req.check(&statecull_proto::Limits::PROTOCOL);
+        let _ =
+            req.check(&statecull_proto::Limits::PROTOCOL, &statecull_proto::Capabilities::any());
     }
     if let Ok(resp) = decode_response(bytes) {
         let frame = encode_response(&resp).expect("a decoded response re-encodes");

@@ -7,9 +7,9 @@ use statecull_proto::frame::{
     decode_request, decode_response, encode_request, encode_response, encoded_len,
 };
 use statecull_proto::{
-    Counters, ErrorCode, HEADER_LEN, IfName, L4, Label, Limits, MAX_FRAME_LEN, MAX_HANDLES,
-    MAX_SELECTORS, MAX_SNAPSHOT_BATCH, MarkMatch, PortRange, Prefix, ProtoError, Request, Response,
-    Selector, StateDetail, StateHandle, StateKey, StateRecord, ipproto,
+    Capabilities, Counters, ErrorCode, HEADER_LEN, IfName, L4, Label, Limits, MAX_FRAME_LEN,
+    MAX_HANDLES, MAX_SELECTORS, MAX_SNAPSHOT_BATCH, MarkMatch, PortRange, Prefix, ProtoError,
+    Request, Response, Selector, StateDetail, StateHandle, StateKey, StateRecord, ipproto,
 };
 
 const FRAME: usize = MAX_FRAME_LEN as usize;
@@ -113,7 +113,10 @@ fn worst_cases_are_the_largest() {
 fn max_kill_handles_fits_one_frame() {
     let n = usize::try_from(MAX_HANDLES).unwrap();
     let req = Request::KillHandles { handles: vec![worst_handle(); n] };
-    assert!(req.check(&Limits::PROTOCOL).is_ok(), "the worst-case handles are valid");
+    assert!(
+        req.clone().check(&Limits::PROTOCOL, &Capabilities::any()).is_ok(),
+        "the worst-case handles are valid"
+    );
     let len = encoded_len(&req).unwrap();
     let per = encoded_len(&worst_handle()).unwrap();
     eprintln!(
@@ -129,7 +132,7 @@ fn max_kill_handles_fits_one_frame() {
     assert_eq!(decode_request(&frame[HEADER_LEN..]).unwrap(), req);
 
     let over = Request::KillHandles { handles: vec![worst_handle(); n + 1] };
-    let e = over.check(&Limits::PROTOCOL).unwrap_err();
+    let e = over.check(&Limits::PROTOCOL, &Capabilities::any()).unwrap_err();
     assert_eq!(e, ProtoError::TooMany { what: "handles", count: n + 1, max: n });
     assert_eq!(e.code(), ErrorCode::TooLarge);
 }
@@ -176,7 +179,10 @@ fn max_selectors_fit_one_frame() {
     };
     let n = usize::try_from(MAX_SELECTORS).unwrap();
     let req = Request::KillMatching { selectors: vec![sel; n], match_opposite: true };
-    assert_eq!(req.check(&Limits::PROTOCOL).unwrap().len(), n);
+    assert_eq!(
+        req.clone().check(&Limits::PROTOCOL, &Capabilities::any()).unwrap().selectors().len(),
+        n
+    );
     let len = encoded_len(&req).unwrap();
     eprintln!("KillMatching x {n} selectors: {len} bytes of {FRAME}");
     assert!(len <= FRAME);

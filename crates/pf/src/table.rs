@@ -1,0 +1,410 @@
+//! A pf state table behind a [`PfDevice`], with the same face as `statecull-conntrack`'s
+//! `Conntrack`: snapshot, count, kill by selectors, kill by handles, flush. The broker's pf
+//! adapter only maps errors and describes capabilities.
+//!
+//! Kills: one kernel-filtered kill when one selector says it all; otherwise one listing, the
+//! twins paired with the kernel's own rule, and kills by id (O(1) each). The report says
+//! which path ran and how many full table passes it cost.
+//!
+//! The device is shared by every request (one `/dev/pf` descriptor and one netlink socket,
+//! or the model), so every listing and kill runs under its lock; nothing here writes to a
+//! client while holding it (a snapshot is listed into memory first).
+
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use statecull_proto::listing::{Batcher, Counts, Sink, Tally};
+use statecull_proto::{
+    AddressFamily, CheckedHandle, CheckedSelector, KillPath, KillReport, Prefix, StateHandle,
+    StateRecord,
+};
+
+use crate::client::{PfClient, PfError};
+use crate::device::PfDevice;
+use crate::nl::StateFilter;
+use crate::plan::{self, Path};
+use crate::types::PfState;
+
+/// A pf state table.
+#[derive(Debug)]
+pub struct PfTable<D: PfDevice> {
+    client: Mutex<PfClient<D>>,
+    /// Id-hash rows of the kernel's state table.
+    rows: u64,
+    /// States seen by the last full listing (none yet: unknown).
+    last_size: Mutex<Option<u64>>,
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The kernel-side part of a selector for a listing: family, protocol, and one address the
+/// state must name somewhere (the kernel keeps states with the address in any key slot, a
+/// superset of what the selector means; the match here is exact). Interfaces are not passed
+/// down: the kernel's listing compares the current interface, which is "all" for floating
+/// states.
+fn listing_filter(sel: Option<&CheckedSelector>) -> StateFilter {
+    let Some(s) = sel else { return StateFilter::default() };
+    let af = match s.family() {
+        Some(AddressFamily::Ipv4) => crate::types::AF_INET,
+        Some(AddressFamily::Ipv6) => crate::types::AF_INET6,
+        None => 0,
+    };
+    let addr = s
+        .nat_addr
+        .map(|a| (a, if a.is_ipv4() { 32 } else { 128 }))
+        .or(s.src.map(|p| (p.addr, p.len)))
+        .or(s.dst.map(|p| (p.addr, p.len)));
+    StateFilter { ifname: None, af, proto: s.proto.unwrap_or(0), addr }
+}
+
+/// The states a kill by id must spare, keyed so that no spelling of a handle escapes them.
+#[derive(Debug, Default)]
+struct Shielded {
+    exact: HashSet<(u64, u32)>,
+    ids: HashSet<u64>,
+}
+
+impl Shielded {
+    fn insert(&mut self, s: &PfState) {
+        self.exact.insert((s.id, s.creatorid));
+        self.ids.insert(s.id);
+    }
+
+    /// Would killing `(id, creator)` kill a protected state? pf's kill by id reads creator 0
+    /// as this host's id (`pf_killstates`: `if (creatorid == 0) creatorid =
+    /// V_pf_status.hostid`), and listings never show 0 (the host id is never 0), so a handle
+    /// with creator 0 is spared when any protected state has its id.
+    fn covers(&self, id: u64, creator: u32) -> bool {
+        if creator == 0 { self.ids.contains(&id) } else { self.exact.contains(&(id, creator)) }
+    }
+}
+
+/// Past this many protected prefixes one full listing is cheaper than one filtered listing
+/// per prefix (each walks the whole table in the kernel).
+const MAX_FILTERED_PROTECTION_LISTINGS: usize = 8;
+
+fn refuse_labels(selectors: &[&CheckedSelector], what: &str) -> Result<(), PfError> {
+    if selectors.iter().any(|s| s.label.is_some()) {
+        return Err(PfError::Unsupported(format!(
+            "pf cannot {what} by label: listings carry the rule number, not its labels (a kill \
+             by label runs in the kernel)"
+        )));
+    }
+    Ok(())
+}
+
+fn report(path: KillPath, table_passes: u32) -> KillReport {
+    KillReport {
+        requested: 0,
+        killed: 0,
+        not_found: 0,
+        spared: 0,
+        failed: 0,
+        first_error: None,
+        exact: true,
+        path,
+        table_passes,
+        elapsed_us: 0,
+        note: None,
+    }
+}
+
+impl<D: PfDevice> PfTable<D> {
+    /// `rows` is the kernel's `net.pf.states_hashsize` (131,072 by default).
+    pub fn new(client: PfClient<D>, rows: u64) -> Self {
+        Self { client: Mutex::new(client), rows, last_size: Mutex::new(None) }
+    }
+
+    /// Look at the device (the model's cost counters, for benchmarks and tests).
+    pub fn with_device<R>(&self, f: impl FnOnce(&D) -> R) -> R {
+        f(self.client().device())
+    }
+
+    fn client(&self) -> MutexGuard<'_, PfClient<D>> {
+        // A poisoned lock means a request panicked mid-way; the device itself holds no
+        // state between requests that a panic could leave half-changed.
+        self.client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember_size(&self, n: u64) {
+        if let Ok(mut s) = self.last_size.lock() {
+            *s = Some(n);
+        }
+    }
+
+    fn shape(&self) -> Option<plan::TableShape> {
+        let states = self.last_size.lock().ok().and_then(|s| *s)?;
+        Some(plan::TableShape { states, rows: self.rows })
+    }
+
+    fn list(&self, sel: Option<&CheckedSelector>) -> Result<Vec<PfState>, PfError> {
+        let mut out = Vec::new();
+        self.client().list(&listing_filter(sel), &mut |s| {
+            out.push(s);
+            Ok(())
+        })?;
+        if sel.is_none() {
+            self.remember_size(out.len() as u64);
+        }
+        Ok(out)
+    }
+
+    /// Stream the states matching `selector` to `sink`, `batch` records at a time. The
+    /// listing is taken into memory under the device lock and written after it is released,
+    /// so a slow consumer holds up nobody else.
+    pub fn snapshot(
+        &self,
+        selector: Option<&CheckedSelector>,
+        batch: usize,
+        sink: &mut Sink<'_>,
+    ) -> Result<u64, PfError> {
+        if let Some(s) = selector {
+            refuse_labels(&[s], "list")?;
+        }
+        let mut batches: Vec<Vec<StateRecord>> = Vec::new();
+        let listed = {
+            let mut keep = |b: Vec<StateRecord>| -> Result<(), String> {
+                batches.push(b);
+                Ok(())
+            };
+            let mut batcher = Batcher::new(batch, &mut keep);
+            let mut listed = 0u64;
+            self.client().list(&listing_filter(selector), &mut |s| {
+                listed += 1;
+                if selector.is_some_and(|sel| !plan::matches(sel, &s, None)) {
+                    return Ok(());
+                }
+                batcher.push(plan::to_record(&s)).map_err(PfError::Aborted)
+            })?;
+            batcher.finish().map_err(PfError::Aborted)?;
+            listed
+        };
+        if selector.is_none() {
+            self.remember_size(listed);
+        }
+        let mut sent = 0u64;
+        for b in batches {
+            sent += b.len() as u64;
+            sink(b).map_err(PfError::Aborted)?;
+        }
+        Ok(sent)
+    }
+
+    /// Count the states matching each selector, in one listing that keeps nothing.
+    pub fn count(&self, selectors: &[CheckedSelector]) -> Result<Counts, PfError> {
+        refuse_labels(&selectors.iter().collect::<Vec<_>>(), "count")?;
+        let mut tally = Tally::new(selectors.len());
+        self.client().list(&StateFilter::default(), &mut |s| {
+            tally.add(|i| plan::matches(&selectors[i], &s, None));
+            Ok(())
+        })?;
+        let counts = tally.finish();
+        self.remember_size(counts.table_entries);
+        Ok(counts)
+    }
+
+    /// Every state touching a protected prefix, and how many listings it took. Over pf
+    /// netlink the kernel filters each listing by one prefix, so only protected states are
+    /// exported (a full export costs a message per state); without netlink, or with many
+    /// prefixes, one full listing.
+    fn protected_states(&self, protected: &[Prefix]) -> Result<(Shielded, u32), PfError> {
+        let mut shielded = Shielded::default();
+        let mut client = self.client();
+        let netlink = client.transports().nl_family.is_some();
+        let filters: Vec<StateFilter> =
+            if netlink && protected.len() <= MAX_FILTERED_PROTECTION_LISTINGS {
+                protected
+                    .iter()
+                    .map(|p| StateFilter { addr: Some((p.addr, p.len)), ..StateFilter::default() })
+                    .collect()
+            } else {
+                vec![StateFilter::default()]
+            };
+        for f in &filters {
+            client.list(f, &mut |s| {
+                if plan::touches(protected, &s) {
+                    shielded.insert(&s);
+                }
+                Ok(())
+            })?;
+        }
+        Ok((shielded, u32::try_from(filters.len()).unwrap_or(u32::MAX)))
+    }
+
+    /// Kill the states and unambiguous twins (when asked) of a listing's victims by id,
+    /// sparing states that touch protected prefixes. Returns (selected, killed, gone, spared).
+    fn kill_listed(
+        &self,
+        all: &[PfState],
+        victims: Vec<usize>,
+        match_opposite: bool,
+        protected: &[Prefix],
+    ) -> Result<(u64, u64, u64, u64), PfError> {
+        let mut spared = 0u64;
+        let mut chosen: Vec<usize> = Vec::with_capacity(victims.len() * 2);
+        let mut seen: HashSet<usize> = HashSet::with_capacity(victims.len() * 2);
+        let kept: Vec<usize> = victims
+            .into_iter()
+            .filter(|v| {
+                let touches = plan::touches(protected, &all[*v]);
+                spared += u64::from(touches);
+                !touches
+            })
+            .collect();
+        let twins =
+            if match_opposite { plan::pair_twins(all, &kept) } else { vec![None; kept.len()] };
+        for (v, twin) in kept.iter().zip(twins) {
+            if seen.insert(*v) {
+                chosen.push(*v);
+            }
+            if let Some(t) = twin
+                && !seen.contains(&t)
+            {
+                seen.insert(t);
+                if plan::touches(protected, &all[t]) {
+                    spared += 1;
+                } else {
+                    chosen.push(t);
+                }
+            }
+        }
+        let ids: Vec<(u64, u32)> = chosen.iter().map(|i| (all[*i].id, all[*i].creatorid)).collect();
+        let (killed, gone) = self.client().kill_ids(&ids)?;
+        Ok((ids.len() as u64, killed, gone, spared))
+    }
+
+    /// Kill every state matching any selector (and each victim's twin with
+    /// `match_opposite`), sparing states that touch `protected`.
+    pub fn kill_matching(
+        &self,
+        selectors: &[CheckedSelector],
+        match_opposite: bool,
+        protected: &[Prefix],
+    ) -> Result<KillReport, PfError> {
+        let started = Instant::now();
+        let path = plan::choose(selectors, match_opposite, protected, self.shape())
+            .map_err(|e| PfError::Unsupported(e.to_string()))?;
+        let passes = u32::try_from(path.passes()).unwrap_or(u32::MAX);
+        let mut report = report(KillPath::KernelFilteredFlush, passes);
+        let (filtered, listed) = match path {
+            Path::Filtered(f) => (f, Vec::new()),
+            Path::ListThenIds { filtered, listed } => {
+                report.path = KillPath::DumpAndDelete;
+                (filtered, listed)
+            }
+        };
+        for (n, k) in filtered.iter().enumerate() {
+            match self.client().kill(k) {
+                Ok(killed) => report.killed += u64::from(killed),
+                Err(e) if n == 0 => return Err(e),
+                Err(e) => {
+                    // Earlier passes already killed: report them, and the failure.
+                    report.exact = false;
+                    report.first_error = Some(e.to_string());
+                    report.note =
+                        Some(format!("stopped after {n} of {} kernel kills", filtered.len()));
+                    report.elapsed_us = micros(started);
+                    return Ok(report);
+                }
+            }
+        }
+        if !listed.is_empty() {
+            // Twins may not match the selectors themselves: list everything when they count.
+            let all = if match_opposite {
+                self.list(None)?
+            } else {
+                self.list(listed.first().filter(|_| listed.len() == 1))?
+            };
+            let victims: Vec<usize> = all
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| listed.iter().any(|sel| plan::matches(sel, s, None)))
+                .map(|(i, _)| i)
+                .collect();
+            let (selected, killed, gone, spared) =
+                self.kill_listed(&all, victims, match_opposite, protected)?;
+            report.requested = selected;
+            report.killed += killed;
+            report.not_found = gone;
+            report.spared = spared;
+        }
+        report.elapsed_us = micros(started);
+        Ok(report)
+    }
+
+    /// Kill exactly these states by id, sparing protected ones whatever the handle's spelling.
+    pub fn kill_handles(
+        &self,
+        handles: &[CheckedHandle],
+        protected: &[Prefix],
+    ) -> Result<KillReport, PfError> {
+        let started = Instant::now();
+        let mut ids = Vec::with_capacity(handles.len());
+        for h in handles {
+            match h.get() {
+                StateHandle::Pf { id, creator_id } => ids.push((*id, *creator_id)),
+                StateHandle::Conntrack { .. } => {
+                    return Err(PfError::Unsupported(
+                        "a conntrack handle cannot name a pf state".into(),
+                    ));
+                }
+            }
+        }
+        let mut spared = 0u64;
+        let mut passes = 0u32;
+        if !protected.is_empty() {
+            // Ids alone do not say what a state touches: list the protected states.
+            let (shielded, listings) = self.protected_states(protected)?;
+            passes = listings;
+            ids.retain(|(id, creator)| {
+                let keep = !shielded.covers(*id, *creator);
+                spared += u64::from(!keep);
+                keep
+            });
+        }
+        let (killed, gone) = self.client().kill_ids(&ids)?;
+        let mut r = report(KillPath::Handles, passes);
+        r.requested = handles.len() as u64;
+        r.killed = killed;
+        r.not_found = gone;
+        r.spared = spared;
+        r.elapsed_us = micros(started);
+        Ok(r)
+    }
+
+    /// Kill every state (on `interface` when given), sparing `protected` (which forces a
+    /// listing and kills by id).
+    pub fn flush(
+        &self,
+        interface: Option<&str>,
+        protected: &[Prefix],
+    ) -> Result<KillReport, PfError> {
+        let started = Instant::now();
+        let ifname = interface.unwrap_or_default();
+        if protected.is_empty() {
+            let killed = self.client().clear(ifname, false)?;
+            let mut r = report(KillPath::KernelFlush, 1);
+            r.killed = u64::from(killed);
+            r.elapsed_us = micros(started);
+            return Ok(r);
+        }
+        let all = self.list(None)?;
+        let victims: Vec<usize> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| ifname.is_empty() || s.kill_ifname() == ifname)
+            .map(|(i, _)| i)
+            .collect();
+        let (selected, killed, gone, spared) = self.kill_listed(&all, victims, false, protected)?;
+        let mut r = report(KillPath::DumpAndDelete, 1);
+        r.requested = selected;
+        r.killed = killed;
+        r.not_found = gone;
+        r.spared = spared;
+        r.elapsed_us = micros(started);
+        Ok(r)
+    }
+}
