@@ -690,17 +690,10 @@ async fn run_action(
             let mut records: Vec<StateRecord> = Vec::new();
             for sel in selectors {
                 let s = sel.clone();
-                let mut got = shared
+                let (mut got, _done) = shared
                     .broker
                     .call_retrying(
-                        move |c| {
-                            let mut out = Vec::new();
-                            c.snapshot(Some(s.clone()), &mut |batch| {
-                                out.extend(batch);
-                                Ok(())
-                            })?;
-                            Ok(out)
-                        },
+                        move |c| c.snapshot(Some(s.clone())),
                         BROKER_PATIENCE,
                         |e| tracing::warn!("snapshot pending: broker unreachable ({e}); retrying"),
                     )
