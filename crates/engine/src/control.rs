@@ -1,5 +1,5 @@
 //! The control socket: `statecull status|plan|gateway|events` (and scripts) talk to the
-//! engine here, one JSON object per line (see `statecull_proto::control`).
+//! engine here, one JSON object per line (see `statecull_control`).
 //!
 //! The socket is created mode 0660 by `statecull_sandbox::socket` (bound in a private
 //! directory, renamed into place); who may use it is decided by its group. A line longer
@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use statecull_policy::plan::{self, Action, Purpose};
-use statecull_proto::control::{
+use statecull_control::{
     BrokerStatus, ControlReply, ControlRequest, Event, GatewayAction, GatewayStatus,
     MAX_CONTROL_LINE, PlanReply, PlanStepSummary, StatusReply,
 };
+use statecull_policy::plan::{self, Action, Purpose};
 use statecull_proto::{Capabilities, Selector};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -525,5 +525,5 @@ async fn dry_run(
 
 /// The default control socket path.
 pub fn default_path() -> PathBuf {
-    PathBuf::from(statecull_proto::control::DEFAULT_CONTROL_SOCKET)
+    PathBuf::from(statecull_control::DEFAULT_CONTROL_SOCKET)
 }

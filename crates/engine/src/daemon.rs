@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use statecull_control::EventKind;
 use statecull_policy::model::{HealthSource, RoutingConfirm};
-use statecull_proto::control::EventKind;
 
 use crate::broker::BrokerLink;
 use crate::error::EngineError;

@@ -18,9 +18,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use statecull_control::EventKind;
 use statecull_policy::model::RoutingConfirm;
 use statecull_policy::plan::{self, Action, Plan, PlanInput, Purpose};
-use statecull_proto::control::EventKind;
 use statecull_proto::{Capabilities, KillReport, Selector, StateHandle, StateRecord};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
