@@ -11,9 +11,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use statecull_control::{ControlReply, ControlRequest, Event, MAX_CONTROL_LINE};
 use statecull_policy::Policy;
 use statecull_policy::plan::{PlanInput, plan};
-use statecull_proto::control::{ControlReply, ControlRequest, Event, MAX_CONTROL_LINE};
 use statecull_proto::{Capabilities, SelectorField};
 
 fn policies() -> &'static [Policy] {

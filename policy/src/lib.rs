@@ -3,14 +3,18 @@
 //! the caller supplies), no randomness. That is what lets the engine's decisions be tested
 //! exhaustively with a fake clock and a fake state table.
 //!
-//! * [`model`]: the validated policy (gateways, groups, protected flows, routing);
+//! * [`model`]: the validated policy (gateways, groups, protected flows, routing) and the
+//!   default of every setting a policy may leave out;
 //! * [`load`]: TOML text to a validated [`Policy`], errors naming file, line and field;
+//! * [`explain`]: a policy in plain words, with warnings about likely mistakes (also
+//!   reachable as `load::explain`, `load::warnings`);
 //! * [`health`]: the per-gateway state machine (sliding window, hysteresis, hold-down, flap
 //!   damping);
 //! * [`plan`]: from policy + health transitions + broker capabilities to a kill plan with
 //!   a human explanation.
 #![forbid(unsafe_code)]
 
+pub mod explain;
 pub mod health;
 pub mod load;
 pub mod model;

@@ -1,6 +1,13 @@
 //! The validated policy. [`crate::load`] builds these from TOML; every value here has been
 //! checked (names unique and non-empty, references resolved, thresholds ordered, durations
 //! in range), so the state machine and the planner never re-validate.
+//!
+//! The value of every setting a policy may leave out is written once, here: the `Default`
+//! impls of the settings structs and enums, and [`Gateway::DEFAULT_PROBE_INTERVAL`] /
+//! [`Gateway::DEFAULT_PROBE_TIMEOUT`] for the two gateway fields that have one (a gateway as
+//! a whole has no default: its name, interface and address are required). The loader fills
+//! in what the file leaves out from these, and the explanation shows what was loaded, so
+//! `check-policy` cannot describe a default the engine does not use.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -27,8 +34,9 @@ pub struct Policy {
     pub routing: Routing,
 }
 
-/// Engine-wide settings (the `[engine]` table). Command-line flags override them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Engine-wide settings (the `[engine]` table). Command-line flags override them. The
+/// default (no `[engine]` table) sets nothing: the engine uses its own built-in paths.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EngineSettings {
     /// The broker's Unix socket.
     pub broker_socket: Option<String>,
@@ -41,10 +49,12 @@ pub struct EngineSettings {
 }
 
 /// Where a gateway's health comes from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum HealthSource {
-    /// ICMP echo from the engine (datagram ICMP sockets), to each monitor target.
+    /// ICMP echo from the engine (datagram ICMP sockets), to each monitor target. The
+    /// default: it needs nothing but the policy.
+    #[default]
     Icmp,
     /// A dpinger status socket (pfSense / OPNsense), read every probe interval.
     Dpinger { socket: String },
@@ -91,7 +101,8 @@ pub struct StateMatch {
     pub interface: Option<IfName>,
 }
 
-/// Thresholds and timers of the gateway health state machine ([`crate::health`]).
+/// Thresholds and timers of the gateway health state machine ([`crate::health`]). The
+/// default is what a `[[gateway]]` table that sets none of them gets.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HealthParams {
     /// Probe results kept in the sliding window.
@@ -116,7 +127,8 @@ pub struct HealthParams {
 
 /// Route-flap damping (RFC 2439 style): every up→down flap adds `penalty`; the figure
 /// decays exponentially with `half_life`; above `suppress_above` the gateway is suppressed
-/// (treated as down whatever the probes say) until it decays below `reuse_below`.
+/// (treated as down whatever the probes say) until it decays below `reuse_below`. The
+/// default (no `[gateway.damping]` table) is on.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FlapDamping {
     pub enabled: bool,
@@ -129,12 +141,14 @@ pub struct FlapDamping {
 }
 
 /// What happens to a group member's states when it goes down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnDown {
     /// Kill nothing (states time out on their own).
     None,
-    /// Kill the states of the gateway that went down, and only those.
+    /// Kill the states of the gateway that went down, and only those. The default: it is
+    /// what statecull is for.
+    #[default]
     Gateway,
     /// Kill every state of the table (what pfSense's "kill all states" does); for
     /// comparison and for users who want it.
@@ -142,10 +156,12 @@ pub enum OnDown {
 }
 
 /// What happens when a better tier comes back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnRecovery {
-    /// Leave connections on the lower tier (they move back when they end).
+    /// Leave connections on the lower tier (they move back when they end). The default:
+    /// killing working connections must be asked for.
+    #[default]
     Keep,
     /// Kill the lower tiers' states so connections move back now.
     Kill,
@@ -185,11 +201,12 @@ pub struct ProtectedFlow {
 }
 
 /// How the executor knows routing has moved off a dead gateway before it kills.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoutingConfirm {
     /// Watch routes and rules over rtnetlink (read-only) until no default route uses the
-    /// gateway as next hop.
+    /// gateway as next hop. The default (Linux).
+    #[default]
     Rtnetlink,
     /// Wait for `statecull gateway NAME down --routed` / `routed` from the routing manager.
     Signal,
@@ -197,6 +214,8 @@ pub enum RoutingConfirm {
     Delay,
 }
 
+/// How a kill waits for routing (the `[routing]` table). The default is what a policy
+/// without that table gets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Routing {
     pub confirm: RoutingConfirm,
@@ -206,6 +225,53 @@ pub struct Routing {
     /// After the kill, one trailing sweep this much later catches states born in the race
     /// window; zero disables the sweep.
     pub sweep_delay: Duration,
+}
+
+impl Gateway {
+    /// Probe interval when the gateway sets none.
+    pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+    /// Probe timeout when the gateway sets none (it may exceed the interval).
+    pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+impl Default for HealthParams {
+    fn default() -> Self {
+        Self {
+            window: 20,
+            // The loader lowers it to the window when a gateway's window is smaller.
+            min_samples: 5,
+            loss_down_pct: 20.0,
+            loss_up_pct: 5.0,
+            latency_degraded: Duration::from_millis(500),
+            latency_up: Duration::from_millis(250),
+            loss_degraded_pct: 10.0,
+            hold_down: Duration::from_secs(10),
+            damping: FlapDamping::default(),
+        }
+    }
+}
+
+impl Default for FlapDamping {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            penalty: 1000.0,
+            suppress_above: 2000.0,
+            reuse_below: 750.0,
+            half_life: Duration::from_secs(60),
+            max_penalty: 6000.0,
+        }
+    }
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            confirm: RoutingConfirm::default(),
+            settle_timeout: Duration::from_secs(5),
+            sweep_delay: Duration::from_secs(2),
+        }
+    }
 }
 
 impl Policy {

@@ -116,6 +116,14 @@ pub struct Step {
     pub purpose: Purpose,
     pub action: Action,
     pub why: String,
+    /// The gateways (policy indices) the step is about, in the order the purpose names them:
+    /// the down ones, or a fail-back's lower tiers. Kills are credited to them.
+    pub gateways: Vec<usize>,
+    /// For each selector of `action`, in order, the gateway (policy index, one of
+    /// `gateways`) whose states it was built to recognise; when two of them share a
+    /// selector, the first. Empty for a flush. With per-selector counts, this is what
+    /// attributes a kill of several gateways to each ([`attribute`]).
+    pub owners: Vec<usize>,
 }
 
 /// Why a step exists.
@@ -144,6 +152,14 @@ pub enum Action {
     /// `match_opposite`, their opposite-direction twins, which belong to the same
     /// connection and so are unprotected too).
     KillExcept { selectors: Vec<Selector>, match_opposite: bool, except: Vec<ProtectedFlow> },
+}
+
+/// One request of the trailing sweep ([`Plan::sweep_requests`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SweepRequest {
+    pub action: Action,
+    /// The gateway owning each selector of `action` (see [`Step::owners`]).
+    pub owners: Vec<usize>,
 }
 
 /// Something the policy could have acted on and did not, with the reason.
@@ -177,6 +193,55 @@ impl Action {
 
 // ---------------------------------------------------------------------------------------
 // Selectors per gateway
+
+/// Selectors, each with the gateway (policy index) whose states it recognises: what turns
+/// the broker's per-selector counts into per-gateway figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OwnedSelectors {
+    pub selectors: Vec<Selector>,
+    /// `owners[i]` owns `selectors[i]`.
+    pub owners: Vec<usize>,
+}
+
+/// The selectors of each of `gateways` on this backend ([`gateway_selectors`]), in that
+/// order, each with the gateway it came from; a gateway whose states cannot be recognised
+/// contributes none (per-gateway figures show it as unknown). Nothing is deduplicated: a
+/// count then credits each gateway with what its own selectors match.
+pub fn owned_selectors(policy: &Policy, gateways: &[usize], caps: &Capabilities) -> OwnedSelectors {
+    let mut out = OwnedSelectors::default();
+    for &g in gateways {
+        if let Ok(selectors) = gateway_selectors(policy, g, caps) {
+            out.owners.extend(std::iter::repeat_n(g, selectors.len()));
+            out.selectors.extend(selectors);
+        }
+    }
+    out
+}
+
+/// Per-gateway totals of per-selector `counts` (`counts[i]` for the selector `owners[i]`
+/// owns): one entry per gateway of the policy (`gateways` of them), `None` for a gateway
+/// that owns no counted selector.
+pub fn per_gateway(owners: &[usize], counts: &[u64], gateways: usize) -> Vec<Option<u64>> {
+    let mut out = vec![None; gateways];
+    for (&g, &n) in owners.iter().zip(counts) {
+        if let Some(slot) = out.get_mut(g) {
+            *slot = Some(slot.unwrap_or(0) + n);
+        }
+    }
+    out
+}
+
+/// A step's kill credited to its `gateways` (in that order, each starting at 0) from
+/// per-selector `counts` and the selectors' `owners` ([`Step::owners`]).
+pub fn attribute(gateways: &[usize], owners: &[usize], counts: &[u64]) -> Vec<(usize, u64)> {
+    let mut acc: Vec<(usize, u64)> = gateways.iter().map(|&g| (g, 0)).collect();
+    for (&owner, &n) in owners.iter().zip(counts) {
+        if let Some(slot) = acc.iter_mut().find(|(g, _)| *g == owner) {
+            slot.1 += n;
+        }
+    }
+    acc
+}
 
 fn supports(caps: &Capabilities, field: SelectorField) -> bool {
     caps.selector_fields.contains(&field)
@@ -654,18 +719,23 @@ fn guarded(
 /// One or more steps for a set of selectors; `why` is completed with the request split.
 fn kill_steps(
     purpose: &Purpose,
-    selectors: Vec<Selector>,
+    gateways: &[usize],
+    owned: OwnedSelectors,
     match_opposite: bool,
     why: &str,
 ) -> Vec<Step> {
+    let OwnedSelectors { selectors, owners } = owned;
     let total = selectors.len();
-    let chunks: Vec<Vec<Selector>> =
-        selectors.chunks(MAX_SELECTORS_PER_REQUEST).map(<[Selector]>::to_vec).collect();
+    let chunks: Vec<(Vec<Selector>, Vec<usize>)> = selectors
+        .chunks(MAX_SELECTORS_PER_REQUEST)
+        .zip(owners.chunks(MAX_SELECTORS_PER_REQUEST))
+        .map(|(s, o)| (s.to_vec(), o.to_vec()))
+        .collect();
     let n = chunks.len();
     chunks
         .into_iter()
         .enumerate()
-        .map(|(i, chunk)| {
+        .map(|(i, (chunk, owners))| {
             let split = if n == 1 {
                 format!(
                     "{total} {} in one request: one table pass",
@@ -683,6 +753,8 @@ fn kill_steps(
                 purpose: purpose.clone(),
                 action: Action::KillMatching { selectors: chunk, match_opposite },
                 why: format!("{why}; {split}"),
+                gateways: gateways.to_vec(),
+                owners,
             }
         })
         .collect()
@@ -696,14 +768,22 @@ fn twins_note(caps: &Capabilities) -> &'static str {
     }
 }
 
-fn dedup_in_order(selectors: impl IntoIterator<Item = Selector>) -> Vec<Selector> {
-    let mut out: Vec<Selector> = Vec::new();
-    for s in selectors {
-        if !out.contains(&s) {
-            out.push(s);
+/// Selectors with their owners, deduplicated in order: a selector two gateways share is
+/// kept once, owned by the first.
+fn dedup_owned(owned: impl IntoIterator<Item = (Selector, usize)>) -> OwnedSelectors {
+    let mut out = OwnedSelectors::default();
+    for (s, g) in owned {
+        if !out.selectors.contains(&s) {
+            out.selectors.push(s);
+            out.owners.push(g);
         }
     }
     out
+}
+
+/// The targets' selectors as one request's worth, deduplicated, each owned by its target.
+fn merged(per_gateway: &[(usize, Vec<Selector>)]) -> OwnedSelectors {
+    dedup_owned(per_gateway.iter().flat_map(|(g, s)| s.iter().map(|s| (s.clone(), *g))))
 }
 
 /// "(ct mark 0x1/0xff)" for one gateway; "(WAN1: ..., WAN2: ...)" for several.
@@ -840,6 +920,8 @@ fn plan_down(ctx: &Ctx<'_>, b: &mut Builder) -> Result<bool, PolicyError> {
             purpose: Purpose::FlushAll { gateways: names },
             action: Action::Flush,
             why,
+            gateways: all,
+            owners: Vec::new(),
         });
         return Ok(true);
     }
@@ -901,8 +983,8 @@ fn plan_down(ctx: &Ctx<'_>, b: &mut Builder) -> Result<bool, PolicyError> {
     if !still.is_empty() {
         subject.push(format!("{} still down", and_list(&still)));
     }
-    let selectors = dedup_in_order(per_gateway.iter().flat_map(|(_, s)| s.iter().cloned()));
-    let passes = selectors.len().div_ceil(MAX_SELECTORS_PER_REQUEST);
+    let owned = merged(&per_gateway);
+    let passes = owned.selectors.len().div_ceil(MAX_SELECTORS_PER_REQUEST);
     let pass_note = match (names.len(), passes) {
         (1, 1) => String::new(),
         (_, 1) => " in one pass".into(),
@@ -916,7 +998,7 @@ fn plan_down(ctx: &Ctx<'_>, b: &mut Builder) -> Result<bool, PolicyError> {
         takeover(ctx, &kept_targets)
     ));
     let purpose = Purpose::GatewayDown { gateways: names };
-    b.steps.extend(kill_steps(&purpose, selectors, ctx.caps.match_opposite, &why));
+    b.steps.extend(kill_steps(&purpose, &kept, owned, ctx.caps.match_opposite, &why));
     Ok(false)
 }
 
@@ -1046,7 +1128,7 @@ fn plan_fail_back(ctx: &Ctx<'_>, flushed: bool, b: &mut Builder) -> Result<(), P
         }
         let lower: Vec<usize> = per_gateway.iter().map(|(g, _)| *g).collect();
         let lower_names = ctx.names(&lower);
-        let selectors = dedup_in_order(per_gateway.iter().flat_map(|(_, s)| s.iter().cloned()));
+        let OwnedSelectors { selectors, owners } = merged(&per_gateway);
         let purpose = Purpose::FailBack {
             group: group.name.clone(),
             recovered: rec_names.clone(),
@@ -1084,6 +1166,8 @@ fn plan_fail_back(ctx: &Ctx<'_>, flushed: bool, b: &mut Builder) -> Result<(), P
                         "{head}; on_recovery = kill-unprotected: snapshot, spare the protected \
                          flows ({flows}), kill the rest by handle"
                     ),
+                    gateways: lower,
+                    owners,
                 });
             }
             _ => {
@@ -1100,7 +1184,8 @@ fn plan_fail_back(ctx: &Ctx<'_>, flushed: bool, b: &mut Builder) -> Result<(), P
                 ));
                 b.steps.extend(kill_steps(
                     &purpose,
-                    selectors,
+                    &lower,
+                    OwnedSelectors { selectors, owners },
                     ctx.caps.match_opposite,
                     &format!("{head}; {mode}"),
                 ));
@@ -1275,7 +1360,16 @@ impl Plan {
     /// when there is nothing to sweep. When the down kill needed several requests, so does
     /// the sweep: use [`Plan::sweep_actions`], which splits it the same way.
     pub fn sweep(&self) -> Option<Action> {
-        let mut selectors = Vec::new();
+        self.sweep_owned().map(|(owned, match_opposite)| Action::KillMatching {
+            selectors: owned.selectors,
+            match_opposite,
+        })
+    }
+
+    /// The sweep's selectors with their owners (the first step's owner when steps share a
+    /// selector), and whether twins are killed too.
+    fn sweep_owned(&self) -> Option<(OwnedSelectors, bool)> {
+        let mut owned = Vec::new();
         let mut match_opposite = false;
         for step in &self.steps {
             if !matches!(step.purpose, Purpose::GatewayDown { .. }) {
@@ -1286,25 +1380,29 @@ impl Plan {
             {
                 match_opposite |= *m;
             }
-            selectors.extend(step.action.selectors().iter().cloned());
+            owned.extend(step.action.selectors().iter().cloned().zip(step.owners.iter().copied()));
         }
-        let selectors = dedup_in_order(selectors);
-        if selectors.is_empty() {
-            None
-        } else {
-            Some(Action::KillMatching { selectors, match_opposite })
-        }
+        let owned = dedup_owned(owned);
+        if owned.selectors.is_empty() { None } else { Some((owned, match_opposite)) }
+    }
+
+    /// [`Plan::sweep_actions`] with the gateway owning each selector of each request.
+    pub fn sweep_requests(&self) -> Vec<SweepRequest> {
+        let Some((owned, match_opposite)) = self.sweep_owned() else { return Vec::new() };
+        owned
+            .selectors
+            .chunks(MAX_SELECTORS_PER_REQUEST)
+            .zip(owned.owners.chunks(MAX_SELECTORS_PER_REQUEST))
+            .map(|(s, o)| SweepRequest {
+                action: Action::KillMatching { selectors: s.to_vec(), match_opposite },
+                owners: o.to_vec(),
+            })
+            .collect()
     }
 
     /// [`Plan::sweep`] split into requests the broker accepts (at most
     /// [`MAX_SELECTORS_PER_REQUEST`] selectors each).
     pub fn sweep_actions(&self) -> Vec<Action> {
-        match self.sweep() {
-            Some(Action::KillMatching { selectors, match_opposite }) => selectors
-                .chunks(MAX_SELECTORS_PER_REQUEST)
-                .map(|c| Action::KillMatching { selectors: c.to_vec(), match_opposite })
-                .collect(),
-            _ => Vec::new(),
-        }
+        self.sweep_requests().into_iter().map(|r| r.action).collect()
     }
 }

@@ -12,8 +12,9 @@ use statecull_policy::model::{
     OnRecovery, Policy, ProtectedFlow, Routing, RoutingConfirm, StateMatch,
 };
 use statecull_policy::plan::{
-    Action, MAX_SELECTORS_PER_REQUEST, Plan, PlanInput, Purpose, describe_selector, flow_matches,
-    gateway_selectors, plan, resolve_except,
+    Action, MAX_SELECTORS_PER_REQUEST, OwnedSelectors, Plan, PlanInput, Purpose, attribute,
+    describe_selector, flow_matches, gateway_selectors, owned_selectors, per_gateway, plan,
+    resolve_except,
 };
 use statecull_proto::{
     AddressFamily, Capabilities, IfName, L4, MarkMatch, PfDirection, PortRange, Prefix, Selector,
@@ -194,6 +195,11 @@ fn kill(selectors: Vec<Selector>, match_opposite: bool) -> Action {
 
 fn down(names: &[&str]) -> Purpose {
     Purpose::GatewayDown { gateways: names.iter().map(|s| s.to_string()).collect() }
+}
+
+/// A step's gateways and its selectors' owners (policy indices).
+fn owned(p: &Plan, step: usize) -> (Vec<usize>, Vec<usize>) {
+    (p.steps[step].gateways.clone(), p.steps[step].owners.clone())
 }
 
 fn skipped_subjects(p: &Plan) -> Vec<&str> {
@@ -389,6 +395,7 @@ fn one_gateway_down_on_conntrack() {
     assert_eq!(plan.steps[0].purpose, down(&["WAN1"]));
     assert_eq!(plan.steps[0].action, kill(vec![mark(1)], false));
     assert!(plan.skipped.is_empty());
+    assert_eq!(owned(&plan, 0), (vec![0], vec![0]), "WAN1's step, WAN1's mark");
     assert_eq!(
         plan.explanation[0],
         "WAN1 down: kill WAN1's states (ct mark 0x1/0xff) once routing has moved; WAN2 (tier 2) \
@@ -409,6 +416,7 @@ fn one_gateway_down_on_pf_kills_twins_and_default_route_states() {
         "WAN2 down: kill WAN2's states (route-to 192.0.2.2 or NAT 198.51.100.2 on igb2) once \
          routing has moved; WAN1 (tier 1) takes over"
     );
+    assert_eq!(owned(&plan, 0), (vec![1], vec![1, 1]));
     assert!(plan.steps[0].why.contains("twin"), "{}", plan.steps[0].why);
 }
 
@@ -436,6 +444,7 @@ fn two_of_three_down_is_one_step_and_one_request() {
     assert_eq!(plan.steps[0].purpose, down(&["WAN1", "WAN2"]));
     assert_eq!(plan.steps[0].action, kill(vec![mark(1), mark(2)], false));
     assert!(plan.steps[0].why.contains("one request: one table pass"), "{}", plan.steps[0].why);
+    assert_eq!(owned(&plan, 0), (vec![0, 1], vec![0, 1]), "each mark credited to its gateway");
     assert_eq!(
         plan.explanation[0],
         "WAN1 and WAN2 down: kill their states (WAN1: ct mark 0x1/0xff, WAN2: ct mark 0x2/0xff) \
@@ -468,6 +477,13 @@ fn more_than_64_selectors_are_split_and_the_why_says_so() {
     assert_eq!(sweeps.len(), 2);
     assert_eq!(sweeps[0], plan.steps[0].action);
     assert_eq!(sweeps[1], plan.steps[1].action);
+    assert_eq!(owned(&plan, 0), (vec![0], vec![0; MAX_SELECTORS_PER_REQUEST]));
+    assert_eq!(owned(&plan, 1), (vec![0], vec![0; 70 - MAX_SELECTORS_PER_REQUEST]));
+    let requests = plan.sweep_requests();
+    assert_eq!(requests.len(), 2);
+    for (r, step) in requests.iter().zip(&plan.steps) {
+        assert_eq!((&r.action, &r.owners), (&step.action, &step.owners));
+    }
 }
 
 #[test]
@@ -483,6 +499,7 @@ fn a_nat_address_shared_by_two_down_gateways_is_sent_once() {
         plan.steps[0].action,
         kill(vec![Selector { nat_addr: Some(ip("198.51.100.9")), ..Selector::default() }], false)
     );
+    assert_eq!(owned(&plan, 0), (vec![0, 1], vec![0]), "sent once, credited to the first");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -557,6 +574,7 @@ fn on_down_all_flushes_and_warns() {
     assert_eq!(plan.steps.len(), 1);
     assert_eq!(plan.steps[0].action, Action::Flush);
     assert_eq!(plan.steps[0].purpose, Purpose::FlushAll { gateways: vec!["WAN1".into()] });
+    assert_eq!(owned(&plan, 0), (vec![0], vec![]), "a flush has no selector to own");
     assert!(plan.steps[0].why.contains("WARNING"), "{}", plan.steps[0].why);
     assert!(plan.steps[0].why.contains("healthy links"), "{}", plan.steps[0].why);
     assert!(plan.explanation[0].contains("healthy links"), "{}", plan.explanation[0]);
@@ -626,6 +644,7 @@ fn a_flush_covers_the_other_down_gateways() {
         plan.steps[0].purpose,
         Purpose::FlushAll { gateways: vec!["WAN1".into(), "WAN2".into()] }
     );
+    assert_eq!(owned(&plan, 0), (vec![0, 1], vec![]));
     assert!(plan.steps[0].why.contains("also covers WAN2"), "{}", plan.steps[0].why);
 }
 
@@ -668,6 +687,8 @@ fn fail_back_kill_targets_the_lower_tier() {
     );
     assert_eq!(plan.steps[0].action, kill(vec![rt(2), nat_on(2)], true));
     assert!(plan.sweep().is_none(), "fail-back steps are not swept");
+    assert_eq!(owned(&plan, 0), (vec![1], vec![1, 1]), "the lower tier's step");
+    assert!(plan.sweep_requests().is_empty());
     assert_eq!(
         plan.explanation[0],
         "WAN1 back in group main: kill WAN2's states so connections move back to tier 1"
@@ -687,6 +708,7 @@ fn fail_back_kill_unprotected_spares_sip_and_rtp() {
             except: vec![sip(), rtp()]
         }
     );
+    assert_eq!(owned(&plan, 0), (vec![1], vec![1]));
     assert!(plan.explanation[0].contains("except protected flows (sip and rtp)"));
 }
 
@@ -714,6 +736,7 @@ fn fail_back_kills_every_usable_lower_tier() {
     let p = three_tier(OnDown::Gateway, OnRecovery::Kill);
     let plan = run(&p, &[true, true, true], &[], &[0], &ct_caps());
     assert_eq!(plan.steps[0].action, kill(vec![mark(2), mark(3)], false));
+    assert_eq!(owned(&plan, 0), (vec![1, 2], vec![1, 2]));
 }
 
 #[test]
@@ -936,6 +959,7 @@ fn catch_up_joins_the_batch_down_step() {
     assert_eq!(plan.steps.len(), 1, "{plan:#?}");
     assert_eq!(plan.steps[0].purpose, down(&["WAN2", "WAN3"]));
     assert_eq!(plan.steps[0].action, kill(vec![mark(2), mark(3)], false));
+    assert_eq!(owned(&plan, 0), (vec![1, 2], vec![1, 2]), "the catch-up's selector is its own");
     assert!(plan.explanation[0].starts_with("WAN3 down, WAN2 still down: kill their states"));
 }
 
@@ -1383,6 +1407,55 @@ fn resolve_except_spares_both_pf_twins() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Owners: per-gateway figures from per-selector counts
+
+#[test]
+fn owned_selectors_list_each_gateways_own_and_skip_the_unrecognisable() {
+    let p = policy(
+        vec![gw(1), gw_with(2, StateMatch::default()), gw(3)],
+        vec![group("main", &[(0, 1), (1, 2), (2, 3)], OnDown::Gateway, OnRecovery::Keep)],
+    );
+    assert_eq!(
+        owned_selectors(&p, &[0, 1, 2], &pf_caps()),
+        OwnedSelectors {
+            selectors: vec![rt(1), nat_on(1), rt(3), nat_on(3)],
+            owners: vec![0, 0, 2, 2]
+        }
+    );
+    assert_eq!(
+        owned_selectors(&p, &[2, 0], &ct_caps()),
+        OwnedSelectors { selectors: vec![mark(3), mark(1)], owners: vec![2, 0] },
+        "in the order asked"
+    );
+    assert_eq!(owned_selectors(&p, &[1], &ct_caps()), OwnedSelectors::default());
+    assert_eq!(owned_selectors(&p, &[9], &ct_caps()), OwnedSelectors::default(), "no such gateway");
+}
+
+#[test]
+fn per_gateway_sums_what_each_owns() {
+    // WAN1 owns two selectors, WAN3 one, WAN2 none: unknown, not zero.
+    assert_eq!(per_gateway(&[0, 0, 2], &[5, 7, 1], 3), vec![Some(12), None, Some(1)]);
+    assert_eq!(per_gateway(&[0, 1], &[4], 2), vec![Some(4), None], "counts missing: unknown");
+    assert_eq!(per_gateway(&[0, 5], &[4, 4], 2), vec![Some(4), None], "an owner out of range");
+    assert_eq!(per_gateway(&[], &[], 2), vec![None, None]);
+}
+
+#[test]
+fn attribute_credits_the_steps_gateways_only() {
+    assert_eq!(attribute(&[0, 1], &[0, 1, 1], &[3, 4, 5]), vec![(0, 3), (1, 9)]);
+    assert_eq!(attribute(&[1, 0], &[0], &[3]), vec![(1, 0), (0, 3)], "in the step's order");
+    assert_eq!(attribute(&[0], &[2], &[3]), vec![(0, 0)], "an owner outside the step");
+    assert_eq!(attribute(&[0, 0], &[0], &[3]), vec![(0, 3), (0, 0)], "the first slot");
+    // From a plan: two gateways down in one request, counted per selector.
+    let p = three_tier(OnDown::Gateway, OnRecovery::Keep);
+    let plan = run(&p, &[false, false, true], &[0, 1], &[], &pf_caps());
+    let step = &plan.steps[0];
+    let counts = [10, 1, 20, 2];
+    assert_eq!(step.action.selectors(), [rt(1), nat_on(1), rt(2), nat_on(2)]);
+    assert_eq!(attribute(&step.gateways, &step.owners, &counts), vec![(0, 11), (1, 22)]);
+}
+
+// ---------------------------------------------------------------------------------------
 // Property: never a usable gateway's states (except a fail-back's lower tier), and never a
 // step for a group with no usable member.
 
@@ -1515,6 +1588,24 @@ proptest! {
         let index = |name: &str| p.gateway_index(name).unwrap();
         let viable = |gr: &Group| gr.members.iter().any(|m| case.usable[m.gateway]);
         for step in &plan.steps {
+            // Owners: one per selector, each a gateway of the step whose own selectors
+            // include it; the step's gateways are the ones its purpose names.
+            prop_assert_eq!(step.owners.len(), step.action.selectors().len());
+            for (s, &o) in step.action.selectors().iter().zip(&step.owners) {
+                prop_assert!(step.gateways.contains(&o), "{} owned by {} outside the step", s, o);
+                prop_assert!(gateway_selectors(p, o, &caps).unwrap().contains(s));
+                let first = step.gateways.iter().find(|&&g| {
+                    gateway_selectors(p, g, &caps).is_ok_and(|own| own.contains(s))
+                });
+                prop_assert_eq!(first, Some(&o), "a shared selector belongs to the first");
+            }
+            let named: Vec<usize> = match &step.purpose {
+                Purpose::GatewayDown { gateways } | Purpose::FlushAll { gateways } => {
+                    gateways.iter().map(|n| index(n)).collect()
+                }
+                Purpose::FailBack { lower, .. } => lower.iter().map(|n| index(n)).collect(),
+            };
+            prop_assert_eq!(&step.gateways, &named);
             // Limits and checks.
             if let Action::KillMatching { selectors, match_opposite } = &step.action {
                 prop_assert!(!selectors.is_empty() && selectors.len() <= MAX_SELECTORS_PER_REQUEST);
@@ -1589,6 +1680,22 @@ proptest! {
                         }
                     }
                 }
+            }
+        }
+        // The sweep's requests are its actions, with owners taken from the down steps.
+        let requests = plan.sweep_requests();
+        prop_assert_eq!(
+            requests.iter().map(|r| r.action.clone()).collect::<Vec<_>>(),
+            plan.sweep_actions()
+        );
+        for r in &requests {
+            prop_assert_eq!(r.owners.len(), r.action.selectors().len());
+            for (s, o) in r.action.selectors().iter().zip(&r.owners) {
+                let owned_by_step = plan.steps.iter().any(|st| {
+                    matches!(st.purpose, Purpose::GatewayDown { .. })
+                        && st.action.selectors().iter().zip(&st.owners).any(|(x, y)| x == s && y == o)
+                });
+                prop_assert!(owned_by_step, "{} swept as {}'s, which no down step says", s, o);
             }
         }
         // Down steps first.

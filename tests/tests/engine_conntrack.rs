@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statecull_cli::BrokerClient;
 use statecull_conntrack::fill::TableSpec;
-use statecull_proto::control::{Event, EventKind};
+use statecull_control::{Event, EventKind};
 use statecull_proto::{MarkMatch, Selector};
 use statecull_tests::lab::{EngineProcess, TwoWanLab, conntrack_policy};
 use statecull_tests::{BrokerProcess, skip_unless_root};

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use statecull_cli::BrokerClient;
+use statecull_control::{Event, EventKind};
 use statecull_pf::table_gen::{Kind, Spec, router_table};
-use statecull_proto::control::{Event, EventKind};
 use statecull_proto::{StateHandle, StateRecord};
 use statecull_tests::TempDir;
 

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statecull_conntrack::fill::{TableSpec, WAN1, WAN2, Wan};
-use statecull_proto::control::{Event, EventKind};
+use statecull_control::{Event, EventKind};
 use statecull_tests::BrokerProcess;
 use statecull_tests::lab::{EngineProcess, TwoWanLab, conntrack_policy};
 

@@ -113,7 +113,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct EngineArgs {
     /// The engine's control socket
-    #[arg(long, short = 'c', env = "STATECULL_CONTROL_SOCKET", default_value = statecull_proto::control::DEFAULT_CONTROL_SOCKET)]
+    #[arg(long, short = 'c', env = "STATECULL_CONTROL_SOCKET", default_value = statecull_control::DEFAULT_CONTROL_SOCKET)]
     control: PathBuf,
     /// Print JSON instead of text
     #[arg(long)]
@@ -458,7 +458,7 @@ fn run(command: Command, out: &mut Output) -> Result<(), CliError> {
             crate::engine_cmds::plan(&engine.control, down, up, engine.json, out)
         }
         Command::Gateway { engine, name, action, routed } => {
-            use statecull_proto::control::GatewayAction as A;
+            use statecull_control::GatewayAction as A;
             let actions: Vec<A> = match (action, routed) {
                 (GatewayVerb::Down, false) => vec![A::Down],
                 (GatewayVerb::Down, true) => vec![A::Down, A::Routed],

@@ -1,5 +1,5 @@
 //! `statecull status | plan | gateway | events | check-policy`: the commands that talk to
-//! the engine's control socket (JSON lines, `statecull_proto::control`), and the offline
+//! the engine's control socket (JSON lines, `statecull_control`), and the offline
 //! policy check.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::time::Duration;
 
-use statecull_proto::control::{
+use statecull_control::{
     ControlReply, ControlRequest, Event, GatewayAction, MAX_CONTROL_LINE, PlanReply, StatusReply,
 };
 
@@ -400,7 +400,7 @@ pub fn check_policy(file: &PathBuf, json: bool, out: &mut Output) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use statecull_proto::control::EventKind;
+    use statecull_control::EventKind;
 
     fn ev() -> Event {
         Event {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use statecull_proto::control::{
+use statecull_control::{
     BrokerStatus, ControlReply, ControlRequest, Event, EventKind, GatewayStatus, PlanReply,
     PlanStepSummary, StatusReply,
 };

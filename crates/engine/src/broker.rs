@@ -1,9 +1,12 @@
 //! The engine's link to the broker: one connection, reconnected with backoff when the
 //! broker restarts, used from async code.
 //!
-//! The broker protocol client is the blocking one the CLI uses
-//! (`statecull_cli::client::BrokerClient`); each call runs on tokio's blocking pool, so a
-//! kill of millions of states never stalls probing or the control socket. Calls are
+//! The connection is `statecull_client`'s tokio driver (`AsyncBrokerClient`): requests and
+//! answers go through the runtime's reactor, so a kill of millions of states never stalls
+//! probing or the control socket, and no thread is taken per call. Callers hand the link a
+//! closure that *describes* the exchange from what the connection knows
+//! (`|c| c.kill_matching(selectors, false)`, `|c| Ok(c.hello().clone())`; see
+//! `statecull_client::exchange`), and the link runs it on the connection it holds. Calls are
 //! serialised (one connection, one request at a time), which is also what the broker does
 //! with mutations.
 //!
@@ -24,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use statecull_cli::client::{BrokerClient, ClientError};
+use statecull_client::{AsyncBrokerClient, ClientError, Connected, IntoExchange};
 use statecull_proto::{BROKER_IDLE_TIMEOUT_SECS, ErrorCode, HelloReply};
 use tokio::sync::{Mutex, MutexGuard, Semaphore, oneshot};
 
@@ -62,7 +65,7 @@ pub struct LinkState {
 /// timer runs from its last answer).
 #[derive(Debug)]
 struct Kept {
-    client: BrokerClient,
+    client: AsyncBrokerClient,
     last_used: Instant,
 }
 
@@ -94,14 +97,7 @@ fn transient(e: &ClientError) -> bool {
 
 /// True when the error means the connection is unusable (as opposed to a refusal).
 fn connection_lost(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Connect { .. }
-            | ClientError::Io(_)
-            | ClientError::Timeout
-            | ClientError::Protocol(_)
-            | ClientError::Unexpected(_)
-    )
+    e.connection_lost()
 }
 
 fn task_failed(e: impl std::fmt::Display) -> EngineError {
@@ -143,10 +139,11 @@ impl BrokerLink {
     /// The request runs in its own task: a caller that stops waiting does not abandon the
     /// connection mid-request, and the request is sent even if nobody waits any more. That is
     /// what kills need; background callers use [`Self::call_background`] instead.
-    pub async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, EngineError>
+    pub async fn call<R, F>(self: &Arc<Self>, f: F) -> Result<R::Output, EngineError>
     where
-        T: Send + 'static,
-        F: FnOnce(&mut BrokerClient) -> Result<T, ClientError> + Send + 'static,
+        R: IntoExchange,
+        R::Output: Send,
+        F: FnOnce(&Connected<'_>) -> R + Send + 'static,
     {
         let link = Arc::clone(self);
         match tokio::spawn(async move {
@@ -168,10 +165,11 @@ impl BrokerLink {
     ///   timeout) leaves nothing behind;
     /// * a request whose caller has gone before the connection is free is dropped unsent;
     /// * once sent, it is finished (and the connection kept), whoever still waits.
-    pub async fn call_background<T, F>(self: &Arc<Self>, f: F) -> Result<T, EngineError>
+    pub async fn call_background<R, F>(self: &Arc<Self>, f: F) -> Result<R::Output, EngineError>
     where
-        T: Send + 'static,
-        F: FnOnce(&mut BrokerClient) -> Result<T, ClientError> + Send + 'static,
+        R: IntoExchange,
+        R::Output: Send,
+        F: FnOnce(&Connected<'_>) -> R + Send + 'static,
     {
         let permit = Arc::clone(&self.background).acquire_owned().await.map_err(task_failed)?;
         let (mut tx, rx) = oneshot::channel();
@@ -195,18 +193,21 @@ impl BrokerLink {
 
     /// Run `f` on the connection held by `guard`, connecting first when there is none or the
     /// kept one has been idle too long; keep the connection afterwards unless it failed.
-    async fn run_locked<T, F>(
+    async fn run_locked<R, F>(
         &self,
         mut guard: MutexGuard<'_, Option<Kept>>,
         f: F,
-    ) -> Result<T, EngineError>
+    ) -> Result<R::Output, EngineError>
     where
-        T: Send + 'static,
-        F: FnOnce(&mut BrokerClient) -> Result<T, ClientError> + Send + 'static,
+        R: IntoExchange,
+        F: FnOnce(&Connected<'_>) -> R,
     {
         let existing = guard.take().and_then(|k| {
             let idle = k.last_used.elapsed();
-            if reusable(idle, self.idle_limit) {
+            if !k.client.usable() {
+                // An exchange was abandoned half-way (its task stopped): never reused.
+                None
+            } else if reusable(idle, self.idle_limit) {
                 Some(k.client)
             } else {
                 // Dropping closes it; the broker sees an orderly end, not a lost request.
@@ -217,32 +218,39 @@ impl BrokerLink {
                 None
             }
         });
-        let path = self.path.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut client = match existing {
-                Some(c) => c,
-                None => {
-                    match BrokerClient::connect_with_timeout(&path, CLIENT_NAME, Some(CALL_TIMEOUT))
-                    {
-                        Ok(c) => c,
-                        Err(e) => return (None, Err(e), true),
+        let mut client = match existing {
+            Some(c) => c,
+            None => {
+                match AsyncBrokerClient::connect(&self.path, CLIENT_NAME, Some(CALL_TIMEOUT)).await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        drop(guard);
+                        self.note(&Err::<(), _>(&e), None, true);
+                        return Err(e.into());
                     }
                 }
-            };
-            let result = f(&mut client);
-            let keep = !matches!(&result, Err(e) if connection_lost(e));
-            (keep.then_some(client), result, false)
-        })
-        .await;
-        let (client, result, connect_failed) = match joined {
-            Ok(x) => x,
-            Err(e) => return Err(task_failed(e)),
+            }
         };
-        let hello = client.as_ref().map(|c| c.hello().clone());
-        *guard = client.map(|client| Kept { client, last_used: Instant::now() });
+        let exchange = f(&client.connected()).into_exchange();
+        let result = client.run(exchange).await;
+        let keep = !matches!(&result, Err(e) if connection_lost(e));
+        let hello = keep.then(|| client.hello().clone());
+        *guard = keep.then(|| Kept { client, last_used: Instant::now() });
         drop(guard);
-        match &result {
-            Ok(_) => self.set_state(|s| {
+        self.note(&result.as_ref().map(|_| ()), hello, false);
+        result.map_err(EngineError::from)
+    }
+
+    /// Record a call's outcome for status and metrics.
+    fn note(
+        &self,
+        result: &Result<(), &ClientError>,
+        hello: Option<HelloReply>,
+        connect_failed: bool,
+    ) {
+        match result {
+            Ok(()) => self.set_state(|s| {
                 s.connected = true;
                 if hello.is_some() {
                     s.hello = hello;
@@ -259,21 +267,21 @@ impl BrokerLink {
                 });
             }
         }
-        result.map_err(EngineError::from)
     }
 
     /// Like [`Self::call`], but a lost or unreachable broker is waited for (backoff from
     /// 100 ms to 5 s) until `patience` runs out; refusals are returned at once. `on_retry` is
     /// told about each failed attempt (for events and logs).
-    pub async fn call_retrying<T, F>(
+    pub async fn call_retrying<R, F>(
         self: &Arc<Self>,
         f: F,
         patience: Duration,
         mut on_retry: impl FnMut(&EngineError),
-    ) -> Result<T, EngineError>
+    ) -> Result<R::Output, EngineError>
     where
-        T: Send + 'static,
-        F: Fn(&mut BrokerClient) -> Result<T, ClientError> + Send + Sync + Clone + 'static,
+        R: IntoExchange,
+        R::Output: Send,
+        F: Fn(&Connected<'_>) -> R + Send + Sync + Clone + 'static,
     {
         let deadline = tokio::time::Instant::now() + patience;
         let mut backoff = BACKOFF_MIN;
@@ -304,15 +312,16 @@ impl BrokerLink {
     /// Run a request that must not be sent twice (a flush: repeating it after a reply was
     /// lost would also kill connections made since): wait for a connection with
     /// [`Self::call_retrying`], then send it exactly once.
-    pub async fn call_once<T, F>(
+    pub async fn call_once<R, F>(
         self: &Arc<Self>,
         f: F,
         patience: Duration,
         on_retry: impl FnMut(&EngineError),
-    ) -> Result<T, EngineError>
+    ) -> Result<R::Output, EngineError>
     where
-        T: Send + 'static,
-        F: FnOnce(&mut BrokerClient) -> Result<T, ClientError> + Send + 'static,
+        R: IntoExchange,
+        R::Output: Send,
+        F: FnOnce(&Connected<'_>) -> R + Send + 'static,
     {
         self.call_retrying(|c| Ok(c.hello().clone()), patience, on_retry).await?;
         self.call(f).await

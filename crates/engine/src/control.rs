@@ -1,5 +1,5 @@
 //! The control socket: `statecull status|plan|gateway|events` (and scripts) talk to the
-//! engine here, one JSON object per line (see `statecull_proto::control`).
+//! engine here, one JSON object per line (see `statecull_control`).
 //!
 //! The socket is created mode 0660 by `statecull_sandbox::socket` (bound in a private
 //! directory, renamed into place); who may use it is decided by its group. A line longer
@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use statecull_policy::plan::{self, Action, Purpose};
-use statecull_proto::control::{
+use statecull_control::{
     BrokerStatus, ControlReply, ControlRequest, Event, GatewayAction, GatewayStatus,
     MAX_CONTROL_LINE, PlanReply, PlanStepSummary, StatusReply,
 };
+use statecull_policy::plan::{self, Action, PlanInput, Purpose};
 use statecull_proto::{Capabilities, Selector};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -29,7 +29,6 @@ use tokio::sync::Semaphore;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::EngineError;
-use crate::executor::dry_plan;
 use crate::state::Shared;
 
 /// How long `status` and `plan` wait for the broker's counts (a kill in progress holds the
@@ -341,28 +340,14 @@ pub async fn states_per_gateway(shared: &Shared) -> Vec<Option<u64>> {
         return vec![None; n];
     }
     let Some(caps) = caps(shared).await else { return vec![None; n] };
-    let mut all = Vec::new();
-    let mut owner = Vec::new();
-    for g in 0..n {
-        if let Ok(sels) = plan::gateway_selectors(&shared.policy, g, &caps) {
-            for s in sels {
-                all.push(s);
-                owner.push(g);
-            }
-        }
-    }
+    let every: Vec<usize> = (0..n).collect();
+    let owned = plan::owned_selectors(&shared.policy, &every, &caps);
     let max = usize::try_from(statecull_proto::MAX_SELECTORS).unwrap_or(64);
-    if all.len() > max {
+    if owned.selectors.len() > max {
         return vec![None; n];
     }
-    let Some((per, _, _)) = count(shared, all).await else { return vec![None; n] };
-    let mut out = vec![None; n];
-    for (g, k) in owner.into_iter().zip(per) {
-        if let Some(slot) = out.get_mut(g) {
-            *slot = Some(slot.unwrap_or(0) + k);
-        }
-    }
-    out
+    let Some((per, _, _)) = count(shared, owned.selectors).await else { return vec![None; n] };
+    plan::per_gateway(&owned.owners, &per, n)
 }
 
 async fn status(shared: &Arc<Shared>) -> StatusReply {
@@ -457,7 +442,14 @@ async fn dry_run(
             *u = true;
         }
     }
-    let plan = dry_plan(shared, &caps, &usable, &down, &up)?;
+    let input = PlanInput {
+        policy: &shared.policy,
+        usable: &usable,
+        went_down: &down,
+        came_up: &up,
+        caps: &caps,
+    };
+    let plan = plan::plan(&input)?;
     let mut counts: Vec<Vec<u64>> = Vec::new();
     let mut steps = Vec::new();
     let mut counted = true;
@@ -525,5 +517,5 @@ async fn dry_run(
 
 /// The default control socket path.
 pub fn default_path() -> PathBuf {
-    PathBuf::from(statecull_proto::control::DEFAULT_CONTROL_SOCKET)
+    PathBuf::from(statecull_control::DEFAULT_CONTROL_SOCKET)
 }

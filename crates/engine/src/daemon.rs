@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use statecull_control::EventKind;
 use statecull_policy::model::{HealthSource, RoutingConfirm};
-use statecull_proto::control::EventKind;
 
 use crate::broker::BrokerLink;
 use crate::error::EngineError;
@@ -117,8 +117,9 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // One thread until confinement: Landlock and capability changes apply per thread, so
-    // `confine` refuses to run with more. Broker calls later run on the blocking pool,
-    // whose threads are created after confinement and inherit it.
+    // `confine` refuses to run with more. Broker calls run on this thread (the tokio
+    // driver); the blocking pool, whose threads are created after confinement and inherit
+    // it, only matches large snapshots against protected flows.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
         .enable_all()
@@ -179,7 +180,7 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         .broker_socket
         .clone()
         .or_else(|| policy.engine.broker_socket.as_ref().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(statecull_cli::DEFAULT_BROKER_SOCKET));
+        .unwrap_or_else(|| PathBuf::from(statecull_client::DEFAULT_BROKER_SOCKET));
     let control_path = args
         .control_socket
         .clone()

@@ -12,7 +12,7 @@ pub enum EngineError {
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("broker: {0}")]
-    Broker(#[from] statecull_cli::client::ClientError),
+    Broker(#[from] statecull_client::ClientError),
     /// An ICMP probe socket could not be opened or is not what the engine requires.
     #[error("gateway {gateway}: probe socket: {message}")]
     ProbeSocket { gateway: String, message: String },

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use statecull_proto::control::{Event, EventKind};
+use statecull_control::{Event, EventKind};
 use tokio::sync::broadcast;
 
 /// Events kept for `status` and for a new `events` client.

@@ -18,9 +18,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use statecull_control::EventKind;
 use statecull_policy::model::RoutingConfirm;
-use statecull_policy::plan::{self, Action, Plan, PlanInput, Purpose};
-use statecull_proto::control::EventKind;
+use statecull_policy::plan::{
+    self, Action, OwnedSelectors, Plan, PlanInput, Purpose, SweepRequest,
+};
 use statecull_proto::{Capabilities, KillReport, Selector, StateHandle, StateRecord};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -332,7 +334,7 @@ impl Executor {
         let mut failed = false;
         for step in &plan.steps {
             let t0 = Instant::now();
-            match self.run_action(&step.action, &plan_gateways(&self.shared, &step.purpose)).await {
+            match run_action(&self.shared, &step.action, &step.gateways, &step.owners).await {
                 Ok(out) => {
                     total += out.killed;
                     for &(g, n) in &out.per_gateway {
@@ -389,7 +391,7 @@ impl Executor {
             duration_ms = duration * 1e3,
             "plan finished"
         );
-        let sweep = plan.sweep_actions();
+        let sweep = plan.sweep_requests();
         if !sweep.is_empty() {
             let delay = self.shared.policy.routing.sweep_delay;
             if !delay.is_zero() {
@@ -397,7 +399,7 @@ impl Executor {
                     .steps
                     .iter()
                     .filter(|s| matches!(s.purpose, Purpose::GatewayDown { .. }))
-                    .flat_map(|s| plan_gateways(&self.shared, &s.purpose))
+                    .flat_map(|s| s.gateways.iter().copied())
                     .collect::<Vec<_>>();
                 self.sweep_later(sweep, gws, delay);
             }
@@ -405,7 +407,7 @@ impl Executor {
     }
 
     /// Schedule the trailing sweep; runs beside the next decisions.
-    fn sweep_later(&self, actions: Vec<Action>, gateways: Vec<usize>, delay: Duration) {
+    fn sweep_later(&self, requests: Vec<SweepRequest>, gateways: Vec<usize>, delay: Duration) {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -415,8 +417,8 @@ impl Executor {
             let usable = shared.usable();
             let (back, still_down): (Vec<usize>, Vec<usize>) =
                 gateways.iter().partition(|&&g| usable.get(g).copied().unwrap_or(false));
-            let actions = if back.is_empty() {
-                actions
+            let requests = if back.is_empty() {
+                requests
             } else if still_down.is_empty() {
                 let names: Vec<&str> = back.iter().map(|&g| shared.gateway_name(g)).collect();
                 shared.bus.publish(
@@ -432,16 +434,17 @@ impl Executor {
                 let Some(caps) = shared.broker.state().hello.map(|h| h.backend.capabilities) else {
                     return;
                 };
-                let selectors: Vec<Selector> = still_down
-                    .iter()
-                    .filter_map(|&g| plan::gateway_selectors(&shared.policy, g, &caps).ok())
-                    .flatten()
-                    .collect();
-                selectors
+                let owned = first_owners(plan::owned_selectors(&shared.policy, &still_down, &caps));
+                owned
+                    .selectors
                     .chunks(plan::MAX_SELECTORS_PER_REQUEST)
-                    .map(|c| Action::KillMatching {
-                        selectors: c.to_vec(),
-                        match_opposite: caps.match_opposite,
+                    .zip(owned.owners.chunks(plan::MAX_SELECTORS_PER_REQUEST))
+                    .map(|(s, o)| SweepRequest {
+                        action: Action::KillMatching {
+                            selectors: s.to_vec(),
+                            match_opposite: caps.match_opposite,
+                        },
+                        owners: o.to_vec(),
                     })
                     .collect()
             };
@@ -452,8 +455,8 @@ impl Executor {
                 detail: String::new(),
                 path: None,
             });
-            for action in &actions {
-                match run_action(&shared, action, &gateways).await {
+            for request in &requests {
+                match run_action(&shared, &request.action, &gateways, &request.owners).await {
                     Ok(o) => {
                         if let Ok(acc) = result.as_mut() {
                             acc.killed += o.killed;
@@ -503,14 +506,6 @@ impl Executor {
                 }
             }
         });
-    }
-
-    async fn run_action(
-        &self,
-        action: &Action,
-        gateways: &[usize],
-    ) -> Result<StepOutcome, EngineError> {
-        run_action(&self.shared, action, gateways).await
     }
 }
 
@@ -569,27 +564,21 @@ fn purpose_name(p: &Purpose) -> &'static str {
     }
 }
 
-/// Gateways (indices) a step is about: the down ones, or a fail-back's lower tiers.
-fn plan_gateways(shared: &Shared, p: &Purpose) -> Vec<usize> {
-    let names: &[String] = match p {
-        Purpose::GatewayDown { gateways } | Purpose::FlushAll { gateways } => gateways,
-        Purpose::FailBack { lower, .. } => lower,
-    };
-    names.iter().filter_map(|n| shared.policy.gateway_index(n)).collect()
-}
-
-/// Which gateway each selector belongs to (for per-gateway counts): the first gateway of
-/// `gateways` whose own selectors contain it.
-fn selector_owner(
-    shared: &Shared,
-    caps: &Capabilities,
-    gateways: &[usize],
-    sel: &Selector,
-) -> Option<usize> {
-    gateways
+/// Selectors of several gateways with, for a selector two of them share, the first one as
+/// owner of every copy: how the sweep credits a kill when it rebuilds its selectors for the
+/// gateways still down (as the plan's steps do).
+fn first_owners(mut owned: OwnedSelectors) -> OwnedSelectors {
+    let firsts: Vec<usize> = owned
+        .selectors
         .iter()
-        .copied()
-        .find(|&g| plan::gateway_selectors(&shared.policy, g, caps).is_ok_and(|s| s.contains(sel)))
+        .enumerate()
+        .map(|(i, s)| {
+            let first = owned.selectors.iter().position(|x| x == s).unwrap_or(i);
+            owned.owners.get(first).copied().unwrap_or_default()
+        })
+        .collect();
+    owned.owners = firsts;
+    owned
 }
 
 async fn kill_matching(
@@ -629,10 +618,13 @@ fn report_detail(r: &KillReport) -> String {
     s
 }
 
+/// Run one kill. `gateways` are the gateways it is about (the step's, or the sweep's) and
+/// `owners` the gateway each selector belongs to, so the count is credited per gateway.
 async fn run_action(
     shared: &Arc<Shared>,
     action: &Action,
     gateways: &[usize],
+    owners: &[usize],
 ) -> Result<StepOutcome, EngineError> {
     match action {
         Action::Flush => {
@@ -663,20 +655,7 @@ async fn run_action(
             let r = kill_matching(shared, selectors.clone(), *match_opposite).await?;
             let per_gateway = match (gateways, per_selector) {
                 ([g], _) => vec![(*g, r.killed)],
-                (_, Some(counts)) => {
-                    let caps = shared.broker.state().hello.map(|h| h.backend.capabilities);
-                    let mut acc: Vec<(usize, u64)> = gateways.iter().map(|&g| (g, 0)).collect();
-                    if let Some(caps) = caps {
-                        for (sel, n) in selectors.iter().zip(counts) {
-                            if let Some(owner) = selector_owner(shared, &caps, gateways, sel)
-                                && let Some(slot) = acc.iter_mut().find(|(g, _)| *g == owner)
-                            {
-                                slot.1 += n;
-                            }
-                        }
-                    }
-                    acc
-                }
+                (_, Some(counts)) => plan::attribute(gateways, owners, &counts),
                 _ => vec![],
             };
             Ok(StepOutcome {
@@ -690,17 +669,10 @@ async fn run_action(
             let mut records: Vec<StateRecord> = Vec::new();
             for sel in selectors {
                 let s = sel.clone();
-                let mut got = shared
+                let (mut got, _done) = shared
                     .broker
                     .call_retrying(
-                        move |c| {
-                            let mut out = Vec::new();
-                            c.snapshot(Some(s.clone()), &mut |batch| {
-                                out.extend(batch);
-                                Ok(())
-                            })?;
-                            Ok(out)
-                        },
+                        move |c| c.snapshot(Some(s.clone())),
                         BROKER_PATIENCE,
                         |e| tracing::warn!("snapshot pending: broker unreachable ({e}); retrying"),
                     )
@@ -753,18 +725,6 @@ async fn run_action(
             })
         }
     }
-}
-
-/// Plans are built by the pure planner; re-exported for the dry run.
-pub fn dry_plan(
-    shared: &Shared,
-    caps: &Capabilities,
-    usable: &[bool],
-    down: &[usize],
-    up: &[usize],
-) -> Result<Plan, EngineError> {
-    let input = PlanInput { policy: &shared.policy, usable, went_down: down, came_up: up, caps };
-    Ok(plan::plan(&input)?)
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use statecull_control::EventKind;
 use statecull_policy::health::{GatewayHealth, Health, Probe, Transition};
 use statecull_policy::{Millis, Policy};
-use statecull_proto::control::EventKind;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 

@@ -12,7 +12,6 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
-pub mod control;
 mod error;
 pub mod frame;
 pub mod listing;

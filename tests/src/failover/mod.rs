@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use statecull_cli::engine_cmds::ControlClient;
-use statecull_proto::control::{ControlReply, ControlRequest, Event, EventKind};
+use statecull_control::{ControlReply, ControlRequest, Event, EventKind};
 use statecull_proto::{MarkMatch, Selector, StateHandle};
 
 use crate::{BrokerProcess, lab::EngineProcess};

@@ -8,8 +8,10 @@
 //! `Events { follow: true }`, which is answered by one `Events` reply (the recent backlog)
 //! and then one [`Event`] line per event until the client disconnects.
 //!
-//! This module only defines the types (no I/O, no JSON encoder): the engine and the CLI
-//! encode them with `serde_json`.
+//! This crate only defines the types (no I/O, no JSON encoder): the engine and the CLI
+//! encode them with `serde_json`. It is its own crate, apart from the broker protocol
+//! (`statecull-proto`), so that the broker, which never speaks it, does not carry it.
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 
