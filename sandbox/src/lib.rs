@@ -266,6 +266,35 @@ pub enum SandboxError {
     FreeBsd(#[from] freebsd::FreeBsdError),
 }
 
+/// What a daemon asks of [`confine_daemon`].
+#[derive(Clone, Debug)]
+pub struct DaemonConfinement<'a> {
+    /// The program's name, for stderr lines (`statecull-broker`).
+    pub program: &'a str,
+    pub plan: Plan,
+    /// `--no-sandbox`: confine nothing, warn loudly.
+    pub no_sandbox: bool,
+}
+
+/// The sequence both daemons run once everything is open: with `--no-sandbox` a warning on
+/// stderr and in the log (no log level may hide it) and nothing else; otherwise [`confine`],
+/// every weakness of the result on stderr and in the log, and one log line with the report.
+/// Returns the report (None with `--no-sandbox`), e.g. for `--print-sandbox`.
+pub fn confine_daemon(d: &DaemonConfinement<'_>) -> Result<Option<Report>, SandboxError> {
+    if d.no_sandbox {
+        eprintln!("{}: {NO_SANDBOX_WARNING}", d.program);
+        tracing::warn!("{NO_SANDBOX_WARNING}");
+        return Ok(None);
+    }
+    let report = confine(&d.plan)?;
+    for w in report.weaknesses() {
+        eprintln!("{}: WARNING: sandbox: {w}", d.program);
+        tracing::warn!("sandbox: {w}");
+    }
+    tracing::info!(sandbox = %report.to_string().replace('\n', "; "), "confined");
+    Ok(Some(report))
+}
+
 /// A loud warning for `--no-sandbox`, for the caller to log at every start.
 pub const NO_SANDBOX_WARNING: &str = "*** --no-sandbox: running WITHOUT confinement: no user switch, every capability kept, no no_new_privs, no Landlock, no seccomp, no Capsicum. A compromised process keeps every power it started with. For development only; never in production. ***";
 

@@ -12,27 +12,22 @@
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_statecull-sandbox-selftest");
 
-/// The tests crate's convention (tests/src/lib.rs `skip_unless_root`): skip with a visible
-/// note when not root, fail instead when STATECULL_REQUIRE_ROOT_TESTS=1.
+/// The test kit's convention: skip with a visible note when not root (no conntrack needed
+/// here), fail instead when STATECULL_REQUIRE_ROOT_TESTS=1.
 fn skip_unless_root(test: &str) -> bool {
     let why = if !nix::unistd::Uid::effective().is_root() {
-        Some("needs root")
+        Some("needs root".to_owned())
     } else if nix::unistd::User::from_name("nobody").ok().flatten().is_none() {
-        Some("needs a user named nobody")
+        Some("needs a user named nobody".to_owned())
     } else {
         None
     };
-    let Some(why) = why else { return false };
-    if std::env::var_os("STATECULL_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
-        panic!("{test}: {why}, but STATECULL_REQUIRE_ROOT_TESTS=1");
-    }
-    let _ = std::io::stderr().write_all(format!("SKIPPED {test}: {why}\n").as_bytes());
-    true
+    statecull_testkit::skip_if(test, why)
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -98,30 +93,21 @@ fn landlock_abi(report: &str) -> u32 {
 }
 
 /// A directory and file `nobody` can reach, removed on drop.
-struct Scratch(PathBuf);
+struct Scratch(statecull_testkit::TempDir);
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("statecull-sbx-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let f = dir.join("readable.txt");
+        let dir = statecull_testkit::TempDir::with_mode(&format!("sbx-{tag}"), 0o755).unwrap();
+        let f = dir.path().join("readable.txt");
         std::fs::write(&f, "policy\n").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         Scratch(dir)
     }
     fn dir(&self) -> &str {
-        self.0.to_str().unwrap()
+        self.0.path().to_str().unwrap()
     }
     fn file(&self) -> String {
-        self.0.join("readable.txt").to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join("readable.txt").to_str().unwrap().to_owned()
     }
 }
 

@@ -507,42 +507,37 @@ fn run(args: Args) -> Result<(), BrokerError> {
     let server = Server::bind(args.config, backend)?;
     // Everything privileged is open (state table, socket): confine before the first client,
     // and before the signal thread exists (confinement applies per thread).
-    if args.no_sandbox {
-        // On stderr as well as in the log: no log level may hide it.
-        eprintln!("statecull-broker: {}", statecull_sandbox::NO_SANDBOX_WARNING);
-        tracing::warn!("{}", statecull_sandbox::NO_SANDBOX_WARNING);
-    } else {
-        let user = user
-            .or_else(|| nix::unistd::geteuid().is_root().then(|| config::DEFAULT_USER.to_owned()));
-        #[cfg(target_os = "freebsd")]
-        {
-            use statecull_sandbox::freebsd::{FdUse, limit};
-            use std::os::fd::AsFd;
-            let e = |e: statecull_sandbox::SandboxError| BrokerError::Config(e.to_string());
-            limit(server.listener_fd(), &FdUse::Listener).map_err(e)?;
-            limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
-            limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;
-        }
-        let plan = statecull_sandbox::Plan {
+    let user =
+        user.or_else(|| nix::unistd::geteuid().is_root().then(|| config::DEFAULT_USER.to_owned()));
+    #[cfg(target_os = "freebsd")]
+    if !args.no_sandbox {
+        use statecull_sandbox::freebsd::{FdUse, limit};
+        use std::os::fd::AsFd;
+        let e = |e: statecull_sandbox::SandboxError| BrokerError::Config(e.to_string());
+        limit(server.listener_fd(), &FdUse::Listener).map_err(e)?;
+        limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
+        limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;
+    }
+    let confinement = statecull_sandbox::DaemonConfinement {
+        program: "statecull-broker",
+        plan: statecull_sandbox::Plan {
             role: statecull_sandbox::Role::Broker,
             user,
             readable_paths: Vec::new(),
             net_admin: kernel_table,
-        };
-        let report = statecull_sandbox::confine(&plan).map_err(|e| {
-            BrokerError::Config(format!(
-                "cannot confine the broker: {e} (pass --user NAME for an existing user, or --no-sandbox for development)"
-            ))
-        })?;
-        for w in report.weaknesses() {
-            eprintln!("statecull-broker: WARNING: sandbox: {w}");
-            tracing::warn!("sandbox: {w}");
-        }
-        tracing::info!(sandbox = %report.to_string().replace('\n', "; "), "confined");
-        if args.print_sandbox {
-            println!("{report}");
-            return Ok(());
-        }
+        },
+        no_sandbox: args.no_sandbox,
+    };
+    let report = statecull_sandbox::confine_daemon(&confinement).map_err(|e| {
+        BrokerError::Config(format!(
+            "cannot confine the broker: {e} (pass --user NAME for an existing user, or --no-sandbox for development)"
+        ))
+    })?;
+    if let Some(report) = report
+        && args.print_sandbox
+    {
+        println!("{report}");
+        return Ok(());
     }
     let (stop_read, stop_write) =
         nix::unistd::pipe().map_err(|e| BrokerError::io("pipe", e.into()))?;
