@@ -10,6 +10,7 @@ mod bench_pf;
 mod demo;
 mod fuzz;
 mod lab_task;
+mod tidy;
 mod util;
 
 use std::process::{Command, ExitCode};
@@ -104,6 +105,9 @@ enum Task {
     },
     /// Type-check the crates that must build on FreeBSD
     CheckFreebsd,
+    /// The tree's invariants: broker and engine dependencies, `unsafe` only in the FreeBSD
+    /// layer, the code map's paths exist, no source file over 1,500 lines
+    Tidy,
     /// (internal) a hostile client for `bench hostile`, run as another user
     #[command(hide = true)]
     BenchClient {
@@ -296,6 +300,7 @@ fn main() -> ExitCode {
             })
         }
         Task::CheckFreebsd => check_freebsd(),
+        Task::Tidy => tidy::tidy(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
