@@ -169,7 +169,7 @@ pub fn bench_hostile(
     util::require_root("the hostile-peer benchmark (attackers run as nobody)")?;
     let bin = match broker_bin {
         Some(b) => b,
-        None => util::build_release()?.join("statecull-broker"),
+        None => util::build_model_broker()?,
     };
     eprintln!("starting {} with a pf model of {states} states ...", bin.display());
     let broker = start_broker(&bin, states)?;

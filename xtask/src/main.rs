@@ -7,6 +7,7 @@
 mod bench;
 mod bench_hostile;
 mod bench_pf;
+mod ci;
 mod demo;
 mod fuzz;
 mod lab_task;
@@ -105,6 +106,10 @@ enum Task {
     },
     /// Type-check the crates that must build on FreeBSD
     CheckFreebsd,
+    /// Everything CI checks (what `.ci/run` runs after installing packages): fmt, clippy,
+    /// tidy, cargo deny, the tests, the FreeBSD type-check, a release broker without the
+    /// simulator, a short lab, the demo, the deployment profiles, benchmark and fuzz smoke runs
+    Ci,
     /// The tree's invariants: broker and engine dependencies, `unsafe` only in the FreeBSD
     /// layer, the code map's paths exist, no source file over 1,500 lines
     Tidy,
@@ -301,6 +306,7 @@ fn main() -> ExitCode {
         }
         Task::CheckFreebsd => check_freebsd(),
         Task::Tidy => tidy::tidy(),
+        Task::Ci => ci::ci(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -224,7 +224,9 @@ pub fn code_map_problems(root: &Path) -> Result<Vec<String>> {
         }
         for n in names.iter().filter(|n| {
             (n.ends_with(".rs") || n.ends_with('/'))
-                && !n.contains('*') && !n.contains(' ') && !n.starts_with("cargo ")
+                && !n.contains('*')
+                && !n.contains(' ')
+                && !n.starts_with("cargo ")
         }) {
             if !holds(&dir, n) {
                 out.push(format!("code map: the {path} row names {n}, which is not in {path}"));

@@ -175,6 +175,23 @@ pub fn build_release() -> Result<PathBuf> {
     Ok(target_dir().join("release"))
 }
 
+/// A release broker that has `--backend pf-model` (the tests crate's `itest-broker`, built
+/// from the same `statecull_broker::cli::main` with the `model` feature); the shipped
+/// `statecull-broker` has no simulator.
+pub fn build_model_broker() -> Result<PathBuf> {
+    eprintln!("building a release broker with the pf model ...");
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "statecull-tests",
+        "--bin",
+        "itest-broker",
+    ]))?;
+    Ok(target_dir().join("release").join("itest-broker"))
+}
+
 /// Where original values of changed kernel knobs are kept until they are put back, so a run
 /// that was killed is repaired by the next one.
 const STATE_DIR: &str = "/run/statecull-xtask";
