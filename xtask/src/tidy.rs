@@ -54,25 +54,59 @@ fn crate_names(lines: &[String]) -> BTreeSet<String> {
     lines.iter().filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect()
 }
 
-/// Problems with the broker's normal dependencies and the features its build turns on.
-pub fn broker_problems(deps: &BTreeSet<String>, features: &[String]) -> Vec<String> {
+/// Problems with the broker's normal dependencies (from `cargo tree`) and with its manifest
+/// (`cargo metadata --no-deps`): the model and the fake backend must stay optional, off by
+/// default, and no dependency may turn them on unconditionally.
+pub fn broker_problems(deps: &BTreeSet<String>, manifest: &serde_json::Value) -> Vec<String> {
     let mut out: Vec<String> = BROKER_FORBIDDEN
         .iter()
         .filter(|f| deps.contains(**f))
         .map(|f| format!("statecull-broker depends on {f} (normal dependencies, transitively)"))
         .collect();
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let default = list(&manifest["features"]["default"]);
     for f in BROKER_NOT_DEFAULT {
-        let on = format!("feature \"{f}\"");
-        for line in features.iter().filter(|l| l.starts_with("statecull-") && l.contains(&on)) {
+        if default.iter().any(|d| d == f || d.ends_with(&format!("/{f}"))) {
+            out.push(format!("statecull-broker turns on feature {f} by default"));
+        }
+    }
+    for dep in manifest["dependencies"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let always = !dep["optional"].as_bool().unwrap_or(false) && dep["kind"].is_null();
+        let features = list(&dep["features"]);
+        if always && features.iter().any(|f| BROKER_NOT_DEFAULT.contains(&f.as_str())) {
             out.push(format!(
-                "statecull-broker's build turns on {}",
-                line.trim_end_matches(" (*)")
+                "statecull-broker always turns on {features:?} of {}",
+                dep["name"].as_str().unwrap_or("?")
             ));
         }
     }
-    out.sort();
-    out.dedup();
     out
+}
+
+/// The broker's manifest as cargo reads it.
+fn broker_manifest() -> Result<serde_json::Value> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
+        .current_dir(root())
+        .output()
+        .map_err(|e| msg(format!("cargo metadata: {e}")))?;
+    if !out.status.success() {
+        return Err(msg(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| msg(format!("cargo metadata: {e}")))?;
+    meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "statecull-broker"))
+        .cloned()
+        .ok_or_else(|| msg("no statecull-broker package"))
 }
 
 /// Problems with the engine's dependencies.
@@ -264,8 +298,7 @@ pub fn length_problems(root: &Path) -> Vec<String> {
 
 fn broker_now() -> Result<Vec<String>> {
     let deps = crate_names(&tree("statecull-broker", "normal")?);
-    let features = tree("statecull-broker", "normal,features")?;
-    Ok(broker_problems(&deps, &features))
+    Ok(broker_problems(&deps, &broker_manifest()?))
 }
 
 fn engine_now() -> Result<Vec<String>> {
@@ -316,14 +349,18 @@ mod tests {
     fn dependency_rules_catch_what_they_forbid() {
         let deps: BTreeSet<String> =
             ["statecull-proto", "tokio", "statecull-pf"].map(String::from).into();
-        let features = vec![
-            "statecull-pf feature \"model\"".to_owned(),
-            "statecull-pf feature \"default\" (*)".to_owned(),
-        ];
-        let p = broker_problems(&deps, &features);
-        assert_eq!(p.len(), 2, "{p:?}");
-        assert!(p[0].contains("statecull-pf feature \"model\"") || p[1].contains("model"), "{p:?}");
+        let manifest = serde_json::json!({
+            "features": { "default": ["model"], "model": ["statecull-pf/model"] },
+            "dependencies": [
+                { "name": "statecull-pf", "kind": null, "optional": false, "features": ["model"] },
+                { "name": "statecull-pf", "kind": "dev", "optional": false, "features": ["model"] },
+            ],
+        });
+        let p = broker_problems(&deps, &manifest);
+        assert_eq!(p.len(), 3, "{p:?}");
         assert!(p.iter().any(|l| l.contains("depends on tokio")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("feature model by default")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("always turns on")), "{p:?}");
         assert_eq!(engine_problems(&["statecull-cli".to_owned()].into()).len(), 1);
         assert!(
             crate_names(&["tokio v1.0.0".to_owned(), "x v0.1.0 (/p) (*)".to_owned()]).contains("x")
