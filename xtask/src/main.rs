@@ -236,6 +236,10 @@ fn check_freebsd() -> Result<()> {
         "statecull-engine",
         "-p",
         "statecull-sandbox",
+        "-p",
+        "statecull-client",
+        "-p",
+        "statecull-control",
     ]))
 }
 
