@@ -27,6 +27,7 @@ use statecull_proto::{Capabilities, KillReport, Selector, StateHandle, StateReco
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::batch::merge;
 use crate::error::EngineError;
 use crate::events::NewEvent;
 use crate::routes::{RouteWatcher, default_routes_via};
@@ -37,31 +38,6 @@ const RT_TABLE_MAIN: u32 = 254;
 
 /// How long a plan waits for a lost broker before it is given up (and reported failed).
 pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
-
-/// Merge `d` into `batch`: a gateway that went down and came back before anything was
-/// killed leaves both lists.
-pub fn merge(batch: &mut Decision, d: Decision) {
-    for &g in &d.went_down {
-        if let Some(p) = batch.came_up.iter().position(|&x| x == g) {
-            batch.came_up.remove(p);
-        } else if !batch.went_down.contains(&g) {
-            batch.went_down.push(g);
-        }
-    }
-    for &g in &d.came_up {
-        if let Some(p) = batch.went_down.iter().position(|&x| x == g) {
-            batch.went_down.remove(p);
-        } else if !batch.came_up.contains(&g) {
-            batch.came_up.push(g);
-        }
-    }
-    for &g in d.went_down.iter().chain(d.came_up.iter()) {
-        if let (Some(slot), Some(v)) = (batch.routed_marks.get_mut(g), d.routed_marks.get(g)) {
-            *slot = *v;
-        }
-    }
-    batch.usable = d.usable;
-}
 
 pub struct Executor {
     shared: Arc<Shared>,
@@ -100,7 +76,7 @@ impl Executor {
             self.taken = 1;
             let mut batch = first;
             self.drain(&mut batch);
-            let decided = batch.at;
+            let decided = self.shared.clock().instant(batch.at);
             // Wait for routing; decisions that arrived at the last moment join the batch
             // and are waited for too, so every gateway of the plan has had its wait.
             let routed_ok = loop {
@@ -139,12 +115,10 @@ impl Executor {
     }
 
     fn signalled(&self, marks: &[u64], gateways: &BTreeSet<usize>) -> bool {
-        gateways.iter().all(|&g| {
-            self.shared
-                .routed
-                .get(g)
-                .is_some_and(|tx| *tx.borrow() > marks.get(g).copied().unwrap_or(0))
-        })
+        let counts = self.shared.routed().counts();
+        gateways
+            .iter()
+            .all(|&g| counts.get(g).is_some_and(|n| *n > marks.get(g).copied().unwrap_or(0)))
     }
 
     /// Is routing where the batch needs it? Only for rtnetlink.
@@ -155,7 +129,7 @@ impl Executor {
         // the probes' own tables) keep their default route via their gateway for good.
         let routes: Vec<_> =
             w.dump_defaults().await?.into_iter().filter(|r| r.table == RT_TABLE_MAIN).collect();
-        let p = &self.shared.policy;
+        let p = self.shared.policy();
         let down_clear = batch.went_down.iter().all(|&g| {
             p.gateways.get(g).is_none_or(|gw| default_routes_via(&routes, gw.address).is_empty())
         });
@@ -168,16 +142,18 @@ impl Executor {
     /// Wait until routing has moved for every gateway in the batch (merging decisions that
     /// arrive meanwhile). Returns whether it was confirmed (false: timed out).
     async fn wait_for_routing(&mut self, batch: &mut Decision) -> bool {
-        let routing = self.shared.policy.routing.clone();
-        let mut deadline = batch.at + routing.settle_timeout;
+        let routing = self.shared.policy().routing.clone();
+        let clock = *self.shared.clock();
+        let at = clock.instant(batch.at);
+        let mut deadline = at + routing.settle_timeout;
         // However many decisions join the batch, nothing waits longer than twice the
         // settle timeout from the first one.
-        let latest = batch.at + routing.settle_timeout * 2;
+        let latest = at + routing.settle_timeout * 2;
         let mut confirm = routing.confirm;
         if confirm == RoutingConfirm::Rtnetlink && self.routes.is_none() {
             confirm = RoutingConfirm::Delay;
         }
-        let mut routed_rx: Vec<_> = self.shared.routed.iter().map(|tx| tx.subscribe()).collect();
+        let mut routed_rx = self.shared.routed().subscribe();
         let mut how = "";
         let confirmed = loop {
             let targets: BTreeSet<usize> =
@@ -229,7 +205,7 @@ impl Executor {
                 d = self.rx.recv() => match d {
                     Some(d) => {
                         self.taken += 1;
-                        deadline = deadline.max(d.at + routing.settle_timeout).min(latest);
+                        deadline = deadline.max(clock.instant(d.at) + routing.settle_timeout).min(latest);
                         merge(batch, d);
                     }
                     None => break false,
@@ -239,8 +215,8 @@ impl Executor {
                 () = tokio::time::sleep_until(deadline) => {},
             }
         };
-        let waited = batch.at.elapsed();
-        let p = &self.shared.policy;
+        let waited = at.elapsed();
+        let p = self.shared.policy();
         for &g in batch.went_down.iter().chain(batch.came_up.iter()) {
             let name = p.gateways.get(g).map_or("?", |x| x.name.as_str()).to_owned();
             let msg = if confirmed {
@@ -251,7 +227,7 @@ impl Executor {
                     routing.settle_timeout.as_millis()
                 )
             };
-            self.shared.bus.publish(
+            self.shared.bus().publish(
                 NewEvent::new(EventKind::Routed, msg)
                     .gateway(name)
                     .elapsed_ms(waited.as_secs_f64() * 1e3)
@@ -280,7 +256,7 @@ impl Executor {
         let caps = match self.capabilities().await {
             Ok(c) => c,
             Err(e) => {
-                self.shared.bus.publish(NewEvent::new(
+                self.shared.bus().publish(NewEvent::new(
                     EventKind::PlanFailed,
                     format!("no plan run: the broker stayed unreachable: {e}"),
                 ));
@@ -294,14 +270,14 @@ impl Executor {
             tracing::info!("health changed while the plan waited; planning from the current state");
         }
         if batch.went_down.is_empty() && batch.came_up.is_empty() {
-            self.shared.bus.publish(NewEvent::new(
+            self.shared.bus().publish(NewEvent::new(
                 EventKind::PlanSkipped,
                 "nothing to do: the gateways that changed are back as they were before anything was killed",
             ));
             return;
         }
         let input = PlanInput {
-            policy: &self.shared.policy,
+            policy: self.shared.policy(),
             usable: &batch.usable,
             went_down: &batch.went_down,
             came_up: &batch.came_up,
@@ -311,20 +287,20 @@ impl Executor {
             Ok(p) => p,
             Err(e) => {
                 self.shared
-                    .bus
+                    .bus()
                     .publish(NewEvent::new(EventKind::PlanFailed, format!("cannot plan: {e}")));
                 return;
             }
         };
         if plan.is_empty() {
-            self.shared.bus.publish(
+            self.shared.bus().publish(
                 NewEvent::new(EventKind::PlanSkipped, headline(&plan))
                     .field("explanation", plan.explain(None))
                     .field("routing_confirmed", routed_ok),
             );
             return;
         }
-        self.shared.bus.publish(
+        self.shared.bus().publish(
             NewEvent::new(EventKind::PlanStarted, headline(&plan))
                 .field("explanation", plan.explain(None))
                 .field("steps", plan.steps.len())
@@ -366,11 +342,11 @@ impl Executor {
                     if let [(g, _)] = out.per_gateway.as_slice() {
                         e = e.gateway(self.shared.gateway_name(*g));
                     }
-                    self.shared.bus.publish(e);
+                    self.shared.bus().publish(e);
                 }
                 Err(err) => {
                     failed = true;
-                    self.shared.bus.publish(
+                    self.shared.bus().publish(
                         NewEvent::new(EventKind::PlanFailed, format!("{}: {err}", step.why))
                             .elapsed_ms(t0.elapsed().as_secs_f64() * 1e3),
                     );
@@ -378,10 +354,7 @@ impl Executor {
             }
         }
         let duration = started.elapsed().as_secs_f64();
-        self.shared.with_stats(|s| {
-            s.plans_total += 1;
-            s.last_plan_duration_s = Some(duration);
-        });
+        self.shared.counters().plan_finished(duration);
         self.shared.refresh_metrics(None);
         tracing::info!(
             target: "statecull::step",
@@ -393,7 +366,7 @@ impl Executor {
         );
         let sweep = plan.sweep_requests();
         if !sweep.is_empty() {
-            let delay = self.shared.policy.routing.sweep_delay;
+            let delay = self.shared.policy().routing.sweep_delay;
             if !delay.is_zero() {
                 let gws = plan
                     .steps
@@ -421,7 +394,7 @@ impl Executor {
                 requests
             } else if still_down.is_empty() {
                 let names: Vec<&str> = back.iter().map(|&g| shared.gateway_name(g)).collect();
-                shared.bus.publish(
+                shared.bus().publish(
                     NewEvent::new(
                         EventKind::SweepDone,
                         format!("trailing sweep skipped: {} back up", names.join(", ")),
@@ -434,7 +407,8 @@ impl Executor {
                 let Some(caps) = shared.broker.state().hello.map(|h| h.backend.capabilities) else {
                     return;
                 };
-                let owned = first_owners(plan::owned_selectors(&shared.policy, &still_down, &caps));
+                let owned =
+                    first_owners(plan::owned_selectors(shared.policy(), &still_down, &caps));
                 owned
                     .selectors
                     .chunks(plan::MAX_SELECTORS_PER_REQUEST)
@@ -479,7 +453,7 @@ impl Executor {
                     for &(g, n) in &out.per_gateway {
                         shared.add_kills(g, n, true);
                     }
-                    shared.with_stats(|s| s.last_sweep_leftovers = Some(out.killed));
+                    shared.counters().sweep_finished(out.killed);
                     shared.refresh_metrics(None);
                     let msg = if out.killed == 0 {
                         "trailing sweep found nothing left: routing moved in time".to_owned()
@@ -496,10 +470,10 @@ impl Executor {
                     if let [g] = gateways.as_slice() {
                         e = e.gateway(shared.gateway_name(*g));
                     }
-                    shared.bus.publish(e);
+                    shared.bus().publish(e);
                 }
                 Err(err) => {
-                    shared.bus.publish(NewEvent::new(
+                    shared.bus().publish(NewEvent::new(
                         EventKind::PlanFailed,
                         format!("trailing sweep failed: {err}"),
                     ));
@@ -724,34 +698,5 @@ async fn run_action(
                 ),
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(down: &[usize], up: &[usize]) -> Decision {
-        Decision {
-            went_down: down.to_vec(),
-            came_up: up.to_vec(),
-            usable: vec![],
-            routed_marks: vec![0; 4],
-            at: Instant::now(),
-        }
-    }
-
-    #[test]
-    fn merging_coalesces_and_cancels() {
-        let mut b = d(&[0], &[]);
-        merge(&mut b, d(&[1], &[]));
-        assert_eq!(b.went_down, vec![0, 1]);
-        merge(&mut b, d(&[], &[0]));
-        assert_eq!(b.went_down, vec![1]);
-        assert!(b.came_up.is_empty());
-        merge(&mut b, d(&[], &[2]));
-        merge(&mut b, d(&[2], &[]));
-        assert!(b.came_up.is_empty());
-        assert_eq!(b.went_down, vec![1]);
     }
 }
