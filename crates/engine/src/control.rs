@@ -213,7 +213,7 @@ async fn connection(
         match req {
             ControlRequest::Events { follow } => {
                 if !follow {
-                    let backlog = shared.bus.backlog();
+                    let backlog = shared.bus().backlog();
                     write_line(&mut w, &ControlReply::Events { events: backlog }, idle).await?;
                     continue;
                 }
@@ -248,7 +248,7 @@ async fn follow_events(
     mut w: tokio::net::unix::OwnedWriteHalf,
     idle: Duration,
 ) -> std::io::Result<()> {
-    let (backlog, mut rx) = shared.bus.subscribe_with_backlog();
+    let (backlog, mut rx) = shared.bus().subscribe_with_backlog();
     write_line(&mut w, &ControlReply::Events { events: backlog }, idle).await?;
     let mut sink = [0u8; 512];
     loop {
@@ -273,11 +273,11 @@ async fn follow_events(
 }
 
 fn gateway_index(shared: &Shared, name: &str) -> Result<usize, EngineError> {
-    shared.policy.gateway_index(name).ok_or_else(|| {
+    shared.policy().gateway_index(name).ok_or_else(|| {
         EngineError::Control(format!(
             "unknown gateway {} (the policy names: {})",
             statecull_proto::text::clip(name),
-            shared.policy.gateway_names()
+            shared.policy().gateway_names()
         ))
     })
 }
@@ -335,13 +335,13 @@ async fn count(shared: &Shared, selectors: Vec<Selector>) -> Option<(Vec<u64>, u
 /// States per gateway, from one Count request (None where unknown). While a plan is
 /// pending the broker link belongs to the kill: nothing is counted then.
 pub async fn states_per_gateway(shared: &Shared) -> Vec<Option<u64>> {
-    let n = shared.policy.gateways.len();
+    let n = shared.policy().gateways.len();
     if shared.plan_pending() {
         return vec![None; n];
     }
     let Some(caps) = caps(shared).await else { return vec![None; n] };
     let every: Vec<usize> = (0..n).collect();
-    let owned = plan::owned_selectors(&shared.policy, &every, &caps);
+    let owned = plan::owned_selectors(shared.policy(), &every, &caps);
     let max = usize::try_from(statecull_proto::MAX_SELECTORS).unwrap_or(64);
     if owned.selectors.len() > max {
         return vec![None; n];
@@ -356,7 +356,7 @@ async fn status(shared: &Arc<Shared>) -> StatusReply {
     let link = shared.broker.state();
     let facts = shared.gateway_facts();
     let gateways = shared
-        .policy
+        .policy()
         .gateways
         .iter()
         .zip(facts)
@@ -390,17 +390,17 @@ async fn status(shared: &Arc<Shared>) -> StatusReply {
         .collect();
     StatusReply {
         engine_version: env!("CARGO_PKG_VERSION").into(),
-        policy: shared.policy.source.clone(),
-        uptime_s: shared.started.elapsed().as_secs_f64(),
+        policy: shared.policy().source.clone(),
+        uptime_s: shared.clock().uptime().as_secs_f64(),
         broker: BrokerStatus {
             socket: shared.broker.path().display().to_string(),
             connected: link.connected,
             backend: link.hello.map(|h| format!("{} on {}", h.backend.kind, h.backend.kernel)),
-            pending_plans: shared.pending_plans.load(std::sync::atomic::Ordering::SeqCst),
+            pending_plans: shared.counters().pending_plans(),
             last_error: link.last_error,
         },
         gateways,
-        recent_events: shared.bus.backlog(),
+        recent_events: shared.bus().backlog(),
     }
 }
 
@@ -443,7 +443,7 @@ async fn dry_run(
         }
     }
     let input = PlanInput {
-        policy: &shared.policy,
+        policy: shared.policy(),
         usable: &usable,
         went_down: &down,
         came_up: &up,

@@ -259,7 +259,7 @@ async fn run(args: Args) -> Result<(), EngineError> {
     }
     let shared = Arc::clone(&opened.shared);
     if args.check {
-        println!("{}", statecull_policy::load::explain(&shared.policy));
+        println!("{}", statecull_policy::load::explain(shared.policy()));
         match shared.broker.hello().await {
             Ok(h) => println!(
                 "broker at {}: {} on {}",
@@ -314,7 +314,7 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         user,
         readable_paths: opened
             .shared
-            .policy
+            .policy()
             .engine
             .readable_paths
             .iter()
@@ -364,7 +364,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         });
     }
     // dpinger status sockets.
-    for (i, g) in shared.policy.gateways.iter().enumerate() {
+    for (i, g) in shared.policy().gateways.iter().enumerate() {
         if let HealthSource::Dpinger { socket } = &g.source {
             tasks.spawn(crate::sources::poll_dpinger(
                 Arc::clone(&shared),
@@ -418,7 +418,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
                             ),
                         )
                     };
-                    s.bus.publish(e);
+                    s.bus().publish(e);
                     was_connected = Some(link.connected);
                 }
                 tokio::time::sleep(STATES_REFRESH).await;
@@ -431,14 +431,14 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
     }
     tasks.spawn(Executor::new(Arc::clone(&shared), decisions, routes).run());
 
-    shared.bus.publish(
+    shared.bus().publish(
         NewEvent::new(
             EventKind::EngineStarted,
             format!(
                 "statecull-engine {} watching {} gateway(s) from {}; control socket {}",
                 env!("CARGO_PKG_VERSION"),
-                shared.policy.gateways.len(),
-                shared.policy.source,
+                shared.policy().gateways.len(),
+                shared.policy().source,
                 control_path.display()
             ),
         )

@@ -12,21 +12,22 @@
 //!    backoff), so a broker restart loses nothing.
 //! 4. After `sweep_delay`, one trailing sweep repeats the down steps' selectors and reports
 //!    what it still found (non-zero: states were born on the dead link in the race window).
+//!
+//! What to merge, how long to wait and what the sweep may touch is decided by the pure
+//! `batch` module; this one does the waiting, the route dumps, the broker calls and the
+//! events.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use statecull_control::EventKind;
-use statecull_policy::model::RoutingConfirm;
-use statecull_policy::plan::{
-    self, Action, OwnedSelectors, Plan, PlanInput, Purpose, SweepRequest,
-};
+use statecull_policy::plan::{self, Action, Plan, PlanInput, Purpose, SweepRequest};
 use statecull_proto::{Capabilities, KillReport, Selector, StateHandle, StateRecord};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::batch::{self, Batch, Next, RouteCheck, Routed, Sweep};
 use crate::error::EngineError;
 use crate::events::NewEvent;
 use crate::routes::{RouteWatcher, default_routes_via};
@@ -38,37 +39,10 @@ const RT_TABLE_MAIN: u32 = 254;
 /// How long a plan waits for a lost broker before it is given up (and reported failed).
 pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
 
-/// Merge `d` into `batch`: a gateway that went down and came back before anything was
-/// killed leaves both lists.
-pub fn merge(batch: &mut Decision, d: Decision) {
-    for &g in &d.went_down {
-        if let Some(p) = batch.came_up.iter().position(|&x| x == g) {
-            batch.came_up.remove(p);
-        } else if !batch.went_down.contains(&g) {
-            batch.went_down.push(g);
-        }
-    }
-    for &g in &d.came_up {
-        if let Some(p) = batch.went_down.iter().position(|&x| x == g) {
-            batch.went_down.remove(p);
-        } else if !batch.came_up.contains(&g) {
-            batch.came_up.push(g);
-        }
-    }
-    for &g in d.went_down.iter().chain(d.came_up.iter()) {
-        if let (Some(slot), Some(v)) = (batch.routed_marks.get_mut(g), d.routed_marks.get(g)) {
-            *slot = *v;
-        }
-    }
-    batch.usable = d.usable;
-}
-
 pub struct Executor {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Decision>,
     routes: Option<RouteWatcher>,
-    /// Decisions taken off the queue for the batch in hand (for the pending-plans count).
-    taken: u32,
 }
 
 impl std::fmt::Debug for Executor {
@@ -92,59 +66,34 @@ impl Executor {
         rx: mpsc::UnboundedReceiver<Decision>,
         routes: Option<RouteWatcher>,
     ) -> Self {
-        Executor { shared, rx, routes, taken: 0 }
+        Executor { shared, rx, routes }
     }
 
     pub async fn run(mut self) {
         while let Some(first) = self.rx.recv().await {
-            self.taken = 1;
-            let mut batch = first;
+            let mut batch = Batch::new(first);
             self.drain(&mut batch);
-            let decided = batch.at;
             // Wait for routing; decisions that arrived at the last moment join the batch
             // and are waited for too, so every gateway of the plan has had its wait.
             let routed_ok = loop {
                 let ok = self.wait_for_routing(&mut batch).await;
-                let known: BTreeSet<usize> =
-                    batch.went_down.iter().chain(batch.came_up.iter()).copied().collect();
+                let known = batch.targets();
                 self.drain(&mut batch);
-                if batch.went_down.iter().chain(batch.came_up.iter()).all(|g| known.contains(g)) {
+                if batch.covered(&known) {
                     break ok;
                 }
             };
-            self.execute(batch, decided, routed_ok).await;
-            self.shared.decisions_done(self.taken);
-            self.taken = 0;
+            self.execute(&mut batch, routed_ok).await;
+            self.shared.decisions_done(batch.taken());
             self.shared.refresh_metrics(None);
         }
     }
 
     /// Merge every decision already queued (they arrived while we waited or worked).
-    fn drain(&mut self, batch: &mut Decision) {
+    fn drain(&mut self, batch: &mut Batch) {
         while let Ok(d) = self.rx.try_recv() {
-            self.taken += 1;
-            merge(batch, d);
+            batch.absorb(d);
         }
-    }
-
-    /// Bring the batch up to date with the gateways' health right now: a gateway that is
-    /// usable again is no longer "down", one that failed again is no longer "up".
-    fn settle(&self, batch: &mut Decision) -> bool {
-        let now = self.shared.usable();
-        let before = (batch.went_down.len(), batch.came_up.len());
-        batch.went_down.retain(|&g| !now.get(g).copied().unwrap_or(true));
-        batch.came_up.retain(|&g| now.get(g).copied().unwrap_or(false));
-        batch.usable = now;
-        before != (batch.went_down.len(), batch.came_up.len())
-    }
-
-    fn signalled(&self, marks: &[u64], gateways: &BTreeSet<usize>) -> bool {
-        gateways.iter().all(|&g| {
-            self.shared
-                .routed
-                .get(g)
-                .is_some_and(|tx| *tx.borrow() > marks.get(g).copied().unwrap_or(0))
-        })
     }
 
     /// Is routing where the batch needs it? Only for rtnetlink.
@@ -155,7 +104,7 @@ impl Executor {
         // the probes' own tables) keep their default route via their gateway for good.
         let routes: Vec<_> =
             w.dump_defaults().await?.into_iter().filter(|r| r.table == RT_TABLE_MAIN).collect();
-        let p = &self.shared.policy;
+        let p = self.shared.policy();
         let down_clear = batch.went_down.iter().all(|&g| {
             p.gateways.get(g).is_none_or(|gw| default_routes_via(&routes, gw.address).is_empty())
         });
@@ -166,57 +115,39 @@ impl Executor {
     }
 
     /// Wait until routing has moved for every gateway in the batch (merging decisions that
-    /// arrive meanwhile). Returns whether it was confirmed (false: timed out).
-    async fn wait_for_routing(&mut self, batch: &mut Decision) -> bool {
-        let routing = self.shared.policy.routing.clone();
-        let mut deadline = batch.at + routing.settle_timeout;
-        // However many decisions join the batch, nothing waits longer than twice the
-        // settle timeout from the first one.
-        let latest = batch.at + routing.settle_timeout * 2;
-        let mut confirm = routing.confirm;
-        if confirm == RoutingConfirm::Rtnetlink && self.routes.is_none() {
-            confirm = RoutingConfirm::Delay;
-        }
-        let mut routed_rx: Vec<_> = self.shared.routed.iter().map(|tx| tx.subscribe()).collect();
-        let mut how = "";
-        let confirmed = loop {
-            let targets: BTreeSet<usize> =
-                batch.went_down.iter().chain(batch.came_up.iter()).copied().collect();
-            if targets.is_empty() {
-                break true;
-            }
-            if self.signalled(&batch.routed_marks, &targets) {
-                how = "routed signal";
-                break true;
-            }
-            if confirm == RoutingConfirm::Rtnetlink {
-                match self.routes_moved(batch).await {
-                    Ok(true) => {
-                        how = "rtnetlink: main table moved";
-                        break true;
-                    }
-                    Ok(false) => {}
+    /// arrive meanwhile), as the pure [`RoutingWait`] directs. Returns whether it was
+    /// confirmed (false: timed out).
+    async fn wait_for_routing(&mut self, batch: &mut Batch) -> bool {
+        let routing = self.shared.policy().routing.clone();
+        let clock = *self.shared.clock();
+        let mut wait = batch.wait(&routing, self.routes.is_some());
+        let mut routed_rx = self.shared.routed().subscribe();
+        let Routed { confirmed, how } = loop {
+            let mut next = wait.next(batch, clock.now_ms(), &self.shared.routed().counts());
+            if next == Next::CheckRoutes {
+                let check = match self.routes_moved(batch.decision()).await {
+                    Ok(true) => RouteCheck::Moved,
+                    Ok(false) => RouteCheck::NotYet,
                     Err(e) => {
                         tracing::warn!(
                             "route watcher failed, falling back to the settle delay: {e}"
                         );
-                        confirm = RoutingConfirm::Delay;
+                        RouteCheck::Failed
                     }
-                }
-            }
-            if Instant::now() >= deadline {
-                how = match confirm {
-                    RoutingConfirm::Delay => "settle delay elapsed",
-                    RoutingConfirm::Signal => "no routed signal",
-                    RoutingConfirm::Rtnetlink => "main table still uses it",
                 };
-                break confirm == RoutingConfirm::Delay;
+                next = wait.routes(check, clock.now_ms());
             }
+            let (until, watch_routes) = match next {
+                Next::Done(routed) => break routed,
+                Next::Sleep { until, routes } => (until, routes),
+                // `routes` never asks for another check; were it to, sleep as rtnetlink does.
+                Next::CheckRoutes => (wait.deadline(), true),
+            };
             // Wake on: a new decision, a routed signal, a route change, or the deadline.
             let any_routed = futures_any_changed(&mut routed_rx);
             let route_change = async {
-                match (confirm, self.routes.as_mut()) {
-                    (RoutingConfirm::Rtnetlink, Some(w)) => {
+                match (watch_routes, self.routes.as_mut()) {
+                    (true, Some(w)) => {
                         if let Err(e) = w.changed().await {
                             tracing::warn!("route watcher: {e}");
                             std::future::pending::<()>().await;
@@ -227,21 +158,17 @@ impl Executor {
             };
             tokio::select! {
                 d = self.rx.recv() => match d {
-                    Some(d) => {
-                        self.taken += 1;
-                        deadline = deadline.max(d.at + routing.settle_timeout).min(latest);
-                        merge(batch, d);
-                    }
-                    None => break false,
+                    Some(d) => wait.join(batch, d),
+                    None => break wait.closed(),
                 },
                 () = any_routed => {},
                 () = route_change => {},
-                () = tokio::time::sleep_until(deadline) => {},
+                () = tokio::time::sleep_until(clock.instant(until)) => {},
             }
         };
-        let waited = batch.at.elapsed();
-        let p = &self.shared.policy;
-        for &g in batch.went_down.iter().chain(batch.came_up.iter()) {
+        let waited = clock.since(batch.decided());
+        let p = self.shared.policy();
+        for g in batch.gateways() {
             let name = p.gateways.get(g).map_or("?", |x| x.name.as_str()).to_owned();
             let msg = if confirmed {
                 format!("routing has moved for {name} ({how})")
@@ -251,7 +178,7 @@ impl Executor {
                     routing.settle_timeout.as_millis()
                 )
             };
-            self.shared.bus.publish(
+            self.shared.bus().publish(
                 NewEvent::new(EventKind::Routed, msg)
                     .gateway(name)
                     .elapsed_ms(waited.as_secs_f64() * 1e3)
@@ -275,12 +202,13 @@ impl Executor {
         Ok(hello.backend.capabilities)
     }
 
-    async fn execute(&mut self, mut batch: Decision, decided: Instant, routed_ok: bool) {
+    async fn execute(&mut self, batch: &mut Batch, routed_ok: bool) {
         let started = Instant::now();
+        let decided = self.shared.clock().instant(batch.decided());
         let caps = match self.capabilities().await {
             Ok(c) => c,
             Err(e) => {
-                self.shared.bus.publish(NewEvent::new(
+                self.shared.bus().publish(NewEvent::new(
                     EventKind::PlanFailed,
                     format!("no plan run: the broker stayed unreachable: {e}"),
                 ));
@@ -289,42 +217,43 @@ impl Executor {
         };
         // The broker may have kept us waiting: fold in what happened meanwhile, and plan
         // from the health as it is now, not as it was when the first decision came.
-        self.drain(&mut batch);
-        if self.settle(&mut batch) {
+        self.drain(batch);
+        if batch.settle(self.shared.usable()) {
             tracing::info!("health changed while the plan waited; planning from the current state");
         }
-        if batch.went_down.is_empty() && batch.came_up.is_empty() {
-            self.shared.bus.publish(NewEvent::new(
+        if batch.is_empty() {
+            self.shared.bus().publish(NewEvent::new(
                 EventKind::PlanSkipped,
                 "nothing to do: the gateways that changed are back as they were before anything was killed",
             ));
             return;
         }
+        let d = batch.decision();
         let input = PlanInput {
-            policy: &self.shared.policy,
-            usable: &batch.usable,
-            went_down: &batch.went_down,
-            came_up: &batch.came_up,
+            policy: self.shared.policy(),
+            usable: &d.usable,
+            went_down: &d.went_down,
+            came_up: &d.came_up,
             caps: &caps,
         };
         let plan = match plan::plan(&input) {
             Ok(p) => p,
             Err(e) => {
                 self.shared
-                    .bus
+                    .bus()
                     .publish(NewEvent::new(EventKind::PlanFailed, format!("cannot plan: {e}")));
                 return;
             }
         };
         if plan.is_empty() {
-            self.shared.bus.publish(
+            self.shared.bus().publish(
                 NewEvent::new(EventKind::PlanSkipped, headline(&plan))
                     .field("explanation", plan.explain(None))
                     .field("routing_confirmed", routed_ok),
             );
             return;
         }
-        self.shared.bus.publish(
+        self.shared.bus().publish(
             NewEvent::new(EventKind::PlanStarted, headline(&plan))
                 .field("explanation", plan.explain(None))
                 .field("steps", plan.steps.len())
@@ -366,11 +295,11 @@ impl Executor {
                     if let [(g, _)] = out.per_gateway.as_slice() {
                         e = e.gateway(self.shared.gateway_name(*g));
                     }
-                    self.shared.bus.publish(e);
+                    self.shared.bus().publish(e);
                 }
                 Err(err) => {
                     failed = true;
-                    self.shared.bus.publish(
+                    self.shared.bus().publish(
                         NewEvent::new(EventKind::PlanFailed, format!("{}: {err}", step.why))
                             .elapsed_ms(t0.elapsed().as_secs_f64() * 1e3),
                     );
@@ -378,10 +307,7 @@ impl Executor {
             }
         }
         let duration = started.elapsed().as_secs_f64();
-        self.shared.with_stats(|s| {
-            s.plans_total += 1;
-            s.last_plan_duration_s = Some(duration);
-        });
+        self.shared.counters().plan_finished(duration);
         self.shared.refresh_metrics(None);
         tracing::info!(
             target: "statecull::step",
@@ -393,7 +319,7 @@ impl Executor {
         );
         let sweep = plan.sweep_requests();
         if !sweep.is_empty() {
-            let delay = self.shared.policy.routing.sweep_delay;
+            let delay = self.shared.policy().routing.sweep_delay;
             if !delay.is_zero() {
                 let gws = plan
                     .steps
@@ -414,41 +340,29 @@ impl Executor {
             let t0 = Instant::now();
             // A gateway that came back during the delay has new, healthy states: the sweep
             // must not touch them. Sweep only gateways that are still down.
-            let usable = shared.usable();
-            let (back, still_down): (Vec<usize>, Vec<usize>) =
-                gateways.iter().partition(|&&g| usable.get(g).copied().unwrap_or(false));
-            let requests = if back.is_empty() {
-                requests
-            } else if still_down.is_empty() {
-                let names: Vec<&str> = back.iter().map(|&g| shared.gateway_name(g)).collect();
-                shared.bus.publish(
-                    NewEvent::new(
-                        EventKind::SweepDone,
-                        format!("trailing sweep skipped: {} back up", names.join(", ")),
-                    )
-                    .killed(0)
-                    .field("skipped", "true"),
-                );
-                return;
-            } else {
-                let Some(caps) = shared.broker.state().hello.map(|h| h.backend.capabilities) else {
+            let caps = shared.broker.state().hello.map(|h| h.backend.capabilities);
+            let (requests, gateways) = match batch::sweep(
+                shared.policy(),
+                requests,
+                &gateways,
+                &shared.usable(),
+                caps.as_ref(),
+            ) {
+                Sweep::Run { requests, gateways } => (requests, gateways),
+                Sweep::AllBack { back } => {
+                    let names: Vec<&str> = back.iter().map(|&g| shared.gateway_name(g)).collect();
+                    shared.bus().publish(
+                        NewEvent::new(
+                            EventKind::SweepDone,
+                            format!("trailing sweep skipped: {} back up", names.join(", ")),
+                        )
+                        .killed(0)
+                        .field("skipped", "true"),
+                    );
                     return;
-                };
-                let owned = first_owners(plan::owned_selectors(&shared.policy, &still_down, &caps));
-                owned
-                    .selectors
-                    .chunks(plan::MAX_SELECTORS_PER_REQUEST)
-                    .zip(owned.owners.chunks(plan::MAX_SELECTORS_PER_REQUEST))
-                    .map(|(s, o)| SweepRequest {
-                        action: Action::KillMatching {
-                            selectors: s.to_vec(),
-                            match_opposite: caps.match_opposite,
-                        },
-                        owners: o.to_vec(),
-                    })
-                    .collect()
+                }
+                Sweep::Nothing => return,
             };
-            let gateways = still_down;
             let mut result = Ok(StepOutcome {
                 killed: 0,
                 per_gateway: vec![],
@@ -479,7 +393,7 @@ impl Executor {
                     for &(g, n) in &out.per_gateway {
                         shared.add_kills(g, n, true);
                     }
-                    shared.with_stats(|s| s.last_sweep_leftovers = Some(out.killed));
+                    shared.counters().sweep_finished(out.killed);
                     shared.refresh_metrics(None);
                     let msg = if out.killed == 0 {
                         "trailing sweep found nothing left: routing moved in time".to_owned()
@@ -496,10 +410,10 @@ impl Executor {
                     if let [g] = gateways.as_slice() {
                         e = e.gateway(shared.gateway_name(*g));
                     }
-                    shared.bus.publish(e);
+                    shared.bus().publish(e);
                 }
                 Err(err) => {
-                    shared.bus.publish(NewEvent::new(
+                    shared.bus().publish(NewEvent::new(
                         EventKind::PlanFailed,
                         format!("trailing sweep failed: {err}"),
                     ));
@@ -562,23 +476,6 @@ fn purpose_name(p: &Purpose) -> &'static str {
         Purpose::FlushAll { .. } => "flush-all",
         Purpose::FailBack { .. } => "fail-back",
     }
-}
-
-/// Selectors of several gateways with, for a selector two of them share, the first one as
-/// owner of every copy: how the sweep credits a kill when it rebuilds its selectors for the
-/// gateways still down (as the plan's steps do).
-fn first_owners(mut owned: OwnedSelectors) -> OwnedSelectors {
-    let firsts: Vec<usize> = owned
-        .selectors
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let first = owned.selectors.iter().position(|x| x == s).unwrap_or(i);
-            owned.owners.get(first).copied().unwrap_or_default()
-        })
-        .collect();
-    owned.owners = firsts;
-    owned
 }
 
 async fn kill_matching(
@@ -724,34 +621,5 @@ async fn run_action(
                 ),
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(down: &[usize], up: &[usize]) -> Decision {
-        Decision {
-            went_down: down.to_vec(),
-            came_up: up.to_vec(),
-            usable: vec![],
-            routed_marks: vec![0; 4],
-            at: Instant::now(),
-        }
-    }
-
-    #[test]
-    fn merging_coalesces_and_cancels() {
-        let mut b = d(&[0], &[]);
-        merge(&mut b, d(&[1], &[]));
-        assert_eq!(b.went_down, vec![0, 1]);
-        merge(&mut b, d(&[], &[0]));
-        assert_eq!(b.went_down, vec![1]);
-        assert!(b.came_up.is_empty());
-        merge(&mut b, d(&[], &[2]));
-        merge(&mut b, d(&[2], &[]));
-        assert!(b.came_up.is_empty());
-        assert_eq!(b.went_down, vec![1]);
     }
 }

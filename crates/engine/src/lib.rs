@@ -4,6 +4,7 @@
 //! then one trailing sweep.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod broker;
 pub mod control;
 pub mod daemon;

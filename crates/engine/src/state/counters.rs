@@ -1,0 +1,63 @@
+//! Engine-wide counters: plans decided but not finished (which background broker calls stand
+//! aside for), and the figures of the last plan and sweep for metrics.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// The last plan and sweep, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PlanStats {
+    pub plans_total: u64,
+    pub last_plan_duration_s: Option<f64>,
+    pub last_sweep_leftovers: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Plans decided but not finished (waiting for routing or for the broker, or running).
+    /// Background counts for status and metrics stand aside while this is non-zero, so
+    /// they never delay a kill on the serialised broker link.
+    pending_plans: AtomicU32,
+    stats: Mutex<PlanStats>,
+}
+
+impl Counters {
+    /// A decision was handed to the executor.
+    pub fn decision_sent(&self) {
+        self.pending_plans.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The executor took `n` decisions off the queue and finished with them.
+    pub fn decisions_done(&self, n: u32) {
+        let _ = self
+            .pending_plans
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n)));
+    }
+
+    /// Decisions not finished yet.
+    pub fn pending_plans(&self) -> u32 {
+        self.pending_plans.load(Ordering::SeqCst)
+    }
+
+    /// True while a plan is waiting or running.
+    pub fn plan_pending(&self) -> bool {
+        self.pending_plans() > 0
+    }
+
+    /// A plan ran to its end, taking `duration_s`.
+    pub fn plan_finished(&self, duration_s: f64) {
+        let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        s.plans_total += 1;
+        s.last_plan_duration_s = Some(duration_s);
+    }
+
+    /// A trailing sweep found `leftovers` states.
+    pub fn sweep_finished(&self, leftovers: u64) {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner).last_sweep_leftovers =
+            Some(leftovers);
+    }
+
+    pub fn stats(&self) -> PlanStats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
