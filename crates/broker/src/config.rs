@@ -9,7 +9,7 @@ use statecull_proto::Prefix;
 
 use crate::error::BrokerError;
 
-pub const DEFAULT_SOCKET: &str = "/run/statecull/broker.sock";
+pub const DEFAULT_SOCKET: &str = statecull_proto::DEFAULT_BROKER_SOCKET;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 
 /// Log line format.

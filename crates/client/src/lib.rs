@@ -30,7 +30,7 @@ pub use tokio_driver::AsyncBrokerClient;
 
 /// The broker's socket unless `--socket`, `STATECULL_BROKER_SOCKET` or the policy's
 /// `engine.broker_socket` say otherwise.
-pub const DEFAULT_BROKER_SOCKET: &str = "/run/statecull/broker.sock";
+pub use statecull_proto::DEFAULT_BROKER_SOCKET;
 
 /// Bytes asked of the socket per read: a few frames of counts and kill reports, or a part of
 /// a snapshot batch (at most 1 MiB); the session keeps what a read brings beyond a frame.

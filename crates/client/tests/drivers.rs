@@ -103,8 +103,8 @@ fn blocking_refused_hello_silent_broker_hang_up_and_no_socket() {
     let r = c.count(vec![sel()]);
     assert!(matches!(&r, Err(e @ ClientError::Io(_)) if e.connection_lost()), "{r:?}");
 
-    let dir = TempDir::new();
-    let r = BrokerClient::connect(&dir.0.join("nothing.sock"), "t");
+    let dir = TempDir::new("client").unwrap();
+    let r = BrokerClient::connect(&dir.path().join("nothing.sock"), "t");
     assert!(
         matches!(&r, Err(ClientError::Connect { hint, .. }) if hint.contains("is statecull-broker running")),
         "{r:?}"
@@ -184,8 +184,8 @@ async fn tokio_refused_hello_silent_broker_hang_up_and_no_socket() {
     let r = c.count(vec![sel()]).await;
     assert!(matches!(&r, Err(e @ ClientError::Io(_)) if e.connection_lost()), "{r:?}");
 
-    let dir = TempDir::new();
-    let r = AsyncBrokerClient::connect(&dir.0.join("nothing.sock"), "t", None).await;
+    let dir = TempDir::new("client").unwrap();
+    let r = AsyncBrokerClient::connect(&dir.path().join("nothing.sock"), "t", None).await;
     assert!(
         matches!(&r, Err(ClientError::Connect { hint, .. }) if hint.contains("is statecull-broker running")),
         "{r:?}"

@@ -283,12 +283,6 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
     if args.check {
         return Ok(());
     }
-    if args.no_sandbox {
-        // On stderr as well as in the log: no log level may hide it.
-        eprintln!("statecull-engine: {}", statecull_sandbox::NO_SANDBOX_WARNING);
-        tracing::warn!("{}", statecull_sandbox::NO_SANDBOX_WARNING);
-        return Ok(());
-    }
     let user = args
         .user
         .clone()
@@ -297,7 +291,7 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
     // mode. (Not yet handled there: reconnecting to a restarted broker by path is refused
     // in capability mode; see ARCHITECTURE.md.)
     #[cfg(target_os = "freebsd")]
-    {
+    if !args.no_sandbox {
         use statecull_sandbox::freebsd::{FdUse, limit};
         use std::os::fd::AsFd;
         let e = |e: statecull_sandbox::SandboxError| EngineError::Config(e.to_string());
@@ -308,29 +302,28 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
         limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;
     }
-    let plan = statecull_sandbox::Plan {
-        role: statecull_sandbox::Role::Engine,
-        net_admin: false,
-        user,
-        readable_paths: opened
-            .shared
-            .policy()
-            .engine
-            .readable_paths
-            .iter()
-            .map(PathBuf::from)
-            .collect(),
+    let confinement = statecull_sandbox::DaemonConfinement {
+        program: "statecull-engine",
+        plan: statecull_sandbox::Plan {
+            role: statecull_sandbox::Role::Engine,
+            net_admin: false,
+            user,
+            readable_paths: opened
+                .shared
+                .policy()
+                .engine
+                .readable_paths
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        },
+        no_sandbox: args.no_sandbox,
     };
-    let report = statecull_sandbox::confine(&plan).map_err(|e| {
+    statecull_sandbox::confine_daemon(&confinement).map_err(|e| {
         EngineError::Config(format!(
             "cannot confine the engine: {e} (pass --user NAME for an existing user, or --no-sandbox for development)"
         ))
     })?;
-    for w in report.weaknesses() {
-        eprintln!("statecull-engine: WARNING: sandbox: {w}");
-        tracing::warn!("sandbox: {w}");
-    }
-    tracing::info!(sandbox = %report.to_string().replace('\n', "; "), "confined");
     Ok(())
 }
 

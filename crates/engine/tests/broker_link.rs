@@ -8,9 +8,11 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use statecull_testkit::TempDir;
 
 use statecull_engine::broker::{BACKGROUND_SLOTS, BrokerLink};
 use statecull_engine::state::Shared;
@@ -20,26 +22,6 @@ use statecull_proto::{
     KillPath, KillReport, Limits, PROTOCOL_VERSION, Request, Response, Selector, SelectorField,
 };
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "statecull-link-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What the fake broker saw, in order of arrival ("hello", "count", "kill", "flush"), plus
 /// markers the test writes itself.
@@ -148,8 +130,8 @@ fn serve_connection(
 
 impl FakeBroker {
     fn start(count_delay: Duration, idle_close: Option<Duration>) -> Self {
-        let dir = TempDir::new();
-        let path = dir.0.join("broker.sock");
+        let dir = TempDir::new("link").unwrap();
+        let path = dir.path().join("broker.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let log: Log = Arc::default();
         let connections = Arc::new(AtomicUsize::new(0));

@@ -5,37 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use statecull_testkit::TempDir;
 
 use statecull_engine::broker::BrokerLink;
 use statecull_engine::control::{ControlLimits, bind, serve_with};
 use statecull_engine::state::Shared;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(mode: u32) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "statecull-ctl-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const POLICY: &str = r#"
 [[gateway]]
@@ -50,7 +29,7 @@ nat_addr = ["198.51.100.1"]
 fn shared(dir: &TempDir) -> Arc<Shared> {
     let policy = statecull_policy::load::parse(POLICY, "test policy").unwrap();
     // No broker there: status answers with unknown counts at once.
-    let (s, _d, _m) = Shared::new(policy, BrokerLink::new(dir.0.join("no-broker.sock")));
+    let (s, _d, _m) = Shared::new(policy, BrokerLink::new(dir.path().join("no-broker.sock")));
     Arc::new(s)
 }
 
@@ -58,22 +37,22 @@ fn shared(dir: &TempDir) -> Arc<Shared> {
 /// user may write, where anyone could swap it for their own.
 #[tokio::test]
 async fn bind_refuses_a_directory_others_can_write() {
-    let dir = TempDir::new(0o777);
-    let e = bind(&dir.0.join("engine.sock")).unwrap_err().to_string();
+    let dir = TempDir::with_mode("ctl", 0o777).unwrap();
+    let e = bind(&dir.path().join("engine.sock")).unwrap_err().to_string();
     assert!(e.contains("writable by every user"), "{e}");
-    assert!(!dir.0.join("engine.sock").exists());
+    assert!(!dir.path().join("engine.sock").exists());
 }
 
 #[tokio::test]
 async fn bind_creates_0660_in_place_and_refuses_a_live_engine() {
-    let dir = TempDir::new(0o750);
-    let path = dir.0.join("engine.sock");
+    let dir = TempDir::with_mode("ctl", 0o750).unwrap();
+    let path = dir.path().join("engine.sock");
     let listener = bind(&path).unwrap();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
     let names: Vec<_> =
-        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "no staging directory left behind: {names:?}");
 
     let e = bind(&path).unwrap_err().to_string();
@@ -83,9 +62,9 @@ async fn bind_creates_0660_in_place_and_refuses_a_live_engine() {
     let _again = bind(&path).unwrap();
 
     // Anything that is not a socket is left alone, links included.
-    let target = dir.0.join("target");
+    let target = dir.path().join("target");
     std::fs::write(&target, b"keep").unwrap();
-    let link = dir.0.join("link.sock");
+    let link = dir.path().join("link.sock");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let e = bind(&link).unwrap_err().to_string();
     assert!(e.contains("not a socket"), "{e}");
@@ -110,8 +89,8 @@ async fn connect(path: &std::path::Path) -> BufReader<UnixStream> {
 /// answering throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_and_idle_ones_closed() {
-    let dir = TempDir::new(0o750);
-    let path = dir.0.join("engine.sock");
+    let dir = TempDir::with_mode("ctl", 0o750).unwrap();
+    let path = dir.path().join("engine.sock");
     let listener = bind(&path).unwrap();
     let limits = ControlLimits {
         max_connections: 4,
@@ -175,8 +154,8 @@ async fn connections_are_capped_and_idle_ones_closed() {
 /// variant, an unknown gateway name) is not echoed back whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_names_are_clipped_in_error_replies() {
-    let dir = TempDir::new(0o750);
-    let path = dir.0.join("engine.sock");
+    let dir = TempDir::with_mode("ctl", 0o750).unwrap();
+    let path = dir.path().join("engine.sock");
     let listener = bind(&path).unwrap();
     let limits = ControlLimits {
         max_connections: 4,

@@ -32,6 +32,8 @@ pub use verbs::{
     KillPath, KillReport, Request, Response, SnapshotDone, Verb,
 };
 
+/// Where the broker listens unless told otherwise (the broker's default and the clients').
+pub const DEFAULT_BROKER_SOCKET: &str = "/run/statecull/broker.sock";
 /// Version of this protocol; a broker refuses clients that announce another.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Bytes in a frame header (the big-endian payload length).

@@ -6,9 +6,10 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use statecull_testkit::TempDir;
 
 use statecull_proto::frame::{decode_request, encode_response, payload_len};
 use statecull_proto::{
@@ -96,26 +97,6 @@ pub fn frame(r: &Response) -> Vec<u8> {
     encode_response(r).unwrap()
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A scratch directory removed on drop.
-pub struct TempDir(pub PathBuf);
-impl TempDir {
-    pub fn new() -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "statecull-client-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// How the fake broker treats a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,8 +123,8 @@ pub struct FakeBroker {
 
 impl FakeBroker {
     pub fn start(mode: Mode) -> Self {
-        let dir = TempDir::new();
-        let path = dir.0.join("broker.sock");
+        let dir = TempDir::new("client").unwrap();
+        let path = dir.path().join("broker.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
         let l = Arc::clone(&log);
