@@ -87,7 +87,7 @@ impl FreeBsdDevice {
     }
 
     fn nl(&self) -> Result<&OwnedFd, Errno> {
-        self.nl.as_ref().ok_or(Errno(crate::kernel::errno::EOPNOTSUPP))
+        self.nl.as_ref().ok_or(Errno(crate::device::errno::EOPNOTSUPP))
     }
 }
 
@@ -104,7 +104,7 @@ impl PfDevice for FreeBsdDevice {
             // SAFETY: as above.
             unsafe { diocclrstatesnv(fd, &mut nv) }
         } else {
-            return Err(Errno(crate::kernel::errno::ENOTTY));
+            return Err(Errno(crate::device::errno::ENOTTY));
         };
         result.map_err(errno)?;
         buf.truncate(nv.len.min(buf.len()));
@@ -112,7 +112,7 @@ impl PfDevice for FreeBsdDevice {
     }
 
     fn get_states_v2(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
-        let len = i32::try_from(buf.len()).map_err(|_| Errno(crate::kernel::errno::E2BIG))?;
+        let len = i32::try_from(buf.len()).map_err(|_| Errno(crate::device::errno::E2BIG))?;
         let mut ps = PfiocStatesV2 {
             ps_len: len,
             ps_req_version: PF_STATE_VERSION,
@@ -120,7 +120,7 @@ impl PfDevice for FreeBsdDevice {
         };
         // SAFETY: `ps_buf` points at `buf` of `ps_len` bytes, alive across the call.
         unsafe { diocgetstatesv2(self.pf.as_raw_fd(), &mut ps) }.map_err(errno)?;
-        usize::try_from(ps.ps_len).map_err(|_| Errno(crate::kernel::errno::EINVAL))
+        usize::try_from(ps.ps_len).map_err(|_| Errno(crate::device::errno::EINVAL))
     }
 
     fn nl_send(&mut self, datagram: &[u8]) -> Result<(), Errno> {
@@ -131,7 +131,7 @@ impl PfDevice for FreeBsdDevice {
             nix::sys::socket::MsgFlags::empty(),
         )
         .map_err(errno)?;
-        if n == datagram.len() { Ok(()) } else { Err(Errno(crate::kernel::errno::EINVAL)) }
+        if n == datagram.len() { Ok(()) } else { Err(Errno(crate::device::errno::EINVAL)) }
     }
 
     fn nl_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), Errno> {
