@@ -43,6 +43,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<KillReport, BrokerError>;
 }
 
+/// The answer to a Count from what a table counted and when the count started.
+fn count_reply(c: statecull_proto::listing::Counts, started: std::time::Instant) -> CountReply {
+    CountReply {
+        per_selector: c.per_selector,
+        matching_any: c.matching_any,
+        table_entries: c.table_entries,
+        elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
 /// A shared backend is a backend (tests keep one handle and give the broker another).
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn info(&self) -> BackendInfo {
@@ -174,12 +184,7 @@ pub mod conntrack {
         fn count(&self, selectors: &[CheckedSelector]) -> Result<CountReply, BrokerError> {
             let started = Instant::now();
             let c = self.table.count(selectors).map_err(map)?;
-            Ok(CountReply {
-                per_selector: c.per_selector,
-                matching_any: c.matching_any,
-                table_entries: c.table_entries,
-                elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            })
+            Ok(super::count_reply(c, started))
         }
 
         fn kill_matching(
@@ -296,12 +301,7 @@ pub mod pf {
         fn count(&self, selectors: &[CheckedSelector]) -> Result<CountReply, BrokerError> {
             let started = Instant::now();
             let c = self.table.count(selectors).map_err(map)?;
-            Ok(CountReply {
-                per_selector: c.per_selector,
-                matching_any: c.matching_any,
-                table_entries: c.table_entries,
-                elapsed_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            })
+            Ok(super::count_reply(c, started))
         }
 
         fn kill_matching(

@@ -316,47 +316,34 @@ const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQ
 /// may send them, and dying on one in the middle of a kill would leave the kill half done and
 /// unaudited. Synchronous faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS) keep
 /// their defaults: they mean a bug (or a seccomp kill), and continuing would be wrong.
-#[cfg(target_os = "linux")]
-const IGNORED_SIGNALS: &[Signal] = &[
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGALRM,
-    Signal::SIGVTALRM,
-    Signal::SIGPROF,
-    Signal::SIGIO,
-    Signal::SIGPWR,
-    Signal::SIGXCPU,
-    Signal::SIGXFSZ,
-    Signal::SIGSTKFLT,
-    Signal::SIGPIPE,
-    Signal::SIGTSTP,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-];
-#[cfg(not(target_os = "linux"))]
-const IGNORED_SIGNALS: &[Signal] = &[
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGALRM,
-    Signal::SIGVTALRM,
-    Signal::SIGPROF,
-    Signal::SIGIO,
-    Signal::SIGXCPU,
-    Signal::SIGXFSZ,
-    Signal::SIGPIPE,
-    Signal::SIGTSTP,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-    Signal::SIGINFO,
-];
+fn ignored_signals() -> Vec<Signal> {
+    let mut v = vec![
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGALRM,
+        Signal::SIGVTALRM,
+        Signal::SIGPROF,
+        Signal::SIGIO,
+        Signal::SIGXCPU,
+        Signal::SIGXFSZ,
+        Signal::SIGPIPE,
+        Signal::SIGTSTP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+    ];
+    #[cfg(target_os = "linux")]
+    v.extend([Signal::SIGPWR, Signal::SIGSTKFLT]);
+    #[cfg(target_os = "freebsd")]
+    v.push(Signal::SIGINFO);
+    v
+}
 
 /// Every signal the signal thread takes: the stop signals, the ignored ones, and (Linux) the
 /// real-time signals, whose default action also ends the process.
 fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for s in STOP_SIGNALS.iter().chain(IGNORED_SIGNALS) {
+    for s in STOP_SIGNALS.iter().chain(&ignored_signals()) {
         set.add(*s);
     }
     #[cfg(target_os = "linux")]

@@ -22,7 +22,6 @@ use statecull_proto::{
     KillPath, KillReport, Limits, PROTOCOL_VERSION, Request, Response, Selector, SelectorField,
 };
 
-
 /// What the fake broker saw, in order of arrival ("hello", "count", "kill", "flush"), plus
 /// markers the test writes itself.
 type Log = Arc<Mutex<Vec<String>>>;

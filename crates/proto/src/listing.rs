@@ -116,6 +116,28 @@ pub fn touches(protected: &[Prefix], addrs: &[IpAddr]) -> bool {
 mod tests {
     use super::*;
 
+    fn record() -> StateRecord {
+        let key = |src: [u8; 4], dst: [u8; 4]| crate::model::StateKey {
+            proto: 17,
+            src: src.into(),
+            dst: dst.into(),
+            l4: crate::model::L4::Ports { src: 1, dst: 2 },
+        };
+        StateRecord {
+            handle: crate::model::StateHandle::Pf { id: 1, creator_id: 1 },
+            key: key([192, 0, 2, 1], [198, 51, 100, 1]),
+            detail: crate::model::StateDetail::Conntrack {
+                reply: key([198, 51, 100, 1], [192, 0, 2, 1]),
+                mark: 0,
+                zone: 0,
+                status: 0,
+                tcp_state: None,
+            },
+            expires_in_secs: None,
+            counters: None,
+        }
+    }
+
     #[test]
     fn batches_are_bounded_and_nothing_is_lost() {
         let mut got: Vec<usize> = Vec::new();
@@ -124,30 +146,7 @@ mod tests {
             Ok(())
         };
         let mut batcher = Batcher::new(3, &mut sink);
-        let one = StateRecord {
-            handle: crate::model::StateHandle::Pf { id: 1, creator_id: 1 },
-            // Only the count matters here.
-            key: crate::model::StateKey {
-                proto: 17,
-                src: [192, 0, 2, 1].into(),
-                dst: [198, 51, 100, 1].into(),
-                l4: crate::model::L4::Ports { src: 1, dst: 2 },
-            },
-            detail: crate::model::StateDetail::Conntrack {
-                reply: crate::model::StateKey {
-                    proto: 17,
-                    src: [198, 51, 100, 1].into(),
-                    dst: [192, 0, 2, 1].into(),
-                    l4: crate::model::L4::Ports { src: 2, dst: 1 },
-                },
-                mark: 0,
-                zone: 0,
-                status: 0,
-                tcp_state: None,
-            },
-            expires_in_secs: None,
-            counters: None,
-        };
+        let one = record();
         for _ in 0..7 {
             batcher.push(one.clone()).unwrap();
         }
@@ -162,30 +161,7 @@ mod tests {
         assert_eq!(batcher.finish(), Ok(0), "nothing pending, nothing sent");
         let mut sink = |_: Vec<StateRecord>| -> Result<(), String> { Err("gone".into()) };
         let mut batcher = Batcher::new(1, &mut sink);
-        let record = StateRecord {
-            handle: crate::model::StateHandle::Pf { id: 1, creator_id: 1 },
-            key: crate::model::StateKey {
-                proto: 1,
-                src: [192, 0, 2, 1].into(),
-                dst: [192, 0, 2, 2].into(),
-                l4: crate::model::L4::None,
-            },
-            detail: crate::model::StateDetail::Conntrack {
-                reply: crate::model::StateKey {
-                    proto: 1,
-                    src: [192, 0, 2, 2].into(),
-                    dst: [192, 0, 2, 1].into(),
-                    l4: crate::model::L4::None,
-                },
-                mark: 0,
-                zone: 0,
-                status: 0,
-                tcp_state: None,
-            },
-            expires_in_secs: None,
-            counters: None,
-        };
-        assert_eq!(batcher.push(record), Err("gone".into()));
+        assert_eq!(batcher.push(record()), Err("gone".into()));
     }
 
     #[test]

@@ -97,7 +97,6 @@ pub fn frame(r: &Response) -> Vec<u8> {
     encode_response(r).unwrap()
 }
 
-
 /// How the fake broker treats a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
