@@ -285,6 +285,37 @@ fn protected_entries_survive_every_handle_spelling() {
     assert_eq!(left, shielded.len());
 }
 
+/// Issue 11: a kill of several selectors says what each one killed, on both paths (one
+/// kernel flush per selector; one dump with deletes), so the engine never counts first.
+#[test]
+fn kill_reports_split_the_kill_per_selector() {
+    if skip_unless_root("kill_reports_split_the_kill_per_selector") {
+        return;
+    }
+    let spec = TableSpec::two_wans(ENTRIES);
+    let wan = |w: usize| spec.count_where(|i| spec.wan_of(i) == w);
+    // Kernel flushes, one per selector.
+    let flushes = lab("persel", &spec, &[]);
+    let mut c = client(&flushes);
+    let r = c.kill_matching(vec![mark(1), mark(2)], false).expect("kill");
+    assert_eq!(r.path, KillPath::KernelFilteredFlush, "{r:?}");
+    assert_eq!(r.per_selector, vec![wan(0), wan(1)], "{r:?}");
+    assert_eq!(r.per_selector.iter().sum::<u64>(), r.killed);
+    drop(c);
+    drop(flushes);
+    // One dump with deletes (a protection forces it); an entry matching both selectors
+    // counts for the first.
+    let dump = lab("persel2", &spec, &["--protect", "192.0.2.10/32"]);
+    let mut c = client(&dump);
+    let both = Selector { family: Some(AddressFamily::Ipv4), ..mark(1) };
+    let r = c.kill_matching(vec![mark(1), both, mark(2)], false).expect("kill");
+    assert_eq!(r.path, KillPath::DumpAndDelete, "{r:?}");
+    assert_eq!(r.per_selector.len(), 3);
+    assert_eq!(r.per_selector[1], 0, "the second selector's states all matched the first: {r:?}");
+    assert_eq!(r.per_selector.iter().sum::<u64>(), r.killed, "{r:?}");
+    assert_eq!(r.killed + r.spared, wan(0) + wan(1), "{r:?}");
+}
+
 fn raw_call(stream: &mut UnixStream, req: &Request) -> Response {
     stream.write_all(&encode_request(req).unwrap()).unwrap();
     read_response(stream).expect("a response")

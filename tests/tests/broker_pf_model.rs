@@ -105,6 +105,21 @@ fn expected() -> statecull_pf::table_gen::Generated {
     router_table(&Spec::new(STATES, SEED)).unwrap()
 }
 
+/// Issue 11: a kill of several selectors says what each one killed (twins count with their
+/// victim's selector), and the parts sum to the total.
+#[test]
+fn kill_reports_split_the_kill_per_selector() {
+    let b = broker(&[]);
+    let mut c = client(&b);
+    let before: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
+    let r = c.kill_matching(vec![gw(0), gw(1)], true).unwrap();
+    assert_eq!(r.per_selector.len(), 2, "{r:?}");
+    assert!(r.per_selector.iter().all(|n| *n > 0), "{r:?}");
+    assert_eq!(r.per_selector.iter().sum::<u64>(), r.killed, "{r:?}");
+    let after: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
+    assert_eq!(before.len() - after.len(), r.killed as usize);
+}
+
 #[test]
 fn gateway_kill_with_opposite_takes_both_twins_and_only_that_gateway() {
     let g = expected();

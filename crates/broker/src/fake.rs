@@ -154,6 +154,7 @@ fn report(path: KillPath, killed: u64) -> KillReport {
         table_passes: 1,
         elapsed_us: 1,
         note: None,
+        per_selector: Vec::new(),
     }
 }
 
@@ -216,7 +217,9 @@ impl Backend for FakeBackend {
     ) -> Result<KillReport, BrokerError> {
         let _in = self
             .enter(Call::KillMatching { selectors: selectors.len(), protected: protected.len() });
-        Ok(report(KillPath::KernelFilteredFlush, 0))
+        let mut r = report(KillPath::KernelFilteredFlush, 0);
+        r.per_selector = vec![0; selectors.len()];
+        Ok(r)
     }
 
     fn kill_handles(

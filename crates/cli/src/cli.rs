@@ -495,6 +495,7 @@ mod tests {
             table_passes: 1,
             elapsed_us: 1000,
             note: None,
+            per_selector: Vec::new(),
         }
     }
 

@@ -337,6 +337,7 @@ mod tests {
             table_passes: 1,
             elapsed_us: 1500,
             note: note.map(str::to_owned),
+            per_selector: vec![5],
         }
     }
 

@@ -260,6 +260,7 @@ fn kill_report() -> KillReport {
         table_passes: 1,
         elapsed_us: 100,
         note: None,
+        per_selector: Vec::new(),
     }
 }
 

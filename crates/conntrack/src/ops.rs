@@ -242,10 +242,18 @@ pub(crate) struct Deleter {
     pub(crate) failed: u64,
     pub(crate) first_error: Option<String>,
     pub(crate) exact: bool,
+    /// Per selector: which selector each delete was for (one byte per delete, by sequence
+    /// number from `first_seq`: at most 64 selectors), and the deletes delivered and refused
+    /// per selector, so a kill can say what each selector killed. Empty without selectors.
+    tags: Vec<u8>,
+    first_seq: Option<u32>,
+    delivered_per: Vec<u64>,
+    refused_per: Vec<u64>,
 }
 
 impl Deleter {
-    pub(crate) fn open() -> Result<Self, CtError> {
+    /// A deleter for deletes on behalf of `selectors` selectors (0: handles, a flush).
+    pub(crate) fn open(selectors: usize) -> Result<Self, CtError> {
         Ok(Self {
             sock: CtSocket::open()?,
             batch: MsgBuilder::with_capacity(SEND_CHUNK),
@@ -256,11 +264,26 @@ impl Deleter {
             failed: 0,
             first_error: None,
             exact: true,
+            tags: Vec::new(),
+            first_seq: None,
+            delivered_per: vec![0; selectors],
+            refused_per: vec![0; selectors],
         })
     }
 
-    pub(crate) fn push(&mut self, orig: &StateKey, id: u32, zone: u16) -> Result<(), CtError> {
+    /// Queue the delete of one entry, for selector `tag` (ignored without selectors).
+    pub(crate) fn push(
+        &mut self,
+        tag: usize,
+        orig: &StateKey,
+        id: u32,
+        zone: u16,
+    ) -> Result<(), CtError> {
         let seq = self.sock.next_seq();
+        if !self.delivered_per.is_empty() {
+            self.first_seq.get_or_insert(seq);
+            self.tags.push(u8::try_from(tag.min(self.delivered_per.len() - 1)).unwrap_or(u8::MAX));
+        }
         ct::delete_request(&mut self.batch, seq, orig, id, zone);
         self.in_batch += 1;
         if self.batch.len() + MAX_DELETE_MSG > SEND_CHUNK {
@@ -282,6 +305,12 @@ impl Deleter {
             return Err(e);
         }
         // sendmsg returned: every delete in the batch ran.
+        let done = usize::try_from(self.delivered).unwrap_or(usize::MAX);
+        for t in self.tags.iter().skip(done).take(usize::try_from(n).unwrap_or(usize::MAX)) {
+            if let Some(d) = self.delivered_per.get_mut(usize::from(*t)) {
+                *d += 1;
+            }
+        }
         self.delivered += n;
         loop {
             let buf = match self.sock.recv(false) {
@@ -300,7 +329,7 @@ impl Deleter {
                 if msg.msg_type != NLMSG_ERROR {
                     continue;
                 }
-                let (errno, _) = msg.error()?;
+                let (errno, seq) = msg.error()?;
                 match -errno {
                     0 => {}
                     2 => self.not_found += 1,
@@ -311,12 +340,24 @@ impl Deleter {
                         }
                     }
                 }
+                if errno != 0 {
+                    refuse(&self.tags, self.first_seq, &mut self.refused_per, seq);
+                }
             }
         }
     }
 
     pub(crate) fn killed(&self) -> u64 {
         self.delivered.saturating_sub(self.not_found + self.failed)
+    }
+
+    /// Killed per selector (empty without selectors).
+    pub(crate) fn killed_per_selector(&self) -> Vec<u64> {
+        self.delivered_per
+            .iter()
+            .zip(&self.refused_per)
+            .map(|(d, r)| d.saturating_sub(*r))
+            .collect()
     }
 
     /// The report for what this deleter did.
@@ -333,7 +374,19 @@ impl Deleter {
             table_passes: 0,
             elapsed_us: elapsed_us(started),
             note: None,
+            per_selector: self.killed_per_selector(),
         }
+    }
+}
+
+/// Count a refused delete (sequence number `seq`) against the selector it was for.
+fn refuse(tags: &[u8], first_seq: Option<u32>, refused_per: &mut [u64], seq: u32) {
+    let Some(first) = first_seq else { return };
+    let at = usize::try_from(seq.wrapping_sub(first)).unwrap_or(usize::MAX);
+    if let Some(t) = tags.get(at)
+        && let Some(r) = refused_per.get_mut(usize::from(*t))
+    {
+        *r += 1;
     }
 }
 
@@ -401,7 +454,10 @@ pub(crate) fn kernel_flush(
     let before = table_entries_on(&mut sock)?;
     let mut passes = 0u32;
     let mut failure = None;
-    for f in filters {
+    // Each flush's share: the table's size before and after it (one GET_STATS each).
+    let mut per_filter = vec![0u64; filters.len()];
+    let mut size = before;
+    for (i, f) in filters.iter().enumerate() {
         let seq = sock.next_seq();
         let mut b = MsgBuilder::new();
         ct::flush_request(&mut b, seq, f);
@@ -413,6 +469,11 @@ pub(crate) fn kernel_flush(
                 failure = Some(e);
                 break;
             }
+        }
+        if filters.len() > 1 {
+            let now = table_entries_on(&mut sock)?;
+            per_filter[i] = size.saturating_sub(now);
+            size = now;
         }
     }
     let mut after = table_entries_on(&mut sock)?;
@@ -434,9 +495,10 @@ pub(crate) fn kernel_flush(
             waiting.elapsed().as_millis()
         ));
     }
+    let killed = before.saturating_sub(after);
     let report = KillReport {
         requested: 0,
-        killed: before.saturating_sub(after),
+        killed,
         not_found: 0,
         spared: 0,
         failed: 0,
@@ -446,11 +508,41 @@ pub(crate) fn kernel_flush(
         table_passes: passes,
         elapsed_us: elapsed_us(started),
         note,
+        per_selector: split(per_filter, killed, path),
     };
     Ok(match failure {
         Some(e) => partial(report, &e),
         None => report,
     })
+}
+
+/// Each flush's share of `killed`. One flush has it all; with several, what each one's
+/// before/after sizes showed, and whatever an event listener released only after the last
+/// one (the settled total is lower) is shared out in proportion, so the parts sum to the
+/// total. A whole-table flush has no selectors: empty.
+fn split(mut per_filter: Vec<u64>, killed: u64, path: KillPath) -> Vec<u64> {
+    if path == KillPath::KernelFlush {
+        return Vec::new();
+    }
+    match per_filter.len() {
+        0 => Vec::new(),
+        1 => vec![killed],
+        _ => {
+            let seen: u64 = per_filter.iter().sum();
+            if seen != killed && seen > 0 {
+                let mut given = 0u64;
+                for p in per_filter.iter_mut() {
+                    *p = u64::try_from(u128::from(*p) * u128::from(killed) / u128::from(seen))
+                        .unwrap_or(u64::MAX);
+                    given += *p;
+                }
+                if let Some(last) = per_filter.last_mut() {
+                    *last += killed.saturating_sub(given);
+                }
+            }
+            per_filter
+        }
+    }
 }
 
 /// Kernel-filtered dumps; every entry `wanted` accepts is deleted by handle unless it
@@ -461,9 +553,10 @@ pub(crate) fn dump_and_delete(
     filter: &KernelFilter,
     protected: &[Prefix],
     started: Instant,
-    wanted: &dyn Fn(&CtEntry) -> bool,
+    selectors: usize,
+    wanted: &dyn Fn(&CtEntry) -> Option<usize>,
 ) -> Result<KillReport, CtError> {
-    let mut deleter = Deleter::open()?;
+    let mut deleter = Deleter::open(selectors)?;
     let mut spared = 0u64;
     let mut selected = 0u64;
     let mut passes = 0u32;
@@ -475,15 +568,15 @@ pub(crate) fn dump_and_delete(
         spared = 0;
         let mut push_error = None;
         let walked = dump(filter, &mut |e| {
-            if !wanted(&e) {
+            let Some(tag) = wanted(&e) else {
                 return Ok(());
-            }
+            };
             if matcher::touches(protected, &e) {
                 spared += 1;
                 return Ok(());
             }
             selected += 1;
-            deleter.push(&e.orig, e.id, e.zone).map_err(|x| {
+            deleter.push(tag, &e.orig, e.id, e.zone).map_err(|x| {
                 push_error = Some(x);
                 CtError::Aborted("a delete failed".into())
             })

@@ -405,8 +405,8 @@ impl Conntrack {
             return kernel_flush(&filters, KillPath::KernelFilteredFlush, started, &self.listeners);
         }
         let filter = self.prefilter(selectors);
-        dump_and_delete(&filter, protected, started, &|e| {
-            selectors.iter().any(|s| matcher::matches(s, e))
+        dump_and_delete(&filter, protected, started, selectors.len(), &|e| {
+            selectors.iter().position(|s| matcher::matches(s, e))
         })
     }
 
@@ -421,7 +421,7 @@ impl Conntrack {
                 &self.listeners,
             );
         }
-        dump_and_delete(&KernelFilter::default(), protected, started, &|_| true)
+        dump_and_delete(&KernelFilter::default(), protected, started, 0, &|_| Some(0))
     }
 
     /// Kill exactly these entries. With protected prefixes, each entry is first fetched to
@@ -433,7 +433,7 @@ impl Conntrack {
         protected: &[Prefix],
     ) -> Result<KillReport, CtError> {
         let started = Instant::now();
-        let mut deleter = Deleter::open()?;
+        let mut deleter = Deleter::open(0)?;
         let mut spared = 0u64;
         let mut gone = 0u64;
         let mut result = queue_handles(&mut deleter, handles, protected, &mut spared, &mut gone);
@@ -464,7 +464,7 @@ fn queue_handles(
             let StateHandle::Conntrack { orig, id, zone } = h.get() else {
                 return Err(not_conntrack());
             };
-            deleter.push(orig, *id, *zone)?;
+            deleter.push(0, orig, *id, *zone)?;
         }
         return Ok(());
     }
@@ -481,7 +481,7 @@ fn queue_handles(
                     if matcher::touches(protected, &e) {
                         *spared += 1;
                     } else {
-                        deleter.push(orig, *id, *zone)?;
+                        deleter.push(0, orig, *id, *zone)?;
                     }
                 }
                 _ => *gone += 1,

@@ -67,6 +67,7 @@ fn report() -> KillReport {
         table_passes: 1,
         elapsed_us: 1,
         note: None,
+        per_selector: Vec::new(),
     }
 }
 

@@ -191,22 +191,27 @@ impl<D: PfDevice> PfClient<D> {
     /// Kill states by id (O(1) each in the kernel). Returns (killed, not found). Over netlink
     /// many requests share one datagram.
     pub fn kill_ids(&mut self, ids: &[(u64, u32)]) -> Result<(u64, u64), PfError> {
-        let (mut killed, mut gone) = (0u64, 0u64);
+        let each = self.kill_ids_each(ids)?;
+        let killed = each.iter().map(|n| u64::from(*n)).sum();
+        let gone = each.iter().filter(|n| **n == 0).count() as u64;
+        Ok((killed, gone))
+    }
+
+    /// Kill states by id; what each request killed, in order (0: the state was gone).
+    pub fn kill_ids_each(&mut self, ids: &[(u64, u32)]) -> Result<Vec<u32>, PfError> {
+        let mut out = vec![0u32; ids.len()];
         if !self.transports.nl_kill {
-            for (id, creator) in ids {
-                match self.kill_nv(DIOCKILLSTATESNV, &PfKill::by_id(*id, *creator))? {
-                    0 => gone += 1,
-                    n => killed += u64::from(n),
-                }
+            for (slot, (id, creator)) in out.iter_mut().zip(ids) {
+                *slot = self.kill_nv(DIOCKILLSTATESNV, &PfKill::by_id(*id, *creator))?;
             }
-            return Ok((killed, gone));
+            return Ok(out);
         }
         let family = self
             .transports
             .nl_family
             .ok_or_else(|| PfError::Unsupported("no pf netlink".into()))?;
         let op = "kill states by id";
-        for chunk in ids.chunks(ID_BATCH) {
+        for (c, chunk) in ids.chunks(ID_BATCH).enumerate() {
             let mut b = MsgBuilder::new();
             let mut seqs = Vec::with_capacity(chunk.len());
             for (id, creator) in chunk {
@@ -235,19 +240,17 @@ impl<D: PfDevice> PfClient<D> {
                             return Err(PfError::Kernel { op, errno: -e });
                         }
                         acked += 1;
-                    } else if seqs.contains(&msg.seq)
+                    } else if let Some(at) = seqs.iter().position(|s| *s == msg.seq)
                         && let Some(n) =
                             nl::parse_kill_reply(&msg).map_err(|e| PfError::Codec(e.to_string()))?
+                        && let Some(slot) = out.get_mut(c * ID_BATCH + at)
                     {
-                        match n {
-                            0 => gone += 1,
-                            n => killed += u64::from(n),
-                        }
+                        *slot = n;
                     }
                 }
             }
         }
-        Ok((killed, gone))
+        Ok(out)
     }
 
     /// `pf_clear_states`: every state (on `ifname` when given), with `kill_match`.

@@ -109,7 +109,28 @@ fn report(path: KillPath, table_passes: u32) -> KillReport {
         table_passes,
         elapsed_us: 0,
         note: None,
+        per_selector: Vec::new(),
     }
+}
+
+/// What a listing kill did: states selected, killed, already gone, spared; and killed per
+/// victim group (a twin counts with its victim).
+#[derive(Debug, Default)]
+struct ListedKill {
+    selected: u64,
+    killed: u64,
+    gone: u64,
+    spared: u64,
+    per_group: Vec<u64>,
+}
+
+/// The request-order index of each selector `plan::choose` put in a filter or a listing:
+/// labelled selectors first (they always run filtered), then the others, each in request
+/// order; `choose` builds its path in exactly that order.
+fn choose_order(selectors: &[CheckedSelector]) -> (Vec<usize>, Vec<usize>) {
+    let labelled = (0..selectors.len()).filter(|i| selectors[*i].label.is_some()).collect();
+    let plain = (0..selectors.len()).filter(|i| selectors[*i].label.is_none()).collect();
+    (labelled, plain)
 }
 
 impl<D: PfDevice> PfTable<D> {
@@ -235,30 +256,35 @@ impl<D: PfDevice> PfTable<D> {
     }
 
     /// Kill the states and unambiguous twins (when asked) of a listing's victims by id,
-    /// sparing states that touch protected prefixes. Returns (selected, killed, gone, spared).
+    /// sparing states that touch protected prefixes. `victims` are (state index, group) and
+    /// the kill is counted per group (`groups` of them).
     fn kill_listed(
         &self,
         all: &[PfState],
-        victims: Vec<usize>,
+        victims: Vec<(usize, usize)>,
+        groups: usize,
         match_opposite: bool,
         protected: &[Prefix],
-    ) -> Result<(u64, u64, u64, u64), PfError> {
+    ) -> Result<ListedKill, PfError> {
         let mut spared = 0u64;
-        let mut chosen: Vec<usize> = Vec::with_capacity(victims.len() * 2);
+        let mut chosen: Vec<(usize, usize)> = Vec::with_capacity(victims.len() * 2);
         let mut seen: HashSet<usize> = HashSet::with_capacity(victims.len() * 2);
-        let kept: Vec<usize> = victims
+        let kept: Vec<(usize, usize)> = victims
             .into_iter()
-            .filter(|v| {
+            .filter(|(v, _)| {
                 let touches = plan::touches(protected, &all[*v]);
                 spared += u64::from(touches);
                 !touches
             })
             .collect();
-        let twins =
-            if match_opposite { plan::pair_twins(all, &kept) } else { vec![None; kept.len()] };
-        for (v, twin) in kept.iter().zip(twins) {
+        let twins = if match_opposite {
+            plan::pair_twins(all, &kept.iter().map(|(v, _)| *v).collect::<Vec<_>>())
+        } else {
+            vec![None; kept.len()]
+        };
+        for ((v, group), twin) in kept.iter().zip(twins) {
             if seen.insert(*v) {
-                chosen.push(*v);
+                chosen.push((*v, *group));
             }
             if let Some(t) = twin
                 && !seen.contains(&t)
@@ -267,13 +293,30 @@ impl<D: PfDevice> PfTable<D> {
                 if plan::touches(protected, &all[t]) {
                     spared += 1;
                 } else {
-                    chosen.push(t);
+                    chosen.push((t, *group));
                 }
             }
         }
-        let ids: Vec<(u64, u32)> = chosen.iter().map(|i| (all[*i].id, all[*i].creatorid)).collect();
-        let (killed, gone) = self.client().kill_ids(&ids)?;
-        Ok((ids.len() as u64, killed, gone, spared))
+        let ids: Vec<(u64, u32)> =
+            chosen.iter().map(|(i, _)| (all[*i].id, all[*i].creatorid)).collect();
+        let each = self.client().kill_ids_each(&ids)?;
+        let mut out = ListedKill {
+            selected: ids.len() as u64,
+            spared,
+            per_group: vec![0; groups],
+            ..ListedKill::default()
+        };
+        for ((_, group), n) in chosen.iter().zip(each) {
+            if n == 0 {
+                out.gone += 1;
+            } else {
+                out.killed += u64::from(n);
+                if let Some(g) = out.per_group.get_mut(*group) {
+                    *g += u64::from(n);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Kill every state matching any selector (and each victim's twin with
@@ -289,16 +332,27 @@ impl<D: PfDevice> PfTable<D> {
             .map_err(|e| PfError::Unsupported(e.to_string()))?;
         let passes = u32::try_from(path.passes()).unwrap_or(u32::MAX);
         let mut report = report(KillPath::KernelFilteredFlush, passes);
-        let (filtered, listed) = match path {
-            Path::Filtered(f) => (f, Vec::new()),
+        report.per_selector = vec![0; selectors.len()];
+        let (labelled, plain) = choose_order(selectors);
+        let (filtered, listed, filtered_for) = match path {
+            Path::Filtered(f) => (f, Vec::new(), labelled.into_iter().chain(plain).collect()),
             Path::ListThenIds { filtered, listed } => {
                 report.path = KillPath::DumpAndDelete;
-                (filtered, listed)
+                (filtered, listed, labelled)
             }
         };
+        let listed_for: Vec<usize> =
+            (0..selectors.len()).filter(|i| !filtered_for.contains(i)).collect();
         for (n, k) in filtered.iter().enumerate() {
             match self.client().kill(k) {
-                Ok(killed) => report.killed += u64::from(killed),
+                Ok(killed) => {
+                    report.killed += u64::from(killed);
+                    if let Some(slot) =
+                        filtered_for.get(n).and_then(|i| report.per_selector.get_mut(*i))
+                    {
+                        *slot += u64::from(killed);
+                    }
+                }
                 Err(e) if n == 0 => return Err(e),
                 Err(e) => {
                     // Earlier passes already killed: report them, and the failure.
@@ -318,18 +372,24 @@ impl<D: PfDevice> PfTable<D> {
             } else {
                 self.list(listed.first().filter(|_| listed.len() == 1))?
             };
-            let victims: Vec<usize> = all
+            let victims: Vec<(usize, usize)> = all
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| listed.iter().any(|sel| plan::matches(sel, s, None)))
-                .map(|(i, _)| i)
+                .filter_map(|(i, s)| {
+                    listed.iter().position(|sel| plan::matches(sel, s, None)).map(|g| (i, g))
+                })
                 .collect();
-            let (selected, killed, gone, spared) =
-                self.kill_listed(&all, victims, match_opposite, protected)?;
-            report.requested = selected;
-            report.killed += killed;
-            report.not_found = gone;
-            report.spared = spared;
+            let done = self.kill_listed(&all, victims, listed.len(), match_opposite, protected)?;
+            report.requested = done.selected;
+            report.killed += done.killed;
+            report.not_found = done.gone;
+            report.spared = done.spared;
+            for (g, n) in done.per_group.iter().enumerate() {
+                if let Some(slot) = listed_for.get(g).and_then(|i| report.per_selector.get_mut(*i))
+                {
+                    *slot += n;
+                }
+            }
         }
         report.elapsed_us = micros(started);
         Ok(report)
@@ -392,18 +452,18 @@ impl<D: PfDevice> PfTable<D> {
             return Ok(r);
         }
         let all = self.list(None)?;
-        let victims: Vec<usize> = all
+        let victims: Vec<(usize, usize)> = all
             .iter()
             .enumerate()
             .filter(|(_, s)| ifname.is_empty() || s.kill_ifname() == ifname)
-            .map(|(i, _)| i)
+            .map(|(i, _)| (i, 0))
             .collect();
-        let (selected, killed, gone, spared) = self.kill_listed(&all, victims, false, protected)?;
+        let done = self.kill_listed(&all, victims, 0, false, protected)?;
         let mut r = report(KillPath::DumpAndDelete, 1);
-        r.requested = selected;
-        r.killed = killed;
-        r.not_found = gone;
-        r.spared = spared;
+        r.requested = done.selected;
+        r.killed = done.killed;
+        r.not_found = done.gone;
+        r.spared = done.spared;
         r.elapsed_us = micros(started);
         Ok(r)
     }

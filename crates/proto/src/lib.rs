@@ -35,7 +35,8 @@ pub use verbs::{
 /// Where the broker listens unless told otherwise (the broker's default and the clients').
 pub const DEFAULT_BROKER_SOCKET: &str = "/run/statecull/broker.sock";
 /// Version of this protocol; a broker refuses clients that announce another.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: kill reports carry per-selector counts.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes in a frame header (the big-endian payload length).
 pub const HEADER_LEN: usize = 4;
 /// Largest frame payload: 1 MiB.

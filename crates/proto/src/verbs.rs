@@ -242,6 +242,11 @@ pub struct KillReport {
     /// Anything else the operator should know about this kill (e.g. that the count waited
     /// for an event listener to release killed entries, or that it stopped part way).
     pub note: Option<String>,
+    /// `KillMatching` only: states killed per selector, in request order; a state matching
+    /// several selectors counts for the first. Sums to `killed` (a kernel flush's split is
+    /// as exact as its total). Lets a caller credit each gateway without counting first.
+    /// Empty for the other verbs.
+    pub per_selector: Vec<u64>,
 }
 
 /// Why the broker refused or failed a request.

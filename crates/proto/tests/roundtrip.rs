@@ -249,6 +249,7 @@ fn every_variant_roundtrips() {
             table_passes: 0,
             elapsed_us: 9,
             note: None,
+            per_selector: vec![1, 0],
         }),
         Response::Error(ErrorReply { code: ErrorCode::Busy, message: String::new() }),
     ];

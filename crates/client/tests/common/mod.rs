@@ -52,6 +52,7 @@ pub fn report(killed: u64) -> KillReport {
         table_passes: 1,
         elapsed_us: 1,
         note: None,
+        per_selector: Vec::new(),
     }
 }
 

@@ -333,8 +333,7 @@ pub(crate) fn kill_report() -> impl Strategy<Value = KillReport> {
         any::<bool>(),
         kill_path(),
         any::<u32>(),
-        any::<u64>(),
-        option::of(text()),
+        (any::<u64>(), option::of(text()), vec(any::<u64>(), 0..70)),
     )
         .prop_map(
             |(
@@ -347,8 +346,7 @@ pub(crate) fn kill_report() -> impl Strategy<Value = KillReport> {
                 exact,
                 path,
                 table_passes,
-                elapsed_us,
-                note,
+                (elapsed_us, note, per_selector),
             )| KillReport {
                 requested,
                 killed,
@@ -361,6 +359,7 @@ pub(crate) fn kill_report() -> impl Strategy<Value = KillReport> {
                 table_passes,
                 elapsed_us,
                 note,
+                per_selector,
             },
         )
 }
