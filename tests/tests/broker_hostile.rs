@@ -354,7 +354,9 @@ fn model_broker(states: usize, protected: &[Prefix]) -> (Arc<PfBackend<ModelDevi
     let generated = router_table(&Spec::new(states, 7)).unwrap();
     let rows = generated.model.rows() as u64;
     let client = PfClient::probe(ModelDevice::new(generated.model, Release::FREEBSD_15)).unwrap();
-    let backend = Arc::new(PfBackend::new(client, BackendKind::PfModel, "pf model".into(), rows));
+    let backend = Arc::new(
+        PfBackend::with_second_lane(client, BackendKind::PfModel, "pf model".into(), rows).unwrap(),
+    );
     let config = Config { protected: protected.to_vec(), ..Config::default() };
     let broker = Broker::new(config, Box::new(Arc::clone(&backend)));
     (backend, broker)
@@ -363,7 +365,7 @@ fn model_broker(states: usize, protected: &[Prefix]) -> (Arc<PfBackend<ModelDevi
 /// (id, creator) of every state touching `prefix`, from the model itself.
 fn protected_ids(backend: &PfBackend<ModelDevice>, prefix: &Prefix) -> Vec<(u64, u32)> {
     backend.with_device(|d| {
-        d.model
+        d.model()
             .states()
             .filter(|s| {
                 [s.wire.addr[0], s.wire.addr[1], s.stack.addr[0], s.stack.addr[1]]
@@ -385,12 +387,12 @@ fn killed(r: &Response) -> (u64, u64) {
 /// A LAN host of the generated table with some states.
 fn busy_lan_host(backend: &PfBackend<ModelDevice>) -> Prefix {
     let host: IpAddr = backend.with_device(|d| {
-        let s = d
-            .model
+        d.model()
             .states()
             .find(|s| matches!(s.stack.addr[0], IpAddr::V4(a) if a.octets()[..3] == [192, 0, 2]))
-            .expect("a LAN state");
-        s.stack.addr[0]
+            .expect("a LAN state")
+            .stack
+            .addr[0]
     });
     Prefix { addr: host, len: 32 }
 }
@@ -408,8 +410,10 @@ fn protected_pf_states_survive_every_verb_and_handle_spelling() {
             let rows = generated.model.rows() as u64;
             let rel = if release == "netlink" { Release::FREEBSD_15 } else { Release::FREEBSD_13 };
             let client = PfClient::probe(ModelDevice::new(generated.model, rel)).unwrap();
-            let backend =
-                Arc::new(PfBackend::new(client, BackendKind::PfModel, "pf model".into(), rows));
+            let backend = Arc::new(
+                PfBackend::with_second_lane(client, BackendKind::PfModel, "pf model".into(), rows)
+                    .unwrap(),
+            );
             let config = Config { protected: vec![lan], ..Config::default() };
             (Arc::clone(&backend), Broker::new(config, Box::new(backend)))
         };
@@ -479,7 +483,7 @@ fn pf_kill_by_handle_with_protections_exports_only_protected_states() {
     let shielded = protected_ids(&backend, &lan).len() as u64;
     let victim = backend
         .with_device(|d| {
-            d.model
+            d.model()
                 .states()
                 .find(|s| {
                     ![s.wire.addr[0], s.wire.addr[1], s.stack.addr[0], s.stack.addr[1]]
@@ -489,7 +493,7 @@ fn pf_kill_by_handle_with_protections_exports_only_protected_states() {
                 .map(|s| (s.id, s.creatorid))
         })
         .unwrap();
-    let before = backend.with_device(|d| d.model.cost());
+    let before = backend.with_device(|d| d.model().cost());
     let mut s = greeted(&broker, ENGINE);
     let mut out = Frames::default();
     s.handle(
@@ -499,7 +503,7 @@ fn pf_kill_by_handle_with_protections_exports_only_protected_states() {
         &mut out,
     );
     assert_eq!(killed(&out.last()), (1, 0));
-    let cost = backend.with_device(|d| d.model.cost()) - before;
+    let cost = backend.with_device(|d| d.model().cost()) - before;
     assert!(
         cost.states_exported <= shielded,
         "exported {} states to protect {shielded} (table of 50,000)",
@@ -1090,4 +1094,47 @@ fn a_pf_model_broker_started_as_root_keeps_no_capability() {
     for set in ["effective", "permitted", "bounding"] {
         assert!(text.contains(&format!("{set}: none")), "{set} is not empty:\n{text}");
     }
+}
+
+/// Issue 11: on pf a count's listing held the device lock, so a kill waited behind a count of
+/// millions of states. Reads and kills now have their own lanes (two handles on the same
+/// kernel): a kill issued while a count is listing finishes first.
+#[test]
+fn a_pf_count_in_progress_does_not_hold_up_a_kill() {
+    let (backend, broker) = model_broker(400_000, &[]);
+    let victim =
+        backend.with_device(|d| d.model().states().next().map(|s| (s.id, s.creatorid))).unwrap();
+    backend.with_device(|d| d.model().reset_cost());
+    let order = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|scope| {
+        let counting = {
+            let order = Arc::clone(&order);
+            let broker = &broker;
+            scope.spawn(move || {
+                let mut s = greeted(broker, OTHER);
+                let mut out = Frames::default();
+                s.handle(&payload(&Request::Count { selectors: vec![nat_selector()] }), &mut out);
+                order.lock().unwrap().push("count");
+                out.last()
+            })
+        };
+        // Wait until the count's listing is under way (states are being exported).
+        let started = Instant::now();
+        while backend.with_device(|d| d.model().cost().states_exported) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(30), "the count never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut s = greeted(&broker, ENGINE);
+        let mut out = Frames::default();
+        s.handle(
+            &payload(&Request::KillHandles {
+                handles: vec![StateHandle::Pf { id: victim.0, creator_id: victim.1 }],
+            }),
+            &mut out,
+        );
+        order.lock().unwrap().push("kill");
+        assert_eq!(killed(&out.last()), (1, 0));
+        assert!(matches!(counting.join().unwrap(), Response::Count(_)));
+    });
+    assert_eq!(*order.lock().unwrap(), vec!["kill", "count"], "the kill waited for the count");
 }

@@ -55,13 +55,15 @@ fn device(model: PfModel) -> Result<PfClient<ModelDevice>> {
 fn statecull_plan(model: PfModel, sels: &[CheckedSelector]) -> Result<Outcome> {
     let rows = model.rows() as u64;
     let before = alive(&model);
-    let backend = PfBackend::new(device(model)?, BackendKind::PfModel, "model".into(), rows);
+    let backend =
+        PfBackend::with_second_lane(device(model)?, BackendKind::PfModel, "model".into(), rows)
+            .map_err(|e| msg(e.to_string()))?;
     backend.count(&[]).map_err(|e| msg(e.to_string()))?;
-    let base = backend.with_device(|d| d.model.cost());
+    let base = backend.with_device(|d| d.model().cost());
     let t = Instant::now();
     let report = backend.kill_matching(sels, true, &[]).map_err(|e| msg(e.to_string()))?;
     let secs = t.elapsed().as_secs_f64();
-    let (cost, after) = backend.with_device(|d| (d.model.cost() - base, alive(&d.model)));
+    let (cost, after) = backend.with_device(|d| (d.model().cost() - base, alive(&d.model())));
     Ok(Outcome {
         label: format!("(a) statecull plan ({}, {} pass)", report.path, report.table_passes),
         cost,
@@ -76,7 +78,7 @@ fn statecull_plan(model: PfModel, sels: &[CheckedSelector]) -> Result<Outcome> {
 fn per_gateway(model: PfModel, sels: &[CheckedSelector]) -> Result<Outcome> {
     let before = alive(&model);
     let mut c = device(model)?;
-    let base = c.device().model.cost();
+    let base = c.device().model().cost();
     let t = Instant::now();
     let mut killed = 0u64;
     for s in sels {
@@ -87,11 +89,11 @@ fn per_gateway(model: PfModel, sels: &[CheckedSelector]) -> Result<Outcome> {
     let secs = t.elapsed().as_secs_f64();
     Ok(Outcome {
         label: format!("(b) pfctl -M -k gateway, one per gateway ({} requests)", sels.len()),
-        cost: c.device().model.cost() - base,
+        cost: c.device().model().cost() - base,
         killed,
         secs,
         extrapolated_from: None,
-        killed_ids: Some(before.difference(&alive(&c.device().model)).copied().collect()),
+        killed_ids: Some(before.difference(&alive(&c.device().model())).copied().collect()),
     })
 }
 
@@ -108,7 +110,7 @@ fn per_pair(model: PfModel, gateways: &[IpAddr], sample: usize) -> Result<Outcom
         }
     }
     let mut c = device(model)?;
-    let base = c.device().model.cost();
+    let base = c.device().model().cost();
     let n = sample.min(pairs.len()).max(1);
     let t = Instant::now();
     let mut killed = 0u64;
@@ -118,7 +120,7 @@ fn per_pair(model: PfModel, gateways: &[IpAddr], sample: usize) -> Result<Outcom
         killed += u64::from(c.kill(&k).map_err(|e| msg(e.to_string()))?);
     }
     let secs = t.elapsed().as_secs_f64();
-    let sampled = c.device().model.cost() - base;
+    let sampled = c.device().model().cost() - base;
     // Scale by requests: every request is a full pass over (nearly) the whole table.
     let f = pairs.len() as f64 / n as f64;
     let scale = |x: u64| (x as f64 * f) as u64;

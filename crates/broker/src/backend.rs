@@ -255,9 +255,27 @@ pub mod pf {
     }
 
     impl<D: PfDevice> PfBackend<D> {
-        /// `rows` is the kernel's `net.pf.states_hashsize` (131,072 by default).
-        pub fn new(client: PfClient<D>, kind: BackendKind, kernel: String, rows: u64) -> Self {
-            Self { table: PfTable::new(client, rows), kind, kernel }
+        /// `writer` kills, `reader` lists and counts: two clients on two handles of the same
+        /// kernel ([`PfClient::another`]). `rows` is the kernel's `net.pf.states_hashsize`.
+        pub fn new(
+            writer: PfClient<D>,
+            reader: PfClient<D>,
+            kind: BackendKind,
+            kernel: String,
+            rows: u64,
+        ) -> Self {
+            Self { table: PfTable::new(writer, reader, rows), kind, kernel }
+        }
+
+        /// The same with the read lane opened from `writer` (the model; tests).
+        pub fn with_second_lane(
+            writer: PfClient<D>,
+            kind: BackendKind,
+            kernel: String,
+            rows: u64,
+        ) -> Result<Self, BrokerError> {
+            let reader = writer.another().map_err(map)?;
+            Ok(Self::new(writer, reader, kind, kernel, rows))
         }
 
         /// Look at the device (the model's cost counters, for benchmarks and tests).

@@ -240,20 +240,41 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
         }
         #[cfg(target_os = "freebsd")]
         BackendChoice::Pf => {
-            let dev = statecull_pf::sys::FreeBsdDevice::open()
-                .map_err(|e| BrokerError::Backend(format!("cannot open pf: {e}")))?;
+            use statecull_pf::device::PfDevice;
+            let open = |what: &str| {
+                statecull_pf::sys::FreeBsdDevice::open()
+                    .map_err(|e| BrokerError::Backend(format!("cannot open pf ({what}): {e}")))
+            };
+            // Two handles, opened before confinement: kills and reads each get a lane.
+            let dev = open("kill lane")?;
+            let reads = dev.another().map_err(|e| {
+                BrokerError::Backend(format!("cannot open pf (read lane): errno {}", e.0))
+            })?;
             // Capsicum: /dev/pf keeps exactly the ioctls the backend (and its probes) use,
             // the netlink socket send/receive; capability mode comes with `confine`.
-            dev.limit_capabilities().map_err(|e| {
-                BrokerError::Backend(format!("cannot limit the pf descriptors: {e}"))
-            })?;
+            for d in [&dev, &reads] {
+                d.limit_capabilities().map_err(|e| {
+                    BrokerError::Backend(format!("cannot limit the pf descriptors: {e}"))
+                })?;
+            }
             let client = statecull_pf::client::PfClient::probe(dev)
                 .map_err(|e| BrokerError::Backend(format!("pf: {e}")))?;
+            let reader = client.alongside(reads);
             let kernel = statecull_pf::sys::kernel_release();
-            // FreeBSD's default `net.pf.states_hashsize`; only the path choice depends on it.
-            let rows = statecull_pf::types::DEFAULT_ROWS as u64;
+            // The id-hash rows the path choice weighs row restarts with: read, not assumed.
+            let rows = match statecull_pf::sys::states_hashsize() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read net.pf.states_hashsize ({e}); assuming FreeBSD's default {}",
+                        statecull_pf::types::DEFAULT_ROWS
+                    );
+                    statecull_pf::types::DEFAULT_ROWS as u64
+                }
+            };
             Ok(Box::new(crate::backend::pf::PfBackend::new(
                 client,
+                reader,
                 statecull_proto::BackendKind::Pf,
                 kernel,
                 rows,
@@ -299,12 +320,12 @@ fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> 
     );
     let kernel =
         format!("pf model of FreeBSD {}, {states} states (seed {})", spec.release, spec.seed);
-    Ok(Box::new(crate::backend::pf::PfBackend::new(
+    Ok(Box::new(crate::backend::pf::PfBackend::with_second_lane(
         client,
         statecull_proto::BackendKind::PfModel,
         kernel,
         rows,
-    )))
+    )?))
 }
 
 /// Signals that stop the broker the way SIGTERM does: stop accepting, finish the requests in

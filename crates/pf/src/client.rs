@@ -79,6 +79,21 @@ impl<D: PfDevice> PfClient<D> {
         Ok(c)
     }
 
+    /// A client on a second handle of the same kernel ([`PfDevice::another`]), speaking the
+    /// interfaces this one found (no second probe).
+    pub fn alongside(&self, dev: D) -> Self {
+        Self { dev, transports: self.transports, seq: 1, buf: Vec::with_capacity(65536) }
+    }
+
+    /// A second client on its own handle of the same kernel.
+    pub fn another(&self) -> Result<Self, PfError> {
+        let dev = self
+            .dev
+            .another()
+            .map_err(|e| PfError::Kernel { op: "open a second handle on pf", errno: e.0 })?;
+        Ok(self.alongside(dev))
+    }
+
     pub fn transports(&self) -> Transports {
         self.transports
     }

@@ -38,4 +38,10 @@ pub trait PfDevice: Send {
     fn nl_send(&mut self, datagram: &[u8]) -> Result<(), Errno>;
     /// Receive one datagram from the pf netlink socket into `buf` (cleared first).
     fn nl_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), Errno>;
+    /// A second handle on the same kernel table with descriptors of its own, so that reads
+    /// (a count's listing) and kills each have their own lane and never queue behind each
+    /// other (the kernel interleaves them row by row). Open it before confinement.
+    fn another(&self) -> Result<Self, Errno>
+    where
+        Self: Sized;
 }

@@ -4,6 +4,7 @@
 //! FreeBSD release it answers to.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use statecull_netlink::{MsgBuilder, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NlMsgs};
 
@@ -41,7 +42,9 @@ pub const MODEL_FAMILY_ID: u16 = 0x21;
 /// The model behind the byte-level interface.
 #[derive(Debug)]
 pub struct ModelDevice {
-    pub model: PfModel,
+    /// The table, shared by every handle on it ([`PfDevice::another`]); each request locks
+    /// it for its own duration (a dump: per datagram), as the kernel locks rows.
+    model: Arc<Mutex<PfModel>>,
     release: Release,
     queue: VecDeque<Vec<u8>>,
     /// A netlink dump being handed out a datagram at a time (see [`PfModel::list_begin`]).
@@ -58,7 +61,14 @@ struct Dump {
 
 impl ModelDevice {
     pub fn new(model: PfModel, release: Release) -> Self {
-        Self { model, release, queue: VecDeque::new(), dump: None }
+        Self { model: Arc::new(Mutex::new(model)), release, queue: VecDeque::new(), dump: None }
+    }
+
+    /// The model (its states, its cost counters), locked while the guard lives.
+    pub fn model(&self) -> MutexGuard<'_, PfModel> {
+        // The model is only changed whole by one request at a time; a panic in one leaves
+        // it consistent for the next.
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn ack(&mut self, seq: u32, error: i32, request: &[u8]) {
@@ -108,7 +118,7 @@ impl ModelDevice {
                     };
                     // Handed out as the reader asks (`nl_recv`), like a kernel dump that
                     // fills the socket buffer as it drains.
-                    let cursor = self.model.list_begin();
+                    let cursor = self.model().list_begin();
                     self.dump = Some(Dump { seq: msg.seq, filter, cursor });
                 }
                 cmd::KILLSTATES | cmd::CLRSTATES if self.release.netlink_kill => {
@@ -117,9 +127,9 @@ impl ModelDevice {
                         continue;
                     };
                     let killed = if c == cmd::CLRSTATES {
-                        self.model.clear_states(&k.ifname, k.kill_match)
+                        self.model().clear_states(&k.ifname, k.kill_match)
                     } else {
-                        self.model.kill_states(&k)
+                        self.model().kill_states(&k)
                     };
                     let mut b = MsgBuilder::new();
                     nl::kill_reply(&mut b, MODEL_FAMILY_ID, msg.seq, c, killed);
@@ -140,7 +150,7 @@ impl ModelDevice {
     fn continue_dump(&mut self) {
         let Some(mut dump) = self.dump.take() else { return };
         let filter = &dump.filter;
-        let states = self.model.list_next(&mut dump.cursor, |s| filter.matches(s), 100);
+        let states = self.model().list_next(&mut dump.cursor, |s| filter.matches(s), 100);
         let mut b = MsgBuilder::new();
         if states.is_empty() {
             let m = b.begin_with(NLMSG_DONE, statecull_netlink::NLM_F_MULTI, dump.seq, [0; 4]);
@@ -169,9 +179,9 @@ impl PfDevice for ModelDevice {
         let nvl = Nvlist::unpack(request).map_err(|_| Errno(errno::EBADMSG))?;
         let k = nv::kill_from_request(&nvl).map_err(|e| Errno(e.errno()))?;
         let killed = if ioctl == DIOCCLRSTATESNV {
-            self.model.clear_states(&k.ifname, k.kill_match)
+            self.model().clear_states(&k.ifname, k.kill_match)
         } else {
-            self.model.kill_states(&k)
+            self.model().kill_states(&k)
         };
         let reply = nv::killed_reply(killed).pack().map_err(|_| Errno(errno::ENOMEM))?;
         if reply_size == 0 {
@@ -189,17 +199,26 @@ impl PfDevice for ModelDevice {
             return Err(Errno(errno::ENOTTY));
         }
         if buf.is_empty() {
-            return Ok(self.model.len() * STATE_EXPORT_LEN);
+            return Ok(self.model().len() * STATE_EXPORT_LEN);
         }
         // The kernel copies whole rows and stops silently when the next one does not fit;
         // the model copies whole states, which is the same at row granularity 1.
-        let states = self.model.list(|_| true);
+        let states = self.model().list(|_| true);
         let fit = (buf.len() / STATE_EXPORT_LEN).min(states.len());
         for (i, s) in states.iter().take(fit).enumerate() {
             buf[i * STATE_EXPORT_LEN..(i + 1) * STATE_EXPORT_LEN]
                 .copy_from_slice(&encode_export(s));
         }
         Ok(fit * STATE_EXPORT_LEN)
+    }
+
+    fn another(&self) -> Result<Self, Errno> {
+        Ok(Self {
+            model: Arc::clone(&self.model),
+            release: self.release,
+            queue: VecDeque::new(),
+            dump: None,
+        })
     }
 
     fn nl_send(&mut self, datagram: &[u8]) -> Result<(), Errno> {

@@ -92,6 +92,10 @@ impl FreeBsdDevice {
 }
 
 impl PfDevice for FreeBsdDevice {
+    fn another(&self) -> Result<Self, Errno> {
+        Self::open().map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
+    }
+
     fn nv_ioctl(&mut self, cmd: u64, request: &[u8], reply_size: usize) -> Result<Vec<u8>, Errno> {
         let mut buf = vec![0u8; request.len().max(reply_size)];
         buf[..request.len()].copy_from_slice(request);
@@ -150,6 +154,25 @@ impl PfDevice for FreeBsdDevice {
 }
 
 /// The running kernel's release (`uname -r`).
+/// `net.pf.states_hashsize`: the id-hash rows of pf's state table (a boot-time tunable).
+pub fn states_hashsize() -> io::Result<u64> {
+    let name = c"net.pf.states_hashsize";
+    let mut value: libc::c_uint = 0;
+    let mut len = size_of::<libc::c_uint>();
+    // SAFETY: sysctlbyname(3) with a NUL-terminated name, an output buffer of `len` bytes that
+    // lives across the call, and no new value.
+    let rc = unsafe {
+        libc::sysctlbyname(name.as_ptr(), (&raw mut value).cast(), &mut len, std::ptr::null(), 0)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len != size_of::<libc::c_uint>() || value == 0 {
+        return Err(io::Error::other(format!("unexpected value {value} ({len} bytes)")));
+    }
+    Ok(u64::from(value))
+}
+
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())

@@ -6,9 +6,12 @@
 //! twins paired with the kernel's own rule, and kills by id (O(1) each). The report says
 //! which path ran and how many full table passes it cost.
 //!
-//! The device is shared by every request (one `/dev/pf` descriptor and one netlink socket,
-//! or the model), so every listing and kill runs under its lock; nothing here writes to a
-//! client while holding it (a snapshot is listed into memory first).
+//! Two lanes, each a client on its own device handle: reads (snapshots, counts, the listing of
+//! protected states) on one, kills (and the listings a kill needs) on the other. A count's
+//! listing of millions of states therefore never holds up a kill: the kernel interleaves the
+//! two row by row. Each lane runs one request at a time (a handle's netlink socket carries
+//! one conversation), and nothing here writes to a client while holding a lane (a snapshot
+//! is listed into memory first).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
@@ -29,7 +32,10 @@ use crate::types::PfState;
 /// A pf state table.
 #[derive(Debug)]
 pub struct PfTable<D: PfDevice> {
-    client: Mutex<PfClient<D>>,
+    /// Kills, and the listings kills need (the broker runs one mutation at a time).
+    writer: Mutex<PfClient<D>>,
+    /// Snapshots and counts.
+    reader: Mutex<PfClient<D>>,
     /// Id-hash rows of the kernel's state table.
     rows: u64,
     /// States seen by the last full listing (none yet: unknown).
@@ -134,9 +140,16 @@ fn choose_order(selectors: &[CheckedSelector]) -> (Vec<usize>, Vec<usize>) {
 }
 
 impl<D: PfDevice> PfTable<D> {
-    /// `rows` is the kernel's `net.pf.states_hashsize` (131,072 by default).
-    pub fn new(client: PfClient<D>, rows: u64) -> Self {
-        Self { client: Mutex::new(client), rows, last_size: Mutex::new(None) }
+    /// A table with its two lanes: `writer` for kills, `reader` for snapshots and counts
+    /// (two clients on two handles of the same kernel: [`PfClient::another`]). `rows` is the
+    /// kernel's `net.pf.states_hashsize` (131,072 by default).
+    pub fn new(writer: PfClient<D>, reader: PfClient<D>, rows: u64) -> Self {
+        Self {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            rows,
+            last_size: Mutex::new(None),
+        }
     }
 
     /// Look at the device (the model's cost counters, for benchmarks and tests).
@@ -144,10 +157,15 @@ impl<D: PfDevice> PfTable<D> {
         f(self.client().device())
     }
 
+    /// The kill lane. A poisoned lock means a request panicked mid-way; a device holds no
+    /// state between requests that a panic could leave half-changed.
     fn client(&self) -> MutexGuard<'_, PfClient<D>> {
-        // A poisoned lock means a request panicked mid-way; the device itself holds no
-        // state between requests that a panic could leave half-changed.
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The read lane.
+    fn reader(&self) -> MutexGuard<'_, PfClient<D>> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn remember_size(&self, n: u64) {
@@ -193,7 +211,7 @@ impl<D: PfDevice> PfTable<D> {
             };
             let mut batcher = Batcher::new(batch, &mut keep);
             let mut listed = 0u64;
-            self.client().list(&listing_filter(selector), &mut |s| {
+            self.reader().list(&listing_filter(selector), &mut |s| {
                 listed += 1;
                 if selector.is_some_and(|sel| !plan::matches(sel, &s, None)) {
                     return Ok(());
@@ -218,7 +236,7 @@ impl<D: PfDevice> PfTable<D> {
     pub fn count(&self, selectors: &[CheckedSelector]) -> Result<Counts, PfError> {
         refuse_labels(&selectors.iter().collect::<Vec<_>>(), "count")?;
         let mut tally = Tally::new(selectors.len());
-        self.client().list(&StateFilter::default(), &mut |s| {
+        self.reader().list(&StateFilter::default(), &mut |s| {
             tally.add(|i| plan::matches(&selectors[i], &s, None));
             Ok(())
         })?;
@@ -233,7 +251,7 @@ impl<D: PfDevice> PfTable<D> {
     /// prefixes, one full listing.
     fn protected_states(&self, protected: &[Prefix]) -> Result<(Shielded, u32), PfError> {
         let mut shielded = Shielded::default();
-        let mut client = self.client();
+        let mut client = self.reader();
         let netlink = client.transports().nl_family.is_some();
         let filters: Vec<StateFilter> =
             if netlink && protected.len() <= MAX_FILTERED_PROTECTION_LISTINGS {

@@ -59,7 +59,8 @@ fn probing_finds_each_releases_interfaces() {
     );
     // The probes (a kill by an id no state has) killed nothing.
     let mut c = client(Release::FREEBSD_15, 100);
-    assert_eq!(c.device().model.len(), list_all(&mut c).len());
+    let n = c.device().model().len();
+    assert_eq!(n, list_all(&mut c).len());
     let none = Release { netlink_list: false, netlink_kill: false, nv_kill: false, v2_list: true };
     let g = router_table(&Spec::new(10, 1)).unwrap();
     assert!(matches!(
@@ -74,7 +75,7 @@ fn every_release_lists_and_kills_the_same_states() {
     for release in [Release::FREEBSD_13, Release::FREEBSD_14, Release::FREEBSD_15] {
         let mut c = client(release, 5000);
         let before = list_all(&mut c);
-        assert_eq!(before.len(), c.device().model.len(), "{release:?}: the listing is complete");
+        assert_eq!(before.len(), c.device().model().len(), "{release:?}: the listing is complete");
         let killed = c.kill(&gateway1()).unwrap();
         let after = list_all(&mut c);
         assert_eq!(before.len() - after.len(), killed as usize);
@@ -90,7 +91,7 @@ fn kills_by_id_count_killed_and_gone() {
         list_all(&mut c).iter().take(300).map(|s| (s.id, s.creatorid)).collect();
     assert_eq!(c.kill_ids(&some).unwrap(), (300, 0));
     assert_eq!(c.kill_ids(&some).unwrap(), (0, 300), "already gone");
-    let cost = c.device().model.cost();
+    let cost = c.device().model().cost();
     assert_eq!(cost.passes, 1, "the one listing: probes and id kills walk no table");
     // The same over the nvlist ioctl.
     let mut c = client(Release::FREEBSD_13, 2000);
@@ -102,10 +103,10 @@ fn kills_by_id_count_killed_and_gone() {
 #[test]
 fn a_request_matching_everything_never_leaves_the_client() {
     let mut c = client(Release::FREEBSD_15, 100);
-    let n = c.device().model.len();
+    let n = c.device().model().len();
     assert_eq!(c.kill(&PfKill::default()), Err(PfError::Everything));
     assert_eq!(c.kill(&PfKill { kill_match: true, ..PfKill::default() }), Err(PfError::Everything));
-    assert_eq!(c.device().model.len(), n);
+    assert_eq!(c.device().model().len(), n);
 }
 
 #[test]
@@ -113,10 +114,10 @@ fn a_too_small_reply_buffer_is_enospc_after_the_kill() {
     let g = router_table(&Spec::new(200, 2)).unwrap();
     let mut dev = ModelDevice::new(g.model, Release::FREEBSD_13);
     let k = statecull_pf::nv::kill_request(&gateway1()).pack().unwrap();
-    let before = dev.model.len();
+    let before = dev.model().len();
     let e = dev.nv_ioctl(statecull_pf::abi::DIOCKILLSTATESNV, &k, 16).unwrap_err();
     assert_eq!(e.0, errno::ENOSPC);
-    assert!(dev.model.len() < before, "the kill happened anyway; it must not be retried");
+    assert!(dev.model().len() < before, "the kill happened anyway; it must not be retried");
     // Garbage is EBADMSG, a missing key EINVAL (FreeBSD errno values).
     assert_eq!(
         dev.nv_ioctl(statecull_pf::abi::DIOCKILLSTATESNV, b"junk", 1024).unwrap_err().0,
