@@ -156,15 +156,16 @@ fn gateway_kill_with_opposite_takes_both_twins_and_only_that_gateway() {
 }
 
 #[test]
-fn several_gateways_cost_one_listing_and_default_route_needs_interface_and_nat() {
+fn several_gateways_cost_a_pass_each_and_default_route_needs_interface_and_nat() {
     let g = expected();
     let b = broker(&[]);
     let mut c = client(&b);
-    // Both families of WAN1's gateway in one request: one listing, kills by id.
+    // Both families of WAN1's gateway in one request: a handful of selectors run as one
+    // kernel-filtered pass each (cheaper than exporting the table; the kernel pairs twins).
     let gw6 = Selector { gateway: Some(ROUTER.gateway[0].1.into()), ..Selector::default() };
     let r = c.kill_matching(vec![gw(0), gw6], true).unwrap();
-    assert_eq!(r.path, KillPath::DumpAndDelete);
-    assert_eq!(r.table_passes, 1, "one pass for two selectors");
+    assert_eq!(r.path, KillPath::KernelFilteredFlush, "{r:?}");
+    assert_eq!(r.table_passes, 2, "one pass per selector");
     assert!(r.exact);
     let left: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
     let default_ids: Vec<u64> = g
@@ -191,6 +192,7 @@ fn several_gateways_cost_one_listing_and_default_route_needs_interface_and_nat()
         .collect();
     let r = c.kill_matching(sels, true).unwrap();
     assert_eq!(r.path, KillPath::DumpAndDelete, "the NAT address is matched by the broker");
+    assert_eq!(r.table_passes, 2, "the victims' listing, then their twins'");
     let left: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
     assert!(default_ids.iter().all(|id| !left.contains(id)));
     let wan2: Vec<u64> = g

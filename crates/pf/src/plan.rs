@@ -12,6 +12,7 @@ use statecull_proto::{
     StateKey, StateRecord, ipproto,
 };
 
+use crate::cost::{ASSUMED_VICTIM_SHARE, Weights, Work};
 use crate::types::{
     AF_INET, AF_INET6, Direction, PfKey, PfKill, PfState, RuleAddr, port_op, twin_search,
 };
@@ -187,28 +188,60 @@ pub struct TableShape {
     pub rows: u64,
 }
 
-/// A filtered pass restarts its row after every kill, so it examines about
-/// `states + victims × rowlen / 2` states; a listing exports each state once and each kill by
-/// id is one lookup. With rows longer than this, restarts cost more than the listing saves.
-pub const MAX_ROWLEN_FOR_FILTERED: u64 = 2;
+/// Rows a table of unknown size is assumed to fill to, per id-hash row, until the broker has
+/// seen a listing: a moderately loaded table (it only sizes the row-restart term).
+pub const ASSUMED_ROWLEN: u64 = 4;
 
-/// Choose the path that makes the kernel look at the fewest states.
+/// What each path would cost, priced with [`Weights::MEASURED`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Priced {
+    /// One filtered pass per selector.
+    pub filtered_us: f64,
+    /// One listing (two with twins) and kills by id.
+    pub listing_us: f64,
+}
+
+/// Price both paths for `plain` selectors (no labels) on `table`.
+pub fn price(plain: usize, kill_match: bool, table: Option<TableShape>, rows: u64) -> Priced {
+    let rows = table.map_or(rows, |t| t.rows).max(1);
+    let states = table.map_or(rows * ASSUMED_ROWLEN, |t| t.states);
+    // Truncation is fine: a share of a state count.
+    let victims = (states as f64 * ASSUMED_VICTIM_SHARE) as u64;
+    let w = Weights::MEASURED;
+    Priced {
+        filtered_us: w.price(&Work::filtered(plain as u64, states, rows, victims, kill_match)),
+        listing_us: w.price(&Work::listing(states, victims, kill_match)),
+    }
+}
+
+/// Choose the cheaper path by the kernel's real work ([`crate::cost`]).
 ///
-/// * A listing exports every state once; each victim (and twin) is then one O(1) kill by
-///   id: `states + victims` visits, whatever the number of selectors (down gateways).
-/// * A filtered kill walks the whole table per selector and restarts a row after each kill:
-///   `selectors × states + victims × rowlen / 2` visits, plus one key lookup per twin.
+/// * A filtered pass per selector compares every state once per selector (cheap, in the
+///   kernel) and restarts a row after each kill; the kernel pairs twins itself.
+/// * A listing exports every state once (dear: a message per state to decode; twice when
+///   twins are wanted, so the broker never holds the table) and kills by id.
 ///
-/// So a single expressible selector runs as one filtered pass only while rows are short
-/// (table known, at most [`MAX_ROWLEN_FOR_FILTERED`] states per row); otherwise, and for
-/// several selectors, one listing. Selectors the kernel cannot express (a NAT address) and
-/// protected prefixes (the kernel cannot spare) always take the listing; label selectors
-/// cannot be listed (only the kernel knows labels) and always run filtered.
+/// So a handful of selectors (down gateways) run as one filtered pass each, many selectors
+/// as one listing. Selectors the kernel cannot express (a NAT address) and protected
+/// prefixes (the kernel's filter cannot spare) always take the listing; label selectors
+/// cannot be listed (only the kernel knows labels) and always run filtered. `rows` is the
+/// kernel's `net.pf.states_hashsize`, for a table not yet seen.
 pub fn choose(
     selectors: &[CheckedSelector],
     kill_match: bool,
     protected: &[Prefix],
     table: Option<TableShape>,
+) -> Result<Path, PlanError> {
+    choose_with_rows(selectors, kill_match, protected, table, crate::types::DEFAULT_ROWS as u64)
+}
+
+/// [`choose`] for a kernel with `rows` id-hash rows.
+pub fn choose_with_rows(
+    selectors: &[CheckedSelector],
+    kill_match: bool,
+    protected: &[Prefix],
+    table: Option<TableShape>,
+    rows: u64,
 ) -> Result<Path, PlanError> {
     let (labelled, plain): (Vec<&CheckedSelector>, Vec<&CheckedSelector>) =
         selectors.iter().partition(|s| s.label.is_some());
@@ -227,13 +260,16 @@ pub fn choose(
             ))
         })?);
     }
-    let short_rows = table.is_some_and(|t| t.states <= MAX_ROWLEN_FOR_FILTERED * t.rows.max(1));
-    let all_expressible = plain.iter().all(|s| kill_filter(s, kill_match).is_some());
-    if plain.is_empty()
-        || (plain.len() == 1 && all_expressible && protected.is_empty() && short_rows)
-    {
-        filtered.extend(plain.iter().filter_map(|s| kill_filter(s, kill_match)));
+    if plain.is_empty() {
         return Ok(Path::Filtered(filtered));
+    }
+    let expressible = plain.iter().all(|s| kill_filter(s, kill_match).is_some());
+    if expressible && protected.is_empty() {
+        let priced = price(plain.len(), kill_match, table, rows);
+        if priced.filtered_us <= priced.listing_us {
+            filtered.extend(plain.iter().filter_map(|s| kill_filter(s, kill_match)));
+            return Ok(Path::Filtered(filtered));
+        }
     }
     Ok(Path::ListThenIds { filtered, listed: plain.into_iter().cloned().collect() })
 }

@@ -13,7 +13,7 @@
 //! one conversation), and nothing here writes to a client while holding a lane (a snapshot
 //! is listed into memory first).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -27,7 +27,7 @@ use crate::client::{PfClient, PfError};
 use crate::device::PfDevice;
 use crate::nl::StateFilter;
 use crate::plan::{self, Path};
-use crate::types::PfState;
+use crate::types::{Direction, PfKey, PfState, twin_search};
 
 /// A pf state table.
 #[derive(Debug)]
@@ -179,18 +179,6 @@ impl<D: PfDevice> PfTable<D> {
         Some(plan::TableShape { states, rows: self.rows })
     }
 
-    fn list(&self, sel: Option<&CheckedSelector>) -> Result<Vec<PfState>, PfError> {
-        let mut out = Vec::new();
-        self.client().list(&listing_filter(sel), &mut |s| {
-            out.push(s);
-            Ok(())
-        })?;
-        if sel.is_none() {
-            self.remember_size(out.len() as u64);
-        }
-        Ok(out)
-    }
-
     /// Stream the states matching `selector` to `sink`, `batch` records at a time. The
     /// listing is taken into memory under the device lock and written after it is released,
     /// so a slow consumer holds up nobody else.
@@ -273,51 +261,78 @@ impl<D: PfDevice> PfTable<D> {
         Ok((shielded, u32::try_from(filters.len()).unwrap_or(u32::MAX)))
     }
 
-    /// Kill the states and unambiguous twins (when asked) of a listing's victims by id,
-    /// sparing states that touch protected prefixes. `victims` are (state index, group) and
-    /// the kill is counted per group (`groups` of them).
+    /// Kill by id the states `group_of` picks from a listing (the group it returns is what
+    /// the kill is credited to), sparing states that touch protected prefixes, and with
+    /// `match_opposite` each victim's unambiguous twin (the kernel's `kill_match` rule: the
+    /// victim's key swapped, looked up as an IN state's wire key or an OUT state's stack key,
+    /// killed only if exactly one state has it).
+    ///
+    /// Memory is bounded by the victims, never the table: the first listing (kernel-filtered
+    /// by `filter`) keeps only the victims; a second one, over the whole table, only counts
+    /// the states that have a victim's twin key.
     fn kill_listed(
         &self,
-        all: &[PfState],
-        victims: Vec<(usize, usize)>,
+        filter: &StateFilter,
+        group_of: &dyn Fn(&PfState) -> Option<usize>,
         groups: usize,
         match_opposite: bool,
         protected: &[Prefix],
     ) -> Result<ListedKill, PfError> {
+        struct Victim {
+            id: (u64, u32),
+            group: usize,
+            twin: (PfKey, Direction),
+        }
+        let mut client = self.client();
         let mut spared = 0u64;
-        let mut chosen: Vec<(usize, usize)> = Vec::with_capacity(victims.len() * 2);
-        let mut seen: HashSet<usize> = HashSet::with_capacity(victims.len() * 2);
-        let kept: Vec<(usize, usize)> = victims
-            .into_iter()
-            .filter(|(v, _)| {
-                let touches = plan::touches(protected, &all[*v]);
-                spared += u64::from(touches);
-                !touches
-            })
-            .collect();
-        let twins = if match_opposite {
-            plan::pair_twins(all, &kept.iter().map(|(v, _)| *v).collect::<Vec<_>>())
-        } else {
-            vec![None; kept.len()]
-        };
-        for ((v, group), twin) in kept.iter().zip(twins) {
-            if seen.insert(*v) {
-                chosen.push((*v, *group));
+        let mut victims: Vec<Victim> = Vec::new();
+        client.list(filter, &mut |s| {
+            let Some(group) = group_of(&s) else { return Ok(()) };
+            if plan::touches(protected, &s) {
+                spared += 1;
+            } else {
+                victims.push(Victim { id: (s.id, s.creatorid), group, twin: twin_search(&s) });
             }
-            if let Some(t) = twin
-                && !seen.contains(&t)
-            {
-                seen.insert(t);
-                if plan::touches(protected, &all[t]) {
+            Ok(())
+        })?;
+        let mut chosen: Vec<((u64, u32), usize)> =
+            victims.iter().map(|v| (v.id, v.group)).collect();
+        if match_opposite && !victims.is_empty() {
+            // Per twin key: the first state with it, how many have it, whether it is protected.
+            let mut wanted: HashMap<(PfKey, Direction), ((u64, u32), u32, bool)> =
+                victims.iter().map(|v| (v.twin, ((0, 0), 0, false))).collect();
+            let mut listed = 0u64;
+            client.list(&StateFilter::default(), &mut |s| {
+                listed += 1;
+                let key = match s.direction {
+                    Direction::In => (s.wire, Direction::In),
+                    Direction::Out => (s.stack, Direction::Out),
+                };
+                if let Some(e) = wanted.get_mut(&key) {
+                    if e.1 == 0 {
+                        e.0 = (s.id, s.creatorid);
+                        e.2 = plan::touches(protected, &s);
+                    }
+                    e.1 += 1;
+                }
+                Ok(())
+            })?;
+            self.remember_size(listed);
+            let mut seen: HashSet<(u64, u32)> = chosen.iter().map(|(id, _)| *id).collect();
+            for v in &victims {
+                let Some((twin, 1, touches)) = wanted.get(&v.twin).copied() else { continue };
+                if !seen.insert(twin) {
+                    continue;
+                }
+                if touches {
                     spared += 1;
                 } else {
-                    chosen.push((t, *group));
+                    chosen.push((twin, v.group));
                 }
             }
         }
-        let ids: Vec<(u64, u32)> =
-            chosen.iter().map(|(i, _)| (all[*i].id, all[*i].creatorid)).collect();
-        let each = self.client().kill_ids_each(&ids)?;
+        let ids: Vec<(u64, u32)> = chosen.iter().map(|(id, _)| *id).collect();
+        let each = client.kill_ids_each(&ids)?;
         let mut out = ListedKill {
             selected: ids.len() as u64,
             spared,
@@ -346,9 +361,12 @@ impl<D: PfDevice> PfTable<D> {
         protected: &[Prefix],
     ) -> Result<KillReport, PfError> {
         let started = Instant::now();
-        let path = plan::choose(selectors, match_opposite, protected, self.shape())
-            .map_err(|e| PfError::Unsupported(e.to_string()))?;
-        let passes = u32::try_from(path.passes()).unwrap_or(u32::MAX);
+        let path =
+            plan::choose_with_rows(selectors, match_opposite, protected, self.shape(), self.rows)
+                .map_err(|e| PfError::Unsupported(e.to_string()))?;
+        // A listing that pairs twins walks the table twice (victims, then their twins).
+        let twin_listing = usize::from(match_opposite && matches!(path, Path::ListThenIds { .. }));
+        let passes = u32::try_from(path.passes() + twin_listing).unwrap_or(u32::MAX);
         let mut report = report(KillPath::KernelFilteredFlush, passes);
         report.per_selector = vec![0; selectors.len()];
         let (labelled, plain) = choose_order(selectors);
@@ -384,20 +402,12 @@ impl<D: PfDevice> PfTable<D> {
             }
         }
         if !listed.is_empty() {
-            // Twins may not match the selectors themselves: list everything when they count.
-            let all = if match_opposite {
-                self.list(None)?
-            } else {
-                self.list(listed.first().filter(|_| listed.len() == 1))?
-            };
-            let victims: Vec<(usize, usize)> = all
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| {
-                    listed.iter().position(|sel| plan::matches(sel, s, None)).map(|g| (i, g))
-                })
-                .collect();
-            let done = self.kill_listed(&all, victims, listed.len(), match_opposite, protected)?;
+            // One selector: the kernel prefilters the listing by it (a superset; matched
+            // exactly here); several: the whole table.
+            let filter = listing_filter(listed.first().filter(|_| listed.len() == 1));
+            let group_of = |s: &PfState| listed.iter().position(|sel| plan::matches(sel, s, None));
+            let done =
+                self.kill_listed(&filter, &group_of, listed.len(), match_opposite, protected)?;
             report.requested = done.selected;
             report.killed += done.killed;
             report.not_found = done.gone;
@@ -469,14 +479,8 @@ impl<D: PfDevice> PfTable<D> {
             r.elapsed_us = micros(started);
             return Ok(r);
         }
-        let all = self.list(None)?;
-        let victims: Vec<(usize, usize)> = all
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| ifname.is_empty() || s.kill_ifname() == ifname)
-            .map(|(i, _)| (i, 0))
-            .collect();
-        let done = self.kill_listed(&all, victims, 0, false, protected)?;
+        let in_scope = |s: &PfState| (ifname.is_empty() || s.kill_ifname() == ifname).then_some(0);
+        let done = self.kill_listed(&StateFilter::default(), &in_scope, 0, false, protected)?;
         let mut r = report(KillPath::DumpAndDelete, 1);
         r.requested = done.selected;
         r.killed = done.killed;

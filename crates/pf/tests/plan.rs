@@ -563,56 +563,78 @@ fn lan_prefix() -> Prefix {
     Prefix { addr: ip("192.0.2.0"), len: 24 }
 }
 
-#[test]
-fn one_expressible_selector_on_short_rows_is_one_filtered_pass() {
-    let gw1 = gw_selector(v4(ROUTER.gateway[0].0));
-    for km in [true, false] {
-        let p = plan::choose(std::slice::from_ref(&gw1), km, &[], SHORT).unwrap();
-        let expected = plan::kill_filter(&gw1, km).unwrap();
-        assert_eq!(expected.kill_match, km);
-        assert_eq!(p, Path::Filtered(vec![expected]));
-        assert_eq!(p.passes(), 1);
-    }
-    // The boundary: exactly MAX_ROWLEN_FOR_FILTERED states per row is still short.
-    let rows = 1000;
-    let at = Some(TableShape { states: plan::MAX_ROWLEN_FOR_FILTERED * rows, rows });
-    let over = Some(TableShape { states: plan::MAX_ROWLEN_FOR_FILTERED * rows + 1, rows });
-    assert!(matches!(
-        plan::choose(std::slice::from_ref(&gw1), true, &[], at),
-        Ok(Path::Filtered(_))
-    ));
-    assert!(matches!(
-        plan::choose(std::slice::from_ref(&gw1), true, &[], over),
-        Ok(Path::ListThenIds { .. })
-    ));
+/// A big router: two million states in FreeBSD's default 131,072 id-hash rows.
+const BIG: Option<TableShape> = Some(TableShape { states: 2_000_000, rows: 131_072 });
+
+/// `n` distinct expressible selectors (one LAN host each).
+fn hosts(n: usize) -> Vec<CheckedSelector> {
+    (0..n)
+        .map(|i| {
+            let host = std::net::Ipv4Addr::new(192, 0, 2, u8::try_from(i % 250).unwrap_or(0));
+            checked(Selector {
+                src: Some(Prefix { addr: host.into(), len: 32 }),
+                ..Selector::default()
+            })
+        })
+        .collect()
 }
 
 #[test]
-fn unknown_table_or_long_rows_take_the_listing() {
-    let gw1 = gw_selector(v4(ROUTER.gateway[0].0));
-    for table in [None, LONG, Some(TableShape { states: 1_000_000, rows: 131_072 })] {
-        let p = plan::choose(std::slice::from_ref(&gw1), true, &[], table).unwrap();
-        assert_eq!(
-            p,
-            Path::ListThenIds { filtered: vec![], listed: vec![gw1.clone()] },
-            "{table:?}"
-        );
-        assert_eq!(p.passes(), 1);
-    }
-}
-
-#[test]
-fn several_selectors_take_one_listing() {
+fn a_handful_of_expressible_selectors_run_one_filtered_pass_each() {
     let gw1 = gw_selector(v4(ROUTER.gateway[0].0));
     let gw2 = gw_selector(v4(ROUTER.gateway[1].0));
     let gw1v6 = gw_selector(v6(ROUTER.gateway[0].1));
-    let sels = vec![gw1, gw2, gw1v6];
-    for table in [SHORT, LONG, None] {
-        let p = plan::choose(&sels[..2], false, &[], table).unwrap();
-        assert_eq!(p, Path::ListThenIds { filtered: vec![], listed: sels[..2].to_vec() });
-        assert_eq!(p.passes(), 1);
-        let p = plan::choose(&sels, false, &[], table).unwrap();
-        assert_eq!(p.passes(), 1, "however many gateways are down");
+    let gws = [gw1, gw2, gw1v6];
+    for table in [SHORT, LONG, BIG, None] {
+        for km in [true, false] {
+            for k in 1..=gws.len() {
+                let p = plan::choose(&gws[..k], km, &[], table).unwrap();
+                let expected: Vec<_> =
+                    gws[..k].iter().map(|s| plan::kill_filter(s, km).unwrap()).collect();
+                assert!(expected.iter().all(|f| f.kill_match == km));
+                assert_eq!(p, Path::Filtered(expected), "{k} gateways, {table:?}");
+                assert_eq!(p.passes(), k);
+            }
+        }
+    }
+}
+
+#[test]
+fn many_selectors_take_one_listing() {
+    let sels = hosts(40);
+    for table in [SHORT, BIG, None] {
+        let p = plan::choose(&sels, true, &[], table).unwrap();
+        assert_eq!(p, Path::ListThenIds { filtered: vec![], listed: sels.clone() }, "{table:?}");
+        assert_eq!(p.passes(), 1, "however many selectors");
+    }
+}
+
+#[test]
+fn very_long_rows_tip_even_one_selector_to_the_listing() {
+    // Two million states in 16 rows: every kill restarts a row of 125,000 states.
+    let crowded = Some(TableShape { states: 2_000_000, rows: 16 });
+    let gw1 = gw_selector(v4(ROUTER.gateway[0].0));
+    let p = plan::choose(std::slice::from_ref(&gw1), true, &[], crowded).unwrap();
+    assert_eq!(p, Path::ListThenIds { filtered: vec![], listed: vec![gw1] });
+}
+
+/// The choice is exactly the priced comparison, for every selector count and table.
+#[test]
+fn the_choice_follows_the_prices() {
+    for table in [SHORT, LONG, BIG, None, Some(TableShape { states: 5_000_000, rows: 65_536 })] {
+        for k in 1..=64 {
+            for km in [true, false] {
+                let sels = hosts(k);
+                let p = plan::choose(&sels, km, &[], table).unwrap();
+                let priced = plan::price(k, km, table, 131_072);
+                let filtered = matches!(p, Path::Filtered(_));
+                assert_eq!(
+                    filtered,
+                    priced.filtered_us <= priced.listing_us,
+                    "{k} selectors, kill_match {km}, {table:?}: {priced:?}"
+                );
+            }
+        }
     }
 }
 
@@ -669,29 +691,20 @@ fn label_selectors_cannot_honour_protected_prefixes_or_nat_addresses() {
 fn label_and_plain_selectors_mix_a_filtered_pass_and_a_listing() {
     let voip = label_sel("voip");
     let gw1 = gw_selector(v4(ROUTER.gateway[0].0));
-    for table in [LONG, None] {
+    // An expressible plain selector runs filtered too (labels first, as `choose` builds it).
+    for table in [SHORT, BIG, None] {
         let p = plan::choose(&[gw1.clone(), voip.clone()], true, &[], table).unwrap();
         assert_eq!(
             p,
-            Path::ListThenIds {
-                filtered: vec![plan::kill_filter(&voip, true).unwrap()],
-                listed: vec![gw1.clone()],
-            },
+            Path::Filtered(vec![
+                plan::kill_filter(&voip, true).unwrap(),
+                plan::kill_filter(&gw1, true).unwrap(),
+            ]),
             "{table:?}"
         );
         assert_eq!(p.passes(), 2);
     }
-    // On short rows the one plain selector is decided as if alone: its own filtered pass
-    // (the same two passes).
-    let p = plan::choose(&[gw1.clone(), voip.clone()], true, &[], SHORT).unwrap();
-    assert_eq!(
-        p,
-        Path::Filtered(vec![
-            plan::kill_filter(&voip, true).unwrap(),
-            plan::kill_filter(&gw1, true).unwrap(),
-        ])
-    );
-    assert_eq!(p.passes(), 2);
+    // A NAT address needs the listing: the label still runs in the kernel.
     let nat = nat_sel();
     let p = plan::choose(&[voip.clone(), nat.clone(), gw1.clone()], false, &[], SHORT).unwrap();
     assert_eq!(
