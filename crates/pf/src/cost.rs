@@ -56,8 +56,9 @@ pub struct Work {
 /// one gateway's kill looked at 1.7 states per state of the table, 2 extra per victim.
 pub const RESTART_DIVISOR: u64 = 8;
 
-/// The share of the table a kill is assumed to take before it runs (see the module docs).
-pub const ASSUMED_VICTIM_SHARE: f64 = 0.5;
+/// A kill is assumed to take `1 / ASSUMED_VICTIM_DIVISOR` of the table before it runs (see
+/// the module docs): half.
+pub const ASSUMED_VICTIM_DIVISOR: u64 = 2;
 
 impl Work {
     /// `selectors` filtered passes over `states` states in `rows` id-hash rows, killing

@@ -12,7 +12,7 @@ use statecull_proto::{
     StateKey, StateRecord, ipproto,
 };
 
-use crate::cost::{ASSUMED_VICTIM_SHARE, Weights, Work};
+use crate::cost::{ASSUMED_VICTIM_DIVISOR, Weights, Work};
 use crate::types::{
     AF_INET, AF_INET6, Direction, PfKey, PfKill, PfState, RuleAddr, port_op, twin_search,
 };
@@ -205,8 +205,7 @@ pub struct Priced {
 pub fn price(plain: usize, kill_match: bool, table: Option<TableShape>, rows: u64) -> Priced {
     let rows = table.map_or(rows, |t| t.rows).max(1);
     let states = table.map_or(rows * ASSUMED_ROWLEN, |t| t.states);
-    // Truncation is fine: a share of a state count.
-    let victims = (states as f64 * ASSUMED_VICTIM_SHARE) as u64;
+    let victims = states / ASSUMED_VICTIM_DIVISOR;
     let w = Weights::MEASURED;
     Priced {
         filtered_us: w.price(&Work::filtered(plain as u64, states, rows, victims, kill_match)),

@@ -299,8 +299,14 @@ impl<D: PfDevice> PfTable<D> {
             victims.iter().map(|v| (v.id, v.group)).collect();
         if match_opposite && !victims.is_empty() {
             // Per twin key: the first state with it, how many have it, whether it is protected.
-            let mut wanted: HashMap<(PfKey, Direction), ((u64, u32), u32, bool)> =
-                victims.iter().map(|v| (v.twin, ((0, 0), 0, false))).collect();
+            #[derive(Clone, Copy, Default)]
+            struct Seen {
+                first: (u64, u32),
+                count: u32,
+                protected: bool,
+            }
+            let mut wanted: HashMap<(PfKey, Direction), Seen> =
+                victims.iter().map(|v| (v.twin, Seen::default())).collect();
             let mut listed = 0u64;
             client.list(&StateFilter::default(), &mut |s| {
                 listed += 1;
@@ -309,18 +315,22 @@ impl<D: PfDevice> PfTable<D> {
                     Direction::Out => (s.stack, Direction::Out),
                 };
                 if let Some(e) = wanted.get_mut(&key) {
-                    if e.1 == 0 {
-                        e.0 = (s.id, s.creatorid);
-                        e.2 = plan::touches(protected, &s);
+                    if e.count == 0 {
+                        e.first = (s.id, s.creatorid);
+                        e.protected = plan::touches(protected, &s);
                     }
-                    e.1 += 1;
+                    e.count += 1;
                 }
                 Ok(())
             })?;
             self.remember_size(listed);
             let mut seen: HashSet<(u64, u32)> = chosen.iter().map(|(id, _)| *id).collect();
             for v in &victims {
-                let Some((twin, 1, touches)) = wanted.get(&v.twin).copied() else { continue };
+                let Some(Seen { first: twin, count: 1, protected: touches }) =
+                    wanted.get(&v.twin).copied()
+                else {
+                    continue;
+                };
                 if !seen.insert(twin) {
                     continue;
                 }

@@ -570,7 +570,7 @@ const BIG: Option<TableShape> = Some(TableShape { states: 2_000_000, rows: 131_0
 fn hosts(n: usize) -> Vec<CheckedSelector> {
     (0..n)
         .map(|i| {
-            let host = std::net::Ipv4Addr::new(192, 0, 2, u8::try_from(i % 250).unwrap_or(0));
+            let host = Ipv4Addr::new(192, 0, 2, u8::try_from(i % 250).unwrap_or(0));
             checked(Selector {
                 src: Some(Prefix { addr: host.into(), len: 32 }),
                 ..Selector::default()
