@@ -164,13 +164,18 @@ fn per_gateway(model: PfModel, sels: &[CheckedSelector]) -> Result<Outcome> {
         killed += u64::from(c.kill(&k).map_err(|e| msg(e.to_string()))?);
     }
     let secs = t.elapsed().as_secs_f64();
+    // One lock for both (the model's lock is not re-entrant).
+    let (cost, killed_ids) = {
+        let m = c.device().model();
+        (m.cost() - base, before.difference(&alive(&m)).copied().collect())
+    };
     Ok(Outcome {
         label: format!("(b) pfctl -M -k gateway, one per gateway ({} requests)", sels.len()),
-        cost: c.device().model().cost() - base,
+        cost,
         killed,
         secs,
         extrapolated_from: None,
-        killed_ids: Some(before.difference(&alive(&c.device().model())).copied().collect()),
+        killed_ids: Some(killed_ids),
     })
 }
 
