@@ -86,6 +86,7 @@ impl StatesRefresh {
     pub const AUTO_MIN_PF: Duration = Duration::from_secs(600);
 
     /// The shortest interval between two counts on `backend`; `None` when counting is off.
+    /// (Every count also waits [`Self::BUDGET_FACTOR`] times the last one's duration.)
     pub fn minimum(self, backend: BackendKind) -> Option<Duration> {
         match self {
             StatesRefresh::Off => None,
@@ -282,6 +283,17 @@ impl Gateway {
     pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
     /// Probe timeout when the gateway sets none (it may exceed the interval).
     pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+/// As the policy writes it: `auto`, `off`, or the minimum interval (`1m`).
+impl std::fmt::Display for StatesRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatesRefresh::Auto => f.write_str("auto"),
+            StatesRefresh::Off => f.write_str("off"),
+            StatesRefresh::AtMostEvery(d) => f.write_str(&crate::load::words::fmt_duration(*d)),
+        }
+    }
 }
 
 impl Default for HealthParams {
