@@ -25,9 +25,22 @@ use tokio::net::UnixStream;
 /// A count that would take this long unless abandoned: far longer than any test waits.
 const SLOW: Duration = Duration::from_secs(30);
 
+/// How the executor waits for routing in a test.
+#[derive(Clone, Copy)]
+enum Confirm {
+    /// 50 ms, then the kill.
+    Delay,
+    /// Until the test signals `routed` (up to a minute): nothing is killed before.
+    Signal,
+}
+
 /// Three gateways with external health, recognised the pf way (two selectors each); WAN1
 /// and WAN2 share tier 1, WAN3 backs them up.
-fn policy(refresh: &str) -> String {
+fn policy(refresh: &str, confirm: Confirm) -> String {
+    let routing = match confirm {
+        Confirm::Delay => "confirm = \"delay\"\nsettle_timeout = \"50ms\"",
+        Confirm::Signal => "confirm = \"signal\"\nsettle_timeout = \"60s\"",
+    };
     let gateway = |n: u8, net: &str| {
         format!(
             r#"
@@ -49,8 +62,7 @@ interface = "igb{n}"
 states_refresh = "{refresh}"
 
 [routing]
-confirm = "delay"
-settle_timeout = "50ms"
+{routing}
 sweep_delay = "0s"
 {}{}{}
 [[group]]
@@ -65,8 +77,8 @@ on_down = "gateway"
 }
 
 /// The engine's shared state against `broker`, with its executor running.
-fn engine(broker: &FakeBroker, refresh: &str) -> Arc<Shared> {
-    let policy = statecull_policy::load::parse(&policy(refresh), "test policy").unwrap();
+fn engine(broker: &FakeBroker, refresh: &str, confirm: Confirm) -> Arc<Shared> {
+    let policy = statecull_policy::load::parse(&policy(refresh, confirm), "test policy").unwrap();
     let (shared, decisions, _metrics) = Shared::new(policy, BrokerLink::new(broker.path.clone()));
     let shared = Arc::new(shared);
     tokio::spawn(Executor::new(Arc::clone(&shared), decisions, None).run());
@@ -157,28 +169,46 @@ async fn a_decision_abandons_a_background_count_and_holds_the_next_until_the_pla
 }
 
 /// The whole engine: the refresher's count is in flight (it would take 30 s) when WAN1 is
-/// declared down; the kill reaches the broker while that count is still unanswered, the
-/// count is dropped, and no figure is recorded from it.
+/// declared down. The decision alone drops that count, while the plan still waits for
+/// routing (nothing is killed before the `routed` signal); then the kill goes out, and no
+/// figure is recorded from the abandoned count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decision_never_waits_for_the_refreshers_count() {
+async fn a_decision_abandons_the_refreshers_count_before_the_kill() {
     let broker = FakeBroker::start(Behaviour { count_delay: SLOW, ..Behaviour::default() });
-    let shared = engine(&broker, "auto");
+    let shared = engine(&broker, "auto", Confirm::Signal);
     let (_, mut events) = shared.bus().subscribe_with_backlog();
     tokio::spawn(statecull_engine::states::run(Arc::clone(&shared)));
     broker.wait_for("count:6#").await;
 
     shared.force(0, false);
+    broker.wait_for("count-dropped#").await;
+    assert!(broker.position("kill").is_none(), "killed before routing moved: {:?}", broker.log());
+    shared.signal_routed(0);
     let done = wait_event(&mut events, EventKind::PlanDone).await;
     assert_eq!(done.killed, Some(killed_by_selector(0) + killed_by_selector(1)), "{done:?}");
-    broker.wait_for("count-dropped#").await;
     let log = broker.log();
-    // The kill was served while the count was unanswered, and the count never was.
-    assert!(broker.position("kill:2#").is_some(), "{log:?}");
+    assert!(broker.position("count-dropped#").unwrap() < broker.position("kill:2#").unwrap());
     assert!(broker.position("count-answered").is_none(), "{log:?}");
+    // While the plan was pending, the refresher started nothing else.
     assert_eq!(broker.count_of("count:6"), 1, "{log:?}");
     assert!(shared.states().get().counted_at.is_none(), "an abandoned count is no figure");
     // The plan-done event says how long the broker took, beside decision_to_kill_ms.
     assert!(field(&done, "broker_ms").is_some() && field(&done, "decision_to_kill_ms").is_some());
+}
+
+/// With routing confirmed at once, the kill reaches the broker while the refresher's count
+/// would still be running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_never_waits_for_the_refreshers_count() {
+    let broker = FakeBroker::start(Behaviour { count_delay: SLOW, ..Behaviour::default() });
+    let shared = engine(&broker, "auto", Confirm::Delay);
+    let (_, mut events) = shared.bus().subscribe_with_backlog();
+    tokio::spawn(statecull_engine::states::run(Arc::clone(&shared)));
+    broker.wait_for("count:6#").await;
+    shared.force(0, false);
+    wait_event(&mut events, EventKind::PlanDone).await;
+    assert!(broker.position("count-answered").is_none(), "{:?}", broker.log());
+    assert_eq!(broker.count_of("kill:2"), 1, "{:?}", broker.log());
 }
 
 /// WAN1 and WAN2 go down together: one kill for both (four selectors), no Count before
@@ -186,7 +216,7 @@ async fn a_decision_never_waits_for_the_refreshers_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_covering_several_gateways_sends_no_count_and_credits_each() {
     let broker = FakeBroker::start(Behaviour::default());
-    let shared = engine(&broker, "off");
+    let shared = engine(&broker, "off", Confirm::Delay);
     let (_, mut events) = shared.bus().subscribe_with_backlog();
     shared.force(0, false);
     shared.force(1, false);
@@ -227,7 +257,7 @@ fn control(shared: &Arc<Shared>, dir: &TempDir) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_answers_without_asking_the_broker() {
     let broker = FakeBroker::start(Behaviour { count_delay: SLOW, ..Behaviour::default() });
-    let shared = engine(&broker, "auto");
+    let shared = engine(&broker, "auto", Confirm::Delay);
     let dir = TempDir::with_mode("ctl", 0o750).unwrap();
     let path = control(&shared, &dir);
 
@@ -260,11 +290,12 @@ async fn status_answers_without_asking_the_broker() {
 }
 
 /// `statecull plan` counts on the background lane: a decision arriving while its count is
-/// in flight abandons it (the dry run reports the counts unknown) and the kill goes first.
+/// in flight abandons it at once (well before the dry run's own 3 s timeout would), the
+/// dry run reports the counts unknown, and the kill goes out after routing moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_count_yields_to_a_decision() {
     let broker = FakeBroker::start(Behaviour { count_delay: SLOW, ..Behaviour::default() });
-    let shared = engine(&broker, "off");
+    let shared = engine(&broker, "off", Confirm::Signal);
     let (_, mut events) = shared.bus().subscribe_with_backlog();
     let dir = TempDir::with_mode("ctl", 0o750).unwrap();
     let path = control(&shared, &dir);
@@ -274,10 +305,12 @@ async fn a_dry_run_count_yields_to_a_decision() {
     };
     broker.wait_for("count:2#").await;
     shared.force(0, false);
+    broker.wait_within("count-dropped#", Duration::from_millis(1500)).await;
     let ControlReply::Plan(plan) = dry_run.await.unwrap() else { panic!("plan") };
     assert!(!plan.counted, "{plan:?}");
+    assert!(broker.position("kill").is_none(), "{:?}", broker.log());
+    shared.signal_routed(0);
     wait_event(&mut events, EventKind::PlanDone).await;
-    broker.wait_for("count-dropped#").await;
     assert!(broker.position("count-answered").is_none(), "{:?}", broker.log());
     assert_eq!(broker.count_of("kill:2"), 1, "{:?}", broker.log());
 }
@@ -288,7 +321,7 @@ async fn a_dry_run_count_yields_to_a_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_refresher_counts_within_its_budget() {
     let broker = FakeBroker::start(Behaviour { count_elapsed_us: 50_000, ..Behaviour::default() });
-    let shared = engine(&broker, "1s");
+    let shared = engine(&broker, "1s", Confirm::Delay);
     tokio::spawn(statecull_engine::states::run(Arc::clone(&shared)));
     broker.wait_for("count-answered#").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;

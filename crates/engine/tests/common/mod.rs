@@ -200,9 +200,14 @@ impl FakeBroker {
 
     /// Wait (up to 10 s) for an entry starting with `prefix`.
     pub async fn wait_for(&self, prefix: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_within(prefix, Duration::from_secs(10)).await;
+    }
+
+    /// Wait up to `limit` for an entry starting with `prefix`.
+    pub async fn wait_within(&self, prefix: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
         while self.position(prefix).is_none() {
-            assert!(Instant::now() < deadline, "no {prefix} in {:?}", self.log());
+            assert!(Instant::now() < deadline, "no {prefix} within {limit:?}: {:?}", self.log());
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
