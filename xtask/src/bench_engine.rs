@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statecull_cli::engine_cmds::ControlClient;
 use statecull_conntrack::fill::{TableSpec, WAN1, WAN2};
-use statecull_control::{ControlReply, ControlRequest, Event, EventKind};
+use statecull_control::{ControlReply, ControlRequest, Event, EventKind, StatusReply};
 use statecull_tests::lab::EngineProcess;
 use statecull_tests::{BrokerProcess, Netns};
 
@@ -262,8 +262,8 @@ fn status_cli_ms(bin: &Path, control: &Path) -> Result<f64> {
 }
 
 /// Milliseconds of one raw `"status"` request on the control socket (connect, ask, read the
-/// answer line), and whether every gateway's state count was in it.
-fn status_raw_ms(control: &Path) -> Result<(f64, bool)> {
+/// answer line), and the answer.
+fn status_raw_ms(control: &Path) -> Result<(f64, StatusReply)> {
     let t = Instant::now();
     let mut s = UnixStream::connect(control).context("connect to the control socket")?;
     s.set_read_timeout(Some(Duration::from_secs(60))).context("control socket timeout")?;
@@ -276,7 +276,7 @@ fn status_raw_ms(control: &Path) -> Result<(f64, bool)> {
     let ControlReply::Status(st) = reply else {
         return Err(msg(format!("status: unexpected answer {}", line.trim())));
     };
-    Ok((ms, st.gateways.iter().all(|g| g.states.is_some())))
+    Ok((ms, st))
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -387,6 +387,11 @@ struct Figures {
     status_cli_ms: Vec<f64>,
     status_raw_ms: Vec<f64>,
     status_has_counts: bool,
+    /// The background states count as status reported it after the idle window: its
+    /// duration, and the time from the last one's end to the next one's earliest start.
+    refresh_setting: Option<String>,
+    refresh_count_ms: Option<u64>,
+    refresh_interval_ms: Option<u64>,
     count_alone_ms: f64,
     /// Spawning the plan → the verdict, and the broker's CPU spent in between.
     count_lead_ms: f64,
@@ -477,9 +482,14 @@ pub fn bench_engine(opts: &Options) -> Result<()> {
     f.status_has_counts = true;
     for _ in 0..STATUS_SAMPLES {
         f.status_cli_ms.push(status_cli_ms(&cli, &control)?);
-        let (ms, counted) = status_raw_ms(&control)?;
+        let (ms, st) = status_raw_ms(&control)?;
         f.status_raw_ms.push(ms);
-        f.status_has_counts &= counted;
+        f.status_has_counts &= st.gateways.iter().all(|g| g.states.is_some());
+        if let Some(r) = st.states_refresh {
+            f.refresh_setting = Some(r.setting);
+            f.refresh_count_ms = r.last_count_ms;
+            f.refresh_interval_ms = r.age_ms.zip(r.next_in_ms).map(|(a, n)| a + n);
+        }
     }
 
     // 3. A count in flight, then the verdict.
@@ -640,6 +650,11 @@ fn goals(f: &Figures) -> Vec<(String, bool)> {
     ]
 }
 
+/// A count of `count_ms` every `interval_ms`, as a share of one core.
+fn refresh_pct(count_ms: u64, interval_ms: u64) -> f64 {
+    count_ms as f64 / (interval_ms.max(count_ms).max(1)) as f64 * 100.0
+}
+
 fn opt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} ms"))
 }
@@ -674,6 +689,19 @@ fn print_table(f: &Figures, goals: &[(String, bool)]) {
         "status carried every gateway's state count",
         if f.status_has_counts { "yes" } else { "no" }.to_owned(),
     );
+    if let (Some(c), Some(i)) = (f.refresh_count_ms, f.refresh_interval_ms) {
+        row(
+            &format!(
+                "background states count (states_refresh = {}): took / every",
+                f.refresh_setting.as_deref().unwrap_or("?")
+            ),
+            format!("{} ms / {:.0} s", thousands(c), i as f64 / 1e3),
+        );
+        row(
+            "  averaged over its interval (not in the idle window above)",
+            format!("{:.2} % of a core", refresh_pct(c, i)),
+        );
+    }
     row("count of WAN2's states alone (broker's elapsed)", format!("{:.0} ms", f.count_alone_ms));
     row(
         "count in flight at the verdict (since sent / broker CPU)",
@@ -724,6 +752,12 @@ fn to_json(f: &Figures, goals: &[(String, bool)]) -> serde_json::Value {
         "status_cli_ms": f.status_cli_ms,
         "status_raw_ms": f.status_raw_ms,
         "status_has_counts": f.status_has_counts,
+        "states_refresh": {
+            "setting": f.refresh_setting,
+            "last_count_ms": f.refresh_count_ms,
+            "interval_ms": f.refresh_interval_ms,
+            "averaged_cpu_pct": f.refresh_count_ms.zip(f.refresh_interval_ms).map(|(c, i)| refresh_pct(c, i)),
+        },
         "count_alone_ms": f.count_alone_ms,
         "count_in_flight": {
             "sent_before_verdict_ms": f.count_lead_ms,
