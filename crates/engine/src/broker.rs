@@ -188,11 +188,6 @@ impl BrokerLink {
         self.gate.send_modify(|g| g.plans = g.plans.saturating_sub(n));
     }
 
-    /// True while a plan is pending or a kill-lane request runs: background requests wait.
-    pub fn kill_priority(&self) -> bool {
-        !self.gate.borrow().clear()
-    }
-
     /// Wait until no plan is pending and no kill-lane request runs.
     pub async fn kill_priority_over(&self) {
         // The sender lives as long as the link, so this cannot fail.
