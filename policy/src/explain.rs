@@ -18,6 +18,7 @@ use statecull_proto::ipproto;
 use crate::load::words::{family_word, fmt_duration, fmt_num, fmt_pct};
 use crate::model::{
     Gateway, Group, HealthSource, OnDown, OnRecovery, Policy, ProtectedFlow, RoutingConfirm,
+    StatesRefresh,
 };
 
 /// A human explanation of a policy, several lines long, for `statecull check-policy FILE`:
@@ -290,6 +291,9 @@ fn explain_into(p: &Policy, out: &mut String, steps: &Cell<u64>) -> std::fmt::Re
         )?;
     }
 
+    writeln!(out, "\nStates per gateway (status, metrics)")?;
+    explain_states_refresh(p.engine.states_refresh, out)?;
+
     let e = &p.engine;
     if e.broker_socket.is_some()
         || e.control_socket.is_some()
@@ -321,6 +325,36 @@ fn explain_into(p: &Policy, out: &mut String, steps: &Cell<u64>) -> std::fmt::Re
         }
     }
     Ok(())
+}
+
+/// `[engine] states_refresh`: how the figure status and metrics show is kept up to date.
+fn explain_states_refresh(r: StatesRefresh, out: &mut String) -> std::fmt::Result {
+    let budget = format!(
+        "the next count waits at least {} times as long as the last one took, so counting \
+         costs the broker at most 1% of one core",
+        StatesRefresh::BUDGET_FACTOR
+    );
+    match r {
+        StatesRefresh::Off => writeln!(
+            out,
+            "  not counted (states_refresh = \"off\"): status and metrics show no state counts; \
+             `statecull plan` still counts when asked"
+        ),
+        StatesRefresh::Auto => writeln!(
+            out,
+            "  counted in the background, adaptively: {budget}; and no more often than every {} \
+             on conntrack, or every {} on pf, where a count exports every state under the \
+             broker's device lock; status and metrics show the last figure and its age",
+            fmt_duration(StatesRefresh::AUTO_MIN_CONNTRACK),
+            fmt_duration(StatesRefresh::AUTO_MIN_PF),
+        ),
+        StatesRefresh::AtMostEvery(d) => writeln!(
+            out,
+            "  counted in the background at most every {}, and less often when counts are \
+             slow: {budget}; status and metrics show the last figure and its age",
+            fmt_duration(d),
+        ),
+    }
 }
 
 fn explain_gateway(g: &Gateway, groups: &[(&Group, u8)], out: &mut String) -> std::fmt::Result {
@@ -637,11 +671,21 @@ members = [{ gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 }]
         assert!(d.enabled, "the default damping is on, and described as such above");
         let routing = flat(shown.split("\nRouting\n").nth(1).unwrap_or_default());
         let routing = routing.split("Warnings").next().unwrap_or_default();
+        let (routing, states) = routing.split_once("States per gateway").unwrap_or_default();
         for value in [r.settle_timeout, r.sweep_delay] {
             let value = fmt_duration(value);
             let said = routing.split(' ').any(|word| word.trim_end_matches([';', ',']) == value);
             assert!(said, "{value} in:\n{routing}");
         }
+        // states_refresh = "auto": both backends' minimums and the budget.
+        assert_eq!(loaded.engine.states_refresh, StatesRefresh::Auto);
+        for value in [StatesRefresh::AUTO_MIN_CONNTRACK, StatesRefresh::AUTO_MIN_PF] {
+            let value = fmt_duration(value);
+            let said = states.split(' ').any(|word| word.trim_end_matches([';', ',']) == value);
+            assert!(said, "{value} in:\n{states}");
+        }
+        let budget = format!("at least {} times", StatesRefresh::BUDGET_FACTOR);
+        assert!(states.contains(&budget), "{budget} in:\n{states}");
         assert!(!shown.lines().any(|l| l == "Engine"), "no [engine] table, no engine section");
     }
 }

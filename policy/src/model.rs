@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Serialize;
-use statecull_proto::{AddressFamily, IfName, MarkMatch, PortRange, Prefix};
+use statecull_proto::{AddressFamily, BackendKind, IfName, MarkMatch, PortRange, Prefix};
 
 /// A point in time in milliseconds since an arbitrary epoch chosen by the caller (the
 /// engine: its start; tests: zero). Pure code never reads a clock.
@@ -34,8 +34,9 @@ pub struct Policy {
     pub routing: Routing,
 }
 
-/// Engine-wide settings (the `[engine]` table). Command-line flags override them. The
-/// default (no `[engine]` table) sets nothing: the engine uses its own built-in paths.
+/// Engine-wide settings (the `[engine]` table). Command-line flags override the paths and
+/// the metrics address. The default (no `[engine]` table) sets no path (the engine uses its
+/// own built-in ones) and counts states per gateway automatically ([`StatesRefresh::Auto`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EngineSettings {
     /// The broker's Unix socket.
@@ -46,6 +47,56 @@ pub struct EngineSettings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Files the engine may read after it confines itself (issue 5's Landlock list).
     pub readable_paths: Vec<String>,
+    /// How often the states-per-gateway figure (status, metrics) is counted.
+    pub states_refresh: StatesRefresh,
+}
+
+/// How often the engine counts each gateway's states in the background, for `statecull
+/// status` and the `statecull_gateway_states` metric (`[engine] states_refresh`).
+///
+/// A count is a full pass over the broker's state table: a conntrack dump, or on pf an
+/// export of every state through `/dev/pf` under the broker's device lock (which a kill
+/// waits for). At 4 million conntrack entries one takes seconds of a core. So counting is
+/// budgeted: the next count starts no sooner than [`StatesRefresh::BUDGET_FACTOR`] times the
+/// last count's duration after it ended (the broker's background work stays below 1 % of one
+/// core on average), and never sooner than the minimum. Status and metrics show the last
+/// figure and its age; they never count themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatesRefresh {
+    /// The minimum follows the broker's backend: [`StatesRefresh::AUTO_MIN_CONNTRACK`] on
+    /// conntrack, the much longer [`StatesRefresh::AUTO_MIN_PF`] on pf (a pf count exports
+    /// every state under the device lock, so it is kept rare).
+    #[default]
+    Auto,
+    /// No background counts: status and metrics show no state counts (`statecull plan`
+    /// still counts when asked).
+    Off,
+    /// Counts at most once per this interval, whatever the backend (and less often when
+    /// counts are slow, by the budget).
+    AtMostEvery(Duration),
+}
+
+impl StatesRefresh {
+    /// The next count waits at least this many times the last count's duration (1 %).
+    pub const BUDGET_FACTOR: u32 = 100;
+    /// `auto` on conntrack: a dump of a small table costs little, and the figure is fresh.
+    pub const AUTO_MIN_CONNTRACK: Duration = Duration::from_secs(15);
+    /// `auto` on pf: every count exports the whole table under the device lock.
+    pub const AUTO_MIN_PF: Duration = Duration::from_secs(600);
+
+    /// The shortest interval between two counts on `backend`; `None` when counting is off.
+    /// (Every count also waits [`Self::BUDGET_FACTOR`] times the last one's duration.)
+    pub fn minimum(self, backend: BackendKind) -> Option<Duration> {
+        match self {
+            StatesRefresh::Off => None,
+            StatesRefresh::AtMostEvery(d) => Some(d),
+            StatesRefresh::Auto => Some(match backend {
+                BackendKind::Conntrack => Self::AUTO_MIN_CONNTRACK,
+                BackendKind::Pf | BackendKind::PfModel => Self::AUTO_MIN_PF,
+            }),
+        }
+    }
 }
 
 /// Where a gateway's health comes from.
@@ -232,6 +283,17 @@ impl Gateway {
     pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
     /// Probe timeout when the gateway sets none (it may exceed the interval).
     pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+/// As the policy writes it: `auto`, `off`, or the minimum interval (`1m`).
+impl std::fmt::Display for StatesRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatesRefresh::Auto => f.write_str("auto"),
+            StatesRefresh::Off => f.write_str("off"),
+            StatesRefresh::AtMostEvery(d) => f.write_str(&crate::load::words::fmt_duration(*d)),
+        }
+    }
 }
 
 impl Default for HealthParams {

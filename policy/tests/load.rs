@@ -10,7 +10,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use statecull_policy::PolicyError;
 use statecull_policy::load::{explain, parse, warnings};
-use statecull_policy::model::{HealthSource, OnDown, OnRecovery, Policy, RoutingConfirm};
+use statecull_policy::model::{
+    HealthSource, OnDown, OnRecovery, Policy, RoutingConfirm, StatesRefresh,
+};
 use statecull_proto::{AddressFamily, MarkMatch, PortRange, ipproto};
 
 fn examples_dir() -> PathBuf {
@@ -725,6 +727,41 @@ fn cases() -> Vec<Case> {
             "not an absolute path",
         ),
         case(
+            "states refresh: an unknown word",
+            with(&[(END, "[engine]\nstates_refresh = \"sometimes\"")]),
+            33,
+            "engine.states_refresh",
+            "\"sometimes\" is not a refresh setting; expected \"auto\"",
+        ),
+        case(
+            "states refresh: a boolean",
+            with(&[(END, "[engine]\nstates_refresh = false")]),
+            33,
+            "engine.states_refresh",
+            "boolean false is not a refresh setting; expected \"auto\" (adaptive, the default), \"off\"",
+        ),
+        case(
+            "states refresh: a bare number",
+            with(&[(END, "[engine]\nstates_refresh = 15")]),
+            33,
+            "engine.states_refresh",
+            "a bare number has no unit",
+        ),
+        case(
+            "states refresh: too often",
+            with(&[(END, "[engine]\nstates_refresh = \"500ms\"")]),
+            33,
+            "engine.states_refresh",
+            "500ms is out of range; states_refresh must be between 1s and 24h",
+        ),
+        case(
+            "states refresh: an unknown unit",
+            with(&[(END, "[engine]\nstates_refresh = \"5 fortnights\"")]),
+            33,
+            "engine.states_refresh",
+            "unknown unit",
+        ),
+        case(
             "unknown confirmation",
             with(&[(END, "[routing]\nconfirm = \"netlink\"")]),
             33,
@@ -836,7 +873,70 @@ fn defaults_are_applied() {
     assert_eq!(p.routing.sweep_delay, Duration::from_secs(2));
     assert_eq!(p.engine.broker_socket, None);
     assert_eq!(p.engine.metrics_listen, None);
+    assert_eq!(p.engine.states_refresh, StatesRefresh::Auto);
     assert!(p.groups.is_empty() && p.protected.is_empty());
+}
+
+/// `[engine] states_refresh`: its three forms, what each means per backend, and what
+/// `check-policy` says about it.
+#[test]
+fn states_refresh_forms_and_their_minimums() {
+    use statecull_proto::BackendKind::{Conntrack, Pf, PfModel};
+    let table: [(&str, StatesRefresh, [Option<Duration>; 3], &str); 5] = [
+        (
+            "",
+            StatesRefresh::Auto,
+            [
+                Some(Duration::from_secs(15)),
+                Some(Duration::from_secs(600)),
+                Some(Duration::from_secs(600)),
+            ],
+            "counted in the background, adaptively: the next count waits at least 100 times as \
+             long as the last one took, so counting costs the broker at most 1% of one core; and \
+             no more often than every 15s on conntrack, or every 10m on pf",
+        ),
+        (
+            "states_refresh = \"auto\"",
+            StatesRefresh::Auto,
+            [
+                Some(Duration::from_secs(15)),
+                Some(Duration::from_secs(600)),
+                Some(Duration::from_secs(600)),
+            ],
+            "no more often than every 15s on conntrack, or every 10m on pf, where a count exports \
+             every state",
+        ),
+        (
+            "states_refresh = \"off\"",
+            StatesRefresh::Off,
+            [None, None, None],
+            "not counted (states_refresh = \"off\"): status and metrics show no state counts",
+        ),
+        (
+            "states_refresh = \"1m\"",
+            StatesRefresh::AtMostEvery(Duration::from_secs(60)),
+            [Some(Duration::from_secs(60)); 3],
+            "counted in the background at most every 1m, and less often when counts are slow: \
+             the next count waits at least 100 times as long as the last one took",
+        ),
+        (
+            "states_refresh = \"24h\"",
+            StatesRefresh::AtMostEvery(Duration::from_secs(24 * 3600)),
+            [Some(Duration::from_secs(24 * 3600)); 3],
+            "at most every 24h",
+        ),
+    ];
+    for (line, want, minimums, said) in table {
+        let text = with(&[(END, &format!("[engine]\n{line}"))]);
+        let p = parse(&text, "t.toml").unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(p.engine.states_refresh, want, "{line}");
+        let got = [Conntrack, Pf, PfModel].map(|b| want.minimum(b));
+        assert_eq!(got, minimums, "{line}");
+        let shown = flat(&explain(&p));
+        assert!(shown.contains(said), "{line}: {said:?} not in:\n{shown}");
+        assert!(shown.contains("States per gateway (status, metrics)"), "{shown}");
+    }
+    assert_eq!(StatesRefresh::BUDGET_FACTOR, 100, "1% of one core");
 }
 
 #[test]

@@ -120,6 +120,7 @@ fn policy(gateways: Vec<Gateway>, groups: Vec<Group>) -> Policy {
             control_socket: None,
             metrics_listen: None,
             readable_paths: vec![],
+            states_refresh: Default::default(),
         },
         gateways,
         groups,

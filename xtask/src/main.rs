@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, clippy::cast_possible_truncation)]
 
 mod bench;
+mod bench_engine;
 mod bench_hostile;
 mod bench_pf;
 mod ci;
@@ -156,6 +157,24 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// The engine at millions of states (root): both daemons confined in a private
+    /// namespace, external health verdicts; idle CPU of each daemon, `statecull status`
+    /// latency, a down verdict sent while a count is in flight (verdict -> kill started and
+    /// done, against the kill alone), peak RSS; PASS/FAIL goals, exit status 1 if one fails
+    Engine {
+        /// States in the table (10 % via WAN1)
+        #[arg(long, default_value_t = 4_000_000)]
+        entries: u64,
+        /// How long both daemons are watched while idle (e.g. 60s, 10s)
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        idle: std::time::Duration,
+        /// One JSON object instead of the table
+        #[arg(long)]
+        json: bool,
+        /// Print the goals but do not fail on a missed one (CI's smoke run)
+        #[arg(long)]
+        report_only: bool,
+    },
     /// Hostile peers against a pf-model broker (root): twelve clients of another uid flood
     /// 64-selector counts while root counts, then a snapshot reader stalls while root kills;
     /// prints latencies and memory with PASS/FAIL goals
@@ -285,6 +304,9 @@ fn main() -> ExitCode {
         }
         Task::Bench { what: BenchWhat::Conntrack { entries, runs, hashsize, json } } => {
             bench::bench_conntrack(entries, runs.max(1), hashsize, json)
+        }
+        Task::Bench { what: BenchWhat::Engine { entries, idle, json, report_only } } => {
+            bench_engine::bench_engine(&bench_engine::Options { entries, idle, json, report_only })
         }
         Task::Bench { what: BenchWhat::PfModel { states, sample, json } } => {
             bench_pf::bench_pf_model(states, sample.max(1), json)

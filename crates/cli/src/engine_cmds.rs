@@ -9,7 +9,8 @@ use std::process::Command as Process;
 use std::time::Duration;
 
 use statecull_control::{
-    ControlReply, ControlRequest, Event, GatewayAction, MAX_CONTROL_LINE, PlanReply, StatusReply,
+    ControlReply, ControlRequest, Event, GatewayAction, GatewayStatus, MAX_CONTROL_LINE, PlanReply,
+    StatesRefreshStatus, StatusReply,
 };
 
 use crate::cli::CliError;
@@ -103,6 +104,59 @@ fn count_text(n: Option<u64>) -> String {
     n.map_or_else(|| "?".to_owned(), |n| n.to_string())
 }
 
+/// `12345678` as `12,345,678`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A gateway's states as status shows them: the last background count and its age
+/// ("12,345, 3 min ago"), "never counted", or "off". An engine that predates the age
+/// (no `states_refresh` in its reply) counted at each status: its figure is shown bare.
+fn states_cell(g: &GatewayStatus, refresh: Option<&StatesRefreshStatus>) -> String {
+    let Some(refresh) = refresh else { return count_text(g.states) };
+    match (g.states_age_ms, refresh.enabled) {
+        (None, false) => "off".to_owned(),
+        (None, true) => "never counted".to_owned(),
+        (Some(age), _) => {
+            let n = g.states.map_or_else(|| "?".to_owned(), thousands);
+            format!("{n}, {} ago", ms_text(age))
+        }
+    }
+}
+
+/// The line under the gateway table that says how the states figure is kept up to date.
+fn states_refresh_line(r: &StatesRefreshStatus) -> String {
+    if !r.enabled {
+        return format!(
+            "states per gateway: not counted (states_refresh = {}); `statecull plan` counts on demand\n",
+            r.setting
+        );
+    }
+    let mut s = format!("states per gateway (states_refresh = {}): ", r.setting);
+    match (r.age_ms, r.last_count_ms) {
+        (Some(age), Some(took)) => {
+            s.push_str(&format!("counted {} ago in {}", ms_text(age), ms_text(took)));
+        }
+        (Some(age), None) => s.push_str(&format!("counted {} ago", ms_text(age))),
+        (None, _) => s.push_str("not counted yet"),
+    }
+    match r.next_in_ms {
+        Some(0) => s.push_str("; next count due now"),
+        Some(next) => s.push_str(&format!("; next count in {}", ms_text(next))),
+        None => {}
+    }
+    s.push('\n');
+    s
+}
+
 pub fn event_line(e: &Event) -> String {
     let mut s = format!("#{:<5} {:<17}", e.seq, e.kind.name());
     if let Some(g) = &e.gateway {
@@ -146,7 +200,7 @@ pub fn status_text(st: &StatusReply) -> String {
         }
     );
     out.push_str(&format!(
-        "{:<10} {:<9} {:>7} {:>9} {:>7} {:>10} {:>9}  {}\n",
+        "{:<10} {:<9} {:>7} {:>9} {:>7} {:>22} {:>9}  {}\n",
         "gateway", "state", "loss", "latency", "samples", "states", "since", "evidence"
     ));
     for g in &st.gateways {
@@ -158,19 +212,22 @@ pub fn status_text(st: &StatusReply) -> String {
             state.push('!');
         }
         out.push_str(&format!(
-            "{:<10} {:<9} {:>6.1}% {:>9} {:>7} {:>10} {:>9}  {}\n",
+            "{:<10} {:<9} {:>6.1}% {:>9} {:>7} {:>22} {:>9}  {}\n",
             g.name,
             state,
             g.loss_pct,
             g.latency_ms.map_or_else(|| "-".into(), |l| format!("{l:.1}ms")),
             g.samples,
-            count_text(g.states),
+            states_cell(g, st.states_refresh.as_ref()),
             ms_text(g.since_ms),
             g.last_reason.as_deref().unwrap_or("no transition yet")
         ));
     }
     if st.gateways.iter().any(|g| g.suppressed || g.forced) {
         out.push_str("(* suppressed by flap damping, ! set by `statecull gateway`)\n");
+    }
+    if let Some(r) = &st.states_refresh {
+        out.push_str(&states_refresh_line(r));
     }
     if !st.recent_events.is_empty() {
         out.push_str("\nrecent events:\n");
@@ -425,6 +482,70 @@ mod tests {
         assert_eq!(get("STATECULL_F_LOSS_PCT"), Some("100.0"));
         assert_eq!(get("STATECULL_F_VIA_X"), Some("y"));
         assert!(get("STATECULL_EVENT_JSON").is_some_and(|j| j.contains("\"seq\":7")));
+    }
+
+    fn gateway(states: Option<u64>, states_age_ms: Option<u64>) -> GatewayStatus {
+        GatewayStatus {
+            name: "WAN1".into(),
+            interface: "eth1".into(),
+            address: "198.51.100.254".into(),
+            health_source: "icmp".into(),
+            state: "up".into(),
+            suppressed: false,
+            forced: false,
+            since_ms: 1000,
+            last_reason: None,
+            loss_pct: 0.0,
+            latency_ms: None,
+            samples: 0,
+            flap_penalty: 0.0,
+            states,
+            states_age_ms,
+        }
+    }
+
+    fn refresh(enabled: bool, age_ms: Option<u64>) -> StatesRefreshStatus {
+        StatesRefreshStatus {
+            setting: if enabled { "auto" } else { "off" }.into(),
+            enabled,
+            age_ms,
+            last_count_ms: age_ms.map(|_| 1200),
+            next_in_ms: enabled.then_some(540_000),
+        }
+    }
+
+    /// Status shows the last count with its age, never a bare "?" for a figure that is
+    /// only old, and says when there is none and why.
+    #[test]
+    fn states_are_shown_with_their_age() {
+        let on = refresh(true, Some(180_000));
+        let cases = [
+            (gateway(Some(12_345), Some(180_000)), Some(&on), "12,345, 3 min ago"),
+            (gateway(Some(7), Some(850)), Some(&on), "7, 850 ms ago"),
+            (gateway(None, Some(180_000)), Some(&on), "?, 3 min ago"),
+            (gateway(None, None), Some(&refresh(true, None)), "never counted"),
+            (gateway(None, None), Some(&refresh(false, None)), "off"),
+            // An engine from before the age: its figure as it sent it.
+            (gateway(Some(12_345), None), None, "12345"),
+            (gateway(None, None), None, "?"),
+        ];
+        for (g, r, want) in cases {
+            assert_eq!(states_cell(&g, r), want, "{g:?} {r:?}");
+        }
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(4_000_000), "4,000,000");
+        assert_eq!(
+            states_refresh_line(&on),
+            "states per gateway (states_refresh = auto): counted 3 min ago in 1.2 s; next count \
+             in 9 min\n"
+        );
+        assert_eq!(
+            states_refresh_line(&refresh(false, None)),
+            "states per gateway: not counted (states_refresh = off); `statecull plan` counts on \
+             demand\n"
+        );
     }
 
     #[test]

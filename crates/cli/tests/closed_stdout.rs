@@ -138,9 +138,11 @@ fn status_reply() -> StatusReply {
                 samples: 20,
                 flap_penalty: 0.0,
                 states: Some(100),
+                states_age_ms: Some(1000),
             })
             .collect(),
         recent_events: (1..=10).map(event).collect(),
+        states_refresh: None,
     }
 }
 

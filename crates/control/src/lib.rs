@@ -91,6 +91,27 @@ pub struct StatusReply {
     pub gateways: Vec<GatewayStatus>,
     /// Most recent events, oldest first (at most a few dozen).
     pub recent_events: Vec<Event>,
+    /// How the states-per-gateway figure ([`GatewayStatus::states`]) is kept up to date.
+    /// Absent from engines before it was added.
+    #[serde(default)]
+    pub states_refresh: Option<StatesRefreshStatus>,
+}
+
+/// The background count behind [`GatewayStatus::states`]. `status` never counts: it shows
+/// the last figure and how old it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatesRefreshStatus {
+    /// The policy's `[engine] states_refresh`: "auto", "off" or a minimum interval ("1m").
+    pub setting: String,
+    /// False when counting is off.
+    pub enabled: bool,
+    /// Milliseconds since the last count finished; None if there has been none.
+    pub age_ms: Option<u64>,
+    /// How long the broker took for the last count, in milliseconds.
+    pub last_count_ms: Option<u64>,
+    /// Milliseconds until the next count may start (by the budget and the minimum); None
+    /// when counting is off or the broker has not been reached yet.
+    pub next_in_ms: Option<u64>,
 }
 
 /// The engine's view of its broker.
@@ -126,9 +147,14 @@ pub struct GatewayStatus {
     pub latency_ms: Option<f64>,
     pub samples: u64,
     pub flap_penalty: f64,
-    /// States of this gateway in the broker's table (None when the broker is unreachable or
-    /// the gateway's states cannot be recognised on this backend).
+    /// States of this gateway in the broker's table at the last background count (None
+    /// when never counted, counting is off, or the gateway's states cannot be recognised on
+    /// this backend).
     pub states: Option<u64>,
+    /// Milliseconds since `states` was counted; None when it never was. Absent from engines
+    /// before it was added.
+    #[serde(default)]
+    pub states_age_ms: Option<u64>,
 }
 
 /// Answer to `Plan` (a dry run).

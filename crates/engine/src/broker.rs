@@ -1,23 +1,28 @@
-//! The engine's link to the broker: one connection, reconnected with backoff when the
+//! The engine's link to the broker: two connections, each reconnected with backoff when the
 //! broker restarts, used from async code.
 //!
-//! The connection is `statecull_client`'s tokio driver (`AsyncBrokerClient`): requests and
+//! The connections are `statecull_client`'s tokio driver (`AsyncBrokerClient`): requests and
 //! answers go through the runtime's reactor, so a kill of millions of states never stalls
 //! probing or the control socket, and no thread is taken per call. Callers hand the link a
 //! closure that *describes* the exchange from what the connection knows
 //! (`|c| c.kill_matching(selectors, false)`, `|c| Ok(c.hello().clone())`; see
-//! `statecull_client::exchange`), and the link runs it on the connection it holds. Calls are
-//! serialised (one connection, one request at a time), which is also what the broker does
-//! with mutations.
+//! `statecull_client::exchange`), and the link runs it on the connection of its lane.
 //!
-//! Two kinds of callers share the connection:
-//! * the executor (kills, the plan's Hello and counts, sweeps): [`BrokerLink::call`] and its
-//!   retrying forms. Its requests always run, even if nobody waits for the answer any more.
-//! * background callers (`status`, `plan` dry runs, the metrics refresher):
-//!   [`BrokerLink::call_background`]. At most [`BACKGROUND_SLOTS`] of their requests are in
-//!   the connection's queue at once, and one whose caller has given up is dropped before it
-//!   is sent. Otherwise every abandoned `status` would leave a Count queued in front of the
-//!   next kill (40 of them once delayed a failover by a minute).
+//! Two lanes, each its own connection, so that a kill never waits behind anything the
+//! engine does in the background (a count of a 4-million-entry table takes seconds):
+//! * the **kill lane** (the executor: kills, the plan's Hello, sweeps): [`BrokerLink::call`]
+//!   and its retrying forms. Its requests are serialised among themselves (the broker
+//!   serialises mutations anyway) and always run, even if nobody waits for the answer.
+//! * the **background lane** (the states-per-gateway refresher, `plan` dry runs, the
+//!   liveness Hello): [`BrokerLink::call_background`]. A background request never starts
+//!   while a kill-lane request runs or a plan is pending (decided, not finished), and one
+//!   in flight is abandoned the moment a decision arrives or a kill-lane request starts: its
+//!   future and connection are dropped (the broker tolerates a client going away
+//!   mid-answer), so nothing the engine does competes with the kill. A caller that gives up
+//!   abandons its request the same way; nothing is left queued.
+//!
+//! The broker reserves a connection slot for the engine's uid beyond its shared pool and
+//! allows each uid several pool slots, so the two connections never crowd each other out.
 //!
 //! A kept connection idle for [`DEFAULT_IDLE_LIMIT`] (half the broker's own idle timeout) is
 //! replaced by a fresh one before the next request, so a request never races the broker
@@ -29,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use statecull_client::{AsyncBrokerClient, ClientError, Connected, IntoExchange};
 use statecull_proto::{BROKER_IDLE_TIMEOUT_SECS, ErrorCode, HelloReply};
-use tokio::sync::{Mutex, MutexGuard, Semaphore, oneshot};
+use tokio::sync::{Mutex, MutexGuard, watch};
 
 use crate::error::EngineError;
 
@@ -40,8 +45,9 @@ pub const CLIENT_NAME: &str = concat!("statecull-engine ", env!("CARGO_PKG_VERSI
 /// is treated as gone (the connection is dropped and the call retried, see `call_retrying`).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Background requests (status, plan, metrics counts) queued for or running on the broker
-/// connection at once. A kill waits behind at most this many of them.
+/// Background requests (states counts, `plan` dry runs, liveness Hellos) using the
+/// background connection at once; others wait in their own futures. They are on their own
+/// connection, so a kill waits behind none of them.
 pub const BACKGROUND_SLOTS: usize = 1;
 
 /// A kept connection idle for this long is not reused: the broker closes connections idle for
@@ -69,13 +75,59 @@ struct Kept {
     last_used: Instant,
 }
 
+/// What background requests stand aside for, shared by the link and its kill-lane guards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Gate {
+    /// Plans decided and not finished (told by the engine: [`BrokerLink::plan_decided`]).
+    plans: u32,
+    /// Kill-lane requests running.
+    kills: u32,
+    /// Increases whenever priority work begins (a decision, a kill-lane request): a
+    /// background request that sees it change is abandoned.
+    generation: u64,
+}
+
+impl Gate {
+    fn clear(&self) -> bool {
+        self.plans == 0 && self.kills == 0
+    }
+
+    /// Priority work begins.
+    fn begin(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+}
+
+/// Held while a kill-lane request runs: background requests stand aside until it is gone.
+#[derive(Debug)]
+struct KillRunning(Arc<watch::Sender<Gate>>);
+
+impl KillRunning {
+    fn new(gate: &Arc<watch::Sender<Gate>>) -> Self {
+        gate.send_modify(|g| {
+            g.kills += 1;
+            g.begin();
+        });
+        KillRunning(Arc::clone(gate))
+    }
+}
+
+impl Drop for KillRunning {
+    fn drop(&mut self) {
+        self.0.send_modify(|g| g.kills = g.kills.saturating_sub(1));
+    }
+}
+
 #[derive(Debug)]
 pub struct BrokerLink {
     path: PathBuf,
-    conn: Mutex<Option<Kept>>,
+    /// The executor's connection (kills, the plan's Hello, sweeps).
+    kill: Mutex<Option<Kept>>,
+    /// The background connection (counts, dry runs, liveness); see
+    /// [`BrokerLink::call_background`].
+    background: Mutex<Option<Kept>>,
     state: StdMutex<LinkState>,
-    /// Permits for background requests; see [`BrokerLink::call_background`].
-    background: Arc<Semaphore>,
+    gate: Arc<watch::Sender<Gate>>,
     idle_limit: Duration,
 }
 
@@ -114,11 +166,32 @@ impl BrokerLink {
     pub fn with_idle_limit(path: PathBuf, idle_limit: Duration) -> Self {
         BrokerLink {
             path,
-            conn: Mutex::new(None),
+            kill: Mutex::new(None),
+            background: Mutex::new(None),
             state: StdMutex::new(LinkState::default()),
-            background: Arc::new(Semaphore::new(BACKGROUND_SLOTS)),
+            gate: Arc::new(watch::Sender::new(Gate::default())),
             idle_limit,
         }
+    }
+
+    /// A decision was handed to the executor: background requests stand aside (one in
+    /// flight is abandoned) until [`Self::plans_done`] says its plan is finished.
+    pub fn plan_decided(&self) {
+        self.gate.send_modify(|g| {
+            g.plans += 1;
+            g.begin();
+        });
+    }
+
+    /// The executor finished with `n` decisions.
+    pub fn plans_done(&self, n: u32) {
+        self.gate.send_modify(|g| g.plans = g.plans.saturating_sub(n));
+    }
+
+    /// Wait until no plan is pending and no kill-lane request runs.
+    pub async fn kill_priority_over(&self) {
+        // The sender lives as long as the link, so this cannot fail.
+        let _ = self.gate.subscribe().wait_for(Gate::clear).await;
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -133,21 +206,25 @@ impl BrokerLink {
         f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
-    /// Run one request on the connection (connecting first if needed). A connection error
+    /// Run one request on the kill lane (connecting first if needed). A connection error
     /// drops the connection, so the next call reconnects; the error is returned either way.
     ///
-    /// The request runs in its own task: a caller that stops waiting does not abandon the
-    /// connection mid-request, and the request is sent even if nobody waits any more. That is
-    /// what kills need; background callers use [`Self::call_background`] instead.
+    /// Background work stands aside from the moment this is called: a background request
+    /// in flight is abandoned, and none starts until this one is finished. The request runs
+    /// in its own task: a caller that stops waiting does not abandon the connection
+    /// mid-request, and the request is sent even if nobody waits any more. That is what
+    /// kills need; background callers use [`Self::call_background`] instead.
     pub async fn call<R, F>(self: &Arc<Self>, f: F) -> Result<R::Output, EngineError>
     where
         R: IntoExchange,
         R::Output: Send,
         F: FnOnce(&Connected<'_>) -> R + Send + 'static,
     {
+        let running = KillRunning::new(&self.gate);
         let link = Arc::clone(self);
         match tokio::spawn(async move {
-            let guard = link.conn.lock().await;
+            let _running = running;
+            let guard = link.kill.lock().await;
             link.run_locked(guard, f).await
         })
         .await
@@ -157,38 +234,46 @@ impl BrokerLink {
         }
     }
 
-    /// Run a request for a background caller (status, plan, metrics), bounded so that it can
-    /// never pile up in front of a kill:
+    /// Run a request for a background caller (states counts, `plan` dry runs, liveness) on
+    /// the background connection, so that it can never delay a kill:
     ///
-    /// * at most [`BACKGROUND_SLOTS`] background requests wait for or use the connection at
-    ///   once; further callers wait for a slot in their own future, so one that gives up (a
-    ///   timeout) leaves nothing behind;
-    /// * a request whose caller has gone before the connection is free is dropped unsent;
-    /// * once sent, it is finished (and the connection kept), whoever still waits.
-    pub async fn call_background<R, F>(self: &Arc<Self>, f: F) -> Result<R::Output, EngineError>
+    /// * it waits, in the caller's own future, while a plan is pending or a kill-lane
+    ///   request runs, and for the background connection ([`BACKGROUND_SLOTS`]);
+    /// * it is abandoned ([`EngineError::Abandoned`]) the moment a decision arrives or a
+    ///   kill-lane request starts: the exchange and its connection are dropped, whatever the
+    ///   broker was doing for it, and the next background request reconnects;
+    /// * a caller that gives up (a timeout) abandons it the same way, sent or not: nothing
+    ///   is left queued for the broker.
+    pub async fn call_background<R, F>(&self, f: F) -> Result<R::Output, EngineError>
     where
         R: IntoExchange,
-        R::Output: Send,
-        F: FnOnce(&Connected<'_>) -> R + Send + 'static,
+        F: FnOnce(&Connected<'_>) -> R,
     {
-        let permit = Arc::clone(&self.background).acquire_owned().await.map_err(task_failed)?;
-        let (mut tx, rx) = oneshot::channel();
-        let link = Arc::clone(self);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let guard = tokio::select! {
-                g = link.conn.lock() => g,
-                // The caller gave up while a kill (or the one other request) held the
-                // connection: nothing was sent, so nothing needs finishing.
-                () = tx.closed() => return,
+        let mut gate = self.gate.subscribe();
+        loop {
+            let generation = match gate.wait_for(Gate::clear).await {
+                Ok(g) => g.generation,
+                // The sender lives as long as the link.
+                Err(e) => return Err(task_failed(e)),
             };
-            if tx.is_closed() {
-                return;
+            let lane = self.background.lock().await;
+            // Priority work may have begun while this waited for the connection.
+            let now = *gate.borrow_and_update();
+            if now.generation != generation || !now.clear() {
+                continue;
             }
-            let r = link.run_locked(guard, f).await;
-            let _ = tx.send(r);
-        });
-        rx.await.unwrap_or_else(|e| Err(task_failed(e)))
+            let preempted = async {
+                let _ = gate.wait_for(|g| g.generation != generation).await;
+            };
+            return tokio::select! {
+                biased;
+                () = preempted => {
+                    tracing::debug!("background broker request abandoned for a kill");
+                    Err(EngineError::Abandoned)
+                }
+                r = self.run_locked(lane, f) => r,
+            };
+        }
     }
 
     /// Run `f` on the connection held by `guard`, connecting first when there is none or the
@@ -304,7 +389,8 @@ impl BrokerLink {
     }
 
     /// Connect (or check the connection) and return the broker's Hello, as a background
-    /// request (status, plan, `--check`; the executor uses `call_retrying`).
+    /// request (the refresher, `plan`, liveness, `--check`; the executor uses
+    /// `call_retrying`).
     pub async fn hello(self: &Arc<Self>) -> Result<HelloReply, EngineError> {
         self.call_background(|c| Ok(c.hello().clone())).await
     }

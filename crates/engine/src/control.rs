@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use statecull_control::{
     BrokerStatus, ControlReply, ControlRequest, Event, GatewayAction, GatewayStatus,
-    MAX_CONTROL_LINE, PlanReply, PlanStepSummary, StatusReply,
+    MAX_CONTROL_LINE, PlanReply, PlanStepSummary, StatesRefreshStatus, StatusReply,
 };
+use statecull_policy::model::StatesRefresh;
 use statecull_policy::plan::{self, Action, PlanInput, Purpose};
 use statecull_proto::{Capabilities, Selector};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -31,8 +32,9 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::error::EngineError;
 use crate::state::Shared;
 
-/// How long `status` and `plan` wait for the broker's counts (a kill in progress holds the
-/// broker link); past it, counts are shown as unknown.
+/// How long `plan` (and [`states_per_gateway`]) wait for the broker's counts (they stand
+/// aside while a plan is pending, and a count of a big table takes seconds); past it, counts
+/// are shown as unknown. `status` never waits: it shows the last background count.
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Bounds on the control socket's connections.
@@ -284,7 +286,7 @@ fn gateway_index(shared: &Shared, name: &str) -> Result<usize, EngineError> {
 
 async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> Result<ControlReply, EngineError> {
     match req {
-        ControlRequest::Status => Ok(ControlReply::Status(status(shared).await)),
+        ControlRequest::Status => Ok(ControlReply::Status(status(shared))),
         ControlRequest::Plan { down, up } => {
             Ok(ControlReply::Plan(dry_run(shared, &down, &up).await?))
         }
@@ -318,13 +320,13 @@ async fn caps(shared: &Shared) -> Option<Capabilities> {
     }
 }
 
-/// One Count request for many selectors, bounded in time.
+/// One Count request for many selectors, on the background lane, bounded in time.
 async fn count(shared: &Shared, selectors: Vec<Selector>) -> Option<(Vec<u64>, u64, u64)> {
     if selectors.is_empty() {
         return None;
     }
-    // A background request: bounded, and dropped unsent if this caller times out first,
-    // so abandoned `status` calls never queue counts in front of a kill.
+    // Abandoned (its connection dropped) if a decision arrives or this caller times out:
+    // it never delays a kill, and nothing is left queued for the broker.
     let fut = shared.broker.call_background(move |c| c.count(selectors));
     match tokio::time::timeout(COUNT_TIMEOUT, fut).await {
         Ok(Ok(c)) => Some((c.per_selector, c.matching_any, c.table_entries)),
@@ -332,27 +334,41 @@ async fn count(shared: &Shared, selectors: Vec<Selector>) -> Option<(Vec<u64>, u
     }
 }
 
-/// States per gateway, from one Count request (None where unknown). While a plan is
-/// pending the broker link belongs to the kill: nothing is counted then.
+/// States per gateway counted now, on demand (None where unknown), as `statecull plan`
+/// counts: on the background lane, given up after [`COUNT_TIMEOUT`], nothing while a plan is
+/// pending. `status` and the metrics do not use it: they show the refresher's last figure
+/// (`crate::states`).
 pub async fn states_per_gateway(shared: &Shared) -> Vec<Option<u64>> {
     let n = shared.policy().gateways.len();
     if shared.plan_pending() {
         return vec![None; n];
     }
-    let Some(caps) = caps(shared).await else { return vec![None; n] };
-    let every: Vec<usize> = (0..n).collect();
-    let owned = plan::owned_selectors(shared.policy(), &every, &caps);
-    let max = usize::try_from(statecull_proto::MAX_SELECTORS).unwrap_or(64);
-    if owned.selectors.len() > max {
-        return vec![None; n];
+    match tokio::time::timeout(COUNT_TIMEOUT, crate::states::count_now(shared)).await {
+        Ok((_, Ok(counted))) => counted.per_gateway,
+        _ => vec![None; n],
     }
-    let Some((per, _, _)) = count(shared, owned.selectors).await else { return vec![None; n] };
-    plan::per_gateway(&owned.owners, &per, n)
 }
 
-async fn status(shared: &Arc<Shared>) -> StatusReply {
-    let states = states_per_gateway(shared).await;
-    shared.refresh_metrics(Some(&states));
+/// How the states figure is kept up to date, for status.
+fn states_refresh_status(shared: &Shared, now: tokio::time::Instant) -> StatesRefreshStatus {
+    let setting = shared.policy().engine.states_refresh;
+    let figure = shared.states().get();
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    StatesRefreshStatus {
+        setting: setting.to_string(),
+        enabled: setting != StatesRefresh::Off,
+        age_ms: figure.age(now).map(ms),
+        last_count_ms: figure.took.map(ms),
+        next_in_ms: figure.next_at.map(|at| ms(at.saturating_duration_since(now))),
+    }
+}
+
+/// `status`: answered at once from what the engine knows; it never asks the broker (the
+/// states per gateway are the refresher's last figure, with its age).
+fn status(shared: &Arc<Shared>) -> StatusReply {
+    let now = tokio::time::Instant::now();
+    let figure = shared.states().get();
+    let age_ms = figure.age(now).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let link = shared.broker.state();
     let facts = shared.gateway_facts();
     let gateways = shared
@@ -360,8 +376,8 @@ async fn status(shared: &Arc<Shared>) -> StatusReply {
         .gateways
         .iter()
         .zip(facts)
-        .zip(states)
-        .map(|((g, f), states)| GatewayStatus {
+        .enumerate()
+        .map(|(i, (g, f))| GatewayStatus {
             name: g.name.clone(),
             interface: g.interface.to_string(),
             address: g.address.to_string(),
@@ -385,7 +401,8 @@ async fn status(shared: &Arc<Shared>) -> StatusReply {
             latency_ms: f.latency_ms,
             samples: f.samples,
             flap_penalty: f.penalty,
-            states,
+            states: figure.of(i),
+            states_age_ms: age_ms,
         })
         .collect();
     StatusReply {
@@ -401,11 +418,14 @@ async fn status(shared: &Arc<Shared>) -> StatusReply {
         },
         gateways,
         recent_events: shared.bus().backlog(),
+        states_refresh: Some(states_refresh_status(shared, now)),
     }
 }
 
 /// `statecull plan --down A --up B`: plan as if those changes happened now, count what each
-/// selector matches, kill nothing.
+/// selector matches, kill nothing. The counts are an operator's explicit request, so they
+/// are made now, but on the background lane: they wait while a plan is pending and are
+/// abandoned if a decision arrives (shown as unknown), so they never delay a kill.
 async fn dry_run(
     shared: &Arc<Shared>,
     down: &[String],

@@ -24,8 +24,12 @@ use crate::state::Shared;
 
 /// How often timers (hold-down, damping decay) are evaluated.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the states-per-gateway metric is refreshed from broker counts.
-const STATES_REFRESH: Duration = Duration::from_secs(15);
+/// How often the broker link is looked at (connected or lost events; a cheap Hello on the
+/// background lane, which reconnects only when its connection has gone idle). The states
+/// per gateway are counted by `crate::states` within their own budget.
+const LINK_CHECK: Duration = Duration::from_secs(15);
+/// How long a link check waits for the background lane (it stands aside during plans).
+const LINK_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -379,15 +383,19 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
             }
         });
     }
-    // States per gateway for metrics, and broker connection events.
+    // States per gateway (status, metrics), within the policy's budget.
+    tasks.spawn(crate::states::run(Arc::clone(&shared)));
+    // Broker connection events.
     {
         let s = Arc::clone(&shared);
         tasks.spawn(async move {
             let mut was_connected: Option<bool> = None;
             loop {
                 if !s.plan_pending() {
-                    let states = crate::control::states_per_gateway(&s).await;
-                    s.refresh_metrics(Some(&states));
+                    // Reaches the broker when the background connection is new or was
+                    // idle too long; otherwise answered from the kept connection.
+                    let _ = tokio::time::timeout(LINK_CHECK_TIMEOUT, s.broker.hello()).await;
+                    s.refresh_metrics();
                 }
                 let link = s.broker.state();
                 if was_connected != Some(link.connected) {
@@ -414,7 +422,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
                     s.bus().publish(e);
                     was_connected = Some(link.connected);
                 }
-                tokio::time::sleep(STATES_REFRESH).await;
+                tokio::time::sleep(LINK_CHECK).await;
             }
         });
     }

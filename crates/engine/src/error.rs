@@ -13,6 +13,10 @@ pub enum EngineError {
     Io { what: String, source: std::io::Error },
     #[error("broker: {0}")]
     Broker(#[from] statecull_client::ClientError),
+    /// A background broker request (a count) was given up so that a kill does not wait for
+    /// it, or competes with nothing.
+    #[error("background broker request abandoned: a kill has priority")]
+    Abandoned,
     /// An ICMP probe socket could not be opened or is not what the engine requires.
     #[error("gateway {gateway}: probe socket: {message}")]
     ProbeSocket { gateway: String, message: String },

@@ -58,6 +58,8 @@ struct StepOutcome {
     detail: String,
     /// The broker's kill path and table passes, when one request did the step.
     path: Option<(String, u32)>,
+    /// The broker's own time for the step's kill, when one request did it.
+    broker_us: Option<u64>,
 }
 
 impl Executor {
@@ -85,7 +87,7 @@ impl Executor {
             };
             self.execute(&mut batch, routed_ok).await;
             self.shared.decisions_done(batch.taken());
-            self.shared.refresh_metrics(None);
+            self.shared.refresh_metrics();
         }
     }
 
@@ -292,6 +294,11 @@ impl Executor {
                     if let Some((path, passes)) = &out.path {
                         e = e.field("path", path).field("table_passes", passes);
                     }
+                    if let Some(us) = out.broker_us {
+                        // The kill alone, as the broker timed it: what the rest of
+                        // `decision_to_kill_ms` is compared with.
+                        e = e.field("broker_ms", format!("{:.1}", us as f64 / 1e3));
+                    }
                     if let [(g, _)] = out.per_gateway.as_slice() {
                         e = e.gateway(self.shared.gateway_name(*g));
                     }
@@ -308,7 +315,7 @@ impl Executor {
         }
         let duration = started.elapsed().as_secs_f64();
         self.shared.counters().plan_finished(duration);
-        self.shared.refresh_metrics(None);
+        self.shared.refresh_metrics();
         tracing::info!(
             target: "statecull::step",
             step = "plan",
@@ -368,6 +375,7 @@ impl Executor {
                 per_gateway: vec![],
                 detail: String::new(),
                 path: None,
+                broker_us: None,
             });
             for request in &requests {
                 match run_action(&shared, &request.action, &gateways, &request.owners).await {
@@ -394,7 +402,7 @@ impl Executor {
                         shared.add_kills(g, n, true);
                     }
                     shared.counters().sweep_finished(out.killed);
-                    shared.refresh_metrics(None);
+                    shared.refresh_metrics();
                     let msg = if out.killed == 0 {
                         "trailing sweep found nothing left: routing moved in time".to_owned()
                     } else {
@@ -515,6 +523,28 @@ fn report_detail(r: &KillReport) -> String {
     s
 }
 
+/// A `KillMatching` report credited to the step's `gateways` from its per-selector counts
+/// (`owners[i]` owns selector `i`). One gateway takes the whole kill; a report without a
+/// count per selector (it cannot be split) credits no one rather than guess.
+fn credit(gateways: &[usize], owners: &[usize], r: &KillReport) -> Vec<(usize, u64)> {
+    match gateways {
+        [g] => vec![(*g, r.killed)],
+        _ if r.per_selector.len() == owners.len() => {
+            plan::attribute(gateways, owners, &r.per_selector)
+        }
+        _ => {
+            tracing::warn!(
+                "the broker's kill report has {} per-selector counts for {} selectors; the \
+                 {} killed states are not credited per gateway",
+                r.per_selector.len(),
+                owners.len(),
+                r.killed
+            );
+            vec![]
+        }
+    }
+}
+
 /// Run one kill. `gateways` are the gateways it is about (the step's, or the sweep's) and
 /// `owners` the gateway each selector belongs to, so the count is credited per gateway.
 async fn run_action(
@@ -538,28 +568,20 @@ async fn run_action(
                 per_gateway: vec![],
                 detail: report_detail(&r),
                 path: Some((r.path.to_string(), r.table_passes)),
+                broker_us: Some(r.elapsed_us),
             })
         }
         Action::KillMatching { selectors, match_opposite } => {
-            // Per-gateway attribution needs per-selector counts when one request covers
-            // several gateways; one Count pass is the price, paid only then.
-            let per_selector = if gateways.len() > 1 {
-                let sels = selectors.clone();
-                shared.broker.call(move |c| c.count(sels)).await.ok().map(|c| c.per_selector)
-            } else {
-                None
-            };
+            // No count first: the broker's report says what each selector killed (a state
+            // matching several counts for the first), which credits each gateway.
             let r = kill_matching(shared, selectors.clone(), *match_opposite).await?;
-            let per_gateway = match (gateways, per_selector) {
-                ([g], _) => vec![(*g, r.killed)],
-                (_, Some(counts)) => plan::attribute(gateways, owners, &counts),
-                _ => vec![],
-            };
+            let per_gateway = credit(gateways, owners, &r);
             Ok(StepOutcome {
                 killed: r.killed,
                 per_gateway,
                 detail: report_detail(&r),
                 path: Some((r.path.to_string(), r.table_passes)),
+                broker_us: Some(r.elapsed_us),
             })
         }
         Action::KillExcept { selectors, match_opposite: _, except } => {
@@ -615,6 +637,7 @@ async fn run_action(
                 killed,
                 per_gateway,
                 path: None,
+                broker_us: None,
                 detail: format!(
                     "{} listed, {} spared as protected flows, {} already gone",
                     listed, resolved.spared, not_found

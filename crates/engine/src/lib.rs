@@ -14,9 +14,11 @@ pub mod events;
 pub mod executor;
 pub mod metrics;
 pub mod probe;
+pub mod refresh;
 pub mod routes;
 pub mod signals;
 pub mod sources;
 pub mod state;
+pub mod states;
 
 pub use error::EngineError;

@@ -30,7 +30,8 @@ pub struct GatewayMetrics {
     pub loss_pct: f64,
     /// Mean round-trip time over the health window; `None` without any reply.
     pub latency_ms: Option<f64>,
-    /// States through this gateway at the last count; `None` if never counted.
+    /// States through this gateway at the last background count; `None` if never counted
+    /// (or not recognisable on the broker's backend).
     pub states: Option<u64>,
     pub kills_total: u64,
     pub sweep_leftovers_total: u64,
@@ -50,6 +51,11 @@ pub struct EngineMetrics {
     pub last_plan_duration_seconds: Option<f64>,
     pub last_sweep_leftovers: Option<u64>,
     pub broker_connected: bool,
+    /// When the states per gateway were last counted (the age is computed at each scrape).
+    #[serde(skip)]
+    pub states_counted_at: Option<tokio::time::Instant>,
+    /// How long the broker took for that count.
+    pub states_count_seconds: Option<f64>,
 }
 
 /// The `Content-Type` of the text exposition format.
@@ -145,13 +151,19 @@ fn flag(b: bool) -> String {
     if b { "1" } else { "0" }.to_string()
 }
 
-/// Render the metrics in the Prometheus text exposition format 0.0.4.
+/// Render the metrics in the Prometheus text exposition format 0.0.4, as of now.
+pub fn render(m: &EngineMetrics) -> String {
+    render_at(m, tokio::time::Instant::now())
+}
+
+/// Render the metrics in the Prometheus text exposition format 0.0.4, as of `now` (the age
+/// of the states figure is computed from it).
 ///
 /// Families with no value (a gateway without latency, no plan yet) keep their `# HELP` and
 /// `# TYPE` lines and simply have no sample. `statecull_gateway_up` is 1 unless the gateway is
 /// `down` (a degraded gateway still carries traffic); `statecull_gateway_state` is one-hot over
 /// `up`, `degraded`, `down` (all 0 for any other state string).
-pub fn render(m: &EngineMetrics) -> String {
+pub fn render_at(m: &EngineMetrics, now: tokio::time::Instant) -> String {
     let mut t = Text { out: String::with_capacity(1024 + 1024 * m.gateways.len()) };
     t.per_gateway(
         m,
@@ -198,6 +210,14 @@ pub fn render(m: &EngineMetrics) -> String {
         "gauge",
         "Connection states through the gateway at the last count.",
         |g| g.states.map(|n| n.to_string()),
+    );
+    let age = m.states_counted_at.map(|at| now.saturating_duration_since(at).as_secs_f64());
+    t.per_gateway(
+        m,
+        "statecull_gateway_states_age_seconds",
+        "gauge",
+        "Seconds since statecull_gateway_states was counted (every gateway is counted at once, in the background, within the states_refresh budget); absent before the first count.",
+        |_| age.map(float),
     );
     t.per_gateway(
         m,
@@ -258,6 +278,14 @@ pub fn render(m: &EngineMetrics) -> String {
     );
     if let Some(n) = m.last_sweep_leftovers {
         t.sample("statecull_last_sweep_leftovers", &[], &n.to_string());
+    }
+    t.family(
+        "statecull_states_count_duration_seconds",
+        "gauge",
+        "How long the broker took for the last background count of states per gateway (the next waits at least 100 times as long).",
+    );
+    if let Some(d) = m.states_count_seconds {
+        t.sample("statecull_states_count_duration_seconds", &[], &float(d));
     }
     t.family(
         "statecull_broker_connected",
@@ -464,6 +492,8 @@ mod tests {
             last_plan_duration_seconds: Some(0.25),
             last_sweep_leftovers: None,
             broker_connected: true,
+            states_counted_at: None,
+            states_count_seconds: Some(1.5),
         }
     }
 
@@ -493,6 +523,8 @@ statecull_gateway_latency_seconds{gateway="WAN2"} 0.0125
 # HELP statecull_gateway_states Connection states through the gateway at the last count.
 # TYPE statecull_gateway_states gauge
 statecull_gateway_states{gateway="WAN1"} 12
+# HELP statecull_gateway_states_age_seconds Seconds since statecull_gateway_states was counted (every gateway is counted at once, in the background, within the states_refresh budget); absent before the first count.
+# TYPE statecull_gateway_states_age_seconds gauge
 # HELP statecull_gateway_kills_total Connection states killed because of this gateway.
 # TYPE statecull_gateway_kills_total counter
 statecull_gateway_kills_total{gateway="WAN1"} 3
@@ -525,6 +557,9 @@ statecull_plans_total 1
 statecull_last_plan_duration_seconds 0.25
 # HELP statecull_last_sweep_leftovers States the last trailing sweep still found (non-zero: routing was late).
 # TYPE statecull_last_sweep_leftovers gauge
+# HELP statecull_states_count_duration_seconds How long the broker took for the last background count of states per gateway (the next waits at least 100 times as long).
+# TYPE statecull_states_count_duration_seconds gauge
+statecull_states_count_duration_seconds 1.5
 # HELP statecull_broker_connected Whether the engine is connected to the broker (1) or not (0).
 # TYPE statecull_broker_connected gauge
 statecull_broker_connected 1
@@ -557,7 +592,31 @@ statecull_broker_connected 1
                 assert_eq!(name, current, "sample outside its family: {line}");
             }
         }
-        assert_eq!(seen.len(), 16);
+        assert_eq!(seen.len(), 18);
+    }
+
+    /// The states figure's age is computed at each scrape from when it was counted, for
+    /// every gateway (they are counted together), and absent before the first count.
+    #[test]
+    fn the_states_age_grows_between_counts() {
+        let counted = tokio::time::Instant::now();
+        let mut m = small();
+        m.states_counted_at = Some(counted);
+        let at = |secs: f64| render_at(&m, counted + Duration::from_secs_f64(secs));
+        let text = at(180.5);
+        for line in [
+            "statecull_gateway_states_age_seconds{gateway=\"WAN1\"} 180.5",
+            "statecull_gateway_states_age_seconds{gateway=\"WAN2\"} 180.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            at(3600.0).contains("statecull_gateway_states_age_seconds{gateway=\"WAN1\"} 3600\n")
+        );
+        // The count itself is kept as it was.
+        assert!(text.contains("\nstatecull_gateway_states{gateway=\"WAN1\"} 12\n"), "{text}");
+        m.states_counted_at = None;
+        assert!(!render_at(&m, counted).contains("statecull_gateway_states_age_seconds{"));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub(super) struct RawEngine {
     pub(super) metrics_listen: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) readable_paths: Vec<Spanned<String>>,
+    pub(super) states_refresh: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,5 @@
-//! Engine-wide counters: plans decided but not finished (which background broker calls stand
-//! aside for), and the figures of the last plan and sweep for metrics.
+//! Engine-wide counters: plans decided but not finished, and the figures of the last plan and
+//! sweep for metrics.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -15,8 +15,8 @@ pub struct PlanStats {
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Plans decided but not finished (waiting for routing or for the broker, or running).
-    /// Background counts for status and metrics stand aside while this is non-zero, so
-    /// they never delay a kill on the serialised broker link.
+    /// Shown by status; the broker link keeps its own count of them, for which background
+    /// counts stand aside (`BrokerLink::plan_decided`).
     pending_plans: AtomicU32,
     stats: Mutex<PlanStats>,
 }

@@ -3,6 +3,7 @@
 //! * the policy (read-only) and the [`Clock`] the pure machines are fed;
 //! * the [`GatewayBook`]: each gateway's health machine and runtime facts;
 //! * the [`Counters`]: pending plans, the last plan's and sweep's figures;
+//! * the [`StatesBook`]: the last background count of states per gateway;
 //! * the channels ([`DecisionQueue`] to the executor, [`RoutedSignals`] from the control
 //!   socket to the executor's routing wait, the metrics watch);
 //! * the event bus and the broker link.
@@ -14,6 +15,7 @@
 mod book;
 mod channels;
 mod counters;
+mod figure;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use tokio::time::Instant;
 pub use book::{Forced, GatewayBook, GatewayFacts};
 pub use channels::{DecisionQueue, RoutedSignals};
 pub use counters::{Counters, PlanStats};
+pub use figure::{StatesBook, StatesFigure};
 
 pub use crate::batch::Decision;
 use crate::broker::BrokerLink;
@@ -81,6 +84,7 @@ pub struct Shared {
     clock: Clock,
     book: GatewayBook,
     counters: Counters,
+    states: StatesBook,
     bus: EventBus,
     /// The broker link. Public: it is a shared handle with its own locking (its fields are
     /// private), used as `shared.broker` by every task and by the link's tests.
@@ -107,6 +111,7 @@ impl Shared {
             clock,
             book,
             counters: Counters::default(),
+            states: StatesBook::default(),
             bus: EventBus::new(),
             broker: Arc::new(broker),
             decisions,
@@ -130,6 +135,11 @@ impl Shared {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The last background count of states per gateway (written by `crate::states`).
+    pub fn states(&self) -> &StatesBook {
+        &self.states
     }
 
     pub fn routed(&self) -> &RoutedSignals {
@@ -169,14 +179,14 @@ impl Shared {
     /// health is not being updated. Shown by status and metrics until it answers again.
     pub fn source_failed(&self, gateway: usize, message: &str) {
         if self.book.source_failed(gateway, message) {
-            self.refresh_metrics(None);
+            self.refresh_metrics();
         }
     }
 
     /// The gateway's health source answered.
     pub fn source_ok(&self, gateway: usize) {
         if self.book.source_ok(gateway) {
-            self.refresh_metrics(None);
+            self.refresh_metrics();
         }
     }
 
@@ -251,10 +261,13 @@ impl Shared {
                     at: self.now_ms(),
                 };
                 self.counters.decision_sent();
+                // Background counts stand aside (one in flight is abandoned) until the plan
+                // is done: the kill must not wait for them or compete with them.
+                self.broker.plan_decided();
                 d
             });
         }
-        self.refresh_metrics(None);
+        self.refresh_metrics();
     }
 
     /// True while a plan is waiting or running.
@@ -265,6 +278,7 @@ impl Shared {
     /// The executor took `n` decisions off the queue and finished with them.
     pub fn decisions_done(&self, n: u32) {
         self.counters.decisions_done(n);
+        self.broker.plans_done(n);
     }
 
     /// Record kills for metrics.
@@ -277,13 +291,13 @@ impl Shared {
         self.book.facts(self.now_ms())
     }
 
-    /// Publish fresh metrics; `states` are per-gateway state counts when just counted.
-    pub fn refresh_metrics(&self, states: Option<&[Option<u64>]>) {
+    /// Publish fresh metrics (the states per gateway as last counted).
+    pub fn refresh_metrics(&self) {
         let facts = self.gateway_facts();
         let stats = self.counters.stats();
         let broker_connected = self.broker.state().connected;
+        let states = self.states.get();
         self.metrics.send_modify(|m| {
-            let old_states: Vec<Option<u64>> = m.gateways.iter().map(|g| g.states).collect();
             m.gateways = facts
                 .iter()
                 .enumerate()
@@ -293,10 +307,7 @@ impl Shared {
                     suppressed: f.suppressed,
                     loss_pct: f.loss_pct,
                     latency_ms: f.latency_ms,
-                    states: match states {
-                        Some(s) => s.get(i).copied().flatten(),
-                        None => old_states.get(i).copied().flatten(),
-                    },
+                    states: states.of(i),
                     kills_total: f.kills_total,
                     sweep_leftovers_total: f.sweep_leftovers_total,
                     probes_total: f.probes_total,
@@ -309,6 +320,8 @@ impl Shared {
             m.last_plan_duration_seconds = stats.last_plan_duration_s;
             m.last_sweep_leftovers = stats.last_sweep_leftovers;
             m.broker_connected = broker_connected;
+            m.states_counted_at = states.counted_at;
+            m.states_count_seconds = states.took.map(|d| d.as_secs_f64());
         });
     }
 }
