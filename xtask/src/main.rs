@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, clippy::cast_possible_truncation)]
 
 mod bench;
+mod bench_ct_paths;
 mod bench_engine;
 mod bench_hostile;
 mod bench_pf;
@@ -178,6 +179,19 @@ enum BenchWhat {
     /// Hostile peers against a pf-model broker (root): twelve clients of another uid flood
     /// 64-selector counts while root counts, then a snapshot reader stalls while root kills;
     /// prints latencies and memory with PASS/FAIL goals
+    /// Where one conntrack dump with batched deletes becomes cheaper than one kernel flush
+    /// per selector (root); checks the broker's rule against the measured crossover
+    ConntrackPaths {
+        /// Entries in each fresh table
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Largest number of selectors to try (at most 8)
+        #[arg(long, default_value_t = 8)]
+        max_selectors: usize,
+        /// One JSON object instead of the table
+        #[arg(long)]
+        json: bool,
+    },
     Hostile {
         /// States in the model's table
         #[arg(long, default_value_t = 2_000_000)]
@@ -310,6 +324,9 @@ fn main() -> ExitCode {
         }
         Task::Bench { what: BenchWhat::PfModel { states, sample, json } } => {
             bench_pf::bench_pf_model(states, sample.max(1), json)
+        }
+        Task::Bench { what: BenchWhat::ConntrackPaths { entries, max_selectors, json } } => {
+            bench_ct_paths::bench_conntrack_paths(entries, max_selectors, json)
         }
         Task::Bench {
             what: BenchWhat::Hostile { states, attackers, seconds, broker_bin, json },

@@ -47,6 +47,9 @@ pub struct TableSpec {
     /// Set the ct mark of each entry to its WAN's mark (false: mark 0, as on a firewall that
     /// does not mark connections).
     pub marked: bool,
+    /// Spread each WAN's entries over this many marks (the WAN's mark plus 16 × 0..n), like
+    /// several gateways behind one uplink; 1: one mark per WAN.
+    pub mark_spread: u32,
     pub timeout_secs: u32,
 }
 
@@ -60,6 +63,7 @@ impl TableSpec {
             udp_percent: 25,
             wans: [WAN1, WAN2],
             marked: true,
+            mark_spread: 1,
             timeout_secs: 3600,
         }
     }
@@ -67,6 +71,13 @@ impl TableSpec {
     /// Which WAN entry `i` leaves through (0 or 1).
     pub fn wan_of(&self, i: u64) -> usize {
         usize::from(mix(i, 1) % 100 >= u64::from(self.wan1_percent))
+    }
+
+    /// The ct mark of entry `i` (when marked): its WAN's, shifted by its share of the spread.
+    pub fn mark_of(&self, i: u64) -> u32 {
+        let wan = self.wans[self.wan_of(i)];
+        let share = u32::try_from(mix(i, 7) % u64::from(self.mark_spread.max(1))).unwrap_or(0);
+        wan.mark + 16 * share
     }
 
     pub fn is_ipv6(&self, i: u64) -> bool {
@@ -107,7 +118,7 @@ impl TableSpec {
         NewEntry {
             orig: StateKey { proto, src, dst, l4: L4::Ports { src: sport, dst: dport } },
             snat: Some(snat),
-            mark: if self.marked { wan.mark } else { 0 },
+            mark: if self.marked { self.mark_of(i) } else { 0 },
             timeout_secs: self.timeout_secs,
             tcp_established: true,
         }

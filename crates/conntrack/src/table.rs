@@ -410,6 +410,33 @@ impl Conntrack {
         })
     }
 
+    /// For `cargo xtask bench conntrack-paths` only: kill by one kernel flush per selector
+    /// (`flushes`, when the kernel can express each) or by one dump with deletes, whatever
+    /// [`MAX_KERNEL_FLUSHES`] says, to measure where one becomes cheaper than the other.
+    #[doc(hidden)]
+    pub fn kill_matching_by(
+        &self,
+        selectors: &[CheckedSelector],
+        flushes: bool,
+    ) -> Result<KillReport, CtError> {
+        let started = Instant::now();
+        let features = self.features_for(&selectors.iter().collect::<Vec<_>>());
+        let plans: Vec<_> = selectors.iter().map(|s| matcher::kernel_plan(s, features)).collect();
+        if flushes {
+            if !(features.mark && plans.iter().all(|p| p.complete && !p.filter.is_empty())) {
+                return Err(CtError::Unsupported(
+                    "the kernel cannot express these selectors as flushes".into(),
+                ));
+            }
+            let filters: Vec<_> = plans.into_iter().map(|p| p.filter).collect();
+            return kernel_flush(&filters, KillPath::KernelFilteredFlush, started, &self.listeners);
+        }
+        let filter = self.prefilter(selectors);
+        dump_and_delete(&filter, &[], started, selectors.len(), &|e| {
+            selectors.iter().position(|s| matcher::matches(s, e))
+        })
+    }
+
     /// Kill every entry (sparing `protected`, which forces the dump path).
     pub fn flush(&self, protected: &[Prefix]) -> Result<KillReport, CtError> {
         let started = Instant::now();
