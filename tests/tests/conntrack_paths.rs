@@ -73,9 +73,13 @@ fn many_selectors_cost_one_pass_not_many() {
             // Two complete selectors: two kernel passes are still cheaper than a dump.
             let two = ct.kill_matching(&[sel(1, 6), sel(1, 17)], &[]).expect("two");
             // More than MAX_KERNEL_FLUSHES: one dump, deletes by handle.
-            let four = ct
-                .kill_matching(&[sel(2, 6), sel(2, 17), sel(2, 132), sel(2, 33)], &[])
-                .expect("four");
+            let many: Vec<_> = [6u8, 17]
+                .into_iter()
+                .chain(40..)
+                .take(statecull_conntrack::MAX_KERNEL_FLUSHES + 1)
+                .map(|p| sel(2, p))
+                .collect();
+            let four = ct.kill_matching(&many, &[]).expect("many");
             (two, four, ct.table_entries().expect("entries"))
         })
         .expect("enter");

@@ -24,10 +24,14 @@ use crate::ops::{
 use crate::sys::{CtSocket, kernel_release};
 
 /// Most kernel flushes one `KillMatching` may cost before a single dump-and-delete pass is
-/// cheaper: each flush walks the whole table, while the dump path walks it once (measured:
-/// a mark flush of half of 1M entries 0.84 s, a streamed dump + delete 1.6 s, so two or three
-/// flushes still win; see `reference/conntrack-costs.md`).
-pub const MAX_KERNEL_FLUSHES: usize = 3;
+/// cheaper. Each flush walks the whole table in the kernel (about 0.28 s per 1M entries
+/// here); the dump path exports every entry to userland once and deletes the victims by
+/// handle while the dump runs, which makes the kernel restart dump buckets. Measured with
+/// `cargo xtask bench conntrack-paths --entries 1000000` (fresh tables, k of sixteen marks):
+/// k flushes took 0.28 s (k = 1) to 2.76 s (k = 16), the dump 0.9 s (one selector, kernel
+/// prefiltered) and 7.3–9.8 s (several, only the family prefiltered), so flushes won at every
+/// k measured. The rule keeps flushes up to the largest k measured.
+pub const MAX_KERNEL_FLUSHES: usize = 16;
 /// Handles looked up per round trip when protected prefixes must be checked.
 const GET_CHUNK: usize = 512;
 /// Entries of each probe dump checked against the filter that produced them.
