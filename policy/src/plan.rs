@@ -43,7 +43,8 @@
 //! would find nothing), and is not followed by a sweep.
 //!
 //! **One pass.** Every gateway killed in one batch goes into one `KillMatching` step: one
-//! broker request, one table pass. More than [`MAX_SELECTORS_PER_REQUEST`] selectors are
+//! broker request, whose cheapest path the broker picks for all of them at once (not a
+//! table pass per gateway). More than [`MAX_SELECTORS_PER_REQUEST`] selectors are
 //! split into several requests, and each step's `why` says so. `match_opposite` is the
 //! backend's `match_opposite` capability (pf twins; conntrack entries cover both
 //! directions).
@@ -143,7 +144,7 @@ pub enum Purpose {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Action {
-    /// One broker KillMatching request: one table pass for all of them.
+    /// One broker KillMatching request for all of them.
     KillMatching { selectors: Vec<Selector>, match_opposite: bool },
     /// Broker Flush (whole table).
     Flush,
@@ -738,13 +739,14 @@ fn kill_steps(
         .map(|(i, (chunk, owners))| {
             let split = if n == 1 {
                 format!(
-                    "{total} {} in one request: one table pass",
+                    "{total} {} in one request: the broker picks one path for all of them, \
+                     not a pass per gateway",
                     if total == 1 { "selector" } else { "selectors" }
                 )
             } else {
                 format!(
                     "request {} of {n}: {} of {total} selectors (the broker takes at most \
-                     {MAX_SELECTORS_PER_REQUEST} per request, so {n} table passes)",
+                     {MAX_SELECTORS_PER_REQUEST} per request, so {n} requests)",
                     i + 1,
                     chunk.len()
                 )

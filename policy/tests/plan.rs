@@ -444,7 +444,11 @@ fn two_of_three_down_is_one_step_and_one_request() {
     assert_eq!(plan.steps.len(), 1, "{plan:#?}");
     assert_eq!(plan.steps[0].purpose, down(&["WAN1", "WAN2"]));
     assert_eq!(plan.steps[0].action, kill(vec![mark(1), mark(2)], false));
-    assert!(plan.steps[0].why.contains("one request: one table pass"), "{}", plan.steps[0].why);
+    assert!(
+        plan.steps[0].why.contains("in one request: the broker picks one path for all of them"),
+        "{}",
+        plan.steps[0].why
+    );
     assert_eq!(owned(&plan, 0), (vec![0, 1], vec![0, 1]), "each mark credited to its gateway");
     assert_eq!(
         plan.explanation[0],

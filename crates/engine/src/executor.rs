@@ -2,7 +2,7 @@
 //!
 //! 1. A decision (gateways went down / came up) arrives. Decisions that arrive while the
 //!    executor waits for routing are merged, so gateways failing together give one plan and
-//!    one table pass; a gateway that comes back before anything was killed drops out.
+//!    one broker request; a gateway that comes back before anything was killed drops out.
 //! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink (no default route uses
 //!    a down gateway any more, and a recovered one is used again), an explicit `routed`
 //!    signal, or the settle delay. A `routed` signal cuts any wait short; past
