@@ -29,6 +29,7 @@ use statecull_proto::{IfName, ProtoError};
         statecull gateway WAN1 down                    # external health verdict\n  \
         statecull events --follow --json\n  \
         statecull check-policy /etc/statecull/policy.toml\n  \
+        statecull import pfsense /cf/conf/config.xml -o policy.toml\n  \
         statecull broker hello\n  \
         statecull broker count --mark 1/0xff\n  \
         statecull broker kill --mark 1/0xff            # WAN1's connections, one kernel pass\n  \
@@ -100,6 +101,41 @@ enum Command {
         #[arg(long, value_name = "CMD", requires = "follow")]
         exec: Option<String>,
     },
+    /// Translate a pfSense or OPNsense config.xml into a statecull policy
+    #[command(
+        long_about = "Translate a pfSense or OPNsense config.xml into a statecull policy.\n\n\
+            Gateways (with the real device of their interface, their dpinger status socket as the\n\
+            system names it, its loss and latency levels), gateway groups with their tiers, the\n\
+            WAN's NAT addresses (interface address, virtual IPs, outbound NAT targets) and the\n\
+            system's own state-killing settings are translated. Whatever does not translate is a\n\
+            warning on standard error naming the XML element (and listed in the policy's header).\n\
+            Dynamic WANs (DHCP, PPPoE, DHCPv6) get PLACEHOLDER addresses to replace by hand.\n\
+            The policy is checked to load before it is written.",
+        after_help = "EXAMPLES:\n  \
+            statecull import pfsense /cf/conf/config.xml                 # policy on stdout\n  \
+            statecull import opnsense /conf/config.xml -o /usr/local/etc/statecull/policy.toml\n  \
+            statecull import pfsense config.xml --strict > policy.toml  # fail on any warning\n\n\
+            IMPORTANT: turn the system's own state killing off (pfSense: System > Advanced >\n\
+            Miscellaneous > State Killing on Gateway Failure; OPNsense: each gateway's Failover\n\
+            and Failback States), else states are killed twice; the warnings say where.\n\n\
+            EXIT STATUS:\n  0 written, 1 not translatable (or a warning with --strict), 2 usage"
+    )]
+    Import {
+        /// Which system wrote the configuration
+        #[arg(value_enum)]
+        system: ImportSystem,
+        /// Its config.xml (pfSense: /cf/conf/config.xml; OPNsense: /conf/config.xml)
+        config: PathBuf,
+        /// Write the policy to FILE (atomically) instead of standard output
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace FILE if it exists
+        #[arg(long, requires = "output")]
+        force: bool,
+        /// Fail (exit 1, nothing written) if anything gave a warning; notes do not count
+        #[arg(long)]
+        strict: bool,
+    },
     /// Check a policy file and explain what it does (no engine needed)
     CheckPolicy {
         /// The policy file
@@ -118,6 +154,12 @@ struct EngineArgs {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ImportSystem {
+    Pfsense,
+    Opnsense,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -201,6 +243,9 @@ pub enum CliError {
     /// The policy file is invalid (the message names file, line and field).
     #[error("{0}")]
     Policy(String),
+    /// `statecull import`: the configuration could not be translated or written.
+    #[error("{0}")]
+    Import(String),
 }
 
 impl CliError {
@@ -214,7 +259,8 @@ impl CliError {
             | CliError::Json(_)
             | CliError::PartialKill { .. }
             | CliError::Engine(_)
-            | CliError::Policy(_) => 1,
+            | CliError::Policy(_)
+            | CliError::Import(_) => 1,
         }
     }
 }
@@ -474,6 +520,14 @@ fn run(command: Command, out: &mut Output) -> Result<(), CliError> {
             crate::engine_cmds::events(&engine.control, follow, engine.json, exec, out)
         }
         Command::CheckPolicy { file, json } => crate::engine_cmds::check_policy(&file, json, out),
+        Command::Import { system, config, output, force, strict } => {
+            let system = match system {
+                ImportSystem::Pfsense => statecull_import::System::PfSense,
+                ImportSystem::Opnsense => statecull_import::System::OpnSense,
+            };
+            let args = crate::import_cmd::ImportArgs { system, config, output, force, strict };
+            crate::import_cmd::run(&args, out)
+        }
     }
 }
 

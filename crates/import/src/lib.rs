@@ -137,7 +137,7 @@ pub fn import(system: System, xml: &str, source_name: &str) -> Result<Import, Im
         return Err(ImportError::WrongFile {
             source_name: source_name.to_owned(),
             message: format!(
-                "the root element is <{found}>, not <{}>: not a {} config.xml{hint}",
+                "the root element is <{found}>, not <{}>: this is not {}'s config.xml{hint}",
                 system.word(),
                 system.name()
             ),
