@@ -102,6 +102,10 @@ pub(crate) struct GatewayItem<'a, 'i> {
     pub(crate) killstates: bool,
     pub(crate) killstates_priority: bool,
     pub(crate) weight: Option<String>,
+    /// OPNsense: `<priority>` (lower is preferred) and `<defaultgw>` ("upstream gateway"),
+    /// the order of default gateway switching.
+    pub(crate) priority: Option<String>,
+    pub(crate) defaultgw: bool,
     /// Not in the configuration: the gateway the system makes for a dynamic interface.
     pub(crate) implicit: bool,
 }
@@ -263,6 +267,8 @@ fn gateway_item<'a, 'i>(
         killstates: flag(node, "monitor_killstates"),
         killstates_priority: flag(node, "monitor_killstates_priority"),
         weight: owned(text(node, "weight")),
+        priority: owned(text(node, "priority")),
+        defaultgw: flag(node, "defaultgw"),
         implicit: false,
     })
 }

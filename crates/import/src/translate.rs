@@ -184,6 +184,19 @@ fn implicit_gateways<'a, 'i>(cfg: &Config<'a, 'i>) -> Vec<GatewayItem<'a, 'i>> {
                 killstates: false,
                 killstates_priority: false,
                 weight: None,
+                // Gateways::getGateways(): 254, or 255 for tunnels.
+                priority: Some(
+                    if ["gre", "gif", "ovpn"]
+                        .iter()
+                        .any(|t| iface.device.as_deref().unwrap_or_default().contains(t))
+                    {
+                        "255"
+                    } else {
+                        "254"
+                    }
+                    .to_owned(),
+                ),
+                defaultgw: false,
                 implicit: true,
             });
         }
@@ -568,7 +581,10 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
         ));
     }
 
-    let groups = groups(&mut cx, &gateways, &items, &skipped);
+    let mut groups = groups(&mut cx, &gateways, &items, &skipped);
+    if cfg.system == System::OpnSense {
+        switching_groups(&mut cx, &gateways, &items, &mut groups);
+    }
     global_settings(&mut cx, &gateways, &items);
     let grouped: HashSet<&str> =
         groups.iter().flat_map(|g| g.members.iter().map(|m| m.0.as_str())).collect();
@@ -987,9 +1003,6 @@ fn global_settings(
             if let Some((_, p)) = cfg.system_setting("skip_rules_gw_down") {
                 cx.note(p, "\"Skip rules\" (when a gateway is down) changes which rules OPNsense loads, not which states are killed: no statecull equivalent is needed");
             }
-            if let Some((_, p)) = cfg.system_setting("gw_switch_default") {
-                cx.note(p, "default gateway switching is on: statecull acts on gateway groups only, so a failover done by switching the default gateway alone kills no states; put those gateways in a group with tiers by priority");
-            }
         }
     }
     let weights: Vec<String> = items
@@ -1008,5 +1021,70 @@ fn global_settings(
     }
     if items.iter().any(|i| i.latencyhigh.is_none()) && !gateways.is_empty() {
         cx.note(String::new(), format!("{} also calls a gateway down above latencyhigh (default {LATENCY_HIGH} ms); statecull judges down by loss only, latency makes a gateway degraded", cfg.system.name()));
+    }
+}
+
+/// OPNsense's default gateway switching (`<system><gw_switch_default>`) is a failover of
+/// the default route: `Gateways::getDefaultGW()` takes the first gateway of a family that is
+/// not down, in `getGateways()`'s order (upstream gateways first, then by priority, lower is
+/// better, then the later one first). Its Failover/Failback States work with it, so it is
+/// translated into one group per family with a tier per gateway in that order.
+fn switching_groups(
+    cx: &mut Cx<'_, '_, '_>,
+    gateways: &[GatewayOut],
+    items: &[&GatewayItem<'_, '_>],
+    groups: &mut Vec<GroupOut>,
+) {
+    let Some((_, at)) = cx.cfg.system_setting("gw_switch_default") else { return };
+    for (family, name) in [(Family::V4, "default-gw4"), (Family::V6, "default-gw6")] {
+        let mut order: Vec<(bool, u32, usize, &str)> = Vec::new();
+        for (seq, (g, item)) in gateways.iter().zip(items).enumerate() {
+            if Family::of(&g.address.ip) != family || item.force_down {
+                continue;
+            }
+            let prio = item
+                .priority
+                .as_deref()
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(255)
+                .min(255);
+            order.push((item.defaultgw, prio, seq, g.name.as_str()));
+        }
+        if order.len() < 2 {
+            continue;
+        }
+        // Upstream first, then lower priority, then later in the list (krsort on the key).
+        order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)));
+        if groups.iter().any(|g| g.name.eq_ignore_ascii_case(name)) {
+            cx.warn(at.clone(), format!("default gateway switching is on, but a gateway group is already named {name}: the switching order is not translated"));
+            continue;
+        }
+        if order.len() > 15 {
+            cx.warn(at.clone(), format!("default gateway switching orders {} {} gateways; statecull has 15 tiers, so the last ones share tier 15", order.len(), family.word()));
+        }
+        let members: Vec<(String, u8)> = order
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, _, n))| ((*n).to_owned(), u8::try_from(i + 1).unwrap_or(15).min(15)))
+            .collect();
+        let failback = order
+            .iter()
+            .any(|(_, _, _, n)| items.iter().any(|i| i.name == *n && i.killstates_priority));
+        cx.note(
+            at.clone(),
+            format!(
+                "default gateway switching is on: translated into group {name} ({}), one tier per gateway in the order OPNsense switches",
+                members.iter().map(|(n, t)| format!("{n} tier {t}")).collect::<Vec<_>>().join(", ")
+            ),
+        );
+        groups.push(GroupOut {
+            name: name.to_owned(),
+            members,
+            on_down: "gateway",
+            on_recovery: if failback { "kill" } else { "keep" },
+            comments: vec![format!(
+                "from {at}: OPNsense's default gateway switching (upstream first, then by priority)"
+            )],
+        });
     }
 }

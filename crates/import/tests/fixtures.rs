@@ -220,6 +220,12 @@ fn opnsense_three_wan_from_the_legacy_list_with_mvc_group_items() {
     assert_eq!(dpinger(gw(&p, "LTE_GW")), "/var/run/dpinger_LTE_GW.sock");
     assert!(has_warning(&out, "gateway_group/trigger", "high latency"));
     assert!(has_warning(&out, "gateway_item[3]/monitor_killstates_priority", "TURN THEM OFF"));
+    // Default gateway switching is a failover of the default route, by priority.
+    assert_eq!(
+        members(&p, "default-gw4"),
+        pairs(&[("FIBRE_GW", 1), ("CABLE_GW", 2), ("LTE_GW", 3)])
+    );
+    assert_eq!(group_modes(&p, "default-gw4"), (OnDown::Gateway, OnRecovery::Kill));
 }
 
 #[test]
