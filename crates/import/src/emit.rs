@@ -154,19 +154,24 @@ pub(crate) fn emit(out: &Out, system: System, source_name: &str) -> String {
         }
         let (down, degraded, up) = g.loss;
         let (lat_degraded, lat_up) = g.latency;
-        let _ = writeln!(
-            t,
-            "loss_down = \"{down}%\"            # {sys}: down above losshigh {}%",
-            down.saturating_sub(1)
+        let commented = |t: &mut String, line: String, note: String| {
+            let _ = writeln!(t, "{line:<28}# {note}");
+        };
+        commented(
+            &mut t,
+            format!("loss_down = \"{down}%\""),
+            format!("{sys}: down above losshigh {}%", g.losshigh),
         );
-        let _ = writeln!(
-            t,
-            "loss_degraded = \"{degraded}%\"        # {sys}: warning above losslow {up}%"
+        commented(
+            &mut t,
+            format!("loss_degraded = \"{degraded}%\""),
+            format!("{sys}: warning above losslow {up}%"),
         );
         let _ = writeln!(t, "loss_up = \"{up}%\"");
-        let _ = writeln!(
-            t,
-            "latency_degraded = \"{lat_degraded}ms\"  # {sys}: warning above latencylow {lat_up} ms"
+        commented(
+            &mut t,
+            format!("latency_degraded = \"{lat_degraded}ms\""),
+            format!("{sys}: warning above latencylow {lat_up} ms"),
         );
         let _ = writeln!(t, "latency_up = \"{lat_up}ms\"");
         let _ = writeln!(

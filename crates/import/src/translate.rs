@@ -33,6 +33,7 @@ pub(crate) struct GatewayOut {
     /// latency_degraded, latency_up in milliseconds.
     pub(crate) latency: (u32, u32),
     pub(crate) latencyhigh: u32,
+    pub(crate) losshigh: u32,
     pub(crate) rt_addr: Option<Addr>,
     pub(crate) nat: Vec<Addr>,
     pub(crate) comments: Vec<String>,
@@ -250,7 +251,7 @@ fn number(
 fn thresholds(
     cx: &mut Cx<'_, '_, '_>,
     g: &GatewayItem<'_, '_>,
-) -> ((u32, u32, u32), (u32, u32), u32) {
+) -> ((u32, u32, u32), (u32, u32), u32, u32) {
     let mut losslow = number(cx, &g.losslow, LOSS_LOW, "losslow");
     let mut losshigh = number(cx, &g.losshigh, LOSS_HIGH, "losshigh");
     if losslow >= losshigh || losshigh > 100 {
@@ -288,7 +289,12 @@ fn thresholds(
             ),
         );
     }
-    ((losshigh.saturating_add(1).min(100), losslow + 1, losslow), (latlow + 1, latlow), lathigh)
+    (
+        (losshigh.saturating_add(1).min(100), losslow + 1, losslow),
+        (latlow + 1, latlow),
+        lathigh,
+        losshigh,
+    )
 }
 
 /// What pfSense does itself when a gateway goes down (`filter_delete_states_for_down_gateways()`
@@ -469,7 +475,7 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
                 ),
             );
         }
-        let (loss, latency, latencyhigh) = thresholds(&mut cx, g);
+        let (loss, latency, latencyhigh, losshigh) = thresholds(&mut cx, g);
 
         // Health: dpinger, as the system runs it, unless it does not.
         let monitor_text = g.monitor.clone().filter(|m| m != "dynamic");
@@ -564,6 +570,7 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
             loss,
             latency,
             latencyhigh,
+            losshigh,
             rt_addr,
             nat,
             comments,
