@@ -68,9 +68,23 @@ pub(crate) struct Iface<'a, 'i> {
     pub(crate) enabled: bool,
     pub(crate) v4: IfAddr,
     pub(crate) v6: IfAddr,
+    /// An upstream gateway is set on the interface (`<gateway>`, `<gatewayv6>`): what makes
+    /// a static interface a WAN to pfSense (`interface_has_gateway()`) and OPNsense
+    /// (`filter_auto_source_nat()`), whose automatic outbound NAT then uses its address.
+    pub(crate) upstream_v4: bool,
+    pub(crate) upstream_v6: bool,
 }
 
 impl Iface<'_, '_> {
+    /// Whether the system treats the interface as a WAN of `family`: an upstream gateway is
+    /// set, or the address is learnt from the provider.
+    pub(crate) fn is_wan(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.upstream_v4 || matches!(self.v4, IfAddr::Dynamic(_)),
+            Family::V6 => self.upstream_v6 || matches!(self.v6, IfAddr::Dynamic(_)),
+        }
+    }
+
     pub(crate) fn addr(&self, family: Family) -> &IfAddr {
         match family {
             Family::V4 => &self.v4,
@@ -339,6 +353,8 @@ pub(crate) fn read<'a, 'i>(
                 enabled: flag(n, "enable"),
                 v4: if_addr(n, "ipaddr"),
                 v6: if_addr(n, "ipaddrv6"),
+                upstream_v4: text(n, "gateway").is_some(),
+                upstream_v6: text(n, "gatewayv6").is_some(),
             });
         }
     }

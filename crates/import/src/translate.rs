@@ -152,8 +152,13 @@ fn valid_name(n: &str) -> bool {
 /// `strtoupper(DESCR_TYPE)` the same way, but only monitored once configured.
 fn implicit_gateways<'a, 'i>(cfg: &Config<'a, 'i>) -> Vec<GatewayItem<'a, 'i>> {
     let mut out = Vec::new();
+    // pfSense makes IPv6 gateways only with IPv6 allowed (System > Advanced > Networking).
+    let v6 = cfg.system != System::PfSense || cfg.system_setting("ipv6allow").is_some();
     for iface in cfg.interfaces.iter().filter(|i| i.enabled) {
         for (family, proto) in [(Family::V4, "inet"), (Family::V6, "inet6")] {
+            if family == Family::V6 && !v6 {
+                continue;
+            }
             let IfAddr::Dynamic(kind) = iface.addr(family) else { continue };
             let descr = iface.descr.clone().unwrap_or_else(|| iface.key.clone());
             let name = format!("{descr}_{kind}").to_uppercase();
@@ -626,8 +631,23 @@ fn nat_addresses(
             out.push(a);
         }
     };
-    if let Some(a) = cx.if_address(iface, family) {
-        add(a);
+    if iface.is_wan(family) {
+        if let Some(a) = cx.if_address(iface, family) {
+            add(a);
+        }
+    } else if let Some(a) = cx.if_address(iface, family) {
+        // Not a WAN to the system: its automatic outbound NAT does not use this address,
+        // and on a LAN it would be the firewall's own address (an admin's session to it).
+        cx.warn(
+            path(iface.node),
+            format!(
+                "interface {} ({device}) has no upstream {} gateway set, so the system does not \
+                 treat it as a WAN: its address {} is not taken as a NAT address",
+                iface.key,
+                family.word(),
+                a.ip
+            ),
+        );
     }
     for v in &cfg.vips {
         let on = if let Some(id) = v.iface.strip_prefix("_vip") {

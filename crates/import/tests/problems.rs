@@ -7,8 +7,9 @@ use statecull_import::{Import, ImportError, Severity, System, import};
 use statecull_policy::Policy;
 
 const IFACES: &str = "<interfaces>\
-    <wan><enable/><if>igb0</if><ipaddr>198.51.100.1</ipaddr><subnet>24</subnet></wan>\
-    <opt1><enable/><if>igb1</if><ipaddr>203.0.113.1</ipaddr><subnet>24</subnet></opt1>\
+    <wan><enable/><if>igb0</if><ipaddr>198.51.100.1</ipaddr><subnet>24</subnet><gateway>WAN1</gateway></wan>\
+    <opt1><enable/><if>igb1</if><ipaddr>203.0.113.1</ipaddr><subnet>24</subnet><gateway>WAN2</gateway></opt1>\
+    <lan><enable/><if>igb2</if><ipaddr>192.0.2.1</ipaddr><subnet>24</subnet></lan>\
     </interfaces>";
 
 fn item(name: &str, iface: &str, gateway: &str, extra: &str) -> String {
@@ -197,4 +198,20 @@ fn strict_mode_sees_only_warnings() {
             .any(|w| w.severity == Severity::Note && w.message.contains("WAN1 is disabled"))
     );
     assert!(out.serious().all(|w| w.severity == Severity::Warning));
+}
+
+#[test]
+fn a_gateway_on_a_lan_takes_no_nat_address_from_it() {
+    // A router behind the LAN: the LAN's address is the firewall's own (an admin's SSH
+    // session to it), not a NAT address; killing by it would cut that session.
+    let xml = pfsense(&format!(
+        "{}\n{}\n<gateway_group><name>g</name><item>WAN1|1|address</item><item>INNER|2|address</item></gateway_group>",
+        item("WAN1", "wan", "198.51.100.254", ""),
+        item("INNER", "lan", "192.0.2.254", "")
+    ));
+    let (out, p) = ok(&xml);
+    warned(&out, "/pfsense/interfaces/lan", "address 192.0.2.1 is not taken as a NAT address");
+    let inner = p.gateways.iter().find(|g| g.name == "INNER").unwrap();
+    assert!(inner.states.nat_addr.is_empty());
+    assert_eq!(inner.states.rt_addr, Some("192.0.2.254".parse().unwrap()));
 }
