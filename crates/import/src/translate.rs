@@ -409,6 +409,15 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
             skipped.insert(g.name.clone(), format!("on interface {key} without a device"));
             continue;
         };
+        if let Err(e) = device.parse::<statecull_proto::IfName>() {
+            cx.warn(
+                path_of(iface.node, "if"),
+                format!("interface {key}'s device: {e}; gateway {} skipped", g.name),
+            );
+            skipped
+                .insert(g.name.clone(), format!("on interface {key} with an unusable device name"));
+            continue;
+        }
         let family = match (g.gateway.as_deref().and_then(parse_ip), g.ipprotocol.as_deref()) {
             (Some(a), proto) => {
                 let f = Family::of(&a);

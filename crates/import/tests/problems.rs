@@ -215,3 +215,64 @@ fn a_gateway_on_a_lan_takes_no_nat_address_from_it() {
     assert!(inner.states.nat_addr.is_empty());
     assert_eq!(inner.states.rt_addr, Some("192.0.2.254".parse().unwrap()));
 }
+
+/// Every fixture with each line removed in turn (an element gone, a value missing, a
+/// document no longer well-formed) and cut short at many points: the importer never panics,
+/// and whatever it accepts loads as a policy.
+#[test]
+fn damaged_configurations_never_panic_and_never_give_a_bad_policy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut tried = 0;
+    let mut accepted = 0;
+    for (system, sub) in [(System::PfSense, "pfsense"), (System::OpnSense, "opnsense")] {
+        for entry in std::fs::read_dir(root.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            let xml = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = xml.lines().collect();
+            let mut variants: Vec<String> = (0..lines.len())
+                .map(|skip| {
+                    let kept: Vec<&str> = lines
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != skip)
+                        .map(|(_, l)| *l)
+                        .collect();
+                    kept.join("\n")
+                })
+                .collect();
+            variants.extend(
+                (1..xml.len())
+                    .step_by(61)
+                    .filter(|c| xml.is_char_boundary(*c))
+                    .map(|c| xml[..c].to_owned()),
+            );
+            for v in &variants {
+                tried += 1;
+                if let Ok(out) = import(system, v, "damaged.xml") {
+                    accepted += 1;
+                    if let Err(e) = statecull_policy::load::parse(&out.policy, "out.toml") {
+                        panic!(
+                            "{}: accepted a variant whose policy does not load: {e}\n{v}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(tried > 500 && accepted > 100, "tried {tried}, accepted {accepted}");
+}
+
+#[test]
+fn a_device_name_statecull_cannot_use_skips_the_gateway() {
+    let xml = format!(
+        "<pfsense><interfaces><wan><enable/><if>averyveryverylongdevice0</if><ipaddr>198.51.100.1</ipaddr>\
+         <gateway>WAN1</gateway></wan><opt1><enable/><if>igb1</if><ipaddr>203.0.113.1</ipaddr>\
+         <gateway>WAN2</gateway></opt1></interfaces><gateways>{}{}</gateways></pfsense>",
+        item("WAN1", "wan", "198.51.100.254", ""),
+        item("WAN2", "opt1", "203.0.113.254", "")
+    );
+    let (out, p) = ok(&xml);
+    warned(&out, "/pfsense/interfaces/wan/if", "gateway WAN1 skipped");
+    assert_eq!(p.gateways.len(), 1);
+}
