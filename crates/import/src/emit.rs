@@ -137,8 +137,16 @@ pub(crate) fn emit(out: &Out, system: System, source_name: &str) -> String {
         let _ = writeln!(t, "name = {}", quote(&g.name));
         let _ = writeln!(t, "interface = {}", quote(&g.interface));
         let _ = writeln!(t, "address = {}{}", addr(&g.address), mark(&g.address));
+        let family = if g.address.ip.is_ipv4() { "inet" } else { "inet6" };
+        let _ = writeln!(t, "family = \"{family}\"");
         match &g.health {
             Health::Dpinger { socket, placeholder } => {
+                let what = if g.monitor.placeholder { " (PLACEHOLDER: the next hop)" } else { "" };
+                comment(
+                    &mut t,
+                    "",
+                    &format!("{sys}'s dpinger probes {}{what} for this gateway.", g.monitor.ip),
+                );
                 t.push_str("health_source = \"dpinger\"\n");
                 let m = if *placeholder { "   # PLACEHOLDER: see the header" } else { "" };
                 let _ = writeln!(t, "dpinger_socket = {}{m}", quote(socket));

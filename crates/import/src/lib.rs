@@ -116,6 +116,14 @@ pub enum ImportError {
 /// Translate `xml` (the contents of `config.xml`, named `source_name` in messages and in the
 /// policy's header) written by `system`.
 pub fn import(system: System, xml: &str, source_name: &str) -> Result<Import, ImportError> {
+    if xml.trim_start().starts_with("---- BEGIN config.xml ----") {
+        return Err(ImportError::WrongFile {
+            source_name: source_name.to_owned(),
+            message: "an encrypted configuration backup: decrypt it first (Diagnostics > Backup & \
+                      Restore, or the system's own /cf/conf/config.xml or /conf/config.xml)"
+                .to_owned(),
+        });
+    }
     let options = roxmltree::ParsingOptions { allow_dtd: false, ..Default::default() };
     let doc = roxmltree::Document::parse_with_options(xml, options).map_err(|e| {
         let pos = e.pos();

@@ -27,6 +27,8 @@ pub(crate) struct GatewayOut {
     pub(crate) from: String,
     pub(crate) interface: String,
     pub(crate) address: Addr,
+    /// What dpinger probes (the gateway itself unless `<monitor>` says otherwise).
+    pub(crate) monitor: Addr,
     pub(crate) health: Health,
     /// loss_down, loss_degraded, loss_up in percent.
     pub(crate) loss: (u32, u32, u32),
@@ -497,6 +499,8 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
         if let (Some(t), None) = (&monitor_text, monitor_ip) {
             cx.warn(path_of(g.node, "monitor"), format!("monitor {t:?} of gateway {} is not an IP address; the gateway address is monitored", g.name));
         }
+        let monitored =
+            monitor_ip.map_or_else(|| address.clone(), |a| Addr { ip: a, placeholder: false });
         let health = if g.monitor_disable {
             let why = format!(
                 "{sys} does not monitor gateway {} (monitoring disabled), so there is no dpinger to read",
@@ -580,6 +584,7 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
             from: gp,
             interface: device,
             address,
+            monitor: monitored,
             health,
             loss,
             latency,

@@ -112,6 +112,7 @@ fn pfsense_two_wan_failover() {
     assert!(has_warning(&out, "/pfsense/system/gw_down_kill_states", "TURN IT OFF"));
     assert!(has_warning(&out, "gateway_item[2]/latencyhigh", "800 ms"));
     assert!(p.engine.readable_paths.contains(&dpinger(wan1).to_owned()));
+    assert!(out.policy.contains("# pfSense's dpinger probes 192.0.2.53 for this gateway."));
 }
 
 #[test]

@@ -184,6 +184,13 @@ fn the_wrong_system_or_broken_xml_is_refused_clearly() {
         }
         other => panic!("{other:?}"),
     }
+    let encrypted = "---- BEGIN config.xml ----\nU2FsdGVkX1\n---- END config.xml ----\n";
+    match import(System::PfSense, encrypted, "backup.xml") {
+        Err(e @ ImportError::WrongFile { .. }) => {
+            assert!(e.to_string().contains("decrypt it first"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
     // No DTD (and so no entity expansion) in a firewall's configuration.
     let dtd = "<!DOCTYPE pfsense [<!ENTITY a \"x\">]><pfsense/>";
     assert!(matches!(import(System::PfSense, dtd, "c"), Err(ImportError::Xml { .. })));
