@@ -8,7 +8,9 @@
 //!   virtual IPs, outbound NAT, the state-killing settings), read into one neutral model;
 //! * `dpinger`: each system's dpinger status socket path;
 //! * `translate`: the model to policy decisions (thresholds, NAT addresses, placeholders
-//!   for dynamic WANs, on_down/on_recovery, conflicts), every loss a warning;
+//!   for dynamic WANs, conflicts), every loss a warning; `groups`: gateway groups, the
+//!   system's own state killing (on_down/on_recovery) and OPNsense's default gateway
+//!   switching;
 //! * `emit`: the policy text with a header saying where it came from and what to check.
 //!
 //! What is read and why is written next to each rule, with the file of pfSense or OPNsense
@@ -19,6 +21,7 @@
 mod config;
 mod dpinger;
 mod emit;
+mod groups;
 mod translate;
 mod xml;
 

@@ -283,3 +283,20 @@ fn a_device_name_statecull_cannot_use_skips_the_gateway() {
     warned(&out, "/pfsense/interfaces/wan/if", "gateway WAN1 skipped");
     assert_eq!(p.gateways.len(), 1);
 }
+
+#[test]
+fn a_static_next_hop_on_a_dhcp_interface_still_warns_about_the_address() {
+    let xml = format!(
+        "<opnsense><interfaces><wan><enable>1</enable><if>igb0</if><ipaddr>dhcp</ipaddr></wan>\
+         </interfaces><gateways>{}</gateways></opnsense>",
+        item("WAN1", "wan", "198.51.100.254", "")
+    );
+    let out = import(System::OpnSense, &xml, "config.xml").unwrap();
+    let p = statecull_policy::load::parse(&out.policy, "out.toml").unwrap();
+    assert_eq!(p.gateways[0].address, "198.51.100.254".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(
+        p.gateways[0].states.nat_addr,
+        vec!["240.0.1.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    warned(&out, "/opnsense/interfaces/wan", "placeholder 240.0.1.1");
+}
