@@ -13,7 +13,7 @@
 //! one conversation), and nothing here writes to a client while holding a lane (a snapshot
 //! is listed into memory first).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -263,13 +263,12 @@ impl<D: PfDevice> PfTable<D> {
 
     /// Kill by id the states `group_of` picks from a listing (the group it returns is what
     /// the kill is credited to), sparing states that touch protected prefixes, and with
-    /// `match_opposite` each victim's unambiguous twin (the kernel's `kill_match` rule: the
-    /// victim's key swapped, looked up as an IN state's wire key or an OUT state's stack key,
-    /// killed only if exactly one state has it).
+    /// `match_opposite` each victim's twin as [`plan::TwinIndex`] pairs them (the kernel's
+    /// `kill_match` lookup, never killing a twin the kernel would spare).
     ///
     /// Memory is bounded by the victims, never the table: the first listing (kernel-filtered
     /// by `filter`) keeps only the victims; a second one, over the whole table, only counts
-    /// the states that have a victim's twin key.
+    /// the states on the key lists the victims' twin lookups walk.
     fn kill_listed(
         &self,
         filter: &StateFilter,
@@ -298,39 +297,18 @@ impl<D: PfDevice> PfTable<D> {
         let mut chosen: Vec<((u64, u32), usize)> =
             victims.iter().map(|v| (v.id, v.group)).collect();
         if match_opposite && !victims.is_empty() {
-            // Per twin key: the first state with it, how many have it, whether it is protected.
-            #[derive(Clone, Copy, Default)]
-            struct Seen {
-                first: (u64, u32),
-                count: u32,
-                protected: bool,
-            }
-            let mut wanted: HashMap<(PfKey, Direction), Seen> =
-                victims.iter().map(|v| (v.twin, Seen::default())).collect();
+            // Tag: the state's (id, creator) and whether it is protected.
+            let mut index = plan::TwinIndex::for_lookups(victims.iter().map(|v| v.twin));
             let mut listed = 0u64;
             client.list(&StateFilter::default(), &mut |s| {
                 listed += 1;
-                let key = match s.direction {
-                    Direction::In => (s.wire, Direction::In),
-                    Direction::Out => (s.stack, Direction::Out),
-                };
-                if let Some(e) = wanted.get_mut(&key) {
-                    if e.count == 0 {
-                        e.first = (s.id, s.creatorid);
-                        e.protected = plan::touches(protected, &s);
-                    }
-                    e.count += 1;
-                }
+                index.add(&s, ((s.id, s.creatorid), plan::touches(protected, &s)));
                 Ok(())
             })?;
             self.remember_size(listed);
             let mut seen: HashSet<(u64, u32)> = chosen.iter().map(|(id, _)| *id).collect();
             for v in &victims {
-                let Some(Seen { first: twin, count: 1, protected: touches }) =
-                    wanted.get(&v.twin).copied()
-                else {
-                    continue;
-                };
+                let Some((twin, touches)) = index.twin(&v.twin) else { continue };
                 if !seen.insert(twin) {
                     continue;
                 }
