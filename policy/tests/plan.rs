@@ -35,6 +35,7 @@ fn ct_caps() -> Capabilities {
         kernel_mark_flush: true,
         kernel_tuple_flush: vec![AddressFamily::Ipv4],
         kernel_tuple_broken: vec![AddressFamily::Ipv6],
+        listing_only: vec![],
         match_opposite: false,
         flush_by_interface: false,
     }
@@ -49,6 +50,7 @@ fn pf_caps() -> Capabilities {
         kernel_mark_flush: false,
         kernel_tuple_flush: vec![AddressFamily::Ipv4, AddressFamily::Ipv6],
         kernel_tuple_broken: vec![],
+        listing_only: vec![NatAddr],
         match_opposite: true,
         flush_by_interface: true,
     }

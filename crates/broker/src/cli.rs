@@ -508,6 +508,12 @@ fn run(args: Args) -> Result<(), BrokerError> {
                 c.kernel_tuple_flush.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
             }
         );
+        if !c.listing_only.is_empty() {
+            println!(
+                "always a listing, then kills by id: {}",
+                c.listing_only.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+            );
+        }
         println!("protected prefixes: {}", args.config.protected.len());
         return Ok(());
     }

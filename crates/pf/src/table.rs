@@ -123,6 +123,8 @@ fn report(path: KillPath, table_passes: u32) -> KillReport {
 /// victim group (a twin counts with its victim).
 #[derive(Debug, Default)]
 struct ListedKill {
+    /// States `group_of` picked (protected ones included), before twins.
+    matched: u64,
     selected: u64,
     killed: u64,
     gone: u64,
@@ -284,9 +286,11 @@ impl<D: PfDevice> PfTable<D> {
         }
         let mut client = self.client();
         let mut spared = 0u64;
+        let mut matched = 0u64;
         let mut victims: Vec<Victim> = Vec::new();
         client.list(filter, &mut |s| {
             let Some(group) = group_of(&s) else { return Ok(()) };
+            matched += 1;
             if plan::touches(protected, &s) {
                 spared += 1;
             } else {
@@ -322,6 +326,7 @@ impl<D: PfDevice> PfTable<D> {
         let ids: Vec<(u64, u32)> = chosen.iter().map(|(id, _)| *id).collect();
         let each = client.kill_ids_each(&ids)?;
         let mut out = ListedKill {
+            matched,
             selected: ids.len() as u64,
             spared,
             per_group: vec![0; groups],
@@ -411,10 +416,16 @@ impl<D: PfDevice> PfTable<D> {
         Ok(report)
     }
 
-    /// Kill exactly these states by id, sparing protected ones whatever the handle's spelling.
+    /// Kill exactly these states by id, sparing protected ones whatever the handle's
+    /// spelling. With `match_opposite` each one's twin goes too, paired as a listing kill
+    /// pairs them ([`plan::TwinIndex`]): ids do not say what a state's keys are, so the
+    /// states are found in one listing and their twins counted in a second; a handle no
+    /// longer listed counts as not found. `Request::check` refuses creator 0 there (a handle
+    /// must name its state exactly as listed).
     pub fn kill_handles(
         &self,
         handles: &[CheckedHandle],
+        match_opposite: bool,
         protected: &[Prefix],
     ) -> Result<KillReport, PfError> {
         let started = Instant::now();
@@ -428,6 +439,23 @@ impl<D: PfDevice> PfTable<D> {
                     ));
                 }
             }
+        }
+        if match_opposite {
+            if ids.iter().any(|(_, creator)| *creator == 0) {
+                return Err(PfError::Unsupported(
+                    "killing twins by handle needs each handle's creator id as listed".into(),
+                ));
+            }
+            let wanted: HashSet<(u64, u32)> = ids.iter().copied().collect();
+            let pick = |s: &PfState| wanted.contains(&(s.id, s.creatorid)).then_some(0);
+            let done = self.kill_listed(&StateFilter::default(), &pick, 1, true, protected)?;
+            let mut r = report(KillPath::Handles, 2);
+            r.requested = handles.len() as u64;
+            r.killed = done.killed;
+            r.not_found = (wanted.len() as u64).saturating_sub(done.matched) + done.gone;
+            r.spared = done.spared;
+            r.elapsed_us = micros(started);
+            return Ok(r);
         }
         let mut spared = 0u64;
         let mut passes = 0u32;
