@@ -501,7 +501,8 @@ fn run(args: Args) -> Result<(), BrokerError> {
         );
         println!("kernel mark flush: {}", c.kernel_mark_flush);
         println!(
-            "kernel tuple (NAT address) flush: {}",
+            "kernel tuple ({}) flush: {}",
+            if c.listing_only.is_empty() { "NAT address" } else { "host, port, protocol" },
             if c.kernel_tuple_flush.is_empty() {
                 "no".to_owned()
             } else {

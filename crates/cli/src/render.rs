@@ -264,10 +264,19 @@ pub fn hello_text(h: &HelloReply) -> String {
             "  kills by {}: always a listing, then kills by id\n",
             c.listing_only.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
         ));
-        out.push_str("  kills by host, port, protocol (tuple):\n");
+        out.push_str("  kills by host, port, protocol, gateway, interface (tuple):\n");
     }
     for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
-        out.push_str(&format!("    {family}: {}\n", tuple_filter_status(c, family)));
+        let status = tuple_filter_status(c, family);
+        if !c.listing_only.is_empty() && c.kernel_tuple_flush.contains(&family) {
+            // pf prices each kill: a filtered pass per selector, or one listing.
+            out.push_str(&format!(
+                "    {family}: {status}, or one listing when that costs less (many selectors) \
+                 and always with protected prefixes\n"
+            ));
+        } else {
+            out.push_str(&format!("    {family}: {status}\n"));
+        }
     }
     out.push_str(&format!(
         "  limits: {} selectors, {} handles per request, {} records per batch, frames of {} bytes\n",
@@ -321,7 +330,7 @@ mod tests {
         h.backend.capabilities.listing_only = vec![statecull_proto::SelectorField::NatAddr];
         let text = hello_text(&h);
         assert!(text.contains("kills by nat-addr: always a listing, then kills by id"), "{text}");
-        assert!(text.contains("kills by host, port, protocol (tuple):\n    ipv4: in the kernel"));
+        assert!(text.contains("(tuple):\n    ipv4: in the kernel, or one listing when"), "{text}");
         assert!(!text.contains("kills by NAT address/tuple"), "{text}");
     }
 
