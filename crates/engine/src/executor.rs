@@ -644,8 +644,16 @@ async fn run_action(
                 path: None,
                 broker_us: None,
                 detail: format!(
-                    "{} listed, {} spared as protected flows, {} already gone",
-                    listed, resolved.spared, not_found
+                    "{} listed, {} spared as protected flows, {} already gone{}",
+                    listed,
+                    resolved.spared,
+                    not_found,
+                    if match_opposite {
+                        " (the kills include each handle's twin; a listed state already killed \
+                         as an earlier handle's twin counts as gone)"
+                    } else {
+                        ""
+                    }
                 ),
             })
         }
