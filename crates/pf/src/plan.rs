@@ -153,7 +153,9 @@ pub fn key_lists(s: &PfState) -> [(PfKey, Direction); 2] {
 /// an unrelated connection whose key happens to mirror the victim's; the kernel would kill
 /// it, statecull spares it. So statecull never kills a twin the kernel would spare (a list
 /// of two or more is ambiguous for both), and the listing sees the table before any kill,
-/// so its lists hold at least what the kernel's do when it looks.
+/// so its lists hold at least what the kernel's do when it looks. (Judged on the listing: a
+/// state born on a list between the listing and the kill by id is not seen, as with any
+/// listing kill.)
 #[derive(Clone, Debug)]
 pub struct TwinIndex<T> {
     lists: HashMap<(PfKey, Direction), Tally<T>>,
