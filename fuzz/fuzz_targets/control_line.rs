@@ -46,6 +46,7 @@ fn caps() -> [Capabilities; 2] {
         kernel_mark_flush: true,
         kernel_tuple_flush: vec![],
         kernel_tuple_broken: vec![],
+        listing_only: vec![],
         match_opposite: false,
         flush_by_interface: false,
     };
@@ -65,6 +66,7 @@ fn caps() -> [Capabilities; 2] {
         kernel_mark_flush: false,
         kernel_tuple_flush: vec![],
         kernel_tuple_broken: vec![],
+        listing_only: vec![],
         match_opposite: true,
         flush_by_interface: true,
     };

@@ -160,7 +160,7 @@ fn request_again(req: &Request, decoded_from: usize) {
         Request::Count { selectors } | Request::KillMatching { selectors, .. } => {
             selectors.iter().for_each(poke_selector);
         }
-        Request::KillHandles { handles } => {
+        Request::KillHandles { handles, .. } => {
             for h in handles {
                 let _ = h.check();
                 match h {

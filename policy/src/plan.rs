@@ -1166,7 +1166,8 @@ fn plan_fail_back(ctx: &Ctx<'_>, flushed: bool, b: &mut Builder) -> Result<(), P
                     },
                     why: format!(
                         "{head}; on_recovery = kill-unprotected: snapshot, spare the protected \
-                         flows ({flows}), kill the rest by handle"
+                         flows ({flows}), kill the rest by handle; {}",
+                        twins_note(ctx.caps)
                     ),
                     gateways: lower,
                     owners,

@@ -35,6 +35,7 @@ fn ct_caps() -> Capabilities {
         kernel_mark_flush: true,
         kernel_tuple_flush: vec![AddressFamily::Ipv4],
         kernel_tuple_broken: vec![AddressFamily::Ipv6],
+        listing_only: vec![],
         match_opposite: false,
         flush_by_interface: false,
     }
@@ -49,6 +50,7 @@ fn pf_caps() -> Capabilities {
         kernel_mark_flush: false,
         kernel_tuple_flush: vec![AddressFamily::Ipv4, AddressFamily::Ipv6],
         kernel_tuple_broken: vec![],
+        listing_only: vec![NatAddr],
         match_opposite: true,
         flush_by_interface: true,
     }
@@ -715,6 +717,18 @@ fn fail_back_kill_unprotected_spares_sip_and_rtp() {
     );
     assert_eq!(owned(&plan, 0), (vec![1], vec![1]));
     assert!(plan.explanation[0].contains("except protected flows (sip and rtp)"));
+    assert!(plan.steps[0].why.contains("one entry covers both directions"));
+    // On pf the handles' twins go too, and the plan says so.
+    let plan = run(&p, &[true, true], &[], &[0], &pf_caps());
+    let Action::KillExcept { match_opposite, .. } = &plan.steps[0].action else {
+        panic!("{:?}", plan.steps[0].action)
+    };
+    assert!(*match_opposite);
+    assert!(
+        plan.steps[0].why.contains("opposite-direction twin is killed"),
+        "{}",
+        plan.steps[0].why
+    );
 }
 
 #[test]

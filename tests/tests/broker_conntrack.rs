@@ -185,7 +185,7 @@ fn kill_handles_of_a_listed_subset_kills_exactly_those() {
     let victims: Vec<StateHandle> = listed.iter().step_by(3).map(|r| r.handle).collect();
     let victim_set: HashSet<StateHandle> = victims.iter().copied().collect();
 
-    let report = c.kill_handles(victims.clone()).expect("kill handles");
+    let report = c.kill_handles(victims.clone(), false).expect("kill handles");
     assert_eq!(report.requested, victims.len() as u64);
     assert_eq!(report.killed, victims.len() as u64, "{report:?}");
     assert_eq!(report.not_found, 0);
@@ -197,14 +197,14 @@ fn kill_handles_of_a_listed_subset_kills_exactly_those() {
     assert!(left.iter().all(|r| !victim_set.contains(&r.handle)));
 
     // Killing them again finds none: counted as not found, not as killed.
-    let again = c.kill_handles(victims.clone()).expect("kill again");
+    let again = c.kill_handles(victims.clone(), false).expect("kill again");
     assert_eq!((again.killed, again.not_found), (0, victims.len() as u64));
 
     // A stale handle (right tuple, wrong id) never kills the live entry.
     let live = left.iter().find(|r| mark_of(r) == 1).expect("a live WAN1 entry");
     let StateHandle::Conntrack { orig, id, zone } = live.handle else { panic!("not conntrack") };
     let stale = StateHandle::Conntrack { orig, id: id.wrapping_add(1), zone };
-    let r = c.kill_handles(vec![stale]).expect("stale kill");
+    let r = c.kill_handles(vec![stale], false).expect("stale kill");
     assert_eq!((r.killed, r.not_found), (0, 1));
     assert_eq!(snapshot(&mut c, None).len(), left.len());
 }
@@ -238,7 +238,7 @@ fn protected_prefixes_are_spared_and_reported() {
 
     // Handles cannot get around it either: the broker looks each one up first.
     let handles: Vec<_> = left.iter().map(|r| r.handle).collect();
-    let r = c.kill_handles(handles).expect("kill protected handles");
+    let r = c.kill_handles(handles, false).expect("kill protected handles");
     assert_eq!((r.killed, r.spared), (0, from_mgmt_wan1));
 
     // Nor can a flush.
@@ -277,7 +277,7 @@ fn protected_entries_survive_every_handle_spelling() {
         spellings[3].1.push(StateHandle::Conntrack { orig: reply, id: 0, zone });
     }
     for (what, handles) in spellings {
-        let r = c.kill_handles(handles).expect("kill");
+        let r = c.kill_handles(handles, false).expect("kill");
         assert_eq!(r.killed, 0, "handles {what} killed protected entries: {r:?}");
     }
     let left =
@@ -414,7 +414,10 @@ fn invalid_requests_are_refused_and_the_connection_stays_usable() {
             Request::Flush { interface: Some(statecull_proto::IfName("wan1".into())) },
             ErrorCode::Unsupported,
         ),
-        (Request::KillHandles { handles: vec![] }, ErrorCode::InvalidArgument),
+        (
+            Request::KillHandles { handles: vec![], match_opposite: false },
+            ErrorCode::InvalidArgument,
+        ),
     ];
     for (req, code) in cases {
         assert_eq!(error_code(&raw_call(&mut s, &req)), Some(code), "{req:?}");

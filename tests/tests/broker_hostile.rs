@@ -159,7 +159,10 @@ fn every_verb_before_hello_is_refused_and_never_reaches_the_backend() {
         Request::Snapshot { selector: None },
         Request::Count { selectors: vec![nat_selector()] },
         Request::KillMatching { selectors: vec![nat_selector()], match_opposite: false },
-        Request::KillHandles { handles: vec![StateHandle::Pf { id: 1, creator_id: 0 }] },
+        Request::KillHandles {
+            handles: vec![StateHandle::Pf { id: 1, creator_id: 0 }],
+            match_opposite: false,
+        },
         Request::Flush { interface: None },
     ];
     let mut s = Session::new(&broker, ENGINE);
@@ -196,7 +199,10 @@ fn oversized_and_empty_requests_are_refused_before_the_backend() {
             Request::KillMatching { selectors: too_many_selectors, match_opposite: false },
             ErrorCode::TooLarge,
         ),
-        (Request::KillHandles { handles: too_many_handles }, ErrorCode::TooLarge),
+        (
+            Request::KillHandles { handles: too_many_handles, match_opposite: false },
+            ErrorCode::TooLarge,
+        ),
         (
             Request::KillMatching { selectors: vec![], match_opposite: false },
             ErrorCode::EmptySelector,
@@ -205,9 +211,15 @@ fn oversized_and_empty_requests_are_refused_before_the_backend() {
             Request::KillMatching { selectors: vec![Selector::default()], match_opposite: false },
             ErrorCode::EmptySelector,
         ),
-        (Request::KillHandles { handles: vec![] }, ErrorCode::InvalidArgument),
         (
-            Request::KillHandles { handles: vec![StateHandle::Pf { id: 0, creator_id: 0 }] },
+            Request::KillHandles { handles: vec![], match_opposite: false },
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            Request::KillHandles {
+                handles: vec![StateHandle::Pf { id: 0, creator_id: 0 }],
+                match_opposite: false,
+            },
             ErrorCode::InvalidArgument,
         ),
     ];
@@ -281,7 +293,10 @@ fn mutations_are_refused_while_stopping_but_reads_still_answer() {
     broker.stop();
     for r in [
         Request::KillMatching { selectors: vec![nat_selector()], match_opposite: false },
-        Request::KillHandles { handles: vec![StateHandle::Pf { id: 1, creator_id: 1 }] },
+        Request::KillHandles {
+            handles: vec![StateHandle::Pf { id: 1, creator_id: 1 }],
+            match_opposite: false,
+        },
         Request::Flush { interface: None },
     ] {
         let mut out = Frames::default();
@@ -439,7 +454,10 @@ fn protected_pf_states_survive_every_verb_and_handle_spelling() {
             ),
         ];
         for (spelling, handles) in spellings {
-            let (k, spared) = killed(&ask(Request::KillHandles { handles: handles.clone() }));
+            let (k, spared) = killed(&ask(Request::KillHandles {
+                handles: handles.clone(),
+                match_opposite: false,
+            }));
             assert_eq!(k, 0, "{release}: handles {spelling} killed protected states");
             assert_eq!(spared, handles.len() as u64, "{release}: {spelling}");
         }
@@ -499,6 +517,7 @@ fn pf_kill_by_handle_with_protections_exports_only_protected_states() {
     s.handle(
         &payload(&Request::KillHandles {
             handles: vec![StateHandle::Pf { id: victim.0, creator_id: victim.1 }],
+            match_opposite: false,
         }),
         &mut out,
     );
@@ -1129,6 +1148,7 @@ fn a_pf_count_in_progress_does_not_hold_up_a_kill() {
         s.handle(
             &payload(&Request::KillHandles {
                 handles: vec![StateHandle::Pf { id: victim.0, creator_id: victim.1 }],
+                match_opposite: false,
             }),
             &mut out,
         );

@@ -261,9 +261,9 @@ fn kill_handles_by_pf_id() {
     let mut c = client(&b);
     let some: Vec<StateHandle> =
         snapshot(&mut c, Some(gw(1))).iter().take(100).map(|r| r.handle).collect();
-    let r = c.kill_handles(some.clone()).unwrap();
+    let r = c.kill_handles(some.clone(), false).unwrap();
     assert_eq!((r.killed, r.not_found, r.path), (100, 0, KillPath::Handles));
-    let r = c.kill_handles(some).unwrap();
+    let r = c.kill_handles(some, false).unwrap();
     assert_eq!((r.killed, r.not_found), (0, 100));
     // A conntrack handle is refused by the pf backend.
     let ct = StateHandle::Conntrack {
@@ -276,5 +276,46 @@ fn kill_handles_by_pf_id() {
         id: 1,
         zone: 0,
     };
-    assert!(c.kill_handles(vec![ct]).is_err());
+    assert!(c.kill_handles(vec![ct], false).is_err());
+}
+
+/// `KillHandles` with `match_opposite`: the broker pairs each named state's twin (the WAN
+/// half of a default-route connection takes its LAN half along), counts a stale handle as
+/// not found, and refuses creator 0 (a handle must name its state as listed).
+#[test]
+fn kill_handles_with_twins_takes_the_lan_half_of_default_route_connections() {
+    let b = broker(&[]);
+    let mut c = client(&b);
+    let g = expected();
+    // The WAN-side (OUT, igb1) states of 50 IPv4 default-route connections.
+    let conns: Vec<&statecull_pf::table_gen::Connection> = g
+        .connections
+        .iter()
+        .filter(|c| {
+            c.kind == Kind::DefaultWan1
+                && g.model
+                    .get(c.ids[1], g.model.hostid())
+                    .is_some_and(|s| s.wire.af == statecull_pf::types::AF_INET)
+        })
+        .take(50)
+        .collect();
+    assert_eq!(conns.len(), 50);
+    let wan: Vec<StateHandle> = conns
+        .iter()
+        .map(|c| StateHandle::Pf { id: c.ids[1], creator_id: g.model.hostid() })
+        .collect();
+    let before: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
+    let r = c.kill_handles(wan.clone(), true).unwrap();
+    assert_eq!((r.requested, r.killed, r.not_found), (50, 100, 0), "{r:?}");
+    assert_eq!((r.path, r.table_passes), (KillPath::Handles, 2));
+    let after: HashSet<u64> = snapshot(&mut c, None).iter().map(pf_id).collect();
+    let gone: HashSet<u64> = before.difference(&after).copied().collect();
+    let want: HashSet<u64> = conns.iter().flat_map(|c| c.ids.iter().copied()).collect();
+    assert_eq!(gone, want, "exactly the 50 connections, both halves");
+    // Again: all gone already.
+    let r = c.kill_handles(wan, true).unwrap();
+    assert_eq!((r.killed, r.not_found), (0, 50));
+    // Creator 0 names no listed state: refused before the backend.
+    let e = c.kill_handles(vec![StateHandle::Pf { id: 1, creator_id: 0 }], true).unwrap_err();
+    assert!(e.to_string().contains("creator id"), "{e}");
 }

@@ -391,3 +391,197 @@ fn the_sweep_leaves_a_gateway_alone_that_came_back_meanwhile() {
     assert_eq!(sweep.killed, Some(0), "{sweep:?}");
     assert!(sweep.message.contains("skipped"), "{sweep:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Fail-back with on_recovery = "kill-unprotected": the twins of what it kills go too.
+
+/// An in-process pf-model broker (so the test can add states to its table while the engine
+/// runs), serving on a socket the engine may use.
+struct InProcessBroker {
+    backend: std::sync::Arc<
+        statecull_broker::backend::pf::PfBackend<statecull_pf::model_device::ModelDevice>,
+    >,
+    socket: PathBuf,
+    stop: Option<std::os::fd::OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcessBroker {
+    fn start(dir: &Path, model: statecull_pf::model::PfModel) -> Self {
+        use statecull_pf::model_device::{ModelDevice, Release};
+        let rows = model.rows() as u64;
+        let client =
+            statecull_pf::client::PfClient::probe(ModelDevice::new(model, Release::FREEBSD_14))
+                .unwrap();
+        let backend = std::sync::Arc::new(
+            statecull_broker::backend::pf::PfBackend::with_second_lane(
+                client,
+                statecull_proto::BackendKind::PfModel,
+                "pf model".into(),
+                rows,
+            )
+            .unwrap(),
+        );
+        let socket = dir.join("broker.sock");
+        let mut config =
+            statecull_broker::config::Config { socket: socket.clone(), ..Default::default() };
+        config.allowed_uids.push(nix::unistd::geteuid().as_raw());
+        if nix::unistd::geteuid().is_root() {
+            let uid = statecull_broker::config::resolve_user(statecull_tests::TEST_USER).unwrap();
+            config.allowed_uids.insert(0, uid);
+            config.socket_gid =
+                Some(statecull_broker::config::resolve_group(statecull_tests::TEST_GROUP).unwrap());
+        }
+        let server = statecull_broker::server::Server::bind(
+            config,
+            Box::new(std::sync::Arc::clone(&backend)),
+        )
+        .unwrap();
+        let (stop_read, stop_write) = nix::unistd::pipe().unwrap();
+        let thread = std::thread::spawn(move || server.run(stop_read).unwrap());
+        Self { backend, socket, stop: Some(stop_write), thread: Some(thread) }
+    }
+
+    fn insert(&self, s: statecull_pf::types::PfState) -> u64 {
+        self.backend.with_device(|d| d.model().insert(s)).unwrap()
+    }
+}
+
+impl Drop for InProcessBroker {
+    fn drop(&mut self) {
+        if let Some(w) = self.stop.take() {
+            let _ = nix::unistd::write(&w, b"x");
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// WAN1 tier 1, WAN2 tier 2; fail-back kills what is left on WAN2 but SIP.
+fn fail_back_policy() -> String {
+    format!(
+        r#"
+[routing]
+confirm = "signal"
+settle_timeout = "60s"
+sweep_delay = "60s"
+{WAN1_WAN2}
+[[group]]
+name = "failover"
+members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
+on_down = "gateway"
+on_recovery = "kill-unprotected"
+
+[[protect]]
+name = "sip"
+proto = "udp"
+ports = [5060]
+"#
+    )
+}
+
+/// A default-route connection opened while WAN1 was down: the LAN-side IN state (no
+/// route-to, so no gateway to select it by) and its twin NAT'd out of WAN2.
+fn default_route_via_wan2(
+    proto: u8,
+    client: u8,
+    cport: u16,
+    dport: u16,
+) -> [statecull_pf::types::PfState; 2] {
+    use statecull_pf::table_gen::ROUTER;
+    use statecull_pf::types::{AF_INET, Direction, PfKey, PfState};
+    let c: std::net::IpAddr = std::net::Ipv4Addr::new(192, 0, 2, client).into();
+    let s: std::net::IpAddr = std::net::Ipv4Addr::new(198, 18, 7, 7).into();
+    let nat: std::net::IpAddr = ROUTER.wan_addr[1].0.into();
+    let key = |a0, p0, a1, p1| PfKey { af: AF_INET, proto, addr: [a0, a1], port: [p0, p1] };
+    let state = |direction, ifname: &str, wire, stack| PfState {
+        id: 0,
+        creatorid: 0,
+        direction,
+        ifname: ifname.into(),
+        orig_ifname: ifname.into(),
+        wire,
+        stack,
+        rt_addr: None,
+        rule: u32::MAX,
+        packets: [1, 1],
+        bytes: [60, 60],
+        creation: 5,
+        expire: 600,
+    };
+    let lan = key(c, cport, s, dport);
+    [
+        state(Direction::In, ROUTER.lan_if, lan, lan),
+        state(Direction::Out, ROUTER.wan_if[1], key(s, dport, nat, cport), lan.swapped()),
+    ]
+}
+
+fn wait_for_plans(control: &Path, n: usize) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let evs = events(control);
+        assert_eq!(count(&evs, EventKind::PlanFailed), 0, "{evs:#?}");
+        if count(&evs, EventKind::PlanDone) >= n {
+            return evs;
+        }
+        assert!(Instant::now() < deadline, "plan {n} never finished: {evs:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn fail_back_kill_unprotected_kills_the_twins_of_what_it_kills() {
+    let dir = TempDir::new("engine-pf-failback").unwrap();
+    let g = router_table(&Spec::new(4000, SEED)).unwrap();
+    let broker = InProcessBroker::start(dir.path(), g.model.clone());
+    let (_engine, control) = start_engine_with(dir.path(), &broker.socket, &fail_back_policy());
+
+    statecull(&control, &["gateway", "WAN1", "down", "--routed"]);
+    wait_for_plans(&control, 1);
+
+    // While WAN1 is down the default route leaves by WAN2: new connections NAT'd there.
+    let tcp = statecull_proto::ipproto::TCP;
+    let udp = statecull_proto::ipproto::UDP;
+    let mut unprotected = Vec::new();
+    for i in 0..40u16 {
+        let [lan, wan] = default_route_via_wan2(tcp, 10 + (i % 20) as u8, 41_000 + i, 443);
+        unprotected.push((broker.insert(lan), broker.insert(wan)));
+    }
+    let mut sip = Vec::new();
+    for i in 0..5u16 {
+        let [lan, wan] = default_route_via_wan2(udp, 60 + i as u8, 5060 + i, 5060);
+        sip.push((broker.insert(lan), broker.insert(wan)));
+    }
+    let before = ids(&snapshot(&broker.socket));
+
+    statecull(&control, &["gateway", "WAN1", "up"]);
+    statecull(&control, &["gateway", "WAN1", "routed"]);
+    let evs = wait_for_plans(&control, 2);
+    let after = ids(&snapshot(&broker.socket));
+    let gone: HashSet<u64> = before.difference(&after).copied().collect();
+    let done = evs.iter().filter(|e| e.kind == EventKind::PlanDone).nth(1).unwrap();
+    assert_eq!(done.killed, Some(gone.len() as u64), "reported kills = states gone: {done:?}");
+
+    for (lan, wan) in &unprotected {
+        assert!(gone.contains(wan), "the WAN2 state of a default-route connection survived");
+        assert!(gone.contains(lan), "its LAN-side twin was left in limbo");
+    }
+    for (lan, wan) in &sip {
+        assert!(!gone.contains(wan) && !gone.contains(lan), "a protected flow was killed");
+    }
+    // Nothing but WAN2's connections died: the firewall's LAN conversations stay.
+    for conn in &g.connections {
+        if conn.kind == Kind::LanToFirewall {
+            assert!(conn.ids.iter().all(|id| !gone.contains(id)), "{conn:?}");
+        }
+    }
+    let unrelated = gone
+        .iter()
+        .filter(|id| {
+            !unprotected.iter().any(|(l, w)| l == *id || w == *id)
+                && !g.connections.iter().any(|c| c.kind.wan() == Some(1) && c.ids.contains(id))
+        })
+        .count();
+    assert_eq!(unrelated, 0, "states of neither WAN2 nor the failure were killed");
+}

@@ -31,9 +31,12 @@ pub trait Backend: Send + Sync {
         match_opposite: bool,
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError>;
+    /// Kill these states; with `match_opposite` each one's twin too, paired as the
+    /// backend's `kill_matching` pairs them (pf; conntrack entries have none).
     fn kill_handles(
         &self,
         handles: &[CheckedHandle],
+        match_opposite: bool,
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError>;
     fn flush(
@@ -83,9 +86,10 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn kill_handles(
         &self,
         handles: &[CheckedHandle],
+        match_opposite: bool,
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError> {
-        (**self).kill_handles(handles, protected)
+        (**self).kill_handles(handles, match_opposite, protected)
     }
     fn flush(
         &self,
@@ -154,6 +158,7 @@ pub mod conntrack {
                     kernel_mark_flush: f.mark,
                     kernel_tuple_flush: self.families(TupleFilter::Verified),
                     kernel_tuple_broken: self.families(TupleFilter::Unusable),
+                    listing_only: Vec::new(),
                     match_opposite: false,
                     flush_by_interface: false,
                 },
@@ -201,6 +206,8 @@ pub mod conntrack {
         fn kill_handles(
             &self,
             handles: &[CheckedHandle],
+            // As for kill_matching: a conntrack entry is both directions at once.
+            _match_opposite: bool,
             protected: &[Prefix],
         ) -> Result<KillReport, BrokerError> {
             self.table.kill_handles(handles, protected).map_err(map)
@@ -292,9 +299,13 @@ pub mod pf {
                 capabilities: Capabilities {
                     selector_fields: statecull_pf::plan::SUPPORTED_FIELDS.to_vec(),
                     kernel_mark_flush: false,
-                    // pf's kill filter takes addresses of either family directly.
+                    // pf's kill filter takes host addresses of either family directly...
                     kernel_tuple_flush: vec![AddressFamily::Ipv4, AddressFamily::Ipv6],
                     kernel_tuple_broken: Vec::new(),
+                    // ...but not a NAT address (the wire key's firewall-side end, the
+                    // filter's source or destination by direction; and 13/14's nvlist kill
+                    // never reads `nat`): those always run as a listing and kills by id.
+                    listing_only: statecull_pf::plan::LISTING_ONLY_FIELDS.to_vec(),
                     match_opposite: true,
                     flush_by_interface: true,
                 },
@@ -334,9 +345,10 @@ pub mod pf {
         fn kill_handles(
             &self,
             handles: &[CheckedHandle],
+            match_opposite: bool,
             protected: &[Prefix],
         ) -> Result<KillReport, BrokerError> {
-            self.table.kill_handles(handles, protected).map_err(map)
+            self.table.kill_handles(handles, match_opposite, protected).map_err(map)
         }
 
         fn flush(

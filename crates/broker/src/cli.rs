@@ -501,13 +501,20 @@ fn run(args: Args) -> Result<(), BrokerError> {
         );
         println!("kernel mark flush: {}", c.kernel_mark_flush);
         println!(
-            "kernel tuple (NAT address) flush: {}",
+            "kernel tuple ({}) flush: {}",
+            if c.listing_only.is_empty() { "NAT address" } else { "host, port, protocol" },
             if c.kernel_tuple_flush.is_empty() {
                 "no".to_owned()
             } else {
                 c.kernel_tuple_flush.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
             }
         );
+        if !c.listing_only.is_empty() {
+            println!(
+                "always a listing, then kills by id: {}",
+                c.listing_only.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+            );
+        }
         println!("protected prefixes: {}", args.config.protected.len());
         return Ok(());
     }

@@ -344,9 +344,12 @@ impl<'a> Session<'a> {
                     b.kill_matching(&selectors, match_opposite, protected)
                 })
             }
-            CheckedRequest::KillHandles { handles } => {
-                let what = format!("{} handle(s)", handles.len());
-                self.mutate(out, verb, &what, |b, protected| b.kill_handles(&handles, protected))
+            CheckedRequest::KillHandles { handles, match_opposite } => {
+                let twins = if match_opposite { " and their twins" } else { "" };
+                let what = format!("{} handle(s){twins}", handles.len());
+                self.mutate(out, verb, &what, |b, protected| {
+                    b.kill_handles(&handles, match_opposite, protected)
+                })
             }
             CheckedRequest::Flush { interface } => {
                 let what = interface

@@ -172,6 +172,7 @@ impl Backend for FakeBackend {
                 kernel_mark_flush: true,
                 kernel_tuple_flush: vec![AddressFamily::Ipv4],
                 kernel_tuple_broken: Vec::new(),
+                listing_only: Vec::new(),
                 match_opposite: false,
                 flush_by_interface: false,
             },
@@ -225,6 +226,7 @@ impl Backend for FakeBackend {
     fn kill_handles(
         &self,
         handles: &[CheckedHandle],
+        _match_opposite: bool,
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError> {
         let _in =

@@ -256,9 +256,27 @@ pub fn hello_text(h: &HelloReply) -> String {
     if c.match_opposite {
         out.push_str("  --opposite: kills each victim's twin state in the other direction\n");
     }
-    out.push_str("  kills by NAT address/tuple:\n");
+    if c.listing_only.is_empty() {
+        out.push_str("  kills by NAT address/tuple:\n");
+    } else {
+        // pf: the kernel's kill filter cannot say these; they are never sent to it.
+        out.push_str(&format!(
+            "  kills by {}: always a listing, then kills by id\n",
+            c.listing_only.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+        ));
+        out.push_str("  kills by host, port, protocol, gateway, interface (tuple):\n");
+    }
     for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
-        out.push_str(&format!("    {family}: {}\n", tuple_filter_status(c, family)));
+        let status = tuple_filter_status(c, family);
+        if !c.listing_only.is_empty() && c.kernel_tuple_flush.contains(&family) {
+            // pf prices each kill: a filtered pass per selector, or one listing.
+            out.push_str(&format!(
+                "    {family}: {status}, or one listing when that costs less (many selectors) \
+                 and always with protected prefixes\n"
+            ));
+        } else {
+            out.push_str(&format!("    {family}: {status}\n"));
+        }
     }
     out.push_str(&format!(
         "  limits: {} selectors, {} handles per request, {} records per batch, frames of {} bytes\n",
@@ -296,6 +314,7 @@ mod tests {
                     kernel_mark_flush: true,
                     kernel_tuple_flush: flush,
                     kernel_tuple_broken: broken,
+                    listing_only: vec![],
                     match_opposite: false,
                     flush_by_interface: false,
                 },
@@ -303,6 +322,16 @@ mod tests {
             limits: Limits::default(),
             protected: vec![],
         }
+    }
+
+    #[test]
+    fn hello_says_which_fields_never_run_in_the_kernel() {
+        let mut h = hello(vec![AddressFamily::Ipv4, AddressFamily::Ipv6], vec![]);
+        h.backend.capabilities.listing_only = vec![statecull_proto::SelectorField::NatAddr];
+        let text = hello_text(&h);
+        assert!(text.contains("kills by nat-addr: always a listing, then kills by id"), "{text}");
+        assert!(text.contains("(tuple):\n    ipv4: in the kernel, or one listing when"), "{text}");
+        assert!(!text.contains("kills by NAT address/tuple"), "{text}");
     }
 
     #[test]

@@ -240,6 +240,7 @@ fn hello_reply() -> HelloReply {
                 kernel_mark_flush: true,
                 kernel_tuple_flush: vec![],
                 kernel_tuple_broken: vec![],
+                listing_only: vec![],
                 match_opposite: false,
                 flush_by_interface: false,
             },

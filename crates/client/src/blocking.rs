@@ -144,8 +144,12 @@ impl BrokerClient {
         self.run(Exchange::kill_matching(selectors, match_opposite))
     }
 
-    pub fn kill_handles(&mut self, handles: Vec<StateHandle>) -> Result<KillReport, ClientError> {
-        self.run(Exchange::kill_handles(handles))
+    pub fn kill_handles(
+        &mut self,
+        handles: Vec<StateHandle>,
+        match_opposite: bool,
+    ) -> Result<KillReport, ClientError> {
+        self.run(Exchange::kill_handles(handles, match_opposite))
     }
 
     pub fn flush(&mut self, interface: Option<IfName>) -> Result<KillReport, ClientError> {

@@ -104,8 +104,9 @@ impl Exchange<KillReport> {
         Self::killed(Request::KillMatching { selectors, match_opposite })
     }
 
-    pub fn kill_handles(handles: Vec<StateHandle>) -> Self {
-        Self::killed(Request::KillHandles { handles })
+    /// Kill these states; with `match_opposite` each one's twin too (pf).
+    pub fn kill_handles(handles: Vec<StateHandle>, match_opposite: bool) -> Self {
+        Self::killed(Request::KillHandles { handles, match_opposite })
     }
 
     pub fn flush(interface: Option<IfName>) -> Self {
@@ -169,8 +170,12 @@ impl<'a> Connected<'a> {
         Exchange::kill_matching(selectors, match_opposite)
     }
 
-    pub fn kill_handles(&self, handles: Vec<StateHandle>) -> Exchange<KillReport> {
-        Exchange::kill_handles(handles)
+    pub fn kill_handles(
+        &self,
+        handles: Vec<StateHandle>,
+        match_opposite: bool,
+    ) -> Exchange<KillReport> {
+        Exchange::kill_handles(handles, match_opposite)
     }
 
     pub fn flush(&self, interface: Option<IfName>) -> Exchange<KillReport> {

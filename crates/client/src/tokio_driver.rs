@@ -173,8 +173,9 @@ impl AsyncBrokerClient {
     pub async fn kill_handles(
         &mut self,
         handles: Vec<StateHandle>,
+        match_opposite: bool,
     ) -> Result<KillReport, ClientError> {
-        self.run(Exchange::kill_handles(handles)).await
+        self.run(Exchange::kill_handles(handles, match_opposite)).await
     }
 
     pub async fn flush(&mut self, interface: Option<IfName>) -> Result<KillReport, ClientError> {

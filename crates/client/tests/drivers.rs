@@ -31,7 +31,7 @@ fn blocking_every_verb() {
     assert_eq!(c.count(vec![sel(), sel()]).unwrap().per_selector, vec![1, 1]);
     // Written a byte at a time by the fake broker.
     assert_eq!(c.kill_matching(vec![sel(), sel(), sel()], false).unwrap().killed, 3);
-    assert_eq!(c.kill_handles(vec![record(1).handle]).unwrap().killed, 1);
+    assert_eq!(c.kill_handles(vec![record(1).handle], false).unwrap().killed, 1);
     assert_eq!(c.flush(None).unwrap().killed, 7);
 
     // Three batches and Done, in one write.
@@ -126,7 +126,7 @@ async fn tokio_every_verb() {
 
     assert_eq!(c.count(vec![sel(), sel()]).await.unwrap().per_selector, vec![1, 1]);
     assert_eq!(c.kill_matching(vec![sel(), sel(), sel()], false).await.unwrap().killed, 3);
-    assert_eq!(c.kill_handles(vec![record(1).handle]).await.unwrap().killed, 1);
+    assert_eq!(c.kill_handles(vec![record(1).handle], false).await.unwrap().killed, 1);
     assert_eq!(c.flush(None).await.unwrap().killed, 7);
     let mut seen = Vec::new();
     let done = c

@@ -174,7 +174,8 @@ fn an_error_ends_a_stream_and_leaves_the_connection_usable() {
         other => panic!("{other:?}"),
     }
     assert!(s.is_idle() && !s.is_broken(), "a refusal is not a broken connection");
-    s.request(&Request::KillHandles { handles: vec![record(1).handle] }).unwrap();
+    s.request(&Request::KillHandles { handles: vec![record(1).handle], match_opposite: false })
+        .unwrap();
     s.receive(&frame(&Response::Killed(report(1))));
     assert!(matches!(s.next_response().unwrap(), Some(Response::Killed(_))));
 }

@@ -584,7 +584,7 @@ async fn run_action(
                 broker_us: Some(r.elapsed_us),
             })
         }
-        Action::KillExcept { selectors, match_opposite: _, except } => {
+        Action::KillExcept { selectors, match_opposite, except } => {
             let mut records: Vec<StateRecord> = Vec::new();
             for sel in selectors {
                 let s = sel.clone();
@@ -616,12 +616,17 @@ async fn run_action(
                 .max(1) as usize;
             let mut killed = 0u64;
             let mut not_found = 0u64;
+            // With match_opposite the broker kills each victim's twin too (pf pairs them in
+            // crates/pf, as for KillMatching): the LAN-side half of a connection NAT'd on the
+            // gateway being left. A twin that is also a later chunk's victim is counted
+            // there as already gone.
+            let match_opposite = *match_opposite;
             for chunk in resolved.handles.chunks(limit) {
                 let handles: Vec<StateHandle> = chunk.to_vec();
                 let r = shared
                     .broker
                     .call_retrying(
-                        move |c| c.kill_handles(handles.clone()),
+                        move |c| c.kill_handles(handles.clone(), match_opposite),
                         BROKER_PATIENCE,
                         |e| tracing::warn!("kill pending: broker unreachable ({e}); retrying"),
                     )
@@ -639,8 +644,16 @@ async fn run_action(
                 path: None,
                 broker_us: None,
                 detail: format!(
-                    "{} listed, {} spared as protected flows, {} already gone",
-                    listed, resolved.spared, not_found
+                    "{} listed, {} spared as protected flows, {} already gone{}",
+                    listed,
+                    resolved.spared,
+                    not_found,
+                    if match_opposite {
+                        " (the kills include each handle's twin; a listed state already killed \
+                         as an earlier handle's twin counts as gone)"
+                    } else {
+                        ""
+                    }
                 ),
             })
         }

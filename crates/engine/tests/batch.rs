@@ -392,6 +392,7 @@ fn caps() -> Capabilities {
         kernel_mark_flush: false,
         kernel_tuple_flush: vec![],
         kernel_tuple_broken: vec![],
+        listing_only: vec![],
         match_opposite: true,
         flush_by_interface: false,
     }

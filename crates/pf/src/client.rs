@@ -191,13 +191,21 @@ impl<D: PfDevice> PfClient<D> {
     }
 
     /// One kill request (a filtered pass, or an id kill). Never sends a request that would
-    /// match every state.
+    /// match every state, nor a stack-key (`nat`) filter over `DIOCKILLSTATESNV`, whose
+    /// decoder never reads that flag (`pf_nvstate_kill_to_kstate_kill`): the kernel would
+    /// match the wire key instead and kill other states.
     pub fn kill(&mut self, k: &PfKill) -> Result<u32, PfError> {
         if k.is_everything() {
             return Err(PfError::Everything);
         }
         if self.transports.nl_kill {
             self.kill_netlink(cmd::KILLSTATES, k)
+        } else if k.nat && k.id == 0 {
+            Err(PfError::Unsupported(
+                "this kernel has no pf netlink KILLSTATES, and DIOCKILLSTATESNV ignores the \
+                 stack-key (nat) flag: list the states and kill them by id instead"
+                    .into(),
+            ))
         } else {
             self.kill_nv(DIOCKILLSTATESNV, k)
         }

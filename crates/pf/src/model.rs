@@ -263,8 +263,11 @@ impl PfModel {
         Some(s)
     }
 
-    /// `pf_find_state_all(key, dir, &more)`: the first state using `key` as its wire key
-    /// (`dir` IN) or stack key (`dir` OUT) with that direction, and how many more there are.
+    /// `pf_find_state_all(key, dir, &more)` (sys/netpfil/pf/pf.c): the key looked up in the
+    /// key hash, then the states that use it as their `PF_SK_WIRE` key (`dir` IN) or their
+    /// `PF_SK_STACK` key (`dir` OUT), in list order. The kernel never checks a state's
+    /// direction on this walk: the first state on the list is returned and every other one
+    /// counts into `more`, whatever its direction.
     fn find_state_all(&mut self, key: &PfKey, dir: Direction) -> (Option<u32>, usize) {
         self.cost.key_lookups += 1;
         let Some(lists) = self.keys.get(key) else { return (None, 0) };
@@ -272,21 +275,13 @@ impl PfModel {
             Direction::In => &lists.wire,
             Direction::Out => &lists.stack,
         };
-        let mut first = None;
-        let mut more = 0;
-        for slot in list {
-            if self.state_at(*slot).is_some_and(|s| s.direction == dir) {
-                if first.is_none() {
-                    first = Some(*slot);
-                } else {
-                    more += 1;
-                }
-            }
-        }
-        (first, more)
+        let mut live = list.iter().copied().filter(|slot| self.state_at(*slot).is_some());
+        let first = live.next();
+        (first, live.count())
     }
 
-    /// `pf_kill_matching_state`: kill the twin only if it is unambiguous.
+    /// `pf_kill_matching_state` (sys/netpfil/pf/pf_ioctl.c): unlink what
+    /// `pf_find_state_all` returned unless `more` is non-zero.
     fn kill_twin(&mut self, key: &PfKey, dir: Direction) -> u64 {
         match self.find_state_all(key, dir) {
             (Some(slot), 0) => u64::from(self.unlink(slot).is_some()),

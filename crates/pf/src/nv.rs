@@ -1172,8 +1172,13 @@ fn k_rule_addr(nvl: &Nvlist) -> Result<RuleAddr, KernelErr> {
 /// mistyped required keys → `EINVAL`; numbers too large for their field → `ERANGE`; a
 /// `port` array of more than 2 → `E2BIG`; `ifname` ≥ 16 or `label` ≥ 64 bytes → `EINVAL`;
 /// `port_op` > 9 → `EINVAL`; address types other than ADDRMASK → `EINVAL` (the kernel
-/// takes 1..=5 too; this model does not). `rt_addr` and `nat` are optional (absent or
-/// mistyped means zero / false); unknown keys are ignored.
+/// takes 1..=5 too; this model does not). `rt_addr` is optional (absent or mistyped means
+/// zero); unknown keys are ignored.
+///
+/// `nat` is one of the ignored keys: libpfctl sends it, but the kernel's decoder never reads
+/// it (sys/netpfil/pf/pf_nv.c, `pf_nvstate_kill_to_kstate_kill` ends with `kill_match`), so
+/// a kill over `DIOCKILLSTATESNV` always matches the wire key. Only pf netlink's
+/// `PF_CS_NAT` reaches `psk_nat` ([`crate::nl::parse_kill_request`]).
 ///
 /// `proto` is a C `int` in the kernel (`ERANGE` outside `INT_MIN..=INT_MAX`); an int
 /// outside 0..=255 can match no state, and [`PfKill`] has no room for it, so it is `ERANGE`
@@ -1198,7 +1203,6 @@ pub fn kill_from_request(nvl: &Nvlist) -> Result<PfKill, KernelErr> {
     let ifname = k_string(nvl, "ifname", IFNAMSIZ)?;
     let label = k_string(nvl, "label", PF_RULE_LABEL_SIZE)?;
     let kill_match = k_bool(nvl, "kill_match")?;
-    let nat = matches!(nvl.get("nat"), Some(NvValue::Bool(true)));
     Ok(PfKill {
         id,
         creatorid,
@@ -1211,7 +1215,7 @@ pub fn kill_from_request(nvl: &Nvlist) -> Result<PfKill, KernelErr> {
         ifname,
         label,
         kill_match,
-        nat,
+        nat: false,
     })
 }
 

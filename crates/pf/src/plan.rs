@@ -31,6 +31,14 @@ pub const SUPPORTED_FIELDS: [SelectorField; 10] = [
     SelectorField::Label,
 ];
 
+/// Selector fields no kernel kill filter statecull sends can express: a kill using one always
+/// runs as a listing and kills by id ([`kill_filter`] answers `None`). A NAT address is the
+/// wire key's firewall-side end, the filter's source for outbound states and its destination
+/// for inbound ones; the kernel's stack-key flag (`nat`) cannot say it either, and
+/// FreeBSD 13/14's `DIOCKILLSTATESNV` never reads that flag (only pf netlink's `PF_CS_NAT`
+/// does), so statecull never sends it.
+pub const LISTING_ONLY_FIELDS: [SelectorField; 1] = [SelectorField::NatAddr];
+
 /// Why pf cannot match on `field`, for error messages.
 pub fn unsupported_hint(field: SelectorField) -> Option<&'static str> {
     match field {
@@ -124,30 +132,97 @@ pub fn touches(protected: &[Prefix], s: &PfState) -> bool {
     )
 }
 
-/// For each victim (index into `states`), its twin's index when exactly one state qualifies:
-/// the opposite direction, and the victim's key swapped as that state's wire key (IN) or
-/// stack key (OUT), as the kernel's `kill_match` looks it up (pf-kernel.md §10.4).
-pub fn pair_twins(states: &[PfState], victims: &[usize]) -> Vec<Option<usize>> {
-    let mut index: HashMap<(PfKey, Direction), (usize, usize)> =
-        HashMap::with_capacity(states.len());
-    for (i, s) in states.iter().enumerate() {
-        let key = match s.direction {
-            Direction::In => s.wire,
-            Direction::Out => s.stack,
-        };
-        let e = index.entry((key, s.direction)).or_insert((i, 0));
-        e.1 += 1;
+/// The key list a state sits on that a twin lookup walks: `pf_find_state_all(key, dir)`
+/// walks the states that use `key` as their `PF_SK_WIRE` key when `dir` is IN, or as their
+/// `PF_SK_STACK` key when `dir` is OUT, and never looks at their direction. A state sits on
+/// two lists: its wire key's (looked up with IN) and its stack key's (looked up with OUT).
+pub fn key_lists(s: &PfState) -> [(PfKey, Direction); 2] {
+    [(s.wire, Direction::In), (s.stack, Direction::Out)]
+}
+
+/// statecull's twin pairing for the listing path, decided here and nowhere else: for each
+/// twin lookup ([`twin_search`] of a victim), the states on the list that
+/// `pf_find_state_all` would walk, counted as the kernel counts them (every state on the
+/// list, whatever its direction: its `more`).
+///
+/// The deliberate difference from the kernel's `kill_match` (`pf_killstates_row` then
+/// `pf_kill_matching_state`): the kernel kills the list's only state whatever its
+/// direction; statecull kills it only when it is in the lookup's direction (the opposite of
+/// the victim's), because a real twin always is: the two halves of a forwarded connection
+/// are one IN and one OUT state. A lone state of the victim's own direction on that list is
+/// an unrelated connection whose key happens to mirror the victim's; the kernel would kill
+/// it, statecull spares it. So statecull never kills a twin the kernel would spare (a list
+/// of two or more is ambiguous for both), and the listing sees the table before any kill,
+/// so its lists hold at least what the kernel's do when it looks. (Judged on the listing: a
+/// state born on a list between the listing and the kill by id is not seen, as with any
+/// listing kill.)
+#[derive(Clone, Debug)]
+pub struct TwinIndex<T> {
+    lists: HashMap<(PfKey, Direction), Tally<T>>,
+    /// Count every list (`false`: only the lookups it was made for).
+    open: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tally<T> {
+    first: Option<(T, Direction)>,
+    count: u32,
+}
+
+impl<T> Default for Tally<T> {
+    fn default() -> Self {
+        Self { first: None, count: 0 }
     }
-    victims
-        .iter()
-        .map(|v| {
-            let (key, dir) = twin_search(&states[*v]);
-            match index.get(&(key, dir)) {
-                Some((i, 1)) => Some(*i),
-                _ => None,
+}
+
+impl<T: Copy> TwinIndex<T> {
+    /// An index that counts only the lists these lookups walk (a listing kill: memory is
+    /// bounded by the victims, never the table).
+    pub fn for_lookups(lookups: impl IntoIterator<Item = (PfKey, Direction)>) -> Self {
+        Self { lists: lookups.into_iter().map(|l| (l, Tally::default())).collect(), open: false }
+    }
+
+    /// An index over every list of the states added.
+    pub fn over_all() -> Self {
+        Self { lists: HashMap::new(), open: true }
+    }
+
+    /// Count a listed state on both lists it sits on; `tag` is what [`TwinIndex::twin`]
+    /// gives back for it.
+    pub fn add(&mut self, s: &PfState, tag: T) {
+        for list in key_lists(s) {
+            let tally = if self.open {
+                Some(self.lists.entry(list).or_default())
+            } else {
+                self.lists.get_mut(&list)
+            };
+            if let Some(t) = tally {
+                if t.first.is_none() {
+                    t.first = Some((tag, s.direction));
+                }
+                t.count = t.count.saturating_add(1);
             }
-        })
-        .collect()
+        }
+    }
+
+    /// The twin for a lookup ([`twin_search`] of a victim): the list's only state, when it
+    /// is in the lookup's direction (see the type's documentation).
+    pub fn twin(&self, lookup: &(PfKey, Direction)) -> Option<T> {
+        match self.lists.get(lookup) {
+            Some(Tally { first: Some((tag, dir)), count: 1 }) if *dir == lookup.1 => Some(*tag),
+            _ => None,
+        }
+    }
+}
+
+/// For each victim (index into `states`), its twin's index by [`TwinIndex`]'s rule, with
+/// `states` the whole listing.
+pub fn pair_twins(states: &[PfState], victims: &[usize]) -> Vec<Option<usize>> {
+    let mut index = TwinIndex::over_all();
+    for (i, s) in states.iter().enumerate() {
+        index.add(s, i);
+    }
+    victims.iter().map(|v| index.twin(&twin_search(&states[*v]))).collect()
 }
 
 /// How a kill request is carried out.

@@ -153,12 +153,15 @@ impl PfDevice for FreeBsdDevice {
     }
 }
 
-/// The running kernel's release (`uname -r`).
 /// `net.pf.states_hashsize`: the id-hash rows of pf's state table (a boot-time tunable).
+/// The kernel declares it `SYSCTL_ULONG(_net_pf, OID_AUTO, states_hashsize, CTLFLAG_RDTUN,
+/// &pf_hashsize, ...)` (sys/netpfil/pf/pf_ioctl.c): a `u_long`, 8 bytes on amd64, so it is
+/// read into 8 bytes (a 4-byte buffer would get `ENOMEM` and the value be assumed).
 pub fn states_hashsize() -> io::Result<u64> {
     let name = c"net.pf.states_hashsize";
-    let mut value: libc::c_uint = 0;
-    let mut len = size_of::<libc::c_uint>();
+    const _: () = assert!(size_of::<libc::c_ulong>() == size_of::<u64>());
+    let mut value: u64 = 0;
+    let mut len = size_of::<u64>();
     // SAFETY: sysctlbyname(3) with a NUL-terminated name, an output buffer of `len` bytes that
     // lives across the call, and no new value.
     let rc = unsafe {
@@ -167,12 +170,13 @@ pub fn states_hashsize() -> io::Result<u64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if len != size_of::<libc::c_uint>() || value == 0 {
+    if len != size_of::<u64>() || value == 0 {
         return Err(io::Error::other(format!("unexpected value {value} ({len} bytes)")));
     }
-    Ok(u64::from(value))
+    Ok(value)
 }
 
+/// The running kernel's release (`uname -r`).
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())

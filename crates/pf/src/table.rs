@@ -13,7 +13,7 @@
 //! one conversation), and nothing here writes to a client while holding a lane (a snapshot
 //! is listed into memory first).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -123,6 +123,8 @@ fn report(path: KillPath, table_passes: u32) -> KillReport {
 /// victim group (a twin counts with its victim).
 #[derive(Debug, Default)]
 struct ListedKill {
+    /// States `group_of` picked (protected ones included), before twins.
+    matched: u64,
     selected: u64,
     killed: u64,
     gone: u64,
@@ -263,13 +265,12 @@ impl<D: PfDevice> PfTable<D> {
 
     /// Kill by id the states `group_of` picks from a listing (the group it returns is what
     /// the kill is credited to), sparing states that touch protected prefixes, and with
-    /// `match_opposite` each victim's unambiguous twin (the kernel's `kill_match` rule: the
-    /// victim's key swapped, looked up as an IN state's wire key or an OUT state's stack key,
-    /// killed only if exactly one state has it).
+    /// `match_opposite` each victim's twin as [`plan::TwinIndex`] pairs them (the kernel's
+    /// `kill_match` lookup, never killing a twin the kernel would spare).
     ///
     /// Memory is bounded by the victims, never the table: the first listing (kernel-filtered
     /// by `filter`) keeps only the victims; a second one, over the whole table, only counts
-    /// the states that have a victim's twin key.
+    /// the states on the key lists the victims' twin lookups walk.
     fn kill_listed(
         &self,
         filter: &StateFilter,
@@ -285,9 +286,11 @@ impl<D: PfDevice> PfTable<D> {
         }
         let mut client = self.client();
         let mut spared = 0u64;
+        let mut matched = 0u64;
         let mut victims: Vec<Victim> = Vec::new();
         client.list(filter, &mut |s| {
             let Some(group) = group_of(&s) else { return Ok(()) };
+            matched += 1;
             if plan::touches(protected, &s) {
                 spared += 1;
             } else {
@@ -298,39 +301,18 @@ impl<D: PfDevice> PfTable<D> {
         let mut chosen: Vec<((u64, u32), usize)> =
             victims.iter().map(|v| (v.id, v.group)).collect();
         if match_opposite && !victims.is_empty() {
-            // Per twin key: the first state with it, how many have it, whether it is protected.
-            #[derive(Clone, Copy, Default)]
-            struct Seen {
-                first: (u64, u32),
-                count: u32,
-                protected: bool,
-            }
-            let mut wanted: HashMap<(PfKey, Direction), Seen> =
-                victims.iter().map(|v| (v.twin, Seen::default())).collect();
+            // Tag: the state's (id, creator) and whether it is protected.
+            let mut index = plan::TwinIndex::for_lookups(victims.iter().map(|v| v.twin));
             let mut listed = 0u64;
             client.list(&StateFilter::default(), &mut |s| {
                 listed += 1;
-                let key = match s.direction {
-                    Direction::In => (s.wire, Direction::In),
-                    Direction::Out => (s.stack, Direction::Out),
-                };
-                if let Some(e) = wanted.get_mut(&key) {
-                    if e.count == 0 {
-                        e.first = (s.id, s.creatorid);
-                        e.protected = plan::touches(protected, &s);
-                    }
-                    e.count += 1;
-                }
+                index.add(&s, ((s.id, s.creatorid), plan::touches(protected, &s)));
                 Ok(())
             })?;
             self.remember_size(listed);
             let mut seen: HashSet<(u64, u32)> = chosen.iter().map(|(id, _)| *id).collect();
             for v in &victims {
-                let Some(Seen { first: twin, count: 1, protected: touches }) =
-                    wanted.get(&v.twin).copied()
-                else {
-                    continue;
-                };
+                let Some((twin, touches)) = index.twin(&v.twin) else { continue };
                 if !seen.insert(twin) {
                     continue;
                 }
@@ -344,6 +326,7 @@ impl<D: PfDevice> PfTable<D> {
         let ids: Vec<(u64, u32)> = chosen.iter().map(|(id, _)| *id).collect();
         let each = client.kill_ids_each(&ids)?;
         let mut out = ListedKill {
+            matched,
             selected: ids.len() as u64,
             spared,
             per_group: vec![0; groups],
@@ -433,10 +416,16 @@ impl<D: PfDevice> PfTable<D> {
         Ok(report)
     }
 
-    /// Kill exactly these states by id, sparing protected ones whatever the handle's spelling.
+    /// Kill exactly these states by id, sparing protected ones whatever the handle's
+    /// spelling. With `match_opposite` each one's twin goes too, paired as a listing kill
+    /// pairs them ([`plan::TwinIndex`]): ids do not say what a state's keys are, so the
+    /// states are found in one listing and their twins counted in a second; a handle no
+    /// longer listed counts as not found. `Request::check` refuses creator 0 there (a handle
+    /// must name its state exactly as listed).
     pub fn kill_handles(
         &self,
         handles: &[CheckedHandle],
+        match_opposite: bool,
         protected: &[Prefix],
     ) -> Result<KillReport, PfError> {
         let started = Instant::now();
@@ -450,6 +439,23 @@ impl<D: PfDevice> PfTable<D> {
                     ));
                 }
             }
+        }
+        if match_opposite {
+            if ids.iter().any(|(_, creator)| *creator == 0) {
+                return Err(PfError::Unsupported(
+                    "killing twins by handle needs each handle's creator id as listed".into(),
+                ));
+            }
+            let wanted: HashSet<(u64, u32)> = ids.iter().copied().collect();
+            let pick = |s: &PfState| wanted.contains(&(s.id, s.creatorid)).then_some(0);
+            let done = self.kill_listed(&StateFilter::default(), &pick, 1, true, protected)?;
+            let mut r = report(KillPath::Handles, 2);
+            r.requested = handles.len() as u64;
+            r.killed = done.killed;
+            r.not_found = (wanted.len() as u64).saturating_sub(done.matched) + done.gone;
+            r.spared = done.spared;
+            r.elapsed_us = micros(started);
+            return Ok(r);
         }
         let mut spared = 0u64;
         let mut passes = 0u32;

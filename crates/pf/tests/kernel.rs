@@ -129,3 +129,58 @@ fn a_too_small_reply_buffer_is_enospc_after_the_kill() {
         errno::EINVAL
     );
 }
+
+/// A filter on a NATed client's address with the stack-key flag (`nat`), and the states it
+/// means on the wire key (flag ignored) and on the stack key (flag honoured).
+fn nat_kill_and_meanings(
+    m: &statecull_pf::model::PfModel,
+) -> (PfKill, BTreeSet<u64>, BTreeSet<u64>) {
+    use statecull_pf::types::Direction;
+    let s = m
+        .states()
+        .find(|s| s.direction == Direction::Out && s.wire != s.stack)
+        .expect("a NATed outbound state")
+        .clone();
+    let client = s.stack.addr[1];
+    let k = PfKill {
+        src: RuleAddr::prefix(&client, if client.is_ipv4() { 32 } else { 128 }),
+        af: af_of(&client),
+        nat: true,
+        ..PfKill::default()
+    };
+    let on = |k: &PfKill| m.states().filter(|x| m.kill_matches(k, x)).map(|x| x.id).collect();
+    let stack: BTreeSet<u64> = on(&k);
+    let wire: BTreeSet<u64> = on(&PfKill { nat: false, ..k.clone() });
+    assert!(stack.contains(&s.id) && !wire.contains(&s.id), "the NAT state tells them apart");
+    (k, wire, stack)
+}
+
+fn killed_by(before: &[PfState], after: &[PfState]) -> BTreeSet<u64> {
+    ids(before).difference(&ids(after)).copied().collect()
+}
+
+#[test]
+fn the_nat_flag_is_read_over_netlink_and_never_over_the_nvlist_ioctl() {
+    // DIOCKILLSTATESNV: pf_nvstate_kill_to_kstate_kill never reads "nat"; the same request
+    // bytes kill by the wire key.
+    let g = router_table(&Spec::new(400, 9)).unwrap();
+    let (k, wire, stack) = nat_kill_and_meanings(&g.model);
+    let mut dev = ModelDevice::new(g.model.clone(), Release::FREEBSD_14);
+    let before: Vec<PfState> = dev.model().states().cloned().collect();
+    let req = statecull_pf::nv::kill_request(&k).pack().unwrap();
+    dev.nv_ioctl(statecull_pf::abi::DIOCKILLSTATESNV, &req, 1024).unwrap();
+    let after: Vec<PfState> = dev.model().states().cloned().collect();
+    assert_eq!(killed_by(&before, &after), wire);
+
+    // pf netlink KILLSTATES carries PF_CS_NAT and the kernel honours it: the stack key.
+    let mut c = PfClient::probe(ModelDevice::new(g.model.clone(), Release::FREEBSD_15)).unwrap();
+    let before = list_all(&mut c);
+    assert_eq!(c.kill(&k).unwrap() as usize, stack.len());
+    assert_eq!(killed_by(&before, &list_all(&mut c)), stack);
+
+    // The client never sends the flag where the kernel would drop it.
+    let mut c = PfClient::probe(ModelDevice::new(g.model, Release::FREEBSD_14)).unwrap();
+    let n = c.device().model().len();
+    assert!(matches!(c.kill(&k), Err(PfError::Unsupported(_))));
+    assert_eq!(c.device().model().len(), n);
+}

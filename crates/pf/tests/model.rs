@@ -303,19 +303,17 @@ fn brute_force(m: &PfModel, k: &PfKill) -> HashSet<u64> {
                 Direction::Out => (s.stack.swapped(), Direction::In),
                 Direction::In => (s.wire.swapped(), Direction::Out),
             };
-            let cands: Vec<usize> = alive
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| {
-                    t.direction == dir
-                        && if dir == Direction::In {
-                            t.wire == twin_key
-                        } else {
-                            t.stack == twin_key
-                        }
-                })
-                .map(|(j, _)| j)
-                .collect();
+            // pf_find_state_all: every state on the key's wire list (IN) or stack list
+            // (OUT), whatever its direction; one and only one is killed.
+            let cands: Vec<usize> =
+                alive
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| {
+                        if dir == Direction::In { t.wire == twin_key } else { t.stack == twin_key }
+                    })
+                    .map(|(j, _)| j)
+                    .collect();
             if let [j] = cands[..] {
                 killed.insert(alive[j].id);
                 alive.remove(j);

@@ -652,6 +652,28 @@ fn nat_addr_and_protected_prefixes_take_the_listing() {
 }
 
 #[test]
+fn a_nat_address_never_reaches_a_kernel_filter_whatever_the_price() {
+    // DIOCKILLSTATESNV never reads the kernel's stack-key flag, so a NAT-address kill is
+    // never a kernel filter: on every table shape, alone or beside cheap gateway selectors.
+    let nat = nat_sel();
+    assert_eq!(plan::kill_filter(&nat, true), None);
+    assert_eq!(plan::kill_filter(&nat, false), None);
+    assert!(plan::LISTING_ONLY_FIELDS.iter().all(|f| nat.fields().contains(f)));
+    let gw1 = gw_selector(v4(ROUTER.gateway[0].0));
+    for table in [SHORT, LONG, BIG, None] {
+        for sels in [vec![nat.clone()], vec![gw1.clone(), nat.clone()]] {
+            let p = plan::choose(&sels, true, &[], table).unwrap();
+            let Path::ListThenIds { filtered, listed } = &p else { panic!("{p:?}") };
+            assert!(filtered.is_empty() && listed.contains(&nat), "{table:?}: {p:?}");
+        }
+    }
+    // No filter statecull builds sets the flag.
+    for sel in [gw1, checked(Selector { src: Some(lan_prefix()), ..Selector::default() })] {
+        assert!(!plan::kill_filter(&sel, true).unwrap().nat);
+    }
+}
+
+#[test]
 fn label_selectors_always_run_filtered() {
     let voip = label_sel("voip");
     for table in [SHORT, LONG, None] {
@@ -890,8 +912,20 @@ fn two_lan_states_with_one_key_make_the_wan_side_ambiguous() {
     assert_eq!(kill_one_with_match(&m, &listing[b]), HashSet::from([listing[b].id]));
 }
 
+/// Per victim: what the kernel kills with `kill_match` (the model's filtered pass) and what
+/// statecull's listing kill takes (the victim and its paired twin), and that the second
+/// never has a state the first spares.
+fn kernel_and_listing(m: &PfModel, listing: &[PfState], v: usize) -> (HashSet<u64>, HashSet<u64>) {
+    let kernel = kill_one_with_match(m, &listing[v]);
+    let (listed, _) = kill_listed_by_id(&mut m.clone(), listing, &[v]);
+    assert!(listed.is_subset(&kernel), "listing kills {listed:?}, the kernel {kernel:?}");
+    (kernel, listed)
+}
+
 #[test]
-fn twins_are_found_by_direction_and_by_the_right_key() {
+fn twin_lookups_walk_a_key_list_and_count_every_state_on_it() {
+    // pf_find_state_all walks the key's wire list (IN lookup) or stack list (OUT lookup),
+    // never checks direction, and counts every state on the list into `more`.
     let lan = tcp_key("192.0.2.10", 40000, "198.18.0.5", 443);
     let (m, listing, idx) = hand_table(vec![
         // A: LAN side. B: its NAT twin (stack key = A's key swapped).
@@ -902,9 +936,10 @@ fn twins_are_found_by_direction_and_by_the_right_key() {
             tcp_key("198.18.0.5", 443, "198.51.100.1", 40000),
             lan.swapped(),
         ),
-        // D: an IN state keyed like B's stack key: the same key, the wrong direction.
+        // D: an IN state keyed like B's stack key: on the same stack list as B, and its own
+        // lookup (lan, OUT) finds A, of D's own direction: a same-direction key match.
         hand_state(Direction::In, "igb3", lan.swapped(), lan.swapped()),
-        // E: an OUT state whose *wire* key equals B's stack key: not a stack-key match.
+        // E: an OUT state whose *wire* key equals B's stack key: not on the stack list.
         hand_state(
             Direction::Out,
             "igb2",
@@ -913,14 +948,56 @@ fn twins_are_found_by_direction_and_by_the_right_key() {
         ),
     ]);
     let (a, b, d, e) = (idx[0], idx[1], idx[2], idx[3]);
-    let twins = plan::pair_twins(&listing, &[a, b, d, e]);
-    assert_eq!(twins[0], Some(b), "D is IN and E matches by wire key: neither counts");
-    assert_eq!(twins[1], Some(a));
-    // The model says the same for every one of them.
-    for (v, tw) in [a, b, d, e].into_iter().zip(&twins) {
-        let mut expected = HashSet::from([listing[v].id]);
-        expected.extend(tw.map(|t| listing[t].id));
-        assert_eq!(kill_one_with_match(&m, &listing[v]), expected, "victim {:?}", listing[v]);
+    let id = |i: usize| listing[i].id;
+    assert_eq!(plan::pair_twins(&listing, &[a, b, d, e]), vec![None, Some(a), None, None]);
+    // A's lookup (lan swapped, OUT) walks a stack list holding B and D: ambiguous for both.
+    assert_eq!(
+        kernel_and_listing(&m, &listing, a),
+        (HashSet::from([id(a)]), HashSet::from([id(a)]))
+    );
+    // B's lookup (lan, IN) walks a wire list holding A alone: both kill the pair.
+    let pair = HashSet::from([id(b), id(a)]);
+    assert_eq!(kernel_and_listing(&m, &listing, b), (pair.clone(), pair));
+    // D's lookup (lan, OUT) walks a stack list holding A alone, an IN state like D: the
+    // kernel kills it; statecull's listing, by its documented choice, spares it.
+    assert_eq!(
+        kernel_and_listing(&m, &listing, d),
+        (HashSet::from([id(d), id(a)]), HashSet::from([id(d)]))
+    );
+    // E's lookup finds nothing.
+    assert_eq!(
+        kernel_and_listing(&m, &listing, e),
+        (HashSet::from([id(e)]), HashSet::from([id(e)]))
+    );
+}
+
+#[test]
+fn a_nat_twin_beside_an_unrelated_reverse_state_is_ambiguous_for_both() {
+    let lan = tcp_key("192.0.2.10", 40000, "198.18.0.5", 443);
+    let (m, listing, idx) = hand_table(vec![
+        // A: LAN side of C -> S, B: its NAT twin on WAN1.
+        hand_state(Direction::In, "igb0", lan, lan),
+        hand_state(
+            Direction::Out,
+            "igb1",
+            tcp_key("198.18.0.5", 443, "198.51.100.1", 40000),
+            lan.swapped(),
+        ),
+        // R: an unrelated OUT state S:443 -> C:40000 leaving on igb3; its wire key is A's,
+        // so it sits on the wire list B's lookup walks (the old model skipped it as OUT).
+        hand_state(Direction::Out, "igb3", lan, lan),
+    ]);
+    let (a, b, r) = (idx[0], idx[1], idx[2]);
+    let id = |i: usize| listing[i].id;
+    assert_eq!(plan::pair_twins(&listing, &[a, b, r]), vec![Some(b), None, None]);
+    for (v, kernel) in [
+        (b, HashSet::from([id(b)])),
+        (a, HashSet::from([id(a), id(b)])),
+        (r, HashSet::from([id(r)])),
+    ] {
+        let (k, l) = kernel_and_listing(&m, &listing, v);
+        assert_eq!(k, kernel, "kernel, victim {:?}", listing[v]);
+        assert_eq!(l, kernel, "listing, victim {:?}", listing[v]);
     }
 }
 

@@ -385,6 +385,7 @@ impl Capabilities {
             kernel_mark_flush: true,
             kernel_tuple_flush: vec![AddressFamily::Ipv4, AddressFamily::Ipv6],
             kernel_tuple_broken: Vec::new(),
+            listing_only: Vec::new(),
             match_opposite: true,
             flush_by_interface: true,
         }
@@ -412,7 +413,7 @@ pub enum CheckedRequest {
     Hello(Hello),
     Snapshot { selector: Option<CheckedSelector> },
     Count { selectors: Vec<CheckedSelector> },
-    KillHandles { handles: Vec<CheckedHandle> },
+    KillHandles { handles: Vec<CheckedHandle>, match_opposite: bool },
     KillMatching { selectors: Vec<CheckedSelector>, match_opposite: bool },
     Flush { interface: Option<CheckedIfName> },
 }
@@ -489,16 +490,27 @@ impl Request {
                 }
                 Ok(CheckedRequest::KillMatching { selectors: selectors(&s)?, match_opposite })
             }
-            Request::KillHandles { handles } => {
+            Request::KillHandles { handles, match_opposite } => {
                 if handles.is_empty() {
                     return Err(ProtoError::invalid("request", "KillHandles without handles"));
                 }
                 check_count("handles", handles.len(), limits.max_handles as usize)?;
+                // A twin is found from the state a handle names as listed; creator 0 ("this
+                // host", as pf's kill by id reads it) names no listed state.
+                if match_opposite
+                    && handles.iter().any(|h| matches!(h, StateHandle::Pf { creator_id: 0, .. }))
+                {
+                    return Err(ProtoError::invalid(
+                        "handle",
+                        "killing twins by handle needs each pf handle's creator id as listed \
+                         (not 0)",
+                    ));
+                }
                 let handles = handles
                     .into_iter()
                     .map(|h| h.check().map(|()| CheckedHandle(h)))
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(CheckedRequest::KillHandles { handles })
+                Ok(CheckedRequest::KillHandles { handles, match_opposite })
             }
             Request::Flush { interface } => {
                 let interface = match interface {

@@ -36,7 +36,8 @@ pub use verbs::{
 pub const DEFAULT_BROKER_SOCKET: &str = "/run/statecull/broker.sock";
 /// Version of this protocol; a broker refuses clients that announce another.
 /// 2: kill reports carry per-selector counts.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: `KillHandles` carries `match_opposite`; capabilities list `listing_only` fields.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes in a frame header (the big-endian payload length).
 pub const HEADER_LEN: usize = 4;
 /// Largest frame payload: 1 MiB.

@@ -35,9 +35,12 @@ pub enum Request {
     Count {
         selectors: Vec<Selector>,
     },
-    /// Kill exactly these states.
+    /// Kill exactly these states. `match_opposite` also kills each one's twin in the other
+    /// direction, paired by the backend as its `KillMatching` pairs them (pf; conntrack
+    /// entries have none); pf handles must then carry their creator id as listed.
     KillHandles {
         handles: Vec<StateHandle>,
+        match_opposite: bool,
     },
     /// Kill every state matching any of the selectors. `match_opposite` also kills each
     /// victim's twin in the other direction (pf `kill_match`; conntrack entries have none).
@@ -128,8 +131,8 @@ pub struct Capabilities {
     pub selector_fields: Vec<SelectorField>,
     /// A mark/mask kill runs as one in-kernel filtered flush.
     pub kernel_mark_flush: bool,
-    /// Address families for which tuple kills (NAT address, exact hosts, protocol) run as
-    /// one in-kernel filtered flush (conntrack `CTA_FILTER` on `IPCTNL_MSG_CT_DELETE`, when
+    /// Address families for which tuple kills (NAT address, exact hosts, protocol; less the
+    /// fields in `listing_only`) can run as one in-kernel filtered flush (conntrack `CTA_FILTER` on `IPCTNL_MSG_CT_DELETE`, when
     /// the kernel accepts it and its address matching was verified on live entries); for the
     /// others they run as a filtered dump plus batched deletes.
     pub kernel_tuple_flush: Vec<crate::model::AddressFamily>,
@@ -137,6 +140,10 @@ pub struct Capabilities {
     /// select the wrong states; kills for them never use it. A family in neither list has not
     /// been verified yet (no entries to test on) and is handled as unusable until it is.
     pub kernel_tuple_broken: Vec<crate::model::AddressFamily>,
+    /// Selector fields the kernel's kill filter cannot express: a kill using one always runs
+    /// as a listing plus kills by handle, whatever `kernel_tuple_flush` says (pf: the NAT
+    /// address; FreeBSD 13/14's `DIOCKILLSTATESNV` never reads a NAT-key flag).
+    pub listing_only: Vec<SelectorField>,
     /// `match_opposite` has an effect (pf); conntrack entries cover both directions.
     pub match_opposite: bool,
     /// `Flush` can be limited to an interface.

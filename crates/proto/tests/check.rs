@@ -523,7 +523,10 @@ fn request_check_table() {
     let count = |selectors: Vec<Selector>| Request::Count { selectors };
     let kill =
         |selectors: Vec<Selector>| Request::KillMatching { selectors, match_opposite: false };
-    let handles = |handles: Vec<StateHandle>| Request::KillHandles { handles };
+    let handles =
+        |handles: Vec<StateHandle>| Request::KillHandles { handles, match_opposite: false };
+    let twins = |handles: Vec<StateHandle>| Request::KillHandles { handles, match_opposite: true };
+    let pf = |id: u64, creator_id: u32| StateHandle::Pf { id, creator_id };
     let flush = |name: Option<&str>| Request::Flush { interface: name.map(|n| IfName(n.into())) };
     let cases: Vec<(&str, Request, Limits, Want, usize)> = vec![
         ("hello", hello("statecull cli".into()), p, Want::Ok, 0),
@@ -624,6 +627,15 @@ fn request_check_table() {
             handles(vec![good_handle(), bad_handle]),
             p,
             Want::Invalid("state key", "does not fit protocol 1"),
+            0,
+        ),
+        ("kill handles and twins", twins(vec![good_handle(), pf(7, 0x1234)]), p, Want::Ok, 0),
+        ("kill pf handle creator 0", handles(vec![pf(7, 0)]), p, Want::Ok, 0),
+        (
+            "kill pf handle creator 0 and its twin",
+            twins(vec![pf(8, 0x1234), pf(7, 0)]),
+            p,
+            Want::Invalid("handle", "creator id as listed"),
             0,
         ),
         ("flush all", flush(None), p, Want::Ok, 0),

@@ -112,7 +112,7 @@ fn worst_cases_are_the_largest() {
 #[test]
 fn max_kill_handles_fits_one_frame() {
     let n = usize::try_from(MAX_HANDLES).unwrap();
-    let req = Request::KillHandles { handles: vec![worst_handle(); n] };
+    let req = Request::KillHandles { handles: vec![worst_handle(); n], match_opposite: true };
     assert!(
         req.clone().check(&Limits::PROTOCOL, &Capabilities::any()).is_ok(),
         "the worst-case handles are valid"
@@ -131,7 +131,7 @@ fn max_kill_handles_fits_one_frame() {
     assert_eq!(frame.len(), HEADER_LEN + len);
     assert_eq!(decode_request(&frame[HEADER_LEN..]).unwrap(), req);
 
-    let over = Request::KillHandles { handles: vec![worst_handle(); n + 1] };
+    let over = Request::KillHandles { handles: vec![worst_handle(); n + 1], match_opposite: true };
     let e = over.check(&Limits::PROTOCOL, &Capabilities::any()).unwrap_err();
     assert_eq!(e, ProtoError::TooMany { what: "handles", count: n + 1, max: n });
     assert_eq!(e.code(), ErrorCode::TooLarge);
@@ -193,7 +193,7 @@ fn max_selectors_fit_one_frame() {
 fn oversized_message_is_refused_by_the_encoder() {
     let per = encoded_len(&worst_handle()).unwrap();
     let n = FRAME / per + 1;
-    let req = Request::KillHandles { handles: vec![worst_handle(); n] };
+    let req = Request::KillHandles { handles: vec![worst_handle(); n], match_opposite: true };
     assert!(encoded_len(&req).unwrap() > FRAME);
     let e = encode_request(&req).unwrap_err();
     assert!(matches!(e, ProtoError::Encode(_)), "{e:?}");

@@ -94,8 +94,8 @@ proptest! {
         );
         let sum_handles: usize = handles.iter().map(|h| encoded_len(h).unwrap()).sum();
         prop_assert_eq!(
-            encoded_len(&Request::KillHandles { handles: handles.clone() })?,
-            1 + varint_len(handles.len()) + sum_handles
+            encoded_len(&Request::KillHandles { handles: handles.clone(), match_opposite: true })?,
+            1 + varint_len(handles.len()) + sum_handles + 1
         );
         let sum_records: usize = records.iter().map(|r| encoded_len(r).unwrap()).sum();
         prop_assert_eq!(
@@ -185,12 +185,14 @@ fn wire_format_is_pinned() {
             id: 300,
             zone: 0,
         }],
+        match_opposite: true,
     };
     let mut expected = vec![3, 1, 0, 17, 1];
     expected.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
     expected.push(1);
     expected.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
     expected.extend_from_slice(&[0, 251, 0xbb, 0x01, 53, 251, 0x2c, 0x01, 0]);
+    expected.push(1); // match_opposite true
     assert_eq!(payload_of(encode_request(&handles).unwrap()), expected);
 
     let done = Response::SnapshotDone(SnapshotDone { records: 300, elapsed_us: u64::MAX });
@@ -218,7 +220,7 @@ fn every_variant_roundtrips() {
         Request::Snapshot { selector: Some(sel.clone()) },
         Request::Count { selectors: vec![] },
         Request::Count { selectors: vec![sel.clone(), Selector::default()] },
-        Request::KillHandles { handles: vec![] },
+        Request::KillHandles { handles: vec![], match_opposite: false },
         Request::KillMatching { selectors: vec![sel], match_opposite: true },
         Request::Flush { interface: None },
         Request::Flush { interface: Some(IfName("eth0".into())) },

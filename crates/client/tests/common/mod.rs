@@ -30,6 +30,7 @@ pub fn hello_reply() -> HelloReply {
                 kernel_mark_flush: false,
                 kernel_tuple_flush: vec![AddressFamily::Ipv4],
                 kernel_tuple_broken: vec![],
+                listing_only: vec![],
                 match_opposite: true,
                 flush_by_interface: false,
             },
@@ -198,7 +199,7 @@ fn serve(mut s: UnixStream, mode: Mode, log: &Mutex<Vec<String>>) {
                 }
                 continue;
             }
-            Request::KillHandles { handles } => {
+            Request::KillHandles { handles, .. } => {
                 frame(&Response::Killed(report(handles.len() as u64)))
             }
             Request::Flush { .. } => frame(&Response::Killed(report(7))),

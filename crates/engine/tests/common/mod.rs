@@ -54,6 +54,7 @@ pub fn hello_reply() -> HelloReply {
                 kernel_mark_flush: false,
                 kernel_tuple_flush: vec![AddressFamily::Ipv4, AddressFamily::Ipv6],
                 kernel_tuple_broken: vec![],
+                listing_only: vec![],
                 match_opposite: false,
                 flush_by_interface: false,
             },

@@ -226,7 +226,8 @@ pub(crate) fn request() -> impl Strategy<Value = Request> {
         hello().prop_map(Request::Hello),
         option::of(selector()).prop_map(|selector| Request::Snapshot { selector }),
         vec(selector(), 0..6).prop_map(|selectors| Request::Count { selectors }),
-        vec(state_handle(), 0..12).prop_map(|handles| Request::KillHandles { handles }),
+        (vec(state_handle(), 0..12), any::<bool>())
+            .prop_map(|(handles, match_opposite)| Request::KillHandles { handles, match_opposite }),
         (vec(selector(), 0..6), any::<bool>()).prop_map(|(selectors, match_opposite)| {
             Request::KillMatching { selectors, match_opposite }
         }),
@@ -244,6 +245,7 @@ pub(crate) fn capabilities() -> impl Strategy<Value = Capabilities> {
         any::<bool>(),
         vec(family(), 0..3),
         vec(family(), 0..3),
+        vec(selector_field(), 0..3),
         any::<bool>(),
         any::<bool>(),
     )
@@ -253,6 +255,7 @@ pub(crate) fn capabilities() -> impl Strategy<Value = Capabilities> {
                 kernel_mark_flush,
                 kernel_tuple_flush,
                 kernel_tuple_broken,
+                listing_only,
                 match_opposite,
                 flush_by_interface,
             )| Capabilities {
@@ -260,6 +263,7 @@ pub(crate) fn capabilities() -> impl Strategy<Value = Capabilities> {
                 kernel_mark_flush,
                 kernel_tuple_flush,
                 kernel_tuple_broken,
+                listing_only,
                 match_opposite,
                 flush_by_interface,
             },
