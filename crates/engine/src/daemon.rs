@@ -155,6 +155,9 @@ struct Opened {
     control_path: PathBuf,
     control_limits: crate::control::ControlLimits,
     metrics: Option<tokio::net::TcpListener>,
+    /// Every Unix socket the engine will ever connect to (the broker, dpinger status
+    /// sockets), registered before confinement; see `dial.rs`.
+    dialer: crate::dial::Dialer,
     /// Installed before confinement (see `signals.rs`).
     signals: crate::signals::Signals,
 }
@@ -236,7 +239,19 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         ),
         None => None,
     };
-    let (shared, decisions, metrics_rx) = Shared::new(policy, BrokerLink::new(broker_socket));
+    let dialer = crate::dial::Dialer::open(
+        std::iter::once(("the broker".to_owned(), broker_socket.clone())).chain(
+            policy.gateways.iter().filter_map(|g| match &g.source {
+                HealthSource::Dpinger { socket } => {
+                    Some((format!("dpinger of {}", g.name), PathBuf::from(socket)))
+                }
+                _ => None,
+            }),
+        ),
+    )?;
+    let broker =
+        BrokerLink::with_dialer(broker_socket, dialer.clone(), crate::broker::DEFAULT_IDLE_LIMIT);
+    let (shared, decisions, metrics_rx) = Shared::new(policy, broker);
     Ok(Opened {
         shared: Arc::new(shared),
         decisions,
@@ -247,6 +262,7 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         control_path,
         control_limits,
         metrics,
+        dialer,
         signals,
     })
 }
@@ -292,8 +308,8 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         .clone()
         .or_else(|| nix::unistd::geteuid().is_root().then(|| DEFAULT_USER.to_owned()));
     // FreeBSD: every kept descriptor gets only the rights it is used for before capability
-    // mode. (Not yet handled there: reconnecting to a restarted broker by path is refused
-    // in capability mode; see ARCHITECTURE.md.)
+    // mode. The dialer's socket directories were limited when it opened them (`dial.rs`):
+    // every later broker or dpinger connection is a `connectat(2)` in one of them.
     #[cfg(target_os = "freebsd")]
     if !args.no_sandbox {
         use statecull_sandbox::freebsd::{FdUse, limit};
@@ -342,6 +358,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         control_path,
         control_limits,
         metrics,
+        dialer,
         signals,
     } = opened;
     let mut tasks = tokio::task::JoinSet::new();
@@ -365,6 +382,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         if let HealthSource::Dpinger { socket } = &g.source {
             tasks.spawn(crate::sources::poll_dpinger(
                 Arc::clone(&shared),
+                dialer.clone(),
                 i,
                 PathBuf::from(socket),
                 g.probe_interval,

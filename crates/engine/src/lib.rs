@@ -8,6 +8,7 @@ pub mod batch;
 pub mod broker;
 pub mod control;
 pub mod daemon;
+pub mod dial;
 pub mod dpinger;
 pub mod error;
 pub mod events;
