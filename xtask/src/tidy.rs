@@ -222,13 +222,42 @@ pub fn unsafe_problems(root: &Path) -> Vec<String> {
     out
 }
 
+/// The 0-based lines of a file's unit-test module (`#[cfg(test)]` then `mod tests`, to its
+/// closing brace, counted in code), or an empty range.
+fn test_module(text: &str) -> std::ops::Range<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines_outside_tests(text);
+    let mut depth = 0usize;
+    let mut opened = false;
+    for (i, line) in lines.iter().enumerate().skip(start) {
+        for c in code_of(line).chars() {
+            match c {
+                '{' => {
+                    depth += 1;
+                    opened = true;
+                }
+                '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if opened && depth == 0 {
+            return start..i + 1;
+        }
+    }
+    start..lines.len()
+}
+
 /// Path connects in one engine source file `f` (its text), outside its unit-test module.
 fn connect_problems_in(f: &Path, text: &str) -> Vec<String> {
     if f == Path::new(ENGINE_DIALER) {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for (n, line) in text.lines().take(lines_outside_tests(text)).enumerate() {
+    let tests = test_module(text);
+    for (n, line) in text.lines().enumerate() {
+        if tests.contains(&n) {
+            continue;
+        }
         let code = code_of(line);
         if let Some(p) = PATH_CONNECTS.iter().find(|p| code.contains(**p)) {
             out.push(format!(
@@ -451,6 +480,9 @@ mod tests {
         let fine = "// UnixStream::connect is for the dialer\nlet m = \"UnixStream::connect\";\n\
                     #[cfg(test)]\nmod tests {\n    let s = UnixStream::connect(p);\n}\n";
         assert!(connect_problems_in(f, fine).is_empty());
+        // Code after the test module is checked again.
+        let after = format!("{fine}pub fn g() {{ UnixStream::connect(p); }}\n");
+        assert_eq!(connect_problems_in(f, &after).len(), 1, "{after}");
         assert!(connect_problems_in(Path::new(ENGINE_DIALER), bad).is_empty());
     }
 
