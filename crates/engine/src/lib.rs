@@ -13,6 +13,7 @@ pub mod dpinger;
 pub mod error;
 pub mod events;
 pub mod executor;
+pub mod icmp;
 pub mod metrics;
 pub mod probe;
 pub mod refresh;
