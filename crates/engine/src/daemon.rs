@@ -18,7 +18,8 @@ use crate::broker::BrokerLink;
 use crate::error::EngineError;
 use crate::events::NewEvent;
 use crate::executor::Executor;
-use crate::probe::{ProbeSpec, Prober};
+use crate::probe::{ProbeResult, ProbeSpec, Prober};
+use crate::raw_probe::RawProber;
 use crate::routes::RouteWatcher;
 use crate::state::Shared;
 
@@ -43,8 +44,10 @@ enum LogFormat {
 /// The policy file (TOML) names the gateways, how their health is judged, how their states
 /// are recognised, the failover groups and what to do on failure and recovery; see
 /// `statecull check-policy FILE` and the examples shipped with statecull. The engine needs
-/// no privilege: ICMP probes use datagram sockets (the engine's group must be inside
-/// `net.ipv4.ping_group_range`), kills go through the broker's socket.
+/// no privilege on Linux: ICMP probes use datagram sockets (the engine's group must be inside
+/// `net.ipv4.ping_group_range`), kills go through the broker's socket. On FreeBSD it is
+/// started as root with --user: it opens raw ICMP sockets and the socket directories of the
+/// broker and dpinger, then drops to the user and enters Capsicum capability mode.
 #[derive(Debug, Parser)]
 #[command(name = "statecull-engine", version, max_term_width = 100)]
 struct Args {
@@ -144,12 +147,37 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
+/// The engine's ICMP prober: datagram sockets on Linux (no privilege), raw sockets opened
+/// as root on FreeBSD (which has no datagram ICMP sockets; `raw_probe.rs`).
+#[derive(Debug)]
+enum Probes {
+    Datagram(Prober),
+    Raw(RawProber),
+}
+
+impl Probes {
+    async fn open(specs: Vec<ProbeSpec>) -> Result<Self, EngineError> {
+        if cfg!(target_os = "freebsd") {
+            Ok(Probes::Raw(RawProber::open(specs)?))
+        } else {
+            Ok(Probes::Datagram(Prober::open(specs).await?))
+        }
+    }
+
+    fn start(self, tx: tokio::sync::mpsc::Sender<ProbeResult>) -> tokio::task::JoinSet<()> {
+        match self {
+            Probes::Datagram(p) => p.start(tx),
+            Probes::Raw(p) => p.start(tx),
+        }
+    }
+}
+
 /// Everything the engine opens before it starts working.
 struct Opened {
     shared: Arc<Shared>,
     decisions: tokio::sync::mpsc::UnboundedReceiver<crate::state::Decision>,
     metrics_rx: tokio::sync::watch::Receiver<crate::metrics::EngineMetrics>,
-    prober: Option<Prober>,
+    prober: Option<Probes>,
     routes: Option<RouteWatcher>,
     control: tokio::net::UnixListener,
     control_path: PathBuf,
@@ -206,11 +234,12 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
             interface: Some(g.interface.to_string()),
             targets: g.monitor.clone(),
             source: g.probe_source,
+            fib: g.fib,
             interval: g.probe_interval,
             timeout: g.probe_timeout,
         })
         .collect();
-    let prober = if specs.is_empty() { None } else { Some(Prober::open(specs).await?) };
+    let prober = if specs.is_empty() { None } else { Some(Probes::open(specs).await?) };
     let routes = if policy.routing.confirm == RoutingConfirm::Rtnetlink {
         match RouteWatcher::open() {
             Ok(w) => Some(w),
@@ -318,6 +347,13 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         limit(opened.control.as_fd(), &FdUse::Listener).map_err(e)?;
         if let Some(m) = &opened.metrics {
             limit(m.as_fd(), &FdUse::Listener).map_err(e)?;
+        }
+        // Raw ICMP sockets, opened as root and connected to their targets: send, receive,
+        // events (capability mode refuses sendto with an address, and any new socket).
+        if let Some(Probes::Raw(p)) = &opened.prober {
+            for fd in p.descriptors() {
+                limit(fd, &FdUse::Datagram).map_err(e)?;
+            }
         }
         limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
         limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;

@@ -124,6 +124,13 @@ pub fn skip_ipv4_header(packet: &[u8]) -> Result<&[u8], EngineError> {
     Ok(&packet[ihl..])
 }
 
+/// The source address of an IPv4 packet whose header [`skip_ipv4_header`] accepts.
+pub fn ipv4_source(packet: &[u8]) -> Option<std::net::Ipv4Addr> {
+    skip_ipv4_header(packet).ok()?;
+    let b: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+    Some(std::net::Ipv4Addr::from(b))
+}
+
 /// Read what a raw socket of `family` received (IPv4: with its IP header).
 ///
 /// Errors: a packet too short, an IPv4 header that does not hold, an IPv4 checksum that
@@ -249,6 +256,8 @@ mod tests {
         p[0] = 0x47;
         p.splice(20..20, [1u8; 8]);
         assert_eq!(parse(Family::V4, &p).unwrap(), r);
+        assert_eq!(ipv4_source(&p), Some("203.0.113.254".parse().unwrap()));
+        assert_eq!(ipv4_source(&p[..10]), None);
     }
 
     #[test]

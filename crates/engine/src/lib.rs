@@ -16,6 +16,7 @@ pub mod executor;
 pub mod icmp;
 pub mod metrics;
 pub mod probe;
+pub mod raw_probe;
 pub mod refresh;
 pub mod routes;
 pub mod signals;
