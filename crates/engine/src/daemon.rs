@@ -318,6 +318,10 @@ async fn run(args: Args) -> Result<(), EngineError> {
             ),
             Err(e) => println!("broker at {}: NOT reachable: {e}", shared.broker.path().display()),
         }
+        println!("sockets reachable after confinement (dialer):");
+        for (path, what) in opened.dialer.targets() {
+            println!("  {} ({what})", path.display());
+        }
         let _ = std::fs::remove_file(&opened.control_path);
         return Ok(());
     }
