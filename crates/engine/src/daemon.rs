@@ -268,16 +268,7 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         ),
         None => None,
     };
-    let dialer = crate::dial::Dialer::open(
-        std::iter::once(("the broker".to_owned(), broker_socket.clone())).chain(
-            policy.gateways.iter().filter_map(|g| match &g.source {
-                HealthSource::Dpinger { socket } => {
-                    Some((format!("dpinger of {}", g.name), PathBuf::from(socket)))
-                }
-                _ => None,
-            }),
-        ),
-    )?;
+    let dialer = crate::dial::Dialer::open(dial_targets(&policy, &broker_socket))?;
     let broker =
         BrokerLink::with_dialer(broker_socket, dialer.clone(), crate::broker::DEFAULT_IDLE_LIMIT);
     let (shared, decisions, metrics_rx) = Shared::new(policy, broker);
@@ -294,6 +285,22 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         dialer,
         signals,
     })
+}
+
+/// Every Unix socket the engine will connect to, for its dialer: the broker's, and each
+/// dpinger status socket the policy names. Nothing else can be reached after confinement.
+pub fn dial_targets(
+    policy: &statecull_policy::Policy,
+    broker_socket: &std::path::Path,
+) -> Vec<(String, PathBuf)> {
+    std::iter::once(("the broker".to_owned(), broker_socket.to_owned()))
+        .chain(policy.gateways.iter().filter_map(|g| match &g.source {
+            HealthSource::Dpinger { socket } => {
+                Some((format!("dpinger of {}", g.name), PathBuf::from(socket)))
+            }
+            HealthSource::Icmp | HealthSource::External => None,
+        }))
+        .collect()
 }
 
 async fn run(args: Args) -> Result<(), EngineError> {
@@ -521,4 +528,35 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
     quiet.abort_all();
     tasks.abort_all();
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// The dialer is built from exactly the broker's socket and the policy's dpinger
+    /// sockets: the engine can reach nothing else after confinement.
+    #[test]
+    fn the_dialer_knows_the_broker_and_the_policys_dpinger_sockets_only() {
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../policy/examples/pfsense-two-wan.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let policy = statecull_policy::load::parse(&text, path).unwrap();
+        let targets = dial_targets(&policy, std::path::Path::new("/var/run/statecull/broker.sock"));
+        let shown: Vec<(String, String)> =
+            targets.iter().map(|(w, p)| (w.clone(), p.display().to_string())).collect();
+        assert_eq!(
+            shown,
+            [
+                ("the broker".to_owned(), "/var/run/statecull/broker.sock".to_owned()),
+                (
+                    "dpinger of WAN1".to_owned(),
+                    "/var/run/dpinger_WAN1~198.51.100.1~192.0.2.53.sock".to_owned()
+                ),
+            ]
+        );
+        let dialer = crate::dial::Dialer::direct(targets);
+        assert!(!dialer.knows(std::path::Path::new("/var/run/dpinger_WAN2.sock")));
+    }
 }
