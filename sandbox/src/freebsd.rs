@@ -41,7 +41,7 @@
 //! (`crates/engine/src/dial.rs`) holds those descriptors, one per directory its policy names.
 //! A directory that is removed and created again is not the one held: restart the engine.
 //! Likewise `sendto(2)` with a destination address fails: datagram and raw sockets (ICMP
-//! probes) must be connected before capability mode ([`FdUse::Datagram`]).
+//! probes) must be connected before capability mode ([`FdUse::Datagram`], [`FdUse::Probe`]).
 
 use std::ffi::OsStr;
 use std::io;
@@ -73,6 +73,10 @@ pub enum FdUse {
     /// peer name and shutdown. It must be connected before capability mode, where
     /// `connect(2)` and `sendto(2)` with an address fail with `ECAPMODE`.
     Datagram,
+    /// A raw ICMP probe socket, connected to its target before capability mode: send
+    /// (`CAP_WRITE`), receive (`CAP_READ`) and kqueue (`CAP_EVENT`) only. Its options (source
+    /// address, FIB, non-blocking mode) are all set before it is limited.
+    Probe,
     /// `/dev/pf`: `CAP_IOCTL` only, for exactly these ioctl request numbers (the broker
     /// uses `DIOCKILLSTATESNV`, `DIOCCLRSTATESNV` and `DIOCGETSTATESV2`, see the module
     /// documentation). An empty list is refused.
@@ -95,6 +99,7 @@ impl FdUse {
             FdUse::Listener => "listener",
             FdUse::Stream => "stream",
             FdUse::Datagram => "datagram",
+            FdUse::Probe => "probe",
             FdUse::PfDevice { .. } => "pf device",
             FdUse::SocketDirectory => "socket directory",
             FdUse::Output => "output",
@@ -140,6 +145,7 @@ impl FdUse {
                 Right::Getsockname,
                 Right::Fcntl,
             ],
+            FdUse::Probe => &[Right::Read, Right::Write, Right::Event],
             FdUse::PfDevice { .. } => &[Right::Ioctl],
             FdUse::SocketDirectory => &[Right::Lookup, Right::Connectat],
             FdUse::Output => &[Right::Write, Right::Fstat, Right::Event, Right::Fcntl],
@@ -160,7 +166,7 @@ impl FdUse {
             FdUse::Output => {
                 fcntls.allow(Fcntl::GetFL);
             }
-            FdUse::PfDevice { .. } | FdUse::SocketDirectory => return None,
+            FdUse::Probe | FdUse::PfDevice { .. } | FdUse::SocketDirectory => return None,
         }
         Some(fcntls)
     }
@@ -378,6 +384,17 @@ mod tests {
         assert!(!rights.is_set(Right::Connect) && !rights.is_set(Right::Bind));
         assert!(!rights.is_set(Right::Ioctl));
         assert_eq!(FcntlRights::from_file(&a).unwrap(), FdUse::Stream.fcntls().unwrap());
+    }
+
+    #[test]
+    fn a_probe_socket_can_only_send_receive_and_wait() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        limit(a.as_fd(), &FdUse::Probe).unwrap();
+        let rights = rights_of(a.as_fd());
+        assert!(rights.is_set(Right::Read) && rights.is_set(Right::Write));
+        assert!(rights.is_set(Right::Event));
+        assert!(!rights.is_set(Right::Connect) && !rights.is_set(Right::Setsockopt));
+        assert!(!rights.is_set(Right::Fcntl) && !rights.is_set(Right::Bind));
     }
 
     #[test]

@@ -363,7 +363,7 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         // events (capability mode refuses sendto with an address, and any new socket).
         if let Some(Probes::Raw(p)) = &opened.prober {
             for fd in p.descriptors() {
-                limit(fd, &FdUse::Datagram).map_err(e)?;
+                limit(fd, &FdUse::Probe).map_err(e)?;
             }
         }
         limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;

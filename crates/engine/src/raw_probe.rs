@@ -9,7 +9,7 @@
 //!   by the route to its target;
 //! * connected to the target, because capability mode refuses `sendto(2)` with an address;
 //!   a connected raw socket also receives only what that host sends;
-//! * then limited by the daemon to `FdUse::Datagram` (read, write, event, ...)
+//! * then limited by the daemon to `FdUse::Probe`: send, receive and kqueue events only
 //!   ([`RawProber::descriptors`]).
 //!
 //! Each socket has its own echo identifier; replies are read and matched with the pure code
