@@ -16,7 +16,8 @@
 //! * **FreeBSD**: capability mode refuses `connect(2)` by path (`ECAPMODE`). [`Dialer::open`]
 //!   opens each socket's directory once, before `cap_enter`, limited to `CAP_LOOKUP` and
 //!   `CAP_CONNECTAT` (`statecull_sandbox::freebsd::open_socket_directory`), and connects
-//!   with `connectat(2)` to the socket's file name in it. A directory removed and created
+//!   with `connectat(2)` to the socket's file name in it; each new connection is limited to
+//!   a connected stream's rights (`FdUse::Stream`). A directory removed and created
 //!   again (not what rc.d or pfSense do) is not the one held: the engine must be restarted.
 //!   Type-checked only; it has not run on a FreeBSD kernel.
 //!
@@ -166,10 +167,14 @@ impl Dialer {
                 Route::Path => UnixStream::connect(path).await,
                 #[cfg(target_os = "freebsd")]
                 Route::At { dir, name } => {
+                    use statecull_sandbox::freebsd::{FdUse, connect_unix_at, limit};
                     use std::os::fd::AsFd;
-                    statecull_sandbox::freebsd::connect_unix_at(dir.as_fd(), name).and_then(|fd| {
+                    connect_unix_at(dir.as_fd(), name).and_then(|fd| {
                         let s = std::os::unix::net::UnixStream::from(fd);
                         s.set_nonblocking(true)?;
+                        // The new connection keeps only a connected stream's rights.
+                        limit(s.as_fd(), &FdUse::Stream)
+                            .map_err(|e| io::Error::other(e.to_string()))?;
                         UnixStream::from_std(s)
                     })
                 }
