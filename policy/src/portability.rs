@@ -14,7 +14,8 @@
 //! `[routing] confirm`) where the policy uses the feature (empty: not used), and add a
 //! [`Rule`] to [`RULES`] with the systems it works on, the level elsewhere and the reason.
 //! A routing confirmation mode is one row per mode: match its `RoutingConfirm` variant in
-//! the finder (see [`confirm_rtnetlink`]). Add a test that the row fires on the systems it
+//! the finder (see `confirm_rtnetlink` below; its `match` has no catch-all, so a new mode
+//! does not compile until it is placed). Add a test that the row fires on the systems it
 //! should and stays quiet on the others (`tests` below has one per row).
 
 use std::fmt;
@@ -86,7 +87,8 @@ impl Level {
 pub struct Rule {
     /// The feature as the policy spells it.
     pub feature: &'static str,
-    /// The systems on which it works as written.
+    /// The systems on which it needs no finding: it works as written, with nothing more to
+    /// do. (A note row lists the systems where its requirement does not apply.)
     pub works_on: &'static [TargetOs],
     /// On the other systems: how bad it is.
     pub elsewhere: Level,
