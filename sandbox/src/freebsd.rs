@@ -262,7 +262,7 @@ pub fn open_socket_directory(path: &Path) -> Result<OwnedFd, SandboxError> {
 /// A new blocking, close-on-exec `AF_UNIX` stream socket connected with `connectat(2)` to
 /// `name` in the directory `dir` (from [`open_socket_directory`]). Works in capability mode.
 /// `name` must be a plain file name (no `/`): capability mode refuses lookups that could
-/// leave the directory, so this refuses them first, with `EINVAL`.
+/// leave the directory, so this refuses them first (`ErrorKind::InvalidInput`).
 pub fn connect_unix_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, socket};
     use std::os::unix::ffi::OsStrExt;
