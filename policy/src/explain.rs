@@ -370,9 +370,12 @@ fn explain_gateway(g: &Gateway, groups: &[(&Group, u8)], out: &mut String) -> st
     match &g.source {
         HealthSource::Icmp => {
             let targets = g.monitor.iter().map(ToString::to_string).collect::<Vec<_>>();
-            let from = g
+            let mut from = g
                 .probe_source
                 .map_or_else(|| "the interface's address".to_owned(), |a| a.to_string());
+            if let Some(fib) = g.fib {
+                from.push_str(&format!(" in FIB {fib} (FreeBSD)"));
+            }
             writeln!(
                 out,
                 "    health: ICMP echo to {} every {} from {from}; no answer within {} counts \
@@ -575,6 +578,7 @@ members = [{ gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 }]
             family: AddressFamily::Ipv4,
             monitor: vec![ip(address)],
             probe_source: None,
+            fib: None,
             source: HealthSource::default(),
             probe_interval: Gateway::DEFAULT_PROBE_INTERVAL,
             probe_timeout: Gateway::DEFAULT_PROBE_TIMEOUT,

@@ -11,7 +11,9 @@
 //! * [`health`]: the per-gateway state machine (sliding window, hysteresis, hold-down, flap
 //!   damping);
 //! * [`plan`]: from policy + health transitions + broker capabilities to a kill plan with
-//!   a human explanation.
+//!   a human explanation;
+//! * [`portability`]: which features work on which system (a reviewed table), for
+//!   `check-policy --target-os`.
 #![forbid(unsafe_code)]
 
 pub mod explain;
@@ -19,6 +21,7 @@ pub mod health;
 pub mod load;
 pub mod model;
 pub mod plan;
+pub mod portability;
 
 pub use model::{Millis, Policy};
 

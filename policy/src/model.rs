@@ -127,6 +127,9 @@ pub struct Gateway {
     pub monitor: Vec<IpAddr>,
     /// Source address for probes (default: chosen by the kernel for the interface).
     pub probe_source: Option<IpAddr>,
+    /// FreeBSD: the routing table (FIB, `SO_SETFIB`) the probe sockets use (default: the
+    /// engine's own, normally 0). Ignored on Linux, where probes are bound to the interface.
+    pub fib: Option<u32>,
     pub source: HealthSource,
     pub probe_interval: Duration,
     /// A probe not answered within this time counts as lost.

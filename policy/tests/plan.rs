@@ -99,6 +99,7 @@ fn gw_with(n: u8, states: StateMatch) -> Gateway {
         family: AddressFamily::Ipv4,
         monitor: vec![ip(&format!("192.0.2.{n}"))],
         probe_source: None,
+        fib: None,
         source: HealthSource::Icmp,
         probe_interval: Duration::from_secs(1),
         probe_timeout: Duration::from_secs(2),

@@ -30,26 +30,32 @@
 //! read, write and event. [`FdUse::PfDevice`] is the same rule for any other caller and
 //! takes the list as data, so the numbers stay defined in one place.
 //!
-//! # What capability mode forbids that the daemons do today
+//! # What capability mode forbids, and how the daemons live with it
 //!
-//! `connect(2)` to a path or address fails with `ECAPMODE`, so in capability mode the
-//! engine can neither reconnect to a restarted broker nor poll a dpinger status socket
-//! (dpinger answers one connection per status line). Both need `connectat(2)` relative
-//! to a directory descriptor opened before [`enter_capability_mode`] and limited with
-//! [`FdUse::SocketDirectory`]. Until the callers do that, an engine in capability mode
-//! that loses its broker link retries in vain; it should exit on `ECAPMODE` instead, so
-//! that daemon(8) restarts it (`-R 5` in the rc.d scripts).
-//! Likewise `sendto(2)` with a destination address fails: datagram sockets must be
-//! connected before capability mode ([`FdUse::Datagram`]).
+//! `connect(2)` to a path or address fails with `ECAPMODE`. The engine reaches Unix sockets
+//! (the broker, dpinger status sockets, again after either restarts) only with
+//! `connectat(2)` relative to a directory descriptor opened before
+//! [`enter_capability_mode`]: [`open_socket_directory`] opens one and limits it to
+//! [`FdUse::SocketDirectory`], [`connect_unix_at`] connects a new socket to a name in it
+//! (the one `unsafe` call is in `freebsd/sys.rs`). The engine's dialer
+//! (`crates/engine/src/dial.rs`) holds those descriptors, one per directory its policy names.
+//! A directory that is removed and created again is not the one held: restart the engine.
+//! Likewise `sendto(2)` with a destination address fails: datagram and raw sockets (ICMP
+//! probes) must be connected before capability mode ([`FdUse::Datagram`], [`FdUse::Probe`]).
 
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use capsicum::{CapRights, Fcntl, FcntlRights, FileRights, IoctlsBuilder, Right};
 use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
 
 use crate::SandboxError;
+
+#[allow(unsafe_code)]
+mod sys;
 
 /// What a kept descriptor is used for; [`limit`] leaves it exactly the rights that use
 /// needs (see each variant).
@@ -67,6 +73,10 @@ pub enum FdUse {
     /// peer name and shutdown. It must be connected before capability mode, where
     /// `connect(2)` and `sendto(2)` with an address fail with `ECAPMODE`.
     Datagram,
+    /// A raw ICMP probe socket, connected to its target before capability mode: send
+    /// (`CAP_WRITE`), receive (`CAP_READ`) and kqueue (`CAP_EVENT`) only. Its options (source
+    /// address, FIB, non-blocking mode) are all set before it is limited.
+    Probe,
     /// `/dev/pf`: `CAP_IOCTL` only, for exactly these ioctl request numbers (the broker
     /// uses `DIOCKILLSTATESNV`, `DIOCCLRSTATESNV` and `DIOCGETSTATESV2`, see the module
     /// documentation). An empty list is refused.
@@ -89,6 +99,7 @@ impl FdUse {
             FdUse::Listener => "listener",
             FdUse::Stream => "stream",
             FdUse::Datagram => "datagram",
+            FdUse::Probe => "probe",
             FdUse::PfDevice { .. } => "pf device",
             FdUse::SocketDirectory => "socket directory",
             FdUse::Output => "output",
@@ -134,6 +145,7 @@ impl FdUse {
                 Right::Getsockname,
                 Right::Fcntl,
             ],
+            FdUse::Probe => &[Right::Read, Right::Write, Right::Event],
             FdUse::PfDevice { .. } => &[Right::Ioctl],
             FdUse::SocketDirectory => &[Right::Lookup, Right::Connectat],
             FdUse::Output => &[Right::Write, Right::Fstat, Right::Event, Right::Fcntl],
@@ -154,7 +166,7 @@ impl FdUse {
             FdUse::Output => {
                 fcntls.allow(Fcntl::GetFL);
             }
-            FdUse::PfDevice { .. } | FdUse::SocketDirectory => return None,
+            FdUse::Probe | FdUse::PfDevice { .. } | FdUse::SocketDirectory => return None,
         }
         Some(fcntls)
     }
@@ -175,6 +187,8 @@ pub enum FreeBsdError {
     Enter(io::Error),
     #[error("capsicum: cap_enter returned but the process is not in capability mode")]
     NotInCapabilityMode,
+    #[error("opening the socket directory {}: {source}", path.display())]
+    OpenDirectory { path: std::path::PathBuf, source: io::Error },
 }
 
 fn limit_err(
@@ -199,7 +213,7 @@ pub fn limit(fd: BorrowedFd<'_>, use_: &FdUse) -> Result<(), SandboxError> {
             }
             let mut builder = IoctlsBuilder::new();
             for &request in ioctls {
-                let request = nix::libc::u_long::try_from(request)
+                let request = libc::u_long::try_from(request)
                     .map_err(|_| FreeBsdError::IoctlRange(request))?;
                 builder = builder.allow(request);
             }
@@ -227,6 +241,43 @@ pub fn enter_capability_mode() -> Result<(), SandboxError> {
         Ok(false) => Err(FreeBsdError::NotInCapabilityMode.into()),
         Err(e) => Err(FreeBsdError::Enter(e).into()),
     }
+}
+
+/// Open `path`, a directory holding Unix sockets the caller will reach with
+/// [`connect_unix_at`], and limit the descriptor to [`FdUse::SocketDirectory`]
+/// (`CAP_LOOKUP`, `CAP_CONNECTAT`): nothing in it can be opened, listed, created or removed
+/// through it. Call before [`enter_capability_mode`].
+pub fn open_socket_directory(path: &Path) -> Result<OwnedFd, SandboxError> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    let fd = open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| FreeBsdError::OpenDirectory {
+            path: path.to_owned(),
+            source: io::Error::from(e),
+        })?;
+    limit(std::os::fd::AsFd::as_fd(&fd), &FdUse::SocketDirectory)?;
+    Ok(fd)
+}
+
+/// A new blocking, close-on-exec `AF_UNIX` stream socket connected with `connectat(2)` to
+/// `name` in the directory `dir` (from [`open_socket_directory`]). Works in capability mode.
+/// `name` must be a plain file name (no `/`): capability mode refuses lookups that could
+/// leave the directory, so this refuses them first (`ErrorKind::InvalidInput`).
+pub fn connect_unix_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, socket};
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') || bytes == b"." || bytes == b".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a plain file name", name.to_string_lossy()),
+        ));
+    }
+    let addr = UnixAddr::new(name).map_err(io::Error::from)?;
+    let sock = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(io::Error::from)?;
+    sys::connect_at(dir, std::os::fd::AsFd::as_fd(&sock), &addr)?;
+    Ok(sock)
 }
 
 /// Whether this process is in capability mode (`cap_sandboxed(3)`; false on a kernel
@@ -336,6 +387,17 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_socket_can_only_send_receive_and_wait() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        limit(a.as_fd(), &FdUse::Probe).unwrap();
+        let rights = rights_of(a.as_fd());
+        assert!(rights.is_set(Right::Read) && rights.is_set(Right::Write));
+        assert!(rights.is_set(Right::Event));
+        assert!(!rights.is_set(Right::Connect) && !rights.is_set(Right::Setsockopt));
+        assert!(!rights.is_set(Right::Fcntl) && !rights.is_set(Right::Bind));
+    }
+
+    #[test]
     fn rights_only_shrink() {
         let (a, _b) = UnixStream::pair().unwrap();
         limit(a.as_fd(), &FdUse::Output).unwrap();
@@ -350,6 +412,24 @@ mod tests {
         let e = limit(a.as_fd(), &FdUse::PfDevice { ioctls: vec![] }).unwrap_err();
         assert!(matches!(e, SandboxError::FreeBsd(FreeBsdError::NoIoctls { .. })), "{e}");
         assert!(rights_of(a.as_fd()).is_set(Right::Read));
+    }
+
+    #[test]
+    fn connectat_reaches_a_socket_in_the_directory_only() {
+        let dir = std::env::temp_dir().join(format!("sc-connectat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let d = open_socket_directory(&dir).unwrap();
+        assert!(!rights_of(d.as_fd()).is_set(Right::Read));
+        assert!(rights_of(d.as_fd()).is_set(Right::Connectat));
+        let _client = connect_unix_at(d.as_fd(), OsStr::new("s.sock")).unwrap();
+        let _peer = listener.accept().unwrap();
+        for bad in ["../s.sock", "a/b", "", ".."] {
+            assert!(connect_unix_at(d.as_fd(), OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -363,3 +363,49 @@ fn running_out_of_descriptors_is_reported_loudly() {
     drop(conns);
     drop(engine);
 }
+
+/// Issue 12: every connection the confined engine makes goes through the dialer it built
+/// before confinement. A dpinger that restarts (its socket removed and bound anew at the
+/// same path) is read again by the confined engine, and the `--check` listing names exactly
+/// the broker's and the policy's dpinger sockets. (On FreeBSD the same dialer reconnects with
+/// `connectat` in a directory opened before `cap_enter`; that part is type-checked only.)
+#[test]
+fn the_confined_engine_reads_a_restarted_dpinger_again() {
+    let dir = TempDir::new("engine-redial").unwrap();
+    let (socket, first) = dpinger(dir.path(), "WAN1 1000 100 0\n");
+    let (engine, _control) = start_engine(dir.path(), &dpinger_policy(&socket), None, &[]);
+    wait_polls(&first, 3);
+    // dpinger restarts: the old socket goes away (its listener lingers, unreachable) and a
+    // new one is bound at the same path.
+    std::fs::remove_file(&socket).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (again, second) = dpinger(dir.path(), "WAN1 1000 100 0\n");
+    assert_eq!(again, socket);
+    wait_polls(&second, 3);
+    drop(engine);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_itest-engine"))
+        .arg("--policy")
+        .arg(dir.path().join("policy.toml"))
+        .arg("--broker-socket")
+        .arg(dir.path().join("broker.sock"))
+        .arg("--control-socket")
+        .arg(dir.path().join("check.sock"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("sockets reachable after confinement"))
+        .skip(1)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            format!("  {} (the broker)", dir.path().join("broker.sock").display()),
+            format!("  {} (dpinger of WAN1)", socket.display()),
+        ],
+        "{text}"
+    );
+}

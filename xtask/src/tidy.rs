@@ -5,7 +5,10 @@
 //!   framework, none of the policy, engine, CLI, client or control crates, and its default
 //!   build carries no simulator (the pf model) or fake backend;
 //! * the engine does not depend on the operator's CLI;
-//! * `unsafe` appears only in `crates/pf/src/sys.rs` (the FreeBSD ioctl layer);
+//! * `unsafe` appears only in the FreeBSD syscall layers (`crates/pf/src/sys.rs`,
+//!   `sandbox/src/freebsd/sys.rs`);
+//! * the engine connects Unix sockets by path only in its dialer (`crates/engine/src/dial.rs`),
+//!   the one place that still works after confinement (Capsicum refuses `connect` by path);
 //! * every path ARCHITECTURE.md's code map names exists;
 //! * no source file is longer than 1,500 lines outside its unit-test module.
 
@@ -27,8 +30,21 @@ const BROKER_FORBIDDEN: &[&str] = &[
 ];
 /// Cargo features of the broker that must stay off by default: test and simulation code.
 const BROKER_NOT_DEFAULT: &[&str] = &["model", "fake"];
-/// The one file allowed to contain `unsafe`.
-const UNSAFE_ALLOWED: &str = "crates/pf/src/sys.rs";
+/// The files allowed to contain `unsafe`: the FreeBSD syscall layers.
+const UNSAFE_ALLOWED: &[&str] = &["crates/pf/src/sys.rs", "sandbox/src/freebsd/sys.rs"];
+/// The engine's sources, and the one file among them allowed to connect a socket by path.
+const ENGINE_SRC: &str = "crates/engine/src";
+const ENGINE_DIALER: &str = "crates/engine/src/dial.rs";
+/// Ways to connect a socket by path (or to a broker, which does), outside the dialer.
+const PATH_CONNECTS: &[&str] = &[
+    "UnixStream::connect",
+    "UnixDatagram::connect",
+    "UnixStream::connect_addr",
+    "AsyncBrokerClient::connect",
+    "BrokerClient::connect",
+    "connect_unix_at",
+    "connectat",
+];
 /// Longest source file, not counting its unit-test module.
 const MAX_LINES: usize = 1500;
 
@@ -190,15 +206,81 @@ fn has_unsafe(code: &str) -> bool {
 pub fn unsafe_problems(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for f in rust_files(root) {
-        if f == Path::new(UNSAFE_ALLOWED) {
+        if UNSAFE_ALLOWED.iter().any(|a| f == Path::new(a)) {
             continue;
         }
         let Ok(text) = std::fs::read_to_string(root.join(&f)) else { continue };
         if let Some((n, _)) = text.lines().enumerate().find(|(_, l)| has_unsafe(&code_of(l))) {
-            out.push(format!("{}:{}: `unsafe` outside {UNSAFE_ALLOWED}", f.display(), n + 1));
+            out.push(format!(
+                "{}:{}: `unsafe` outside {}",
+                f.display(),
+                n + 1,
+                UNSAFE_ALLOWED.join(", ")
+            ));
         }
     }
     out
+}
+
+/// The 0-based lines of a file's unit-test module (`#[cfg(test)]` then `mod tests`, to its
+/// closing brace, counted in code), or an empty range.
+fn test_module(text: &str) -> std::ops::Range<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines_outside_tests(text);
+    let mut depth = 0usize;
+    let mut opened = false;
+    for (i, line) in lines.iter().enumerate().skip(start) {
+        for c in code_of(line).chars() {
+            match c {
+                '{' => {
+                    depth += 1;
+                    opened = true;
+                }
+                '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if opened && depth == 0 {
+            return start..i + 1;
+        }
+    }
+    start..lines.len()
+}
+
+/// Path connects in one engine source file `f` (its text), outside its unit-test module.
+fn connect_problems_in(f: &Path, text: &str) -> Vec<String> {
+    if f == Path::new(ENGINE_DIALER) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let tests = test_module(text);
+    for (n, line) in text.lines().enumerate() {
+        if tests.contains(&n) {
+            continue;
+        }
+        let code = code_of(line);
+        if let Some(p) = PATH_CONNECTS.iter().find(|p| code.contains(**p)) {
+            out.push(format!(
+                "{}:{}: `{p}` outside {ENGINE_DIALER} (after confinement only the dialer can \
+                 reach a socket: register the path with it and call `Dialer::connect`)",
+                f.display(),
+                n + 1
+            ));
+        }
+    }
+    out
+}
+
+/// Engine source files that connect a socket by path outside the dialer.
+pub fn connect_problems(root: &Path) -> Vec<String> {
+    rust_files(root)
+        .into_iter()
+        .filter(|f| f.starts_with(ENGINE_SRC))
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(root.join(&f)).unwrap_or_default();
+            connect_problems_in(&f, &text)
+        })
+        .collect()
 }
 
 /// The code map's rows: (path, other backticked names in the row).
@@ -311,6 +393,7 @@ pub fn all_problems() -> Result<Vec<String>> {
     let mut out = broker_now()?;
     out.extend(engine_now()?);
     out.extend(unsafe_problems(&root));
+    out.extend(connect_problems(&root));
     out.extend(code_map_problems(&root)?);
     out.extend(length_problems(&root));
     Ok(out)
@@ -371,6 +454,36 @@ mod tests {
     fn unsafe_only_in_the_freebsd_layer() {
         let problems = unsafe_problems(&root());
         assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn the_engine_connects_by_path_only_in_its_dialer() {
+        let problems = connect_problems(&root());
+        assert!(problems.is_empty(), "{problems:#?}");
+        // The rule looks at the real files: the dialer is among them and does connect.
+        let dialer = std::fs::read_to_string(root().join(ENGINE_DIALER)).unwrap_or_default();
+        assert!(dialer.contains("UnixStream::connect(path)"));
+    }
+
+    #[test]
+    fn path_connects_outside_the_dialer_are_found() {
+        let f = Path::new("crates/engine/src/sources.rs");
+        let bad = "fn f() {\n    let s = UnixStream::connect(path).await?;\n}\n";
+        let p = connect_problems_in(f, bad);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("crates/engine/src/sources.rs:2: `UnixStream::connect`"));
+        let client = "let c = AsyncBrokerClient::connect(&p, NAME, None).await;\n";
+        assert_eq!(connect_problems_in(f, client).len(), 1);
+        let at = "let fd = statecull_sandbox::freebsd::connect_unix_at(d, n)?;\n";
+        assert_eq!(connect_problems_in(f, at).len(), 1);
+        // Comments, strings, unit tests and the dialer itself are not violations.
+        let fine = "// UnixStream::connect is for the dialer\nlet m = \"UnixStream::connect\";\n\
+                    #[cfg(test)]\nmod tests {\n    let s = UnixStream::connect(p);\n}\n";
+        assert!(connect_problems_in(f, fine).is_empty());
+        // Code after the test module is checked again.
+        let after = format!("{fine}pub fn g() {{ UnixStream::connect(p); }}\n");
+        assert_eq!(connect_problems_in(f, &after).len(), 1, "{after}");
+        assert!(connect_problems_in(Path::new(ENGINE_DIALER), bad).is_empty());
     }
 
     #[test]

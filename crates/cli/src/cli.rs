@@ -137,12 +137,25 @@ enum Command {
         strict: bool,
     },
     /// Check a policy file and explain what it does (no engine needed)
+    ///
+    /// After the explanation comes what the target system makes of the policy: an error for
+    /// a feature that can never work there (Linux connection marks on pf, rtnetlink on
+    /// FreeBSD: the command then fails), a warning for one it ignores or does only in part
+    /// (probes without probe_source on FreeBSD, which has no SO_BINDTODEVICE), a note for a
+    /// start-up requirement (raw ICMP sockets opened as root on FreeBSD).
+    #[command(after_help = "EXAMPLES:\n  \
+        statecull check-policy /etc/statecull/policy.toml\n  \
+        statecull check-policy --target-os freebsd pfsense-two-wan.toml  # checked on Linux for pfSense")]
     CheckPolicy {
         /// The policy file
         file: PathBuf,
-        /// Print the validated policy as JSON
+        /// Print the validated policy as JSON (portability warnings and errors go to stderr)
         #[arg(long)]
         json: bool,
+        /// The system the policy is for: linux (conntrack) or freebsd (pf: pfSense,
+        /// OPNsense) [default: this host's system]
+        #[arg(long, value_name = "OS", value_parser = ["linux", "freebsd"])]
+        target_os: Option<String>,
     },
 }
 
@@ -519,7 +532,9 @@ fn run(command: Command, out: &mut Output) -> Result<(), CliError> {
         Command::Events { engine, follow, exec } => {
             crate::engine_cmds::events(&engine.control, follow, engine.json, exec, out)
         }
-        Command::CheckPolicy { file, json } => crate::engine_cmds::check_policy(&file, json, out),
+        Command::CheckPolicy { file, json, target_os } => {
+            crate::engine_cmds::check_policy(&file, json, target_os.as_deref(), out)
+        }
         Command::Import { system, config, output, force, strict } => {
             let system = match system {
                 ImportSystem::Pfsense => statecull_import::System::PfSense,

@@ -15,6 +15,7 @@ use statecull_control::{
 
 use crate::cli::CliError;
 use crate::output::{Output, to_stderr};
+use statecull_policy::portability::{Finding, Level, TargetOs};
 
 /// A blocking connection to the engine's control socket.
 #[derive(Debug)]
@@ -440,16 +441,83 @@ pub fn events(
     Err(engine_error("the engine closed the event stream (stopped or restarted)"))
 }
 
-pub fn check_policy(file: &PathBuf, json: bool, out: &mut Output) -> Result<(), CliError> {
+/// The system this `statecull` was built for: what `check-policy` checks for by default.
+pub fn host_os() -> TargetOs {
+    if cfg!(target_os = "freebsd") { TargetOs::FreeBsd } else { TargetOs::Linux }
+}
+
+/// The portability section of `check-policy`: a heading, one line per finding (most severe
+/// first), and the count of errors.
+pub fn portability_text(findings: &[Finding], target: TargetOs, asked: bool) -> (String, usize) {
+    let how = if asked { "as asked with --target-os" } else { "this host's system" };
+    let backend = match target {
+        TargetOs::Linux => "conntrack",
+        TargetOs::FreeBsd => "pf",
+    };
+    let mut s = format!("On {target} ({how}; state table: {backend}):\n");
+    if findings.is_empty() {
+        s.push_str("  every feature of this policy works there\n");
+    }
+    for f in findings {
+        s.push_str(&format!("  {}: {}: {}\n", f.level.name(), f.at, f.feature));
+        // The reason, wrapped at 100 columns under it.
+        let mut line = String::from("     ");
+        for word in f.reason.split_whitespace() {
+            if line.len() + 1 + word.len() > 100 {
+                s.push_str(&line);
+                s.push('\n');
+                line = String::from("     ");
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        s.push_str(&line);
+        s.push('\n');
+    }
+    let errors = findings.iter().filter(|f| f.level == Level::Error).count();
+    (s, errors)
+}
+
+pub fn check_policy(
+    file: &PathBuf,
+    json: bool,
+    target_os: Option<&str>,
+    out: &mut Output,
+) -> Result<(), CliError> {
+    let target = match target_os {
+        Some(t) => t.parse::<TargetOs>().map_err(CliError::Usage)?,
+        None => host_os(),
+    };
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
     let policy = statecull_policy::load::parse(&text, &file.display().to_string())
         .map_err(|e| CliError::Policy(e.to_string()))?;
+    let findings = statecull_policy::portability::check(&policy, target);
+    let (section, errors) = portability_text(&findings, target, target_os.is_some());
     if json {
         writeln!(out, "{}", serde_json::to_string(&policy)?)?;
+        // Notes are for the reader of the explanation; warnings and errors are not lost.
+        let serious: Vec<Finding> =
+            findings.iter().filter(|f| f.level >= Level::Warning).cloned().collect();
+        if !serious.is_empty() {
+            to_stderr(format_args!(
+                "{}",
+                portability_text(&serious, target, target_os.is_some()).0
+            ));
+        }
     } else {
         writeln!(out, "{}", statecull_policy::load::explain(&policy))?;
-        writeln!(out, "OK: {} is a valid policy.", file.display())?;
+        writeln!(out)?;
+        write!(out, "{section}")?;
+    }
+    if errors > 0 {
+        return Err(CliError::Policy(format!(
+            "{} is valid, but {errors} of its features can never work on {target} (see above)",
+            file.display()
+        )));
+    }
+    if !json {
+        writeln!(out, "OK: {} is a valid policy for {target}.", file.display())?;
     }
     Ok(())
 }
@@ -545,6 +613,31 @@ mod tests {
             states_refresh_line(&refresh(false, None)),
             "states per gateway: not counted (states_refresh = off); `statecull plan` counts on \
              demand\n"
+        );
+    }
+
+    #[test]
+    fn portability_errors_fail_and_are_listed() {
+        let policy = statecull_policy::load::parse(
+            "[[gateway]]\nname = \"WAN1\"\ninterface = \"em0\"\naddress = \"198.51.100.254\"\n\
+             health_source = \"external\"\n[gateway.states]\nmark = \"0x1/0xff\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let f = statecull_policy::portability::check(&policy, TargetOs::FreeBsd);
+        let (text, errors) = portability_text(&f, TargetOs::FreeBsd, true);
+        assert_eq!(errors, 2, "{text}"); // marks on pf, rtnetlink (the default) on FreeBSD
+        assert!(text.starts_with("On freebsd (as asked with --target-os; state table: pf):\n"));
+        assert!(text.contains("  error: gateway WAN1: [gateway.states] mark as the only recogniser\n      connection marks are conntrack's;"), "{text}");
+        assert!(text.lines().all(|l| l.len() <= 100), "{text}");
+        let f = statecull_policy::portability::check(&policy, TargetOs::Linux);
+        let (text, errors) = portability_text(&f, TargetOs::Linux, false);
+        assert_eq!(
+            (errors, text.as_str()),
+            (
+                0,
+                "On linux (this host's system; state table: conntrack):\n  every feature of this policy works there\n"
+            )
         );
     }
 

@@ -46,8 +46,9 @@ impl ClientError {
     }
 }
 
-/// Say why a connect failed, in the operator's terms.
-pub(crate) fn connect_error(path: &std::path::Path, e: &io::Error) -> ClientError {
+/// Say why a connect failed, in the operator's terms (also for callers that connect the
+/// stream themselves and hand it to `handshake`, like the engine's dialer).
+pub fn connect_error(path: &std::path::Path, e: &io::Error) -> ClientError {
     ClientError::Connect {
         path: path.to_owned(),
         hint: match e.kind() {

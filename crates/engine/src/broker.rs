@@ -36,6 +36,7 @@ use statecull_client::{AsyncBrokerClient, ClientError, Connected, IntoExchange};
 use statecull_proto::{BROKER_IDLE_TIMEOUT_SECS, ErrorCode, HelloReply};
 use tokio::sync::{Mutex, MutexGuard, watch};
 
+use crate::dial::Dialer;
 use crate::error::EngineError;
 
 /// How the engine names itself in the broker's audit log.
@@ -121,6 +122,8 @@ impl Drop for KillRunning {
 #[derive(Debug)]
 pub struct BrokerLink {
     path: PathBuf,
+    /// How the socket is reached, again after every broker restart (see `crate::dial`).
+    dialer: Dialer,
     /// The executor's connection (kills, the plan's Hello, sweeps).
     kill: Mutex<Option<Kept>>,
     /// The background connection (counts, dry runs, liveness); see
@@ -157,15 +160,25 @@ fn task_failed(e: impl std::fmt::Display) -> EngineError {
 }
 
 impl BrokerLink {
+    /// A link with its own [`Dialer::direct`] (connects by path: tests, unconfined use).
+    /// The engine builds its link with [`Self::with_dialer`].
     pub fn new(path: PathBuf) -> Self {
         Self::with_idle_limit(path, DEFAULT_IDLE_LIMIT)
     }
 
     /// A link that replaces a kept connection idle for `idle_limit` or longer (tests use a
-    /// short one; the engine uses [`DEFAULT_IDLE_LIMIT`]).
+    /// short one; the engine uses [`DEFAULT_IDLE_LIMIT`]), with its own direct dialer.
     pub fn with_idle_limit(path: PathBuf, idle_limit: Duration) -> Self {
+        let dialer = Dialer::direct([("the broker".to_owned(), path.clone())]);
+        Self::with_dialer(path, dialer, idle_limit)
+    }
+
+    /// A link that reaches the broker through `dialer`, built before confinement with the
+    /// broker's socket registered (otherwise every connect is refused, with that said).
+    pub fn with_dialer(path: PathBuf, dialer: Dialer, idle_limit: Duration) -> Self {
         BrokerLink {
             path,
+            dialer,
             kill: Mutex::new(None),
             background: Mutex::new(None),
             state: StdMutex::new(LinkState::default()),
@@ -306,8 +319,13 @@ impl BrokerLink {
         let mut client = match existing {
             Some(c) => c,
             None => {
-                match AsyncBrokerClient::connect(&self.path, CLIENT_NAME, Some(CALL_TIMEOUT)).await
-                {
+                let connected = match self.dialer.connect(&self.path).await {
+                    Ok(stream) => {
+                        AsyncBrokerClient::handshake(stream, CLIENT_NAME, Some(CALL_TIMEOUT)).await
+                    }
+                    Err(e) => Err(statecull_client::connect_error(&self.path, &e)),
+                };
+                match connected {
                     Ok(c) => c,
                     Err(e) => {
                         drop(guard);

@@ -18,7 +18,8 @@ use crate::broker::BrokerLink;
 use crate::error::EngineError;
 use crate::events::NewEvent;
 use crate::executor::Executor;
-use crate::probe::{ProbeSpec, Prober};
+use crate::probe::{ProbeResult, ProbeSpec, Prober};
+use crate::raw_probe::RawProber;
 use crate::routes::RouteWatcher;
 use crate::state::Shared;
 
@@ -43,8 +44,10 @@ enum LogFormat {
 /// The policy file (TOML) names the gateways, how their health is judged, how their states
 /// are recognised, the failover groups and what to do on failure and recovery; see
 /// `statecull check-policy FILE` and the examples shipped with statecull. The engine needs
-/// no privilege: ICMP probes use datagram sockets (the engine's group must be inside
-/// `net.ipv4.ping_group_range`), kills go through the broker's socket.
+/// no privilege on Linux: ICMP probes use datagram sockets (the engine's group must be inside
+/// `net.ipv4.ping_group_range`), kills go through the broker's socket. On FreeBSD it is
+/// started as root with --user: it opens raw ICMP sockets and the socket directories of the
+/// broker and dpinger, then drops to the user and enters Capsicum capability mode.
 #[derive(Debug, Parser)]
 #[command(name = "statecull-engine", version, max_term_width = 100)]
 struct Args {
@@ -144,17 +147,45 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
+/// The engine's ICMP prober: datagram sockets on Linux (no privilege), raw sockets opened
+/// as root on FreeBSD (which has no datagram ICMP sockets; `raw_probe.rs`).
+#[derive(Debug)]
+enum Probes {
+    Datagram(Prober),
+    Raw(RawProber),
+}
+
+impl Probes {
+    async fn open(specs: Vec<ProbeSpec>) -> Result<Self, EngineError> {
+        if cfg!(target_os = "freebsd") {
+            Ok(Probes::Raw(RawProber::open(specs)?))
+        } else {
+            Ok(Probes::Datagram(Prober::open(specs).await?))
+        }
+    }
+
+    fn start(self, tx: tokio::sync::mpsc::Sender<ProbeResult>) -> tokio::task::JoinSet<()> {
+        match self {
+            Probes::Datagram(p) => p.start(tx),
+            Probes::Raw(p) => p.start(tx),
+        }
+    }
+}
+
 /// Everything the engine opens before it starts working.
 struct Opened {
     shared: Arc<Shared>,
     decisions: tokio::sync::mpsc::UnboundedReceiver<crate::state::Decision>,
     metrics_rx: tokio::sync::watch::Receiver<crate::metrics::EngineMetrics>,
-    prober: Option<Prober>,
+    prober: Option<Probes>,
     routes: Option<RouteWatcher>,
     control: tokio::net::UnixListener,
     control_path: PathBuf,
     control_limits: crate::control::ControlLimits,
     metrics: Option<tokio::net::TcpListener>,
+    /// Every Unix socket the engine will ever connect to (the broker, dpinger status
+    /// sockets), registered before confinement; see `dial.rs`.
+    dialer: crate::dial::Dialer,
     /// Installed before confinement (see `signals.rs`).
     signals: crate::signals::Signals,
 }
@@ -203,11 +234,12 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
             interface: Some(g.interface.to_string()),
             targets: g.monitor.clone(),
             source: g.probe_source,
+            fib: g.fib,
             interval: g.probe_interval,
             timeout: g.probe_timeout,
         })
         .collect();
-    let prober = if specs.is_empty() { None } else { Some(Prober::open(specs).await?) };
+    let prober = if specs.is_empty() { None } else { Some(Probes::open(specs).await?) };
     let routes = if policy.routing.confirm == RoutingConfirm::Rtnetlink {
         match RouteWatcher::open() {
             Ok(w) => Some(w),
@@ -236,7 +268,10 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         ),
         None => None,
     };
-    let (shared, decisions, metrics_rx) = Shared::new(policy, BrokerLink::new(broker_socket));
+    let dialer = crate::dial::Dialer::open(dial_targets(&policy, &broker_socket))?;
+    let broker =
+        BrokerLink::with_dialer(broker_socket, dialer.clone(), crate::broker::DEFAULT_IDLE_LIMIT);
+    let (shared, decisions, metrics_rx) = Shared::new(policy, broker);
     Ok(Opened {
         shared: Arc::new(shared),
         decisions,
@@ -247,8 +282,25 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         control_path,
         control_limits,
         metrics,
+        dialer,
         signals,
     })
+}
+
+/// Every Unix socket the engine will connect to, for its dialer: the broker's, and each
+/// dpinger status socket the policy names. Nothing else can be reached after confinement.
+pub fn dial_targets(
+    policy: &statecull_policy::Policy,
+    broker_socket: &std::path::Path,
+) -> Vec<(String, PathBuf)> {
+    std::iter::once(("the broker".to_owned(), broker_socket.to_owned()))
+        .chain(policy.gateways.iter().filter_map(|g| match &g.source {
+            HealthSource::Dpinger { socket } => {
+                Some((format!("dpinger of {}", g.name), PathBuf::from(socket)))
+            }
+            HealthSource::Icmp | HealthSource::External => None,
+        }))
+        .collect()
 }
 
 async fn run(args: Args) -> Result<(), EngineError> {
@@ -273,6 +325,10 @@ async fn run(args: Args) -> Result<(), EngineError> {
             ),
             Err(e) => println!("broker at {}: NOT reachable: {e}", shared.broker.path().display()),
         }
+        println!("sockets reachable after confinement (dialer):");
+        for (path, what) in opened.dialer.targets() {
+            println!("  {} ({what})", path.display());
+        }
         let _ = std::fs::remove_file(&opened.control_path);
         return Ok(());
     }
@@ -292,8 +348,8 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         .clone()
         .or_else(|| nix::unistd::geteuid().is_root().then(|| DEFAULT_USER.to_owned()));
     // FreeBSD: every kept descriptor gets only the rights it is used for before capability
-    // mode. (Not yet handled there: reconnecting to a restarted broker by path is refused
-    // in capability mode; see ARCHITECTURE.md.)
+    // mode. The dialer's socket directories were limited when it opened them (`dial.rs`):
+    // every later broker or dpinger connection is a `connectat(2)` in one of them.
     #[cfg(target_os = "freebsd")]
     if !args.no_sandbox {
         use statecull_sandbox::freebsd::{FdUse, limit};
@@ -302,6 +358,13 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         limit(opened.control.as_fd(), &FdUse::Listener).map_err(e)?;
         if let Some(m) = &opened.metrics {
             limit(m.as_fd(), &FdUse::Listener).map_err(e)?;
+        }
+        // Raw ICMP sockets, opened as root and connected to their targets: send, receive,
+        // events (capability mode refuses sendto with an address, and any new socket).
+        if let Some(Probes::Raw(p)) = &opened.prober {
+            for fd in p.descriptors() {
+                limit(fd, &FdUse::Probe).map_err(e)?;
+            }
         }
         limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
         limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;
@@ -342,6 +405,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         control_path,
         control_limits,
         metrics,
+        dialer,
         signals,
     } = opened;
     let mut tasks = tokio::task::JoinSet::new();
@@ -365,6 +429,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         if let HealthSource::Dpinger { socket } = &g.source {
             tasks.spawn(crate::sources::poll_dpinger(
                 Arc::clone(&shared),
+                dialer.clone(),
                 i,
                 PathBuf::from(socket),
                 g.probe_interval,
@@ -463,4 +528,35 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
     quiet.abort_all();
     tasks.abort_all();
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// The dialer is built from exactly the broker's socket and the policy's dpinger
+    /// sockets: the engine can reach nothing else after confinement.
+    #[test]
+    fn the_dialer_knows_the_broker_and_the_policys_dpinger_sockets_only() {
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../policy/examples/pfsense-two-wan.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let policy = statecull_policy::load::parse(&text, path).unwrap();
+        let targets = dial_targets(&policy, std::path::Path::new("/var/run/statecull/broker.sock"));
+        let shown: Vec<(String, String)> =
+            targets.iter().map(|(w, p)| (w.clone(), p.display().to_string())).collect();
+        assert_eq!(
+            shown,
+            [
+                ("the broker".to_owned(), "/var/run/statecull/broker.sock".to_owned()),
+                (
+                    "dpinger of WAN1".to_owned(),
+                    "/var/run/dpinger_WAN1~198.51.100.1~192.0.2.53.sock".to_owned()
+                ),
+            ]
+        );
+        let dialer = crate::dial::Dialer::direct(targets);
+        assert!(!dialer.knows(std::path::Path::new("/var/run/dpinger_WAN2.sock")));
+    }
 }

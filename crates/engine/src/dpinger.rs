@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
 
+use crate::dial::Dialer;
 use crate::error::EngineError;
 
 /// Longest answer read from a status socket. dpinger's own buffer is about 170 bytes.
@@ -124,15 +124,20 @@ pub fn parse_status(line: &str) -> Result<DpingerStatus, EngineError> {
     })
 }
 
-/// Connect to a dpinger status socket and read its report.
+/// Connect to a dpinger status socket through `dialer` (where it was registered before
+/// confinement) and read its report.
 ///
 /// The whole exchange (connect, read to EOF) must finish within `timeout`; at most
 /// [`MAX_STATUS_BYTES`] are read; the answer must be exactly one line ending in `\n`.
-pub async fn read_status(path: &Path, timeout: Duration) -> Result<DpingerStatus, EngineError> {
+pub async fn read_status(
+    dialer: &Dialer,
+    path: &Path,
+    timeout: Duration,
+) -> Result<DpingerStatus, EngineError> {
     let shown = path.display().to_string();
     let err = |message: String| EngineError::Dpinger { path: shown.clone(), message };
     let exchange = async {
-        let stream = UnixStream::connect(path).await.map_err(|e| {
+        let stream = dialer.connect(path).await.map_err(|e| {
             if crate::sources::out_of_descriptors(&e) {
                 // Not dpinger's fault, and not something to wait out quietly.
                 return EngineError::Exhausted {
@@ -299,16 +304,31 @@ mod tests {
         path
     }
 
+    fn direct(path: &Path) -> Dialer {
+        Dialer::direct([("dpinger".to_owned(), path.to_owned())])
+    }
+
+    /// A status socket that answers, but was not registered with the dialer before
+    /// confinement, is never connected to.
+    #[tokio::test]
+    async fn an_unregistered_socket_is_not_read() {
+        let dir = TempDir::new();
+        let path = server(&dir, Some(b"WAN1 20500 1500 0\n"));
+        let other = Dialer::direct([("the broker".to_owned(), dir.0.join("broker.sock"))]);
+        let e = read_status(&other, &path, Duration::from_secs(5)).await.unwrap_err().to_string();
+        assert!(e.contains("gw.sock was not registered"), "{e}");
+    }
+
     #[tokio::test]
     async fn reads_a_status_socket() {
         let dir = TempDir::new();
         let path = server(&dir, Some(b"WAN1 20500 1500 0\n"));
-        let s = read_status(&path, Duration::from_secs(5)).await.unwrap();
+        let s = read_status(&direct(&path), &path, Duration::from_secs(5)).await.unwrap();
         assert_eq!(s.name, "WAN1");
         assert_eq!(s.latency_or_none(), Some(Duration::from_micros(20500)));
         assert_eq!(s.loss_pct, 0);
         // A second read works too (dpinger answers every connection).
-        assert!(read_status(&path, Duration::from_secs(5)).await.is_ok());
+        assert!(read_status(&direct(&path), &path, Duration::from_secs(5)).await.is_ok());
     }
 
     #[tokio::test]
@@ -316,7 +336,7 @@ mod tests {
         let dir = TempDir::new();
         let path = server(&dir, None);
         let started = std::time::Instant::now();
-        let e = read_status(&path, Duration::from_millis(200)).await.unwrap_err();
+        let e = read_status(&direct(&path), &path, Duration::from_millis(200)).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5));
         let msg = e.to_string();
         assert!(msg.contains("no complete status within 200ms"), "{msg}");
@@ -378,6 +398,7 @@ on_down = "gateway"
         let shared = std::sync::Arc::new(shared);
         let poll = tokio::spawn(crate::sources::poll_dpinger(
             std::sync::Arc::clone(&shared),
+            direct(&path),
             0,
             path,
             Duration::from_millis(20),
@@ -399,22 +420,32 @@ on_down = "gateway"
     async fn bad_answers_are_errors() {
         let dir = TempDir::new();
         let path = server(&dir, Some(b"WAN1 1 2 3"));
-        let e = read_status(&path, Duration::from_secs(5)).await.unwrap_err().to_string();
+        let e = read_status(&direct(&path), &path, Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("newline"), "{e}");
 
         let dir = TempDir::new();
         let huge: &'static [u8] = Box::leak(vec![b'1'; 4096].into_boxed_slice());
         let path = server(&dir, Some(huge));
-        let e = read_status(&path, Duration::from_secs(5)).await.unwrap_err().to_string();
+        let e = read_status(&direct(&path), &path, Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("longer than"), "{e}");
 
         let dir = TempDir::new();
         let path = server(&dir, Some(b"WAN1 1 2 300\n"));
-        let e = read_status(&path, Duration::from_secs(5)).await.unwrap_err().to_string();
+        let e = read_status(&direct(&path), &path, Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gw.sock") && e.contains("300"), "{e}");
 
         let dir = TempDir::new();
-        let e = read_status(&dir.0.join("missing.sock"), Duration::from_secs(5))
+        let missing = dir.0.join("missing.sock");
+        let e = read_status(&direct(&missing), &missing, Duration::from_secs(5))
             .await
             .unwrap_err()
             .to_string();

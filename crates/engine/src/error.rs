@@ -20,6 +20,9 @@ pub enum EngineError {
     /// An ICMP probe socket could not be opened or is not what the engine requires.
     #[error("gateway {gateway}: probe socket: {message}")]
     ProbeSocket { gateway: String, message: String },
+    /// A received ICMP packet that does not hold together (`icmp.rs`).
+    #[error("ICMP packet: {0}")]
+    IcmpPacket(String),
     /// A dpinger status line or socket problem.
     #[error("dpinger {path}: {message}")]
     Dpinger { path: String, message: String },

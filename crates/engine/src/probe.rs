@@ -46,6 +46,9 @@ pub struct ProbeSpec {
     pub targets: Vec<IpAddr>,
     /// Source address to bind; only targets of its family can be probed then.
     pub source: Option<IpAddr>,
+    /// FreeBSD: the routing table of the raw probe sockets (`SO_SETFIB`); ignored by the
+    /// Linux datagram prober, which binds to `interface` instead.
+    pub fib: Option<u32>,
     /// Time between echo requests to each target.
     pub interval: Duration,
     /// Time after which an unanswered request counts as lost. It may exceed `interval`:
@@ -123,12 +126,12 @@ fn config_error(spec: &ProbeSpec, message: impl std::fmt::Display) -> EngineErro
     EngineError::Config(format!("gateway {}: probes: {message}", spec.name))
 }
 
-fn is_link_local_v6(a: &IpAddr) -> bool {
+pub(crate) fn is_link_local_v6(a: &IpAddr) -> bool {
     matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
 /// Check a spec before anything is opened; returns it with duplicate targets removed.
-fn validate(mut spec: ProbeSpec) -> Result<ProbeSpec, EngineError> {
+pub(crate) fn validate(mut spec: ProbeSpec) -> Result<ProbeSpec, EngineError> {
     if spec.targets.is_empty() {
         return Err(config_error(&spec, "no targets"));
     }
@@ -167,7 +170,7 @@ fn validate(mut spec: ProbeSpec) -> Result<ProbeSpec, EngineError> {
 }
 
 /// Whether the kernel refused for lack of permission (`EACCES`, `EPERM`).
-fn is_permission(e: &std::io::Error) -> bool {
+pub(crate) fn is_permission(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::PermissionDenied
         || e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32)
         || e.raw_os_error() == Some(nix::errno::Errno::EACCES as i32)
@@ -464,6 +467,7 @@ mod tests {
             interface: None,
             targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
             source: None,
+            fib: None,
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(300),
         }

@@ -87,7 +87,7 @@ enum Failure {
     Identity(String),
 }
 
-/// Poll gateway `gateway`'s dpinger status socket at `path` every `every` (each exchange
+/// Poll gateway `gateway`'s dpinger status socket at `path` (registered with `dialer`) every `every` (each exchange
 /// bounded by `timeout`) and feed the reports to its health machine, forever.
 ///
 /// A report must carry the gateway's name as dpinger's identifier (`-i NAME`; pfSense and
@@ -97,6 +97,7 @@ enum Failure {
 /// once.
 pub async fn poll_dpinger(
     shared: Arc<Shared>,
+    dialer: crate::dial::Dialer,
     gateway: usize,
     path: PathBuf,
     every: Duration,
@@ -111,7 +112,7 @@ pub async fn poll_dpinger(
     let mut anonymous_noted = false;
     loop {
         tick.tick().await;
-        let outcome = match crate::dpinger::read_status(&path, timeout).await {
+        let outcome = match crate::dpinger::read_status(&dialer, &path, timeout).await {
             Ok(st) => match crate::dpinger::check_identifier(&st, &name) {
                 Ok(()) => Ok(st),
                 Err(message) => Err(Failure::Identity(message)),

@@ -109,14 +109,8 @@ pub(crate) fn emit(out: &Out, system: System, source_name: &str) -> String {
     t.push_str("[engine]\n");
     t.push_str("broker_socket = \"/var/run/statecull/broker.sock\"\n");
     t.push_str("control_socket = \"/var/run/statecull/engine.sock\"\n");
-    if !out.readable.is_empty() {
-        t.push_str("# The confined engine reads these dpinger sockets.\n");
-        t.push_str("readable_paths = [\n");
-        for p in &out.readable {
-            let _ = writeln!(t, "    {},", quote(p));
-        }
-        t.push_str("]\n");
-    }
+    // No readable_paths: the engine reaches dpinger's sockets through its dialer, registered
+    // from the gateways' dpinger_socket before it confines itself (Capsicum ignores paths).
     t.push_str("# On pf a count exports every state: \"auto\" counts at most every 10 minutes.\n");
     t.push_str("states_refresh = \"auto\"\n\n");
     t.push_str("[routing]\n");

@@ -53,8 +53,6 @@ pub(crate) struct Out {
     pub(crate) gateways: Vec<GatewayOut>,
     pub(crate) groups: Vec<GroupOut>,
     pub(crate) warnings: Vec<Warning>,
-    /// Sockets the confined engine must read.
-    pub(crate) readable: Vec<String>,
 }
 
 type Fatal = (String, String);
@@ -614,14 +612,7 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
             cx.note(g.from.clone(), format!("gateway {} is in no gateway group: statecull monitors it but kills none of its states (no group says where its traffic goes)", g.name));
         }
     }
-    let readable = gateways
-        .iter()
-        .filter_map(|g| match &g.health {
-            Health::Dpinger { socket, .. } => Some(socket.clone()),
-            Health::External { .. } => None,
-        })
-        .collect();
-    Ok(Out { gateways, groups, warnings: cx.warnings, readable })
+    Ok(Out { gateways, groups, warnings: cx.warnings })
 }
 
 /// The WAN's NAT addresses of `family`: its own address, its virtual IPs, and the targets

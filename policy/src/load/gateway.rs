@@ -20,6 +20,10 @@ use super::duration::{Bounds, MINUTE, MS};
 use super::raw::RawGateway;
 use super::words::{family_word, source_word};
 
+/// Highest FIB number a policy may name (FreeBSD's `RT_MAXFIBS` is 65536; the kernel refuses
+/// one at or above its `net.fibs` when the engine starts).
+const MAX_FIB: i64 = 65535;
+
 /// Where a gateway and its name were written, for messages about it.
 pub(super) struct GatewaySpans {
     pub(super) table: Range<usize>,
@@ -165,6 +169,27 @@ impl Loader<'_> {
                 Some(a)
             }
         };
+        let fib = match &g.fib {
+            None => None,
+            Some(raw) if !is_icmp => {
+                return Err(self.err(
+                    &raw.span(),
+                    &f("fib"),
+                    format!(
+                        "fib applies only to health_source = \"icmp\" (the engine's own probe \
+                         sockets); gateway {name:?} gets its health from {}; remove fib",
+                        source_word(&source)
+                    ),
+                ));
+            }
+            Some(raw) => {
+                let n = self.integer(raw, &f("fib"), 0, MAX_FIB)?;
+                Some(
+                    u32::try_from(n)
+                        .map_err(|_| self.err(&raw.span(), &f("fib"), "out of range"))?,
+                )
+            }
+        };
         let probe_interval = self.opt_duration(
             g.probe_interval.as_ref(),
             &f("probe_interval"),
@@ -186,6 +211,7 @@ impl Loader<'_> {
             family,
             monitor,
             probe_source,
+            fib,
             source,
             probe_interval,
             probe_timeout: timeout.value,

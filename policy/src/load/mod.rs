@@ -60,6 +60,8 @@
 //! family = "inet"                 # optional: "inet" | "inet6", must agree with address
 //! monitor = ["198.51.100.254", "192.0.2.53"]     # default [address]; same family; icmp only
 //! probe_source = "198.51.100.1"   # optional; same family; icmp only
+//! fib = 1                         # optional: FreeBSD routing table of the probes (SO_SETFIB);
+//!                                 # 0..=65535; icmp only; ignored on Linux
 //! health_source = "icmp"          # "icmp" (default) | "external" | "dpinger"
 //! dpinger_socket = "/var/run/dpinger_WAN1~198.51.100.1~198.51.100.254.sock"
 //!                                 # required with, and only with, health_source = "dpinger"

@@ -52,6 +52,7 @@ pub(super) struct RawGateway {
     pub(super) family: Option<Spanned<String>>,
     pub(super) monitor: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) probe_source: Option<Spanned<String>>,
+    pub(super) fib: Option<Spanned<Value>>,
     pub(super) health_source: Option<Spanned<String>>,
     pub(super) dpinger_socket: Option<Spanned<String>>,
     pub(super) probe_interval: Option<Spanned<Value>>,
