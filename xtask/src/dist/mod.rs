@@ -283,6 +283,12 @@ pub fn verify(bytes: &[u8], expected: &Package) -> std::result::Result<String, S
     for e in &p.entries {
         if e.path.contains("/sbin/") || e.path.contains("/bin/") {
             let elf = read::freebsd_elf(&e.data).map_err(|m| format!("{}: {m}", e.path))?;
+            // pkg derives a package's ABI from this note; it must agree with the manifest.
+            match elf.abi_tag {
+                Some(v) if v / 100_000 == 14 => {}
+                Some(v) => return Err(format!("{}: ABI note {v} is not FreeBSD 14", e.path)),
+                None => return Err(format!("{}: no FreeBSD ABI note (.note.tag)", e.path)),
+            }
             if e.mode != 0o555 {
                 return Err(format!("{}: mode {:o}, not 555", e.path, e.mode));
             }
@@ -303,6 +309,14 @@ pub fn verify(bytes: &[u8], expected: &Package) -> std::result::Result<String, S
                     e.path
                 ));
             }
+        }
+    }
+    let scripts = p.manifest.get("scripts").and_then(|v| v.as_object());
+    for (name, body) in scripts.into_iter().flatten() {
+        let body = body.as_str().ok_or_else(|| format!("script {name} is not text"))?;
+        let syntax = Command::new("sh").arg("-n").arg("-c").arg(body).output();
+        if !syntax.is_ok_and(|o| o.status.success()) {
+            return Err(format!("script {name}: sh -n fails"));
         }
     }
     for user in &expected.users {

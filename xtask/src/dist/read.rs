@@ -91,6 +91,17 @@ pub fn check(p: &ReadPackage) -> Result<(), String> {
             return Err(format!("+MANIFEST: {key} is empty"));
         }
     }
+    // pkg URL-decodes desc and scripts: only text that decodes to itself is safe.
+    let scripts = p.manifest.get("scripts").and_then(Value::as_object);
+    let texts = scripts.into_iter().flat_map(|m| m.values().filter_map(Value::as_str));
+    for t in texts.chain([p.str_field("desc")?]) {
+        if t.contains('%') || !t.is_ascii() {
+            return Err(format!(
+                "{:?}...: '%' or non-ASCII text, which pkg would URL-decode",
+                t.get(..20)
+            ));
+        }
+    }
     let prefix = p.str_field("prefix")?;
     let files = p.manifest.get("files").and_then(Value::as_object).ok_or("+MANIFEST: no files")?;
     let mut unlisted: BTreeMap<&str, &Entry> =

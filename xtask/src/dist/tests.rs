@@ -53,7 +53,7 @@ fn fake_elf(osabi: u8, abi_note: Option<u32>) -> Vec<u8> {
 fn programs() -> Programs {
     Programs {
         broker: fake_elf(9, Some(1_400_097)),
-        engine: fake_elf(9, None),
+        engine: fake_elf(9, Some(1_400_500)),
         cli: fake_elf(0, Some(1_400_000)),
     }
 }
@@ -125,6 +125,11 @@ fn tampering_and_foreign_programs_are_caught() {
     let err = verify(&linux.archive(1).unwrap(), &linux).unwrap_err();
     assert!(err.contains("neither EI_OSABI = FreeBSD nor a FreeBSD .note.tag"), "{err}");
     assert!(read::freebsd_elf(b"#!/bin/sh\n").is_err());
+    // FreeBSD, but not the release the manifest's ABI names.
+    let mut fifteen = broker.clone();
+    fifteen.files[0].data = fake_elf(9, Some(1_500_000));
+    let err = verify(&fifteen.archive(1).unwrap(), &fifteen).unwrap_err();
+    assert!(err.contains("is not FreeBSD 14"), "{err}");
     // Not zstd at all.
     assert!(read::read(b"not a package").is_err());
 }
@@ -223,4 +228,73 @@ fn the_port_matches_the_workspace() {
         "[[package]]\nname = \"a\"\nversion = \"1.0.0\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n\n[[package]]\nname = \"local\"\nversion = \"0.1.0\"\n",
     );
     assert!(crates.contains("CARGO_CRATES=\ta-1.0.0\n") && !crates.contains("local"), "{crates}");
+}
+
+/// Runs a package script with `sh`, pw(8) replaced by a stub that logs its arguments and
+/// answers "exists" for the names in `existing`.
+fn run_script(script: &str, root: &Path, existing: &[&str]) -> (bool, String) {
+    let log = root.join("pw.log");
+    let stub = root.join("pw");
+    let known = existing.join(" ");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$*\" in *show*) for n in {known}; do case \"$*\" in *\" $n\") exit 0;; esac; done; exit 67;; esac\nexit 0\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let script = script.replace("/usr/sbin/pw", &stub.display().to_string());
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("chmod +x '{}' && {script}", stub.display()))
+        .env("PKG_ROOTDIR", root)
+        .env("PKG_PREFIX", "/usr/local")
+        .output()
+        .unwrap()
+        .status
+        .success();
+    (ok, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn pre_install_creates_only_missing_accounts() {
+    let dir = std::env::temp_dir().join(format!("statecull-dist-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = packages(programs()).unwrap();
+    let engine = &all[1].scripts["pre-install"];
+    let (ok, log) = run_script(engine, &dir, &[]);
+    let r = format!("-R {}", dir.display());
+    assert!(ok, "{log}");
+    assert!(log.contains(&format!("{r} groupadd statecull\n")), "{log}");
+    assert!(log.contains(&format!("{r} useradd statecull -g statecull ")), "{log}");
+    std::fs::remove_file(dir.join("pw.log")).unwrap();
+    let (ok, log) = run_script(engine, &dir, &["statecull"]);
+    assert!(ok && !log.contains("add"), "{log}");
+    std::fs::remove_file(dir.join("pw.log")).unwrap();
+    let (ok, log) = run_script(&all[0].scripts["pre-install"], &dir, &["statecull"]);
+    assert!(ok && !log.contains("groupadd"), "{log}");
+    assert!(log.contains(&format!("{r} useradd statecull-broker -c ")), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn samples_are_installed_once_and_removed_only_unchanged() {
+    let dir = std::env::temp_dir().join(format!("statecull-sample-{}", std::process::id()));
+    let etc = dir.join("usr/local/etc/statecull");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("broker.toml.sample"), "protected = []\n").unwrap();
+    let broker = &packages(programs()).unwrap()[0];
+    assert!(run_script(&broker.scripts["post-install"], &dir, &[]).0);
+    assert_eq!(std::fs::read_to_string(etc.join("broker.toml")).unwrap(), "protected = []\n");
+    // An edited configuration survives an upgrade's post-install and a deinstall.
+    std::fs::write(etc.join("broker.toml"), "protected = [\"192.0.2.0/28\"]\n").unwrap();
+    assert!(run_script(&broker.scripts["post-install"], &dir, &[]).0);
+    assert!(run_script(&broker.scripts["pre-deinstall"], &dir, &[]).0);
+    assert!(std::fs::read_to_string(etc.join("broker.toml")).unwrap().contains("192.0.2.0/28"));
+    // An unchanged one goes with the package.
+    std::fs::write(etc.join("broker.toml"), "protected = []\n").unwrap();
+    assert!(run_script(&broker.scripts["pre-deinstall"], &dir, &[]).0);
+    assert!(!etc.join("broker.toml").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
