@@ -328,6 +328,35 @@ pub fn verify(bytes: &[u8], expected: &Package) -> std::result::Result<String, S
     Ok(notes.join("; "))
 }
 
+/// The programs were built with FreeBSD's compiled-in defaults (`statecull_proto::paths`):
+/// each help text shows the FreeBSD path, and no Linux path (`/run/statecull`,
+/// `/etc/statecull` not under `/var` or `/usr/local`) is anywhere in them.
+pub fn check_paths(programs: &Programs) -> std::result::Result<(), String> {
+    use statecull_proto::paths::FREEBSD;
+    let contains = |data: &[u8], s: &str| data.windows(s.len()).any(|w| w == s.as_bytes());
+    let foreign = |data: &[u8], needle: &str, unless_after: &str| {
+        data.windows(needle.len()).enumerate().any(|(i, w)| {
+            w == needle.as_bytes()
+                && (i < unless_after.len()
+                    || &data[i - unless_after.len()..i] != unless_after.as_bytes())
+        })
+    };
+    for (name, data, help) in [
+        ("statecull-broker", &programs.broker, format!("[default: {}]", FREEBSD.broker_socket)),
+        ("statecull-engine", &programs.engine, format!("else {}]", FREEBSD.control_socket)),
+        ("statecull", &programs.cli, format!("check-policy {}", FREEBSD.policy_file)),
+    ] {
+        if !contains(data, &help) {
+            return Err(format!("{name}: its help does not show {help:?}: not built for FreeBSD?"));
+        }
+        if foreign(data, "/run/statecull", "/var") || foreign(data, "/etc/statecull", "/usr/local")
+        {
+            return Err(format!("{name}: carries a Linux default path (/run or /etc/statecull)"));
+        }
+    }
+    Ok(())
+}
+
 /// Where the packages and the port go unless `--out` says otherwise.
 pub fn default_out() -> PathBuf {
     util::target_dir().join("dist").join("freebsd")
@@ -412,6 +441,7 @@ pub fn dist_freebsd(no_build: bool, out: Option<PathBuf>) -> Result<()> {
         engine: read_bin("statecull-engine")?,
         cli: read_bin("statecull")?,
     };
+    check_paths(&programs).map_err(msg)?;
     let mtime =
         std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now()

@@ -161,6 +161,9 @@ fn service_scripts_use_the_compiled_in_paths() {
             "command=\"/usr/sbin/daemon\"".to_owned(),
             format!("{name}_binary=\"/usr/local/sbin/{}\"", name.replace('_', "-")),
             "load_rc_config \"$name\"".to_owned(),
+            // ${name}_flags (rc_flags) go to the program, after daemon(8)'s own flags.
+            "    ${rc_flags}\"".to_owned(),
+            "-P ${pidfile}".to_owned(),
             "run_rc_command \"$1\"".to_owned(),
         ] {
             assert!(script.contains(&needle), "{name}: no {needle:?}");
@@ -297,4 +300,21 @@ fn samples_are_installed_once_and_removed_only_unchanged() {
     assert!(run_script(&broker.scripts["pre-deinstall"], &dir, &[]).0);
     assert!(!etc.join("broker.toml").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn programs_must_carry_the_freebsd_defaults() {
+    let with = |extra: &str| {
+        let mut p = programs();
+        p.broker.extend_from_slice(b"socket [default: /var/run/statecull/broker.sock]");
+        p.engine.extend_from_slice(b"else /var/run/statecull/engine.sock]");
+        p.cli.extend_from_slice(b"check-policy /usr/local/etc/statecull/policy.toml");
+        p.cli.extend_from_slice(extra.as_bytes());
+        p
+    };
+    check_paths(&with("")).unwrap();
+    assert!(check_paths(&programs()).unwrap_err().contains("not built for FreeBSD"));
+    let err = check_paths(&with("[default: /run/statecull/broker.sock]")).unwrap_err();
+    assert!(err.contains("Linux default path"), "{err}");
+    assert!(check_paths(&with(" /etc/statecull/policy.toml")).is_err());
 }
