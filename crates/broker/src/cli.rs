@@ -14,10 +14,11 @@ use crate::server::Server;
 use nix::sys::signal::{SigSet, Signal};
 use tracing::error;
 
-const HELP: &str = "\
+const HELP: &str = concat!(
+    "\
 statecull-broker: the privileged half of statecull.
 
-It owns the state table (Linux conntrack) and only lists and kills states, for the
+It owns the state table (Linux conntrack or FreeBSD pf) and only lists and kills states, for the
 unprivileged statecull-engine and for operators (`statecull broker ...`), over a Unix
 socket. It holds no policy: every request names exactly which states to kill.
 
@@ -26,7 +27,9 @@ USAGE:
 
 OPTIONS:
     -c, --config FILE        TOML configuration (flags below override it)
-    -s, --socket PATH        listening socket [default: /run/statecull/broker.sock]
+    -s, --socket PATH        listening socket [default: ",
+    statecull_proto::broker_socket!(),
+    "]
         --socket-group GROUP group owning the socket (mode 0660), e.g. the engine's group
         --allow-user USER    user (name or uid) allowed to connect; repeatable
         --allow-group GROUP  primary group allowed to connect; repeatable
@@ -41,7 +44,9 @@ OPTIONS:
                              slot [default: the first --allow-user]
         --backend NAME       state table: conntrack (Linux), pf (FreeBSD), or pf-model: an
                              in-memory model of pf with a generated two-WAN router table,
-                             for simulation and tests [default: conntrack]; pf-model exists
+                             for simulation and tests [default: ",
+    crate::default_backend!(),
+    "]; pf-model exists
                              only in builds with the cargo feature `model` (cargo build -p
                              statecull-broker --features model), never in a package
         --model-states N     pf-model: states in the generated table [default: 100000]
@@ -61,8 +66,12 @@ OPTIONS:
     -h, --help               this text
     -V, --version            version
 
-CONFIG FILE (all keys optional):
-    socket = \"/run/statecull/broker.sock\"
+CONFIG FILE (all keys optional; the service scripts pass --config ",
+    statecull_proto::broker_config!(),
+    "):
+    socket = \"",
+    statecull_proto::broker_socket!(),
+    "\"
     socket_group = \"statecull\"
     allow_users = [\"statecull\"]        # or allow_uids = [998]
     allow_groups = []                  # or allow_gids = []
@@ -70,7 +79,9 @@ CONFIG FILE (all keys optional):
     max_connections = 16
     max_connections_per_user = 8
     engine_user = \"statecull\"
-    backend = \"conntrack\"
+    backend = \"",
+    crate::default_backend!(),
+    "\"
     log_format = \"json\"
     log_level = \"info\"
     user = \"statecull-broker\"
@@ -81,7 +92,8 @@ SIGTERM, SIGINT or SIGQUIT: stop accepting, finish requests in flight (a kill is
 short), exit 0 (a confined broker cannot remove its socket file; nothing listens there any more
 and the next start replaces it). Other signals that would end a process (SIGHUP, SIGUSR1,
 SIGUSR2, SIGALRM, real-time signals, ...) are logged and ignored.
-";
+"
+);
 
 struct Args {
     config: Config,
@@ -577,6 +589,34 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(e) => {
             error!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HELP;
+
+    #[test]
+    fn help_shows_this_os_defaults() {
+        let socket =
+            format!("listening socket [default: {}]", statecull_proto::paths::BROKER_SOCKET);
+        assert!(HELP.contains(&socket), "{HELP}");
+        assert!(HELP.contains(&format!("--config {}", statecull_proto::paths::BROKER_CONFIG)));
+        let backend = if cfg!(target_os = "freebsd") { "pf" } else { "conntrack" };
+        assert!(HELP.contains(&format!("for simulation and tests [default: {backend}]")));
+        let other_os = if cfg!(target_os = "freebsd") {
+            statecull_proto::paths::LINUX
+        } else {
+            statecull_proto::paths::FREEBSD
+        };
+        // Quoted or bracketed: FreeBSD's /var/run/statecull contains Linux's /run/statecull.
+        for wrong in [
+            format!("[default: {}]", other_os.broker_socket),
+            format!("\"{}\"", other_os.broker_socket),
+            format!("--config {}", other_os.broker_config),
+        ] {
+            assert!(!HELP.contains(&wrong), "{HELP}");
         }
     }
 }

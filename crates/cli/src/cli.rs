@@ -23,12 +23,12 @@ use statecull_proto::{IfName, ProtoError};
         gateways and decides what to kill and when. `statecull check-policy FILE` explains a policy.\n\
         `statecull broker ...` talks straight to the privileged broker, like pfctl -k or conntrack -D:\n\
         list, count and kill states by mark, NAT address, protocol and prefixes.",
-    after_help = "EXAMPLES:\n  \
+    after_help = concat!("EXAMPLES:\n  \
         statecull status\n  \
         statecull plan --down WAN1                     # dry run: what would be killed\n  \
         statecull gateway WAN1 down                    # external health verdict\n  \
         statecull events --follow --json\n  \
-        statecull check-policy /etc/statecull/policy.toml\n  \
+        statecull check-policy ", statecull_proto::policy_file!(), "\n  \
         statecull import pfsense /cf/conf/config.xml -o policy.toml\n  \
         statecull broker hello\n  \
         statecull broker count --mark 1/0xff\n  \
@@ -37,7 +37,7 @@ use statecull_proto::{IfName, ProtoError};
         statecull broker list --proto udp --dport 5060 --json\n\n\
         EXIT STATUS:\n  \
         0 done (also when the output is closed early, as by `statecull status | head`: the\n    \
-        command stops quietly), 1 refused or failed (including partial kills), 2 usage"
+        command stops quietly), 1 refused or failed (including partial kills), 2 usage")
 )]
 struct Cli {
     #[command(subcommand)]

@@ -54,12 +54,28 @@ struct Args {
     /// The policy file
     #[arg(long, short = 'p', value_name = "FILE", env = "STATECULL_POLICY")]
     policy: PathBuf,
-    /// The broker's socket [default: policy's engine.broker_socket, else /run/statecull/broker.sock]
-    #[arg(long, value_name = "PATH", env = "STATECULL_BROKER_SOCKET")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "STATECULL_BROKER_SOCKET",
+        help = concat!(
+            "The broker's socket [default: policy's engine.broker_socket, else ",
+            statecull_proto::broker_socket!(),
+            "]"
+        )
+    )]
     broker_socket: Option<PathBuf>,
-    /// Where to listen for `statecull status|plan|gateway|events` [default: policy's
-    /// engine.control_socket, else /run/statecull/engine.sock]
-    #[arg(long, value_name = "PATH", env = "STATECULL_CONTROL_SOCKET")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "STATECULL_CONTROL_SOCKET",
+        help = concat!(
+            "Where to listen for `statecull status|plan|gateway|events` [default: policy's \
+             engine.control_socket, else ",
+            statecull_proto::control_socket!(),
+            "]"
+        )
+    )]
     control_socket: Option<PathBuf>,
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics) [default: policy's engine.metrics_listen, else none]
     #[arg(long, value_name = "ADDR:PORT")]

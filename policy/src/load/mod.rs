@@ -43,7 +43,7 @@
 //!
 //! ```toml
 //! [engine]                        # optional
-//! broker_socket = "/run/statecull/broker.sock"   # absolute paths
+//! broker_socket = "/run/statecull/broker.sock"   # absolute paths (FreeBSD: /var/run/statecull/)
 //! control_socket = "/run/statecull/engine.sock"
 //! metrics_listen = "127.0.0.1:9771"              # ADDR:PORT; absent: no metrics listener
 //! readable_paths = []                            # absolute paths

@@ -27,12 +27,12 @@ impl Loader<'_> {
         let broker_socket = raw
             .broker_socket
             .as_ref()
-            .map(|s| self.path(s, "engine.broker_socket", "/run/statecull/broker.sock"))
+            .map(|s| self.path(s, "engine.broker_socket", statecull_proto::paths::BROKER_SOCKET))
             .transpose()?;
         let control_socket = raw
             .control_socket
             .as_ref()
-            .map(|s| self.path(s, "engine.control_socket", "/run/statecull/engine.sock"))
+            .map(|s| self.path(s, "engine.control_socket", statecull_proto::paths::CONTROL_SOCKET))
             .transpose()?;
         let metrics_listen = raw
             .metrics_listen
