@@ -48,6 +48,7 @@ fn caps() -> [Capabilities; 2] {
         kernel_tuple_broken: vec![],
         match_opposite: false,
         flush_by_interface: false,
+        ruleset_ticket: false,
     };
     let pf = Capabilities {
         selector_fields: vec![
@@ -67,6 +68,7 @@ fn caps() -> [Capabilities; 2] {
         kernel_tuple_broken: vec![],
         match_opposite: true,
         flush_by_interface: true,
+        ruleset_ticket: true,
     };
     [conntrack, pf]
 }

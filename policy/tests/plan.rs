@@ -37,6 +37,7 @@ fn ct_caps() -> Capabilities {
         kernel_tuple_broken: vec![AddressFamily::Ipv6],
         match_opposite: false,
         flush_by_interface: false,
+        ruleset_ticket: false,
     }
 }
 
@@ -51,6 +52,7 @@ fn pf_caps() -> Capabilities {
         kernel_tuple_broken: vec![],
         match_opposite: true,
         flush_by_interface: true,
+        ruleset_ticket: true,
     }
 }
 

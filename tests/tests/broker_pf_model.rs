@@ -278,3 +278,42 @@ fn kill_handles_by_pf_id() {
     };
     assert!(c.kill_handles(vec![ct]).is_err());
 }
+
+/// The ruleset ticket of a running pf-model broker: announced in Hello, stable while nothing
+/// is committed (kills and listings leave it), changed by a ruleset commit (SIGUSR1 is the
+/// model's stand-in for `pfctl -f`).
+#[test]
+fn ruleset_ticket_changes_only_when_a_ruleset_is_committed() {
+    let b = broker(&[]);
+    let mut c = client(&b);
+    assert!(c.hello().backend.capabilities.ruleset_ticket);
+    let t0 = c.ruleset_ticket().unwrap();
+    assert!(t0.rules > 0);
+    c.kill_matching(vec![gw(0)], true).unwrap();
+    snapshot(&mut c, None);
+    assert_eq!(c.ruleset_ticket().unwrap(), t0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(b.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let t1 = loop {
+        let t = c.ruleset_ticket().unwrap();
+        if t != t0 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "SIGUSR1 committed no ruleset");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(t1.rules, t0.rules);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.ruleset_ticket().unwrap(), t1, "one commit, one new ticket");
+
+    // FreeBSD 14 has no netlink GETRULES (and the ioctl is not implemented): Hello says so.
+    let old = broker(&["--model-release", "14"]);
+    let mut c = client(&old);
+    assert!(!c.hello().backend.capabilities.ruleset_ticket);
+    let e = c.ruleset_ticket().unwrap_err();
+    assert!(e.to_string().contains("GETRULES"), "{e}");
+}

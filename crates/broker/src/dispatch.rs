@@ -354,6 +354,11 @@ impl<'a> Session<'a> {
                     .map_or("all states".to_owned(), |i| format!("interface {i}"));
                 self.mutate(out, verb, &what, |b, protected| b.flush(interface.as_ref(), protected))
             }
+            // Read-only and cheap (one kernel call on a lane of its own): no read gate.
+            CheckedRequest::RulesetTicket => match broker.backend.ruleset_ticket() {
+                Ok(t) => self.reply(out, &Response::RulesetTicket(t)),
+                Err(e) => self.refuse(out, verb, &e),
+            },
         }
     }
 

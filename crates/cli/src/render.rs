@@ -298,6 +298,7 @@ mod tests {
                     kernel_tuple_broken: broken,
                     match_opposite: false,
                     flush_by_interface: false,
+                    ruleset_ticket: false,
                 },
             },
             limits: Limits::default(),

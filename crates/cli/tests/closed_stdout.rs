@@ -242,6 +242,7 @@ fn hello_reply() -> HelloReply {
                 kernel_tuple_broken: vec![],
                 match_opposite: false,
                 flush_by_interface: false,
+                ruleset_ticket: false,
             },
         },
         limits: Limits::default(),

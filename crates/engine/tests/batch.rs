@@ -394,6 +394,7 @@ fn caps() -> Capabilities {
         kernel_tuple_broken: vec![],
         match_opposite: true,
         flush_by_interface: false,
+        ruleset_ticket: false,
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Transports {
     pub nl_kill: bool,
     pub nv_kill: bool,
     pub v2_list: bool,
+    /// Netlink `GETRULES` answers with the filter ruleset's ticket (read-only probe).
+    pub nl_rules: bool,
 }
 
 /// A kill that matches nothing, to probe kill interfaces safely: the id fast path with an
@@ -65,6 +67,9 @@ impl<D: PfDevice> PfClient<D> {
             c.transports.nl_kill = c.kill_netlink(cmd::KILLSTATES, &probe_kill()).is_ok();
         }
         c.transports.nv_kill = c.kill_nv(DIOCKILLSTATESNV, &probe_kill()).is_ok();
+        if c.transports.nl_family.is_some() {
+            c.transports.nl_rules = c.ruleset_ticket().is_ok();
+        }
         c.transports.v2_list = c.dev.get_states_v2(&mut []).is_ok();
         if !c.transports.nl_kill && !c.transports.nv_kill {
             return Err(PfError::Unsupported(
@@ -174,6 +179,49 @@ impl<D: PfDevice> PfClient<D> {
                     nl::parse_kill_reply(&msg).map_err(|e| PfError::Codec(e.to_string()))?
                 {
                     killed = Some(n);
+                }
+            }
+        }
+    }
+
+    /// The active main filter ruleset: `(rules, ticket)` (netlink `GETRULES` with an empty
+    /// anchor and `PF_PASS`; the kernel's `pf_ioctl_getrules`). Read-only. The kernel gives
+    /// the ruleset a new ticket on every commit (`pfctl -f`), so a changed ticket means the
+    /// ruleset was reloaded.
+    pub fn ruleset_ticket(&mut self) -> Result<(u32, u32), PfError> {
+        const OP: &str = "read the filter ruleset's ticket";
+        let family = self.transports.nl_family.ok_or_else(|| {
+            PfError::Unsupported(
+                "reading the filter ruleset's ticket needs pf netlink GETRULES (FreeBSD 15; \
+                 the DIOCGETRULES ioctl of older releases is not implemented)"
+                    .into(),
+            )
+        })?;
+        let seq = self.next_seq();
+        let mut b = MsgBuilder::new();
+        nl::getrules_request(&mut b, family, seq);
+        self.dev.nl_send(b.as_bytes()).map_err(|e| PfError::Kernel { op: OP, errno: e.0 })?;
+        let mut found = None;
+        loop {
+            self.dev.nl_recv(&mut self.buf).map_err(|e| PfError::Kernel { op: OP, errno: e.0 })?;
+            for msg in NlMsgs::new(&self.buf) {
+                let msg = msg.map_err(|e| PfError::Codec(e.to_string()))?;
+                if msg.seq != seq {
+                    continue;
+                }
+                if msg.msg_type == NLMSG_ERROR {
+                    let (e, _) = msg.error().map_err(|e| PfError::Codec(e.to_string()))?;
+                    if e != 0 {
+                        return Err(PfError::Kernel { op: OP, errno: -e });
+                    }
+                    return found.ok_or_else(|| {
+                        PfError::Codec("GETRULES acknowledged without a ticket".into())
+                    });
+                }
+                if let Some(t) =
+                    nl::parse_getrules_reply(&msg).map_err(|e| PfError::Codec(e.to_string()))?
+                {
+                    found = Some(t);
                 }
             }
         }

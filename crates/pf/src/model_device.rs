@@ -25,15 +25,32 @@ pub struct Release {
     pub nv_kill: bool,
     /// `DIOCGETSTATESV2` (13.x, 14.x; 15 only with `COMPAT_FREEBSD14`).
     pub v2_list: bool,
+    /// pf netlink `GETRULES` (15.0).
+    pub netlink_rules: bool,
 }
 
 impl Release {
-    pub const FREEBSD_13: Release =
-        Release { netlink_list: false, netlink_kill: false, nv_kill: true, v2_list: true };
-    pub const FREEBSD_14: Release =
-        Release { netlink_list: true, netlink_kill: false, nv_kill: true, v2_list: true };
-    pub const FREEBSD_15: Release =
-        Release { netlink_list: true, netlink_kill: true, nv_kill: true, v2_list: false };
+    pub const FREEBSD_13: Release = Release {
+        netlink_list: false,
+        netlink_kill: false,
+        nv_kill: true,
+        v2_list: true,
+        netlink_rules: false,
+    };
+    pub const FREEBSD_14: Release = Release {
+        netlink_list: true,
+        netlink_kill: false,
+        nv_kill: true,
+        v2_list: true,
+        netlink_rules: false,
+    };
+    pub const FREEBSD_15: Release = Release {
+        netlink_list: true,
+        netlink_kill: true,
+        nv_kill: true,
+        v2_list: false,
+        netlink_rules: true,
+    };
 }
 
 /// The pf family id the model's netlink answers with.
@@ -133,6 +150,25 @@ impl ModelDevice {
                     };
                     let mut b = MsgBuilder::new();
                     nl::kill_reply(&mut b, MODEL_FAMILY_ID, msg.seq, c, killed);
+                    self.queue.push_back(b.as_bytes().to_vec());
+                    if msg.flags & NLM_F_ACK != 0 {
+                        self.ack(msg.seq, 0, raw);
+                    }
+                }
+                cmd::GETRULES if self.release.netlink_rules => {
+                    let Ok((anchor, action)) = nl::parse_getrules_request(&msg) else {
+                        self.ack(msg.seq, errno::EINVAL, raw);
+                        continue;
+                    };
+                    // Only the main filter ruleset exists in the model: another anchor is
+                    // one `pf_find_kruleset` does not find, another ruleset is not modelled.
+                    if !anchor.is_empty() || action != nl::PF_PASS {
+                        self.ack(msg.seq, errno::EINVAL, raw);
+                        continue;
+                    }
+                    let (rules, ticket) = self.model().ruleset();
+                    let mut b = MsgBuilder::new();
+                    nl::getrules_reply(&mut b, MODEL_FAMILY_ID, msg.seq, rules, ticket);
                     self.queue.push_back(b.as_bytes().to_vec());
                     if msg.flags & NLM_F_ACK != 0 {
                         self.ack(msg.seq, 0, raw);

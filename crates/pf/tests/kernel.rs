@@ -61,7 +61,13 @@ fn probing_finds_each_releases_interfaces() {
     let mut c = client(Release::FREEBSD_15, 100);
     let n = c.device().model().len();
     assert_eq!(n, list_all(&mut c).len());
-    let none = Release { netlink_list: false, netlink_kill: false, nv_kill: false, v2_list: true };
+    let none = Release {
+        netlink_list: false,
+        netlink_kill: false,
+        nv_kill: false,
+        v2_list: true,
+        netlink_rules: false,
+    };
     let g = router_table(&Spec::new(10, 1)).unwrap();
     assert!(matches!(
         PfClient::probe(ModelDevice::new(g.model, none)),
@@ -128,4 +134,35 @@ fn a_too_small_reply_buffer_is_enospc_after_the_kill() {
         dev.nv_ioctl(statecull_pf::abi::DIOCKILLSTATESNV, &empty, 1024).unwrap_err().0,
         errno::EINVAL
     );
+}
+
+/// The filter ruleset's ticket through the real GETRULES bytes: read-only, changed by a
+/// ruleset commit and by nothing else (kills, listings), on every handle of the kernel; a
+/// release without netlink GETRULES says so instead of answering a ticket.
+#[test]
+fn ruleset_ticket_changes_on_a_commit_and_only_then() {
+    let mut c = client(Release::FREEBSD_15, 2_000);
+    assert!(c.transports().nl_rules);
+    let (rules, t0) = c.ruleset_ticket().unwrap();
+    assert!(rules > 0, "the generated table has rules");
+    assert_eq!(c.ruleset_ticket().unwrap().1, t0, "reading does not change it");
+    let before = list_all(&mut c).len();
+    assert!(c.kill(&gateway1()).unwrap() > 0);
+    assert!(list_all(&mut c).len() < before);
+    assert_eq!(c.ruleset_ticket().unwrap().1, t0, "kills and listings do not change it");
+    let mut other = c.another().unwrap();
+    let t1 = c.device().model().commit_ruleset();
+    assert_ne!(t1, t0);
+    assert_eq!(c.ruleset_ticket().unwrap(), (rules, t1));
+    assert_eq!(other.ruleset_ticket().unwrap(), (rules, t1), "the same kernel on every handle");
+
+    for release in [Release::FREEBSD_13, Release::FREEBSD_14] {
+        let mut old = client(release, 100);
+        assert!(!old.transports().nl_rules);
+        let e = old.ruleset_ticket();
+        assert!(
+            matches!(e, Err(PfError::Unsupported(_)) | Err(PfError::Kernel { .. })),
+            "{release:?}: {e:?}"
+        );
+    }
 }
