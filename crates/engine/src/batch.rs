@@ -152,7 +152,9 @@ impl Batch {
         let settle = millis(routing.settle_timeout);
         let at = self.decided();
         let confirm = match routing.confirm {
-            RoutingConfirm::Rtnetlink if !watcher => RoutingConfirm::Delay,
+            RoutingConfirm::Rtnetlink | RoutingConfirm::RouteSocket if !watcher => {
+                RoutingConfirm::Delay
+            }
             c => c,
         };
         RoutingWait {
@@ -160,6 +162,7 @@ impl Batch {
             settle,
             deadline: at.saturating_add(settle),
             latest: at.saturating_add(settle.saturating_mul(2)),
+            baseline: None,
         }
     }
 }
@@ -181,6 +184,9 @@ pub enum Next {
     Done(Routed),
     /// Dump the main table and report with [`RoutingWait::routes`].
     CheckRoutes,
+    /// Read pf's main filter ruleset ticket from the broker and report with
+    /// [`RoutingWait::ticket`].
+    ReadTicket,
     /// Sleep until `until` unless something happens first: a decision (then
     /// [`RoutingWait::join`]), a routed signal, or, when `routes`, a route change; then ask
     /// [`RoutingWait::next`] again.
@@ -199,6 +205,10 @@ pub enum RouteCheck {
     Failed,
 }
 
+/// How often the ruleset ticket is read while a `pf-ruleset` wait lasts: one broker round
+/// trip and one kernel lookup each, so a reload is seen within this much.
+pub const TICKET_POLL_MS: Millis = 50;
+
 /// Waiting for routing to move for every gateway of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoutingWait {
@@ -208,6 +218,9 @@ pub struct RoutingWait {
     /// However many decisions join, nothing waits past twice the settle timeout from the
     /// batch's first decision.
     latest: Millis,
+    /// `pf-ruleset`: the ticket read when the wait started, or when the last decision joined
+    /// (a commit after that read is after every gateway's decision). `None`: not read yet.
+    baseline: Option<u32>,
 }
 
 impl RoutingWait {
@@ -235,15 +248,45 @@ impl RoutingWait {
         if signalled {
             return Next::Done(Routed { confirmed: true, how: "routed signal" });
         }
-        if self.confirm == RoutingConfirm::Rtnetlink {
-            return Next::CheckRoutes;
+        match self.confirm {
+            RoutingConfirm::Rtnetlink | RoutingConfirm::RouteSocket => Next::CheckRoutes,
+            RoutingConfirm::PfRuleset => Next::ReadTicket,
+            RoutingConfirm::Signal | RoutingConfirm::Delay => self.timed(now),
         }
-        self.timed(now)
+    }
+
+    /// What the broker said the ruleset ticket is (after [`Next::ReadTicket`]), at `now`;
+    /// `None`: it could not be read (then the rest of this wait is a settle delay). The first
+    /// read is the baseline; a later one that differs means the ruleset was committed since.
+    pub fn ticket(&mut self, read: Option<u32>, now: Millis) -> Next {
+        let Some(t) = read else {
+            self.confirm = RoutingConfirm::Delay;
+            return self.timed(now);
+        };
+        match self.baseline {
+            Some(b) if b != t => Next::Done(Routed { confirmed: true, how: "pf ruleset reloaded" }),
+            Some(_) => self.poll(now),
+            None => {
+                self.baseline = Some(t);
+                self.poll(now)
+            }
+        }
+    }
+
+    /// Until the deadline, sleep one poll interval; then end unconfirmed.
+    fn poll(&self, now: Millis) -> Next {
+        if now >= self.deadline {
+            return self.timed(now);
+        }
+        Next::Sleep { until: now.saturating_add(TICKET_POLL_MS).min(self.deadline), routes: false }
     }
 
     /// What the main table showed (after [`Next::CheckRoutes`]), at `now`.
     pub fn routes(&mut self, check: RouteCheck, now: Millis) -> Next {
         match check {
+            RouteCheck::Moved if self.confirm == RoutingConfirm::RouteSocket => {
+                Next::Done(Routed { confirmed: true, how: "route socket: default route moved" })
+            }
             RouteCheck::Moved => {
                 Next::Done(Routed { confirmed: true, how: "rtnetlink: main table moved" })
             }
@@ -262,16 +305,23 @@ impl RoutingWait {
                 RoutingConfirm::Delay => "settle delay elapsed",
                 RoutingConfirm::Signal => "no routed signal",
                 RoutingConfirm::Rtnetlink => "main table still uses it",
+                RoutingConfirm::RouteSocket => "default route still uses it",
+                RoutingConfirm::PfRuleset => "pf ruleset not reloaded",
             };
             return Next::Done(Routed { confirmed: self.confirm == RoutingConfirm::Delay, how });
         }
-        Next::Sleep { until: self.deadline, routes: self.confirm == RoutingConfirm::Rtnetlink }
+        let routes =
+            matches!(self.confirm, RoutingConfirm::Rtnetlink | RoutingConfirm::RouteSocket);
+        Next::Sleep { until: self.deadline, routes }
     }
 
     /// A decision arrived during the wait: it joins the batch, and its gateways get their
     /// own settle timeout (within the cap).
+    /// With `pf-ruleset`, the ticket is read again (the next [`RoutingWait::next`] asks for
+    /// it): the newcomer's routing moves with a commit after its own decision.
     pub fn join(&mut self, batch: &mut Batch, d: Decision) {
         self.deadline = self.deadline.max(d.at.saturating_add(self.settle)).min(self.latest);
+        self.baseline = None;
         batch.absorb(d);
     }
 

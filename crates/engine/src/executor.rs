@@ -3,9 +3,10 @@
 //! 1. A decision (gateways went down / came up) arrives. Decisions that arrive while the
 //!    executor waits for routing are merged, so gateways failing together give one plan and
 //!    one broker request; a gateway that comes back before anything was killed drops out.
-//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink (no default route uses
-//!    a down gateway any more, and a recovered one is used again), an explicit `routed`
-//!    signal, or the settle delay. A `routed` signal cuts any wait short; past
+//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink or the FreeBSD routing
+//!    socket (no default route uses a down gateway any more, and a recovered one is used
+//!    again), pf's main filter ruleset reloaded (its ticket, read from the broker when the
+//!    wait starts, changed), an explicit `routed` signal, or the settle delay. A `routed` signal cuts any wait short; past
 //!    `settle_timeout` the plan runs anyway and the `routed` event says it was not confirmed.
 //! 3. Plan (pure, `statecull_policy::plan`) with the broker's current capabilities, and run
 //!    each step. A lost broker is waited for (the plan stays pending, reconnecting with
@@ -35,6 +36,10 @@ use crate::state::{Decision, Shared};
 
 /// The kernel's main routing table.
 const RT_TABLE_MAIN: u32 = 254;
+
+/// Longest wait for one ruleset ticket (`confirm = "pf-ruleset"`); past it the rest of the
+/// routing wait is the settle delay.
+const TICKET_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a plan waits for a lost broker before it is given up (and reported failed).
 pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
@@ -139,11 +144,25 @@ impl Executor {
                 };
                 next = wait.routes(check, clock.now_ms());
             }
+            if next == Next::ReadTicket {
+                let read = match self.ruleset_ticket().await {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot read pf's ruleset ticket, falling back to the settle delay: {e}"
+                        );
+                        None
+                    }
+                };
+                next = wait.ticket(read, clock.now_ms());
+            }
             let (until, watch_routes) = match next {
                 Next::Done(routed) => break routed,
                 Next::Sleep { until, routes } => (until, routes),
                 // `routes` never asks for another check; were it to, sleep as rtnetlink does.
                 Next::CheckRoutes => (wait.deadline(), true),
+                // Nor does `ticket` ask for another read; were it to, poll.
+                Next::ReadTicket => (clock.now_ms().saturating_add(batch::TICKET_POLL_MS), false),
             };
             // Wake on: a new decision, a routed signal, a route change, or the deadline.
             let any_routed = futures_any_changed(&mut routed_rx);
@@ -189,6 +208,22 @@ impl Executor {
             );
         }
         confirmed
+    }
+
+    /// pf's main filter ruleset ticket, on the kill lane (background work stands aside; a
+    /// read never waits behind a count), within [`TICKET_READ_TIMEOUT`].
+    async fn ruleset_ticket(&self) -> Result<u32, EngineError> {
+        let read = self.shared.broker.call(|c| c.ruleset_ticket());
+        match tokio::time::timeout(TICKET_READ_TIMEOUT, read).await {
+            Ok(r) => {
+                let t = r?;
+                tracing::debug!(ticket = t.ticket, rules = t.rules, "pf ruleset ticket");
+                Ok(t.ticket)
+            }
+            Err(_) => Err(EngineError::Routes(format!(
+                "the broker did not answer a ruleset ticket within {TICKET_READ_TIMEOUT:?}"
+            ))),
+        }
     }
 
     async fn capabilities(&self) -> Result<Capabilities, EngineError> {

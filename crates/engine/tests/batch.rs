@@ -19,6 +19,8 @@
 //!   at the main table), `ok:H` (routing confirmed by H: `signal`, `routes`, `delay`, or
 //!   `none` when nothing is left to wait for) or `late:H` (the wait gave up unconfirmed:
 //!   `signal`, `routes`, or `closed`).
+//! * `ticketN=E`, `ticketfail=E`: report the pf ruleset ticket read after `next=read` (N),
+//!   or that it could not be read; `ok:ruleset` / `late:ruleset` end a `pf-ruleset` wait.
 //! * `covered=yes|no`: the batch holds only gateways the last wait covered. `settle=
 //!   changed|same`: the batch brought up to date with the health. `batch=D0,1/U2`: what the
 //!   batch holds (went down / came up, in order). `taken=N`: decisions taken for it.
@@ -156,6 +158,14 @@ impl Harness {
                 show(self.wait().routes(check, now))
             }
             "closed" => show(Next::Done(self.wait().closed())),
+            _ if verb.starts_with("ticket") => {
+                let read = match &verb[6..] {
+                    "fail" => None,
+                    n => Some(n.parse::<u32>().unwrap()),
+                };
+                let now = self.now;
+                show(self.wait().ticket(read, now))
+            }
             "covered" => {
                 let known = self.known.clone();
                 if self.batch().covered(&known) { "yes" } else { "no" }.into()
@@ -181,11 +191,16 @@ impl Harness {
 fn show(n: Next) -> String {
     match n {
         Next::CheckRoutes => "check".into(),
+        Next::ReadTicket => "read".into(),
         Next::Sleep { until, routes } => format!("sleep{until}{}", if routes { "r" } else { "" }),
         Next::Done(Routed { confirmed, how }) => {
             let how = match how {
                 "routed signal" => "signal",
-                "rtnetlink: main table moved" | "main table still uses it" => "routes",
+                "rtnetlink: main table moved"
+                | "main table still uses it"
+                | "route socket: default route moved"
+                | "default route still uses it" => "routes",
+                "pf ruleset reloaded" | "pf ruleset not reloaded" => "ruleset",
                 "settle delay elapsed" => "delay",
                 "no routed signal" => "signal",
                 "" if confirmed => "none",
@@ -206,7 +221,7 @@ fn run(name: &str, confirm: RoutingConfirm, watcher: bool, trace: &str) {
     }
 }
 
-use RoutingConfirm::{Delay, Rtnetlink, Signal};
+use RoutingConfirm::{Delay, PfRuleset, RouteSocket, Rtnetlink, Signal};
 
 #[test]
 fn routing_waits() {
@@ -277,6 +292,51 @@ fn routing_waits() {
             Signal,
             true,
             "@0 D0 wait next=sleep5000 @100 closed=late:closed",
+        ),
+        (
+            "route socket: the default route moved",
+            RouteSocket,
+            true,
+            "@0 D0 wait next=check notyet=sleep5000r @800 next=check moved=ok:routes",
+        ),
+        (
+            "route socket without a socket is the settle delay",
+            RouteSocket,
+            false,
+            "@0 D0 wait next=sleep5000 @5000 next=ok:delay",
+        ),
+        (
+            "pf ruleset: the first read is the baseline, a new ticket confirms",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticket7=sleep50 @50 next=read ticket7=sleep100 \
+             @100 next=read ticket8=ok:ruleset",
+        ),
+        (
+            "pf ruleset: never reloaded, the plan runs unconfirmed at the deadline",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticket7=sleep50 @4990 next=read ticket7=sleep5000 \
+             @5000 next=read ticket7=late:ruleset",
+        ),
+        (
+            "pf ruleset: a routed signal wins without a read",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticket7=sleep50 @20 R0 next=ok:signal",
+        ),
+        (
+            "pf ruleset: an unreadable ticket turns the wait into the settle delay",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticketfail=sleep5000 @5000 next=ok:delay",
+        ),
+        (
+            "pf ruleset: a decision joining re-reads the baseline; only a later commit confirms",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticket7=sleep50 @30 D1 next=read ticket8=sleep80 \
+             @80 next=read ticket8=sleep130 @130 next=read ticket9=ok:ruleset",
         ),
     ];
     for (name, confirm, watcher, trace) in table {
