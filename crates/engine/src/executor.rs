@@ -31,11 +31,8 @@ use tokio::time::Instant;
 use crate::batch::{self, Batch, Next, RouteCheck, Routed, Sweep};
 use crate::error::EngineError;
 use crate::events::NewEvent;
-use crate::routes::{RouteWatcher, default_routes_via};
+use crate::routes::Routes;
 use crate::state::{Decision, Shared};
-
-/// The kernel's main routing table.
-const RT_TABLE_MAIN: u32 = 254;
 
 /// Longest wait for one ruleset ticket (`confirm = "pf-ruleset"`); past it the rest of the
 /// routing wait is the settle delay.
@@ -47,7 +44,7 @@ pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
 pub struct Executor {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Decision>,
-    routes: Option<RouteWatcher>,
+    routes: Option<Routes>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -71,7 +68,7 @@ impl Executor {
     pub fn new(
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Decision>,
-        routes: Option<RouteWatcher>,
+        routes: Option<Routes>,
     ) -> Self {
         Executor { shared, rx, routes }
     }
@@ -103,22 +100,14 @@ impl Executor {
         }
     }
 
-    /// Is routing where the batch needs it? Only for rtnetlink.
-    async fn routes_moved(&self, batch: &Decision) -> Result<bool, EngineError> {
-        let Some(w) = self.routes.as_ref() else { return Ok(false) };
-        // Only the main table: it is what a routing manager (mwan3, keepalived, the lab's
-        // stand-in) switches for forwarded traffic, while per-WAN tables (policy routing,
-        // the probes' own tables) keep their default route via their gateway for good.
-        let routes: Vec<_> =
-            w.dump_defaults().await?.into_iter().filter(|r| r.table == RT_TABLE_MAIN).collect();
+    /// Is routing where the batch needs it? Only for rtnetlink and the routing socket.
+    async fn routes_moved(&mut self, batch: &Decision) -> Result<bool, EngineError> {
         let p = self.shared.policy();
-        let down_clear = batch.went_down.iter().all(|&g| {
-            p.gateways.get(g).is_none_or(|gw| default_routes_via(&routes, gw.address).is_empty())
-        });
-        let up_used = batch.came_up.iter().all(|&g| {
-            p.gateways.get(g).is_none_or(|gw| !default_routes_via(&routes, gw.address).is_empty())
-        });
-        Ok(down_clear && up_used)
+        let address = |g: &usize| p.gateways.get(*g).map(|gw| gw.address);
+        let down: Vec<_> = batch.went_down.iter().filter_map(address).collect();
+        let up: Vec<_> = batch.came_up.iter().filter_map(address).collect();
+        let Some(r) = self.routes.as_mut() else { return Ok(false) };
+        r.moved(&down, &up).await
     }
 
     /// Wait until routing has moved for every gateway in the batch (merging decisions that
