@@ -332,9 +332,9 @@ pub mod pf {
         fn unsupported_hint(&self, what: Unsupported) -> Option<String> {
             if what == Unsupported::RulesetTicket {
                 return Some(
-                    "this pf kernel does not answer netlink GETRULES (FreeBSD 15 does; the \
-                     DIOCGETRULES ioctl of older releases is not implemented yet), so the \
-                     ruleset ticket cannot be read; confirm routing by signal or delay"
+                    "this pf kernel answered neither netlink GETRULES nor DIOCGETRULES at \
+                     start-up, so the ruleset ticket cannot be read; confirm routing by signal \
+                     or delay"
                         .into(),
                 );
             }

@@ -310,6 +310,15 @@ impl<'a> Session<'a> {
             };
             return self.refuse(out, verb, &e);
         }
+        // Hello first, before anything about the request is judged (what the backend
+        // offers included: a peer that has not said Hello learns nothing about it).
+        if verb != Verb::Hello && self.hello.is_none() {
+            let e = BrokerError::Refused {
+                code: ErrorCode::HelloRequired,
+                message: "send Hello first".into(),
+            };
+            return self.refuse(out, verb, &e);
+        }
         // The one decision about meaning: length, every value, what the backend offers.
         let caps = broker.backend.info().capabilities;
         let request = match request.check(&broker.limits, &caps) {

@@ -40,6 +40,8 @@ pub struct Transports {
     pub v2_list: bool,
     /// Netlink `GETRULES` answers with the filter ruleset's ticket (read-only probe).
     pub nl_rules: bool,
+    /// `DIOCGETRULES` answers with it (read-only probe).
+    pub ioctl_rules: bool,
 }
 
 /// A kill that matches nothing, to probe kill interfaces safely: the id fast path with an
@@ -68,8 +70,9 @@ impl<D: PfDevice> PfClient<D> {
         }
         c.transports.nv_kill = c.kill_nv(DIOCKILLSTATESNV, &probe_kill()).is_ok();
         if c.transports.nl_family.is_some() {
-            c.transports.nl_rules = c.ruleset_ticket().is_ok();
+            c.transports.nl_rules = c.ruleset_ticket_netlink().is_ok();
         }
+        c.transports.ioctl_rules = c.ruleset_ticket_ioctl().is_ok();
         c.transports.v2_list = c.dev.get_states_v2(&mut []).is_ok();
         if !c.transports.nl_kill && !c.transports.nv_kill {
             return Err(PfError::Unsupported(
@@ -184,19 +187,41 @@ impl<D: PfDevice> PfClient<D> {
         }
     }
 
-    /// The active main filter ruleset: `(rules, ticket)` (netlink `GETRULES` with an empty
-    /// anchor and `PF_PASS`; the kernel's `pf_ioctl_getrules`). Read-only. The kernel gives
-    /// the ruleset a new ticket on every commit (`pfctl -f`), so a changed ticket means the
+    /// The active main filter ruleset: `(rules, ticket)`, from netlink `GETRULES` where the
+    /// kernel has it, otherwise `DIOCGETRULES` (both with an empty anchor and `PF_PASS`: the
+    /// kernel's `pf_ioctl_getrules` / `DIOCGETRULES` case). Read-only. The kernel gives the
+    /// ruleset a new ticket on every commit (`pfctl -f`), so a changed ticket means the
     /// ruleset was reloaded.
     pub fn ruleset_ticket(&mut self) -> Result<(u32, u32), PfError> {
-        const OP: &str = "read the filter ruleset's ticket";
-        let family = self.transports.nl_family.ok_or_else(|| {
-            PfError::Unsupported(
-                "reading the filter ruleset's ticket needs pf netlink GETRULES (FreeBSD 15; \
-                 the DIOCGETRULES ioctl of older releases is not implemented)"
+        if self.transports.nl_rules {
+            self.ruleset_ticket_netlink()
+        } else if self.transports.ioctl_rules {
+            self.ruleset_ticket_ioctl()
+        } else {
+            Err(PfError::Unsupported(
+                "this kernel answered neither pf netlink GETRULES nor DIOCGETRULES at start-up, \
+                 so the filter ruleset's ticket cannot be read"
                     .into(),
-            )
+            ))
+        }
+    }
+
+    fn ruleset_ticket_ioctl(&mut self) -> Result<(u32, u32), PfError> {
+        let mut pr = crate::abi::getrules_request();
+        self.dev.get_rules(&mut pr).map_err(|e| PfError::Kernel {
+            op: "read the filter ruleset's ticket (DIOCGETRULES)",
+            errno: e.0,
         })?;
+        crate::abi::parse_getrules(&pr)
+            .ok_or_else(|| PfError::Codec("DIOCGETRULES answered a short pfioc_rule".into()))
+    }
+
+    fn ruleset_ticket_netlink(&mut self) -> Result<(u32, u32), PfError> {
+        const OP: &str = "read the filter ruleset's ticket";
+        let family = self
+            .transports
+            .nl_family
+            .ok_or_else(|| PfError::Unsupported("no pf netlink".into()))?;
         let seq = self.next_seq();
         let mut b = MsgBuilder::new();
         nl::getrules_request(&mut b, family, seq);

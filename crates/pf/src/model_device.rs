@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use statecull_netlink::{MsgBuilder, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NlMsgs};
 
-use crate::abi::{DIOCCLRSTATESNV, DIOCKILLSTATESNV, STATE_EXPORT_LEN, encode_export};
+use crate::abi::{
+    DIOCCLRSTATESNV, DIOCKILLSTATESNV, PFIOC_RULE_ANCHOR, PFIOC_RULE_LEN, PFIOC_RULE_NR,
+    PFIOC_RULE_RULE_ACTION, PFIOC_RULE_TICKET, STATE_EXPORT_LEN, encode_export,
+};
 use crate::device::{Errno, PfDevice, errno};
 use crate::model::PfModel;
 use crate::nl::{self, StateFilter, cmd, ctrl};
@@ -27,6 +30,8 @@ pub struct Release {
     pub v2_list: bool,
     /// pf netlink `GETRULES` (15.0).
     pub netlink_rules: bool,
+    /// `DIOCGETRULES` (every release).
+    pub ioctl_rules: bool,
 }
 
 impl Release {
@@ -36,6 +41,7 @@ impl Release {
         nv_kill: true,
         v2_list: true,
         netlink_rules: false,
+        ioctl_rules: true,
     };
     pub const FREEBSD_14: Release = Release {
         netlink_list: true,
@@ -43,6 +49,7 @@ impl Release {
         nv_kill: true,
         v2_list: true,
         netlink_rules: false,
+        ioctl_rules: true,
     };
     pub const FREEBSD_15: Release = Release {
         netlink_list: true,
@@ -50,6 +57,7 @@ impl Release {
         nv_kill: true,
         v2_list: false,
         netlink_rules: true,
+        ioctl_rules: true,
     };
 }
 
@@ -228,6 +236,25 @@ impl PfDevice for ModelDevice {
             return Err(Errno(errno::ENOSPC));
         }
         Ok(reply)
+    }
+
+    fn get_rules(&mut self, pr: &mut [u8]) -> Result<(), Errno> {
+        if !self.release.ioctl_rules {
+            return Err(Errno(errno::ENOTTY));
+        }
+        if pr.len() != PFIOC_RULE_LEN {
+            // The ioctl number encodes the size: another size is another (unknown) ioctl.
+            return Err(Errno(errno::ENOTTY));
+        }
+        // Only the main filter ruleset exists in the model (`pf_find_kruleset` of another
+        // anchor fails; another action is another ruleset, not modelled).
+        if pr[PFIOC_RULE_ANCHOR] != 0 || pr[PFIOC_RULE_RULE_ACTION] != nl::PF_PASS {
+            return Err(Errno(errno::EINVAL));
+        }
+        let (rules, ticket) = self.model().ruleset();
+        pr[PFIOC_RULE_NR..PFIOC_RULE_NR + 4].copy_from_slice(&rules.to_ne_bytes());
+        pr[PFIOC_RULE_TICKET..PFIOC_RULE_TICKET + 4].copy_from_slice(&ticket.to_ne_bytes());
+        Ok(())
     }
 
     fn get_states_v2(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {

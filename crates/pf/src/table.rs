@@ -165,7 +165,8 @@ impl<D: PfDevice> PfTable<D> {
 
     /// Whether the kernel answers ruleset tickets (probed at start-up).
     pub fn has_ruleset_ticket(&self) -> bool {
-        self.client().transports().nl_rules
+        let t = self.client().transports();
+        t.nl_rules || t.ioctl_rules
     }
 
     /// The active main filter ruleset: `(rules, ticket)` ([`PfClient::ruleset_ticket`]), on

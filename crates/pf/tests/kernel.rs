@@ -67,6 +67,7 @@ fn probing_finds_each_releases_interfaces() {
         nv_kill: false,
         v2_list: true,
         netlink_rules: false,
+        ioctl_rules: false,
     };
     let g = router_table(&Spec::new(10, 1)).unwrap();
     assert!(matches!(
@@ -137,8 +138,9 @@ fn a_too_small_reply_buffer_is_enospc_after_the_kill() {
 }
 
 /// The filter ruleset's ticket through the real GETRULES bytes: read-only, changed by a
-/// ruleset commit and by nothing else (kills, listings), on every handle of the kernel; a
-/// release without netlink GETRULES says so instead of answering a ticket.
+/// ruleset commit and by nothing else (kills, listings), on every handle of the kernel, over
+/// netlink GETRULES (15) or DIOCGETRULES (13, 14); a kernel with neither says so instead of
+/// answering a ticket.
 #[test]
 fn ruleset_ticket_changes_on_a_commit_and_only_then() {
     let mut c = client(Release::FREEBSD_15, 2_000);
@@ -156,13 +158,25 @@ fn ruleset_ticket_changes_on_a_commit_and_only_then() {
     assert_eq!(c.ruleset_ticket().unwrap(), (rules, t1));
     assert_eq!(other.ruleset_ticket().unwrap(), (rules, t1), "the same kernel on every handle");
 
+    // 13 and 14 have no netlink GETRULES: DIOCGETRULES answers the same ticket.
     for release in [Release::FREEBSD_13, Release::FREEBSD_14] {
         let mut old = client(release, 100);
-        assert!(!old.transports().nl_rules);
-        let e = old.ruleset_ticket();
-        assert!(
-            matches!(e, Err(PfError::Unsupported(_)) | Err(PfError::Kernel { .. })),
-            "{release:?}: {e:?}"
-        );
+        let t = old.transports();
+        assert!(!t.nl_rules && t.ioctl_rules, "{release:?}: {t:?}");
+        let (rules, t0) = old.ruleset_ticket().unwrap();
+        assert!(rules > 0);
+        let t1 = old.device().model().commit_ruleset();
+        assert_ne!(t1, t0);
+        assert_eq!(old.ruleset_ticket().unwrap(), (rules, t1), "{release:?}");
     }
+    // A kernel with neither says so instead of answering a ticket.
+    let g = router_table(&Spec::new(100, 5)).unwrap();
+    let bare = Release { netlink_rules: false, ioctl_rules: false, ..Release::FREEBSD_14 };
+    let mut c = PfClient::probe(ModelDevice::new(g.model, bare)).unwrap();
+    assert!(matches!(c.ruleset_ticket(), Err(PfError::Unsupported(_))));
+
+    // DIOCGETRULES takes exactly one struct pfioc_rule (its size is in the ioctl number).
+    let mut short = vec![0u8; statecull_pf::abi::PFIOC_RULE_LEN - 8];
+    let mut d = client(Release::FREEBSD_14, 10);
+    assert!(d.device_mut().get_rules(&mut short).is_err());
 }

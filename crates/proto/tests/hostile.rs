@@ -360,7 +360,7 @@ fn unknown_top_level_variant_is_malformed() {
     assert_malformed(decode_request(&[200]), "unknown variant");
     assert_malformed(decode_request(&[7]), "unknown variant");
     // Variant 6 is `RulesetTicket` (protocol 3), a request without a body.
-    assert_eq!(decode_request(&[6]).unwrap(), statecull_proto::Request::RulesetTicket);
+    assert_eq!(decode_request(&[6]).unwrap(), Request::RulesetTicket);
     assert_malformed(decode_request(&[200, 0, 0, 0]), "unknown variant");
     assert_malformed(decode_response(&[200]), "unknown variant");
     assert_malformed(decode_response(&[7, 0]), "unknown variant");
