@@ -309,6 +309,10 @@ fn ruleset_ticket_changes_only_when_a_ruleset_is_committed() {
     assert_eq!(t1.rules, t0.rules);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(c.ruleset_ticket().unwrap(), t1, "one commit, one new ticket");
+    // The operator's view of the same.
+    let v = cli(&b, &["ruleset-ticket"]);
+    assert_eq!(v["ticket"], u64::from(t1.ticket), "{v}");
+    assert_eq!(v["rules"], u64::from(t1.rules), "{v}");
 
     // FreeBSD 14 has no netlink GETRULES: the ticket comes from DIOCGETRULES.
     let old = broker(&["--model-release", "14"]);

@@ -256,6 +256,11 @@ pub fn hello_text(h: &HelloReply) -> String {
     if c.match_opposite {
         out.push_str("  --opposite: kills each victim's twin state in the other direction\n");
     }
+    if c.ruleset_ticket {
+        out.push_str(
+            "  ruleset ticket: readable (confirm = \"pf-ruleset\"; statecull broker ruleset-ticket)\n",
+        );
+    }
     out.push_str("  kills by NAT address/tuple:\n");
     for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
         out.push_str(&format!("    {family}: {}\n", tuple_filter_status(c, family)));
