@@ -445,6 +445,9 @@ fn pf_ruleset_confirmation_kills_right_after_the_ruleset_commit_and_not_before()
 
     // The firewall reloads its rules (the model's stand-in for `pfctl -f`).
     let committed = Instant::now();
+    let committed_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(broker.0.id() as i32),
         nix::sys::signal::Signal::SIGUSR1,
@@ -452,6 +455,7 @@ fn pf_ruleset_confirmation_kills_right_after_the_ruleset_commit_and_not_before()
     .unwrap();
     let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
     let took = committed.elapsed();
+    eprintln!("ruleset commit -> plan-done seen by the test: {took:?}");
     assert!(took < Duration::from_secs(2), "the kill followed the commit late: {took:?}");
     let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
     assert_eq!(field(routed, "confirmed"), Some("true"), "{routed:?}");
@@ -459,6 +463,12 @@ fn pf_ruleset_confirmation_kills_right_after_the_ruleset_commit_and_not_before()
     let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
     assert!(done.killed.unwrap() > 100, "{done:?}");
     assert_eq!(count(&evs, EventKind::PlanFailed), 0, "{evs:#?}");
+    let confirmed_after = routed.unix_ms.saturating_sub(committed_ms);
+    eprintln!(
+        "SIGUSR1 -> routed event: {confirmed_after} ms; routed -> plan-done: {} ms",
+        done.unix_ms.saturating_sub(routed.unix_ms)
+    );
+    assert!(confirmed_after < 1000, "the commit was seen late: {confirmed_after} ms");
     let gone = before.len() - ids(&snapshot(&broker_sock)).len();
     assert_eq!(done.killed, Some(gone as u64), "{done:?}");
 }
