@@ -490,3 +490,28 @@ fn pf_ruleset_confirmation_times_out_and_kills_unconfirmed() {
     let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
     assert!(done.killed.unwrap() > 100, "{done:?}");
 }
+
+/// The firewall can reload before the engine decides (its dpinger alarm came first): the
+/// ticket read in the background shortly before the decision is the wait's first one, so a
+/// reload just before the decision confirms at once instead of waiting for `settle_timeout`.
+#[test]
+fn pf_ruleset_reload_just_before_the_decision_confirms_at_once() {
+    let dir = TempDir::new("engine-pf-ruleset-early").unwrap();
+    let (broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("60s"));
+    // Let the background readings cover more than the lookback (2 s) before the reload.
+    std::thread::sleep(Duration::from_millis(3500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.0.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let decided = Instant::now();
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
+    assert!(decided.elapsed() < Duration::from_secs(10), "waited for the settle timeout");
+    let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
+    assert_eq!(field(routed, "confirmed"), Some("true"), "{routed:?}");
+    assert_eq!(field(routed, "via"), Some("pf ruleset reloaded"), "{routed:?}");
+}

@@ -209,6 +209,49 @@ pub enum RouteCheck {
 /// trip and one kernel lookup each, so a reload is seen within this much.
 pub const TICKET_POLL_MS: Millis = 50;
 
+/// How far before a decision a background ticket reading may be to serve as the wait's
+/// first ticket: a firewall that reloaded up to this long before the engine decided (its
+/// dpinger alarm came first) is seen to have moved.
+pub const TICKET_LOOKBACK_MS: Millis = 2_000;
+/// How often the background task reads the ruleset ticket (`confirm = "pf-ruleset"`).
+pub const TICKET_BACKGROUND_MS: Millis = 1_000;
+
+/// Background readings of pf's ruleset ticket (`confirm = "pf-ruleset"`), so that a wait
+/// can start from the ticket as it was shortly *before* its decision: the firewall may have
+/// reloaded before the engine decided. Keeps a minute of readings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TicketLog {
+    readings: std::collections::VecDeque<(Millis, u32)>,
+}
+
+impl TicketLog {
+    const KEEP_MS: Millis = 60_000;
+
+    /// A reading of `ticket` taken at `at` (readings arrive in time order).
+    pub fn record(&mut self, at: Millis, ticket: u32) {
+        if self.readings.back().is_some_and(|(t, _)| *t > at) {
+            return;
+        }
+        self.readings.push_back((at, ticket));
+        while self.readings.len() > 1
+            && self.readings.front().is_some_and(|(t, _)| t.saturating_add(Self::KEEP_MS) < at)
+        {
+            self.readings.pop_front();
+        }
+    }
+
+    /// The ticket as last read at or before `at`, if a reading is that old.
+    pub fn at_or_before(&self, at: Millis) -> Option<u32> {
+        self.readings.iter().rev().find(|(t, _)| *t <= at).map(|(_, ticket)| *ticket)
+    }
+
+    /// The first ticket for a wait whose decision was made at `decided`: the reading
+    /// [`TICKET_LOOKBACK_MS`] before it, when there is one.
+    pub fn baseline_for(&self, decided: Millis) -> Option<u32> {
+        decided.checked_sub(TICKET_LOOKBACK_MS).and_then(|t| self.at_or_before(t))
+    }
+}
+
 /// Waiting for routing to move for every gateway of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoutingWait {
@@ -252,6 +295,14 @@ impl RoutingWait {
             RoutingConfirm::Rtnetlink | RoutingConfirm::RouteSocket => Next::CheckRoutes,
             RoutingConfirm::PfRuleset => Next::ReadTicket,
             RoutingConfirm::Signal | RoutingConfirm::Delay => self.timed(now),
+        }
+    }
+
+    /// `pf-ruleset`: start from a ticket read before the decision ([`TicketLog::baseline_for`])
+    /// instead of the first read, so a reload that came before the decision counts.
+    pub fn seed_ticket(&mut self, before: Option<u32>) {
+        if self.baseline.is_none() {
+            self.baseline = before;
         }
     }
 

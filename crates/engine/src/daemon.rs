@@ -438,6 +438,9 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
     if let Some(l) = metrics {
         tasks.spawn(crate::metrics::serve(l, metrics_rx));
     }
+    if shared.policy().routing.confirm == RoutingConfirm::PfRuleset {
+        tasks.spawn(crate::executor::watch_ruleset_ticket(Arc::clone(&shared)));
+    }
     tasks.spawn(Executor::new(Arc::clone(&shared), decisions, routes).run());
 
     shared.bus().publish(

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use statecull_control::EventKind;
+use statecull_policy::model::RoutingConfirm;
 use statecull_policy::plan::{self, Action, Plan, PlanInput, Purpose, SweepRequest};
 use statecull_proto::{Capabilities, KillReport, Selector, StateHandle, StateRecord};
 use tokio::sync::mpsc;
@@ -33,6 +34,21 @@ use crate::error::EngineError;
 use crate::events::NewEvent;
 use crate::routes::Routes;
 use crate::state::{Decision, Shared};
+
+/// `confirm = "pf-ruleset"`: read the ruleset ticket every [`batch::TICKET_BACKGROUND_MS`] on
+/// the background lane (which stands aside for plans and kills), so that a routing wait can
+/// start from the ticket as it was before its decision. Runs for the engine's lifetime; a
+/// failed or dropped read is skipped.
+pub async fn watch_ruleset_ticket(shared: Arc<Shared>) {
+    let every = Duration::from_millis(batch::TICKET_BACKGROUND_MS);
+    loop {
+        tokio::time::sleep(every).await;
+        match shared.broker.call_background(|c| c.ruleset_ticket()).await {
+            Ok(t) => shared.record_ticket(t.ticket),
+            Err(e) => tracing::debug!("background ruleset ticket: {e}"),
+        }
+    }
+}
 
 /// Longest wait for one ruleset ticket (`confirm = "pf-ruleset"`); past it the rest of the
 /// routing wait is the settle delay.
@@ -117,6 +133,9 @@ impl Executor {
         let routing = self.shared.policy().routing.clone();
         let clock = *self.shared.clock();
         let mut wait = batch.wait(&routing, self.routes.is_some());
+        if wait.confirm() == RoutingConfirm::PfRuleset {
+            wait.seed_ticket(self.shared.ticket_before(batch.decided()));
+        }
         let mut routed_rx = self.shared.routed().subscribe();
         let Routed { confirmed, how } = loop {
             let mut next = wait.next(batch, clock.now_ms(), &self.shared.routed().counts());
@@ -207,6 +226,7 @@ impl Executor {
             Ok(r) => {
                 let t = r?;
                 tracing::debug!(ticket = t.ticket, rules = t.rules, "pf ruleset ticket");
+                self.shared.record_ticket(t.ticket);
                 Ok(t.ticket)
             }
             Err(_) => Err(EngineError::Routes(format!(
