@@ -585,3 +585,129 @@ fn fail_back_kill_unprotected_kills_the_twins_of_what_it_kills() {
         .count();
     assert_eq!(unrelated, 0, "states of neither WAN2 nor the failure were killed");
 }
+
+/// `confirm = "pf-ruleset"` with a given settle timeout.
+fn ruleset_policy(settle: &str) -> String {
+    format!(
+        r#"
+[routing]
+confirm = "pf-ruleset"
+settle_timeout = "{settle}"
+sweep_delay = "0s"
+{WAN1_WAN2}
+[[group]]
+name = "failover"
+members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
+on_down = "gateway"
+"#
+    )
+}
+
+fn field<'a>(e: &'a Event, k: &str) -> Option<&'a str> {
+    e.fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+fn wait_for(control: &Path, kind: EventKind, within: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + within;
+    loop {
+        let evs = events(control);
+        if count(&evs, kind) > 0 {
+            return evs;
+        }
+        assert!(Instant::now() < deadline, "no {kind:?} within {within:?}: {evs:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// pfSense and OPNsense move `route-to` off a dead gateway by reloading the ruleset: with
+/// `confirm = "pf-ruleset"` nothing is killed before the commit, and the kill follows it
+/// within a poll or two.
+#[test]
+fn pf_ruleset_confirmation_kills_right_after_the_ruleset_commit_and_not_before() {
+    let dir = TempDir::new("engine-pf-ruleset").unwrap();
+    let (broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("60s"));
+    let before = ids(&snapshot(&broker_sock));
+
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let evs = events(&control);
+    assert_eq!(count(&evs, EventKind::GatewayDown), 1, "{evs:#?}");
+    assert_eq!(count(&evs, EventKind::Routed), 0, "no commit, no confirmation: {evs:#?}");
+    assert_eq!(count(&evs, EventKind::PlanStarted), 0, "no kill before the commit: {evs:#?}");
+    assert_eq!(ids(&snapshot(&broker_sock)), before, "nothing killed before the commit");
+
+    // The firewall reloads its rules (the model's stand-in for `pfctl -f`).
+    let committed = Instant::now();
+    let committed_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.0.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
+    let took = committed.elapsed();
+    eprintln!("ruleset commit -> plan-done seen by the test: {took:?}");
+    // Far under the 60 s settle timeout; the kill itself (20,000 states, a debug build on a
+    // shared machine) takes most of it. The commit's confirmation is bounded below.
+    assert!(took < Duration::from_secs(10), "the kill followed the commit late: {took:?}");
+    let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
+    assert_eq!(field(routed, "confirmed"), Some("true"), "{routed:?}");
+    assert_eq!(field(routed, "via"), Some("pf ruleset reloaded"), "{routed:?}");
+    let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
+    assert!(done.killed.unwrap() > 100, "{done:?}");
+    assert_eq!(count(&evs, EventKind::PlanFailed), 0, "{evs:#?}");
+    let confirmed_after = routed.unix_ms.saturating_sub(committed_ms);
+    eprintln!(
+        "SIGUSR1 -> routed event: {confirmed_after} ms; routed -> plan-done: {} ms",
+        done.unix_ms.saturating_sub(routed.unix_ms)
+    );
+    assert!(confirmed_after < 1000, "the commit was seen late: {confirmed_after} ms");
+    let gone = before.len() - ids(&snapshot(&broker_sock)).len();
+    assert_eq!(done.killed, Some(gone as u64), "{done:?}");
+}
+
+/// No commit within `settle_timeout`: the plan runs anyway, reported unconfirmed.
+#[test]
+fn pf_ruleset_confirmation_times_out_and_kills_unconfirmed() {
+    let dir = TempDir::new("engine-pf-ruleset-late").unwrap();
+    let (_broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("1s"));
+    let decided = Instant::now();
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
+    let took = decided.elapsed();
+    assert!(took >= Duration::from_millis(900), "killed before the settle timeout: {took:?}");
+    let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
+    assert_eq!(field(routed, "confirmed"), Some("false"), "{routed:?}");
+    assert_eq!(field(routed, "via"), Some("pf ruleset not reloaded"), "{routed:?}");
+    let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
+    assert!(done.killed.unwrap() > 100, "{done:?}");
+}
+
+/// The firewall can reload before the engine decides (its dpinger alarm came first): the
+/// ticket read in the background shortly before the decision is the wait's first one, so a
+/// reload just before the decision confirms at once instead of waiting for `settle_timeout`.
+#[test]
+fn pf_ruleset_reload_just_before_the_decision_confirms_at_once() {
+    let dir = TempDir::new("engine-pf-ruleset-early").unwrap();
+    let (broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("60s"));
+    // Let the background readings cover more than the lookback (2 s) before the reload.
+    std::thread::sleep(Duration::from_millis(3500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.0.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let decided = Instant::now();
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
+    assert!(decided.elapsed() < Duration::from_secs(10), "waited for the settle timeout");
+    let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
+    assert_eq!(field(routed, "confirmed"), Some("true"), "{routed:?}");
+    assert_eq!(field(routed, "via"), Some("pf ruleset reloaded"), "{routed:?}");
+}

@@ -229,6 +229,12 @@ enum BrokerVerb {
         #[arg(long, value_name = "NAME")]
         interface: Option<String>,
     },
+    /// Show the ticket of pf's active main filter ruleset (read-only; pf only)
+    #[command(after_help = "pf gives the main filter ruleset a new ticket on every commit \
+        (pfctl -f): pfSense and OPNsense reload it when a gateway fails, which is what the \
+        engine's confirm = \"pf-ruleset\" waits for. Run it before and after a filter reload to \
+        see the ticket change. conntrack has no ruleset and refuses it.")]
+    RulesetTicket,
 }
 
 /// Why a `statecull` command failed; [`CliError::exit_code`] gives its exit status.
@@ -360,6 +366,24 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
             let report = client.kill_matching(vec![sel], *opposite)?;
             print_kill(&report, args.json, started, out)?;
             partial_kill(&report, out)?;
+        }
+        BrokerVerb::RulesetTicket => {
+            let mut client = connect(&args)?;
+            let t = client.ruleset_ticket()?;
+            if args.json {
+                let v = serde_json::json!({
+                    "ticket": t.ticket,
+                    "rules": t.rules,
+                    "elapsed_ms": ms(started),
+                });
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(
+                    out,
+                    "ruleset ticket {} ({} rules in the main filter ruleset)",
+                    t.ticket, t.rules
+                )?;
+            }
         }
         BrokerVerb::Flush { interface } => {
             let interface = interface

@@ -49,7 +49,7 @@
 //! readable_paths = []                            # absolute paths
 //!
 //! [routing]                       # optional
-//! confirm = "rtnetlink"           # rtnetlink (default) | signal | delay
+//! confirm = "rtnetlink"           # rtnetlink (default) | route-socket | pf-ruleset | signal | delay
 //! settle_timeout = "5s"           # default 5s; 1ms..=1h
 //! sweep_delay = "2s"              # default 2s; 0 disables the trailing sweep; at most 1h
 //!

@@ -112,14 +112,18 @@ impl Loader<'_> {
                 "rtnetlink" => RoutingConfirm::Rtnetlink,
                 "signal" => RoutingConfirm::Signal,
                 "delay" => RoutingConfirm::Delay,
+                "route-socket" => RoutingConfirm::RouteSocket,
+                "pf-ruleset" => RoutingConfirm::PfRuleset,
                 other => {
                     return Err(self.err(
                         &c.span(),
                         "routing.confirm",
                         format!(
                             "unknown confirmation {other:?}; expected \"rtnetlink\" (Linux: watch \
-                             the routes), \"signal\" (wait for `statecull gateway NAME down \
-                             --routed`) or \"delay\" (wait settle_timeout)"
+                             the routes), \"route-socket\" (FreeBSD: watch the routes), \
+                             \"pf-ruleset\" (pf: wait for the firewall to reload its rules), \
+                             \"signal\" (wait for `statecull gateway NAME down --routed`) or \
+                             \"delay\" (wait settle_timeout)"
                         ),
                     ));
                 }
