@@ -143,9 +143,9 @@ enum Command {
     /// FreeBSD: the command then fails), a warning for one it ignores or does only in part
     /// (probes without probe_source on FreeBSD, which has no SO_BINDTODEVICE), a note for a
     /// start-up requirement (raw ICMP sockets opened as root on FreeBSD).
-    #[command(after_help = "EXAMPLES:\n  \
-        statecull check-policy /etc/statecull/policy.toml\n  \
-        statecull check-policy --target-os freebsd pfsense-two-wan.toml  # checked on Linux for pfSense")]
+    #[command(after_help = concat!("EXAMPLES:\n  \
+        statecull check-policy ", statecull_proto::policy_file!(), "\n  \
+        statecull check-policy --target-os freebsd pfsense-two-wan.toml  # checked on Linux for pfSense"))]
     CheckPolicy {
         /// The policy file
         file: PathBuf,
