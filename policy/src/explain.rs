@@ -427,6 +427,15 @@ fn explain_gateway(g: &Gateway, groups: &[(&Group, u8)], out: &mut String) -> st
     } else {
         writeln!(out, "    flap damping: off")?;
     }
+    writeln!(
+        out,
+        "    external verdicts (`statecull gateway {} down|up`): a down acts at once{}; an up is \
+         used once it has stood for {} with no down since{}",
+        g.name,
+        if d.enabled { " and counts as a failure for flap damping" } else { "" },
+        fmt_duration(h.hold_down),
+        if d.enabled { ", and never while flap damping holds the gateway down" } else { "" },
+    )?;
     let s = &g.states;
     let mut ways = Vec::new();
     if let Some(a) = s.rt_addr {

@@ -524,6 +524,13 @@ fn cases() -> Vec<Case> {
             "must be below probe_timeout",
         ),
         case(
+            "damping that would never reuse",
+            with(&[(6, "[gateway.damping]\nreuse_below = 0")]),
+            7,
+            "gateway[1].damping.reuse_below",
+            "must be above 0: a penalty never decays to 0",
+        ),
+        case(
             "damping out of order",
             with(&[(6, "[gateway.damping]\nreuse_below = 3000")]),
             7,

@@ -58,6 +58,8 @@ pub enum Forced {
     Changed(Transition),
     /// It already was what the verdict says.
     Already,
+    /// An `up` the health machine holds (hold-down or flap damping): why.
+    Held(String),
     /// No gateway has that index.
     NoSuchGateway,
 }
@@ -155,14 +157,18 @@ impl GatewayBook {
             .collect()
     }
 
-    /// An external verdict: down is forced until an `up` clears it.
+    /// An external verdict: down is forced until an `up` clears it; an `up` is debounced
+    /// by the gateway's hold-down and flap damping (the health machine decides).
     pub fn force(&self, gateway: usize, now: Millis, up: bool) -> Forced {
         let mut gws = self.lock();
         let Some(g) = gws.get_mut(gateway) else { return Forced::NoSuchGateway };
         g.forced = if up { None } else { Some(false) };
         match g.health.force(now, up) {
             Some(t) => Forced::Changed(t),
-            None => Forced::Already,
+            None => match g.health.verdict_hold().filter(|_| up) {
+                Some(why) => Forced::Held(why),
+                None => Forced::Already,
+            },
         }
     }
 

@@ -199,12 +199,21 @@ impl Shared {
 
     /// An external verdict (`statecull gateway NAME down|up`). Returns what changed.
     pub fn force(&self, gateway: usize, up: bool) -> String {
+        let name = self.gateway_name(gateway).to_owned();
         let t = match self.book.force(gateway, self.now_ms(), up) {
             Forced::NoSuchGateway => return "no such gateway".into(),
             Forced::Already => None,
+            Forced::Held(why) => {
+                let msg = format!("{name} stays down for now ({why})");
+                self.bus.publish(
+                    NewEvent::new(EventKind::VerdictHeld, format!("{name}: {why}"))
+                        .gateway(name.clone())
+                        .field("verdict", "up"),
+                );
+                return msg;
+            }
             Forced::Changed(t) => Some(t),
         };
-        let name = self.gateway_name(gateway).to_owned();
         match t {
             Some(t) => {
                 let msg = format!("{name} is now {} ({})", t.to.name(), t.reason);
