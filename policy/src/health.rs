@@ -60,14 +60,19 @@
 //! | Up or Degraded | Down | loss ≥ `loss_down_pct` | [`Cause::Loss`] |
 //! | Up | Degraded | loss ≥ `loss_degraded_pct` | [`Cause::Loss`] |
 //! | Up | Degraded | latency ≥ `latency_degraded` | [`Cause::Latency`] |
-//! | Degraded | Up | loss ≤ `loss_up_pct` and latency ≤ `latency_up` | [`Cause::Recovered`] |
+//! | Degraded | Up | every degradation cleared (below) | [`Cause::Recovered`] |
 //! | Down | Up or Degraded | hold-down passed (below) | [`Cause::HoldDownPassed`] |
 //!
-//! Anything else keeps the state: values between the "up" and the "degraded" thresholds
-//! leave an up gateway up and a degraded one degraded. (Defensively, Degraded → Up also
-//! requires the values to be below the degraded thresholds, so parameters whose "up"
-//! threshold is not below the "degraded" one cannot make the state oscillate on every
-//! probe; validated policies always satisfy this.)
+//! A Degraded gateway is degraded **by loss**, **by latency** or both
+//! ([`GatewayHealth::judgement`], what a group's trigger level looks at), each with its own
+//! hysteresis: degraded by loss from loss ≥ `loss_degraded_pct` until loss ≤ `loss_up_pct`,
+//! by latency from latency ≥ `latency_degraded` until latency ≤ `latency_up` (or no
+//! replies). Either can start or end while the gateway stays Degraded (no transition); it is
+//! Up again once both have ended. Anything else keeps the state: values between the "up" and
+//! the "degraded" thresholds leave an up gateway up and a degradation as it is.
+//! (Defensively, a degradation also needs its value below the degraded threshold to end,
+//! so parameters whose "up" threshold is not below the "degraded" one cannot make the state
+//! oscillate on every probe; validated policies always satisfy this.)
 //!
 //! # Hold-down (Down → Up)
 //!
@@ -200,6 +205,37 @@ pub enum Probe {
     Lost,
 }
 
+/// What the machine judges a gateway to be, for a group's trigger level
+/// ([`crate::model::Trigger`]): down (the effective state), or usable but degraded by loss
+/// and/or by latency. `high_loss` and `high_latency` are false while down; the effective
+/// state is Degraded exactly when one of them is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Judgement {
+    pub down: bool,
+    pub high_loss: bool,
+    pub high_latency: bool,
+}
+
+impl Judgement {
+    /// A usable, healthy gateway.
+    pub const UP: Judgement = Judgement { down: false, high_loss: false, high_latency: false };
+    /// A down gateway.
+    pub const DOWN: Judgement = Judgement { down: true, high_loss: false, high_latency: false };
+}
+
+/// `up`, `down`, `degraded by loss`, `degraded by latency`, `degraded by loss and latency`.
+impl fmt::Display for Judgement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match (self.down, self.high_loss, self.high_latency) {
+            (true, _, _) => "down",
+            (false, false, false) => "up",
+            (false, true, false) => "degraded by loss",
+            (false, false, true) => "degraded by latency",
+            (false, true, true) => "degraded by loss and latency",
+        })
+    }
+}
+
 /// What the machine knew when it decided.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Evidence {
@@ -285,6 +321,10 @@ pub struct GatewayHealth {
     summary: Option<Summary>,
     /// What the probes say.
     judged: Health,
+    /// While judged Degraded: degraded by loss, by latency (at least one is set; both are
+    /// clear in any other judged state).
+    high_loss: bool,
+    high_latency: bool,
     /// While judged down: the current healthy stretch.
     recovery: Option<Recovery>,
     forced_down: bool,
@@ -353,6 +393,8 @@ impl GatewayHealth {
             window: VecDeque::new(),
             summary: None,
             judged: Health::Up,
+            high_loss: false,
+            high_latency: false,
             recovery: None,
             forced_down: false,
             verdict_up_since: None,
@@ -421,6 +463,8 @@ impl GatewayHealth {
             self.window.clear();
             self.summary = None;
             self.judged = Health::Up;
+            self.high_loss = false;
+            self.high_latency = false;
             self.recovery = None;
             if was_down && self.verdict_up_since.is_none() && self.hold_down_ms() > 0 {
                 self.verdict_up_since = Some(self.clock);
@@ -493,6 +537,16 @@ impl GatewayHealth {
     /// `state() != Down`.
     pub fn usable(&self) -> bool {
         self.state != Health::Down
+    }
+
+    /// Down, or degraded by what (as of the latest call), for trigger levels.
+    pub fn judgement(&self) -> Judgement {
+        let down = self.state == Health::Down;
+        Judgement {
+            down,
+            high_loss: !down && self.high_loss,
+            high_latency: !down && self.high_latency,
+        }
     }
 
     /// What the probes alone say (thresholds, hysteresis and hold-down applied; forcing
@@ -688,23 +742,35 @@ impl GatewayHealth {
         r.loss_pct >= self.params.loss_down_pct
     }
 
+    /// Loss at or above the degraded threshold.
+    fn loss_high(&self, r: &Reading) -> bool {
+        r.loss_pct >= self.params.loss_degraded_pct
+    }
+
+    /// Latency at or above the degraded threshold ("no latency" is never high).
+    fn latency_high(&self, r: &Reading) -> bool {
+        r.latency.is_some_and(|l| l >= self.params.latency_degraded)
+    }
+
+    /// Loss back at or below the "up" threshold (and, defensively, below the degraded one).
+    fn loss_clear(&self, r: &Reading) -> bool {
+        r.loss_pct <= self.params.loss_up_pct && !self.loss_high(r)
+    }
+
+    /// Latency back at or below the "up" threshold (and below the degraded one), or none.
+    fn latency_clear(&self, r: &Reading) -> bool {
+        r.latency.is_none_or(|l| l <= self.params.latency_up) && !self.latency_high(r)
+    }
+
     /// Why this judgement would take an up gateway to Degraded.
     fn degraded_cause(&self, r: &Reading) -> Option<Cause> {
-        if r.loss_pct >= self.params.loss_degraded_pct {
+        if self.loss_high(r) {
             Some(Cause::Loss)
-        } else if r.latency.is_some_and(|l| l >= self.params.latency_degraded) {
+        } else if self.latency_high(r) {
             Some(Cause::Latency)
         } else {
             None
         }
-    }
-
-    /// A degraded gateway may be up again.
-    fn up_ok(&self, r: &Reading) -> bool {
-        let p = &self.params;
-        r.loss_pct <= p.loss_up_pct
-            && self.degraded_cause(r).is_none()
-            && r.latency.is_none_or(|l| l <= p.latency_up)
     }
 
     /// A down gateway is in a healthy stretch.
@@ -741,10 +807,18 @@ impl GatewayHealth {
                     ),
                 };
                 self.judged = Health::Degraded;
+                self.high_loss = self.loss_high(&r);
+                self.high_latency = self.latency_high(&r);
                 Some(Change { cause, reason })
             }
             Health::Degraded => {
-                if !self.up_ok(&r) {
+                // Each degradation has its own hysteresis: set at the degraded threshold,
+                // cleared at the "up" one; the gateway is up again once both are clear.
+                self.high_loss =
+                    if self.high_loss { !self.loss_clear(&r) } else { self.loss_high(&r) };
+                self.high_latency =
+                    if self.high_latency { !self.latency_clear(&r) } else { self.latency_high(&r) };
+                if self.high_loss || self.high_latency {
                     return None;
                 }
                 let reason = format!(
@@ -774,6 +848,8 @@ impl GatewayHealth {
     /// outage and still holds the gateway down).
     fn go_down(&mut self) {
         self.judged = Health::Down;
+        self.high_loss = false;
+        self.high_latency = false;
         self.recovery = None;
         if self.forced_down && self.absorb_flap {
             self.absorb_flap = false;
@@ -848,6 +924,8 @@ impl GatewayHealth {
             }
         };
         self.judged = to;
+        self.high_loss = to == Health::Degraded && self.loss_high(&r);
+        self.high_latency = to == Health::Degraded && self.latency_high(&r);
         self.recovery = None;
         Some(Change { cause: Cause::HoldDownPassed, reason })
     }

@@ -149,6 +149,9 @@ fn feed(
 
 fn check_consistent(gh: &GatewayHealth) {
     assert_eq!(gh.usable(), gh.state() != Down);
+    let j = gh.judgement();
+    assert_eq!(j.down, gh.state() == Down);
+    assert_eq!(gh.state() == Degraded, !j.down && (j.high_loss || j.high_latency), "{j:?}");
     if gh.forced_down() || gh.suppressed() || gh.verdict_held() {
         assert_eq!(gh.state(), Down);
     } else {
@@ -803,6 +806,41 @@ fn force_details() {
 /// none every second takes the gateway down once and never brings it back while it flaps
 /// (a healthy stretch needs `min_samples` healthy summaries in a row and the hold-down);
 /// once it settles healthy, it comes back after the hold-down.
+/// Degraded by latency, by loss or both (what trigger levels look at): each with its own
+/// hysteresis, changing while the state stays Degraded; Up once both are clear.
+#[test]
+fn degradation_by_loss_and_by_latency_are_tracked_apart() {
+    use statecull_policy::health::Judgement;
+    let by = |loss: bool, latency: bool| Judgement {
+        down: false,
+        high_loss: loss,
+        high_latency: latency,
+    };
+    let mut gh = GatewayHealth::new(base(), 0);
+    let log = feed(&mut gh, 0, &pattern(0, SEC, "10S"));
+    assert_eq!(summarize(&log), vec![(4, Up, Degraded, Latency)]);
+    assert_eq!(gh.judgement(), by(false, true));
+    // Two losses: 20% loss, degraded by loss too, no transition.
+    assert!(feed(&mut gh, 10, &pattern(10 * SEC, SEC, "2L")).is_empty());
+    assert_eq!(gh.judgement(), by(true, true));
+    // Fast replies push the slow ones out: latency clears first (≤ 100 ms), loss stays 20%.
+    assert!(feed(&mut gh, 12, &pattern(12 * SEC, SEC, "6F")).is_empty());
+    assert_eq!(gh.judgement(), by(true, false));
+    assert_eq!(gh.state(), Degraded);
+    // The losses leave the window: 10% loss is at the up threshold, both clear, Up.
+    let log = feed(&mut gh, 18, &pattern(18 * SEC, SEC, "3F"));
+    assert_eq!(summarize(&log), vec![(20, Degraded, Up, Recovered)]);
+    assert_eq!(gh.judgement(), Judgement::UP);
+    // Down: neither (down excludes everywhere anyway).
+    feed(&mut gh, 21, &pattern(21 * SEC, SEC, "10L"));
+    assert_eq!(gh.judgement(), Judgement::DOWN);
+    // Back through the hold-down with slow replies: degraded by latency only.
+    let mut gh = GatewayHealth::new(base(), 0);
+    feed(&mut gh, 0, &pattern(0, SEC, "10L 30S"));
+    assert_eq!(gh.state(), Degraded);
+    assert_eq!(gh.judgement(), by(false, true));
+}
+
 #[test]
 fn flapping_dpinger_summaries_are_held_down() {
     for params in [base(), damped()] {
@@ -1241,6 +1279,9 @@ proptest! {
             }
             prop_assert_eq!(gh.state(), last_to);
             prop_assert_eq!(gh.usable(), gh.state() != Down);
+            let j = gh.judgement();
+            prop_assert_eq!(j.down, gh.state() == Down);
+            prop_assert_eq!(gh.state() == Degraded, !j.down && (j.high_loss || j.high_latency));
             if gh.forced_down() || gh.suppressed() || gh.verdict_held() {
                 prop_assert_eq!(gh.state(), Down);
             } else {

@@ -1077,3 +1077,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn group_trigger_levels() {
+    use statecull_policy::model::Trigger;
+    let text = |trigger: &str| {
+        format!(
+            "{MINIMAL}\n[[group]]\nname = \"g\"\nmembers = [{{ gateway = \"WAN1\", tier = 1 }}]\n{trigger}\n"
+        )
+    };
+    assert_eq!(parse(&text(""), "<s>").unwrap().groups[0].trigger, Trigger::Down);
+    for (word, t) in [
+        ("down", Trigger::Down),
+        ("loss", Trigger::Loss),
+        ("latency", Trigger::Latency),
+        ("loss-or-latency", Trigger::LossOrLatency),
+    ] {
+        let p = parse(&text(&format!("trigger = \"{word}\"")), "<s>").unwrap();
+        assert_eq!(p.groups[0].trigger, t);
+        assert_eq!(t.name(), word);
+        assert!(explain(&p).contains(&format!("(trigger = {word})")), "{}", explain(&p));
+    }
+    let err = parse(&text("trigger = \"downloss\""), "<s>").unwrap_err().to_string();
+    assert!(err.contains("group[1].trigger: unknown trigger \"downloss\""), "{err}");
+    assert!(err.contains("\"loss-or-latency\""), "{err}");
+}
