@@ -178,6 +178,26 @@ fn warnings_with(policy: &Policy, memberships: &[Vec<(&Group, u8)>]) -> Vec<Stri
             )),
             OnDown::Gateway => {}
         }
+        if grp.trigger != Trigger::Down {
+            let never_degraded: Vec<&str> = grp
+                .members
+                .iter()
+                .filter_map(|m| policy.gateways.get(m.gateway))
+                .filter(|g| g.source == HealthSource::External)
+                .map(|g| g.name.as_str())
+                .collect();
+            if !never_degraded.is_empty() {
+                w.push(format!(
+                    "group {}: trigger = \"{}\", but {} {} health only from external verdicts, \
+                     which are down or up, never degraded: for {} only down counts",
+                    grp.name,
+                    grp.trigger.name(),
+                    never_degraded.join(", "),
+                    if never_degraded.len() == 1 { "takes its" } else { "take their" },
+                    if never_degraded.len() == 1 { "it" } else { "them" },
+                ));
+            }
+        }
         if grp.on_recovery == OnRecovery::KillUnprotected && policy.protected.is_empty() {
             w.push(format!(
                 "group {}: on_recovery = \"kill-unprotected\" but the policy has no [[protect]] \

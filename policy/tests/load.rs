@@ -1102,3 +1102,24 @@ fn group_trigger_levels() {
     assert!(err.contains("group[1].trigger: unknown trigger \"downloss\""), "{err}");
     assert!(err.contains("\"loss-or-latency\""), "{err}");
 }
+
+#[test]
+fn a_trigger_on_an_external_only_member_is_warned_about() {
+    let text = format!(
+        "{}\n[[gateway]]\nname = \"WAN2\"\ninterface = \"eth1\"\naddress = \"2001:db8:2::1\"\n\
+         health_source = \"external\"\n[gateway.states]\nnat_addr = [\"2001:db8:2::10\"]\n\n\
+         [[group]]\nname = \"g\"\nmembers = [{{ gateway = \"WAN1\", tier = 1 }}, \
+         {{ gateway = \"WAN2\", tier = 2 }}]\ntrigger = \"latency\"\n",
+        MINIMAL
+    );
+    let p = parse(&text, "<s>").unwrap();
+    let w = warnings(&p);
+    assert!(
+        w.iter().any(|w| w.contains(
+            "group g: trigger = \"latency\", but WAN2 takes its health only from external verdicts"
+        )),
+        "{w:?}"
+    );
+    let p = parse(&text.replace("trigger = \"latency\"", "trigger = \"down\""), "<s>").unwrap();
+    assert!(!warnings(&p).iter().any(|w| w.contains("trigger")));
+}
