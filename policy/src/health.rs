@@ -152,7 +152,8 @@
 //! So a single clean `down`/`up` acts at once and returns after `hold_down`; a hook that
 //! flaps faster than `hold_down` causes one Up → Down transition (one kill) for the whole
 //! flapping; one that flaps slower causes at most one per `hold_down` until damping
-//! suppresses it (the third flap with the defaults), and none while it keeps flapping.
+//! suppresses it (with the defaults the third flap when 30 s apart, the fourth at 50 s;
+//! flaps a half-life or more apart are never suppressed), and none while it keeps flapping.
 //! Forcing the state the gateway is already in returns `None` (an `up` still clears the
 //! window).
 //!
