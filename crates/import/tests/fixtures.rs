@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use statecull_import::{Import, Severity, System, import};
 use statecull_policy::Policy;
-use statecull_policy::model::{Gateway, HealthSource, OnDown, OnRecovery, Trigger};
+use statecull_policy::model::{Gateway, HealthSource, OnDown, OnRecovery};
 
 fn dir(system: System) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(system.word())
@@ -133,6 +133,7 @@ fn pfsense_three_wan_tiers_and_flush_all() {
         "/var/run/dpinger_CABLE_GW~203.0.113.1~198.18.10.1.sock"
     );
     // "Packet Loss" is translated, and no longer a warning.
+    use statecull_policy::model::Trigger;
     assert_eq!(p.groups.iter().find(|g| g.name == "tiered").unwrap().trigger, Trigger::Loss);
     assert_eq!(p.groups.iter().find(|g| g.name == "cable_first").unwrap().trigger, Trigger::Down);
     assert!(!out.warnings.iter().any(|w| w.path.contains("trigger")), "{:?}", out.warnings);
@@ -225,6 +226,7 @@ fn opnsense_three_wan_from_the_legacy_list_with_mvc_group_items() {
     assert_eq!(members(&p, "tiered"), pairs(&[("FIBRE_GW", 1), ("CABLE_GW", 2), ("LTE_GW", 3)]));
     assert_eq!(group_modes(&p, "tiered"), (OnDown::Gateway, OnRecovery::Kill));
     assert_eq!(dpinger(gw(&p, "LTE_GW")), "/var/run/dpinger_LTE_GW.sock");
+    use statecull_policy::model::Trigger;
     assert_eq!(p.groups.iter().find(|g| g.name == "tiered").unwrap().trigger, Trigger::Latency);
     assert!(!out.warnings.iter().any(|w| w.path.contains("trigger")), "{:?}", out.warnings);
     assert!(has_warning(&out, "gateway_item[3]/monitor_killstates_priority", "TURN THEM OFF"));
