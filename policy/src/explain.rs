@@ -18,7 +18,7 @@ use statecull_proto::ipproto;
 use crate::load::words::{family_word, fmt_duration, fmt_num, fmt_pct};
 use crate::model::{
     Gateway, Group, HealthSource, OnDown, OnRecovery, Policy, ProtectedFlow, RoutingConfirm,
-    StatesRefresh,
+    StatesRefresh, Trigger,
 };
 
 /// A human explanation of a policy, several lines long, for `statecull check-policy FILE`:
@@ -178,6 +178,26 @@ fn warnings_with(policy: &Policy, memberships: &[Vec<(&Group, u8)>]) -> Vec<Stri
             )),
             OnDown::Gateway => {}
         }
+        if grp.trigger != Trigger::Down {
+            let never_degraded: Vec<&str> = grp
+                .members
+                .iter()
+                .filter_map(|m| policy.gateways.get(m.gateway))
+                .filter(|g| g.source == HealthSource::External)
+                .map(|g| g.name.as_str())
+                .collect();
+            if !never_degraded.is_empty() {
+                w.push(format!(
+                    "group {}: trigger = \"{}\", but {} {} health only from external verdicts, \
+                     which are down or up, never degraded: for {} only down counts",
+                    grp.name,
+                    grp.trigger.name(),
+                    never_degraded.join(", "),
+                    if never_degraded.len() == 1 { "takes its" } else { "take their" },
+                    if never_degraded.len() == 1 { "it" } else { "them" },
+                ));
+            }
+        }
         if grp.on_recovery == OnRecovery::KillUnprotected && policy.protected.is_empty() {
             w.push(format!(
                 "group {}: on_recovery = \"kill-unprotected\" but the policy has no [[protect]] \
@@ -250,7 +270,10 @@ fn explain_into(p: &Policy, out: &mut String, steps: &Cell<u64>) -> std::fmt::Re
     // Joined once, not once per group.
     let protected = p.protected.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ");
     for grp in &p.groups {
-        explain_group(p, grp, &protected, out)?;
+        step(steps, grp.members.len());
+        let shared =
+            grp.members.iter().any(|m| memberships.get(m.gateway).is_some_and(|l| l.len() > 1));
+        explain_group(p, grp, shared, &protected, out)?;
     }
 
     writeln!(out, "\nProtected flows (spared when a group's on_recovery is kill-unprotected)")?;
@@ -439,6 +462,15 @@ fn explain_gateway(g: &Gateway, groups: &[(&Group, u8)], out: &mut String) -> st
     } else {
         writeln!(out, "    flap damping: off")?;
     }
+    writeln!(
+        out,
+        "    external verdicts (`statecull gateway {} down|up`): a down acts at once{}; an up is \
+         used once it has stood for {} with no down since{}",
+        g.name,
+        if d.enabled { " and counts as a failure for flap damping" } else { "" },
+        fmt_duration(h.hold_down),
+        if d.enabled { ", and never while flap damping holds the gateway down" } else { "" },
+    )?;
     let s = &g.states;
     let mut ways = Vec::new();
     if let Some(a) = s.rt_addr {
@@ -466,7 +498,14 @@ fn explain_gateway(g: &Gateway, groups: &[(&Group, u8)], out: &mut String) -> st
 }
 
 /// `protected`: the protected flows' names, joined.
-fn explain_group(p: &Policy, grp: &Group, protected: &str, out: &mut String) -> std::fmt::Result {
+/// `shared`: a member is also in another group.
+fn explain_group(
+    p: &Policy,
+    grp: &Group,
+    shared: bool,
+    protected: &str,
+    out: &mut String,
+) -> std::fmt::Result {
     writeln!(out, "  {}", grp.name)?;
     for tier in distinct_tiers(grp) {
         let names = grp
@@ -493,6 +532,32 @@ fn explain_group(p: &Policy, grp: &Group, protected: &str, out: &mut String) -> 
                 .to_owned()
         }
     };
+    let failed = match grp.trigger {
+        Trigger::Down => "it is down (not when it is only degraded)",
+        Trigger::Loss => {
+            "it is down, or degraded by loss (at or above its loss_degraded, until \
+                          back at or below loss_up)"
+        }
+        Trigger::Latency => {
+            "it is down, or degraded by latency (average at or above its \
+                             latency_degraded, until back at or below latency_up)"
+        }
+        Trigger::LossOrLatency => {
+            "it is down, or degraded by loss or by latency (at or above \
+                                   its loss_degraded or latency_degraded)"
+        }
+    };
+    writeln!(
+        out,
+        "    a member counts as failed (trigger = {}) when {failed}{}",
+        grp.trigger.name(),
+        if shared {
+            "; a member that is also in another group fails only once every one of its groups \
+             says so (its states cannot be told apart by group)"
+        } else {
+            ""
+        }
+    )?;
     writeln!(out, "    when a member goes down: {down}")?;
     let recovery = match grp.on_recovery {
         OnRecovery::Keep => "connections stay on the lower tier until they end; new ones use \
@@ -639,6 +704,7 @@ members = [{ gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 }]
                 ],
                 on_down: OnDown::default(),
                 on_recovery: OnRecovery::default(),
+                trigger: Trigger::default(),
             }],
             protected: Vec::new(),
             routing: Routing::default(),

@@ -13,10 +13,11 @@
 //! * the **judged** state ([`GatewayHealth::judged`]): what the probes say, after
 //!   thresholds, hysteresis and hold-down;
 //! * the **damping** figure and the `suppressed` flag;
-//! * the **forced-down** flag set by an external `down` ([`GatewayHealth::force`]).
+//! * the **external verdict**: the forced-down flag set by an external `down`, or an
+//!   external `up` waiting for its hold-down ([`GatewayHealth::force`]).
 //!
 //! The **effective** state ([`GatewayHealth::state`]) is `Down` while the gateway is forced
-//! down or suppressed, and the judged state otherwise. Every call that changes the
+//! down, suppressed or an external `up` is held, and the judged state otherwise. Every call that changes the
 //! effective state returns exactly one [`Transition`] from the old effective state to the
 //! new one; a call that changes only the judged state (while forced down or suppressed)
 //! returns `None`. So `state()` is always the `to` of the last transition returned (or
@@ -46,6 +47,9 @@
 //!   (`min_samples` does not apply). Loss is clamped to 0..=100 (+∞ is 100, −∞ is 0); a
 //!   summary with a NaN loss is ignored: the call acts as `tick` and the previous judgement
 //!   stands.
+//!   Summaries are debounced exactly as probe results are: thresholds, hysteresis,
+//!   hold-down (whose healthy stretch counts summaries, `min_samples` of them) and flap
+//!   damping all apply; dpinger's own alarm flag is not used.
 //!
 //! # Thresholds and hysteresis (judged state)
 //!
@@ -56,14 +60,19 @@
 //! | Up or Degraded | Down | loss ≥ `loss_down_pct` | [`Cause::Loss`] |
 //! | Up | Degraded | loss ≥ `loss_degraded_pct` | [`Cause::Loss`] |
 //! | Up | Degraded | latency ≥ `latency_degraded` | [`Cause::Latency`] |
-//! | Degraded | Up | loss ≤ `loss_up_pct` and latency ≤ `latency_up` | [`Cause::Recovered`] |
+//! | Degraded | Up | every degradation cleared (below) | [`Cause::Recovered`] |
 //! | Down | Up or Degraded | hold-down passed (below) | [`Cause::HoldDownPassed`] |
 //!
-//! Anything else keeps the state: values between the "up" and the "degraded" thresholds
-//! leave an up gateway up and a degraded one degraded. (Defensively, Degraded → Up also
-//! requires the values to be below the degraded thresholds, so parameters whose "up"
-//! threshold is not below the "degraded" one cannot make the state oscillate on every
-//! probe; validated policies always satisfy this.)
+//! A Degraded gateway is degraded **by loss**, **by latency** or both
+//! ([`GatewayHealth::judgement`], what a group's trigger level looks at), each with its own
+//! hysteresis: degraded by loss from loss ≥ `loss_degraded_pct` until loss ≤ `loss_up_pct`,
+//! by latency from latency ≥ `latency_degraded` until latency ≤ `latency_up` (or no
+//! replies). Either can start or end while the gateway stays Degraded (no transition); it is
+//! Up again once both have ended. Anything else keeps the state: values between the "up" and
+//! the "degraded" thresholds leave an up gateway up and a degradation as it is.
+//! (Defensively, a degradation also needs its value below the degraded threshold to end,
+//! so parameters whose "up" threshold is not below the "degraded" one cannot make the state
+//! oscillate on every probe; validated policies always satisfy this.)
 //!
 //! # Hold-down (Down → Up)
 //!
@@ -94,9 +103,9 @@
 //! With `damping.enabled`:
 //!
 //! * every judged Up/Degraded → Down transition (a *flap*) adds `damping.penalty` to the
-//!   figure, capped at `max_penalty`. Flaps count while the gateway is forced down or
-//!   already suppressed (a link that keeps flapping stays suppressed); external `force`
-//!   calls never add penalty;
+//!   figure, capped at `max_penalty`, and so does an external `down` that follows an `up`
+//!   (below). Flaps count while the gateway is forced down or already suppressed (a link
+//!   that keeps flapping stays suppressed);
 //! * the figure decays exponentially: `figure(now) = figure(t) × 2^(−(now − t) / half_life)`
 //!   in f64, computed from the time of the last flap (a zero half-life decays to 0 as soon
 //!   as any time passes);
@@ -111,21 +120,40 @@
 //!
 //! Disabled damping keeps the figure at 0 and never suppresses.
 //!
-//! # External overrides ([`GatewayHealth::force`])
+//! # External verdicts ([`GatewayHealth::force`])
 //!
-//! `statecull gateway NAME down|up` (an operator, mwan3 hotplug, keepalived notify) takes
-//! effect at once, whatever the thresholds, hold-down or damping say, with cause
-//! [`Cause::External`]:
+//! `statecull gateway NAME down|up` (an operator, mwan3 hotplug, keepalived notify, a
+//! script) is debounced like the probes, with the same per-gateway `hold_down` and
+//! `[gateway.damping]`, so a flapping hook cannot cause a kill per flap. Cause
+//! [`Cause::External`] unless said otherwise:
 //!
-//! * **down** sets the forced-down flag: the gateway is Down until an external `up`.
+//! * **down** takes effect at once, always (a dead link is never kept in use to debounce
+//!   it), and sets the forced-down flag: the gateway is Down until an external `up`.
 //!   Probes keep being recorded and judged (the judged state, the evidence and the damping
-//!   figure stay current for status), but nothing they say makes it usable;
-//! * **up** clears the forced-down flag, clears the window and any summary (old losses are
-//!   forgotten), ends any hold-down stretch, sets the judged state to Up and lifts
-//!   suppression (the damping *figure* is kept and keeps decaying, so a gateway forced up
-//!   that flaps again at once is suppressed again at once). From then on the probes rule
-//!   again, starting from an empty window (`min_samples` results before any judgement).
+//!   figure stay current for status), but nothing they say makes it usable. A `down` that
+//!   follows an `up` verdict (or none) is a *flap* of the verdicts and adds
+//!   `damping.penalty`, even while the gateway is held or suppressed (a hook that keeps
+//!   flapping stays suppressed); not when the probes already judged the gateway down (they
+//!   counted this outage), and the probes' own flap for the same outage, coming while it is
+//!   still forced down, is not counted again. Repeated `down`s are one verdict. The
+//!   transition's reason gives the penalty and says when damping starts suppressing.
+//! * **up** clears the forced-down flag, the window and any summary (old losses are
+//!   forgotten), ends any hold-down stretch and sets the judged state to Up. If the gateway
+//!   was Down, it becomes usable only once the `up` has stood for `hold_down` with no `down`
+//!   since (a repeated `up` does not restart it; a `down` cancels it) — [`Cause::HoldDownPassed`]
+//!   at the first call at or after that time (`tick`; [`GatewayHealth::next_tick`] includes
+//!   it) — **and** is not suppressed: an `up` never lifts suppression, which ends when the
+//!   figure decays below `reuse_below` ([`Cause::Reused`]). With `hold_down` = 0 and no
+//!   suppression it is usable at once. While an `up` is held,
+//!   [`GatewayHealth::verdict_hold`] says which rule holds it. From then on the probes (if
+//!   any) rule again, starting from an empty window (`min_samples` results before any
+//!   judgement).
 //!
+//! So a single clean `down`/`up` acts at once and returns after `hold_down`; a hook that
+//! flaps faster than `hold_down` causes one Up → Down transition (one kill) for the whole
+//! flapping; one that flaps slower causes at most one per `hold_down` until damping
+//! suppresses it (with the defaults the third flap when 30 s apart, the fourth at 50 s;
+//! flaps a half-life or more apart are never suppressed), and none while it keeps flapping.
 //! Forcing the state the gateway is already in returns `None` (an `up` still clears the
 //! window).
 //!
@@ -176,6 +204,37 @@ pub enum Probe {
     Reply { rtt: Duration },
     /// Not answered within the probe timeout.
     Lost,
+}
+
+/// What the machine judges a gateway to be, for a group's trigger level
+/// ([`crate::model::Trigger`]): down (the effective state), or usable but degraded by loss
+/// and/or by latency. `high_loss` and `high_latency` are false while down; the effective
+/// state is Degraded exactly when one of them is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Judgement {
+    pub down: bool,
+    pub high_loss: bool,
+    pub high_latency: bool,
+}
+
+impl Judgement {
+    /// A usable, healthy gateway.
+    pub const UP: Judgement = Judgement { down: false, high_loss: false, high_latency: false };
+    /// A down gateway.
+    pub const DOWN: Judgement = Judgement { down: true, high_loss: false, high_latency: false };
+}
+
+/// `up`, `down`, `degraded by loss`, `degraded by latency`, `degraded by loss and latency`.
+impl fmt::Display for Judgement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match (self.down, self.high_loss, self.high_latency) {
+            (true, _, _) => "down",
+            (false, false, false) => "up",
+            (false, true, false) => "degraded by loss",
+            (false, false, true) => "degraded by latency",
+            (false, true, true) => "degraded by loss and latency",
+        })
+    }
 }
 
 /// What the machine knew when it decided.
@@ -263,9 +322,19 @@ pub struct GatewayHealth {
     summary: Option<Summary>,
     /// What the probes say.
     judged: Health,
+    /// While judged Degraded: degraded by loss, by latency (at least one is set; both are
+    /// clear in any other judged state).
+    high_loss: bool,
+    high_latency: bool,
     /// While judged down: the current healthy stretch.
     recovery: Option<Recovery>,
     forced_down: bool,
+    /// An external `up` waiting for its hold-down: when it was received. The gateway is
+    /// Down until it has stood for `hold_down` (and is not suppressed).
+    verdict_up_since: Option<Millis>,
+    /// An external `down` counted a flap: the probes' own flap for the same outage, if it
+    /// comes while still forced down, is not counted again.
+    absorb_flap: bool,
     /// Damping figure as of `figure_at`.
     figure: f64,
     figure_at: Millis,
@@ -306,11 +375,14 @@ struct Change {
     reason: String,
 }
 
-/// The effective state and suppression before a call.
+/// The effective state and suppression before a call, and what the call's start released.
 #[derive(Clone, Copy, Debug)]
 struct Before {
     state: Health,
     suppressed: bool,
+    /// A held external `up` passed its hold-down at the start of this call: (received at,
+    /// released at).
+    released: Option<(Millis, Millis)>,
 }
 
 impl GatewayHealth {
@@ -322,8 +394,12 @@ impl GatewayHealth {
             window: VecDeque::new(),
             summary: None,
             judged: Health::Up,
+            high_loss: false,
+            high_latency: false,
             recovery: None,
             forced_down: false,
+            verdict_up_since: None,
+            absorb_flap: false,
             figure: 0.0,
             figure_at: now,
             suppressed: false,
@@ -343,7 +419,7 @@ impl GatewayHealth {
             self.window.pop_front();
         }
         let change = self.judge();
-        self.settle(before, false, change)
+        self.settle(before, None, change)
     }
 
     /// A summary from an external monitor (dpinger reports loss % and average latency over
@@ -364,39 +440,97 @@ impl GatewayHealth {
                 Some(Summary { loss_pct: loss_pct.clamp(0.0, 100.0), latency: latency_avg });
             self.judge()
         };
-        self.settle(before, false, change)
+        self.settle(before, None, change)
     }
 
     /// Timers only: hold-down expiry, damping decay and reuse.
     pub fn tick(&mut self, now: Millis) -> Option<Transition> {
         let before = self.begin(now);
         let change = self.try_hold_down();
-        self.settle(before, false, change)
+        self.settle(before, None, change)
     }
 
-    /// An operator or routing manager says so (`statecull gateway NAME down|up`). Takes
-    /// effect at once and bypasses thresholds, hold-down and damping. `down` sticks until
-    /// an external `up`; `up` clears the window, ends suppression and sets the judged state
-    /// to Up (see the module documentation).
+    /// An external verdict (`statecull gateway NAME down|up`: an operator, mwan3 hotplug,
+    /// keepalived notify, a script). `down` takes effect at once, always, and sticks until an
+    /// `up`; `up` is debounced by the hold-down and flap damping (see the module
+    /// documentation, "External verdicts"). Returns the transition, if the effective state
+    /// changed; a held `up` returns `None` and [`verdict_hold`](Self::verdict_hold) says why.
     pub fn force(&mut self, now: Millis, up: bool) -> Option<Transition> {
         let before = self.begin(now);
         if up {
+            let was_down = self.forced_down || before.state == Health::Down;
             self.forced_down = false;
+            self.absorb_flap = false;
             self.window.clear();
             self.summary = None;
             self.judged = Health::Up;
+            self.high_loss = false;
+            self.high_latency = false;
             self.recovery = None;
-            self.suppressed = false;
+            if was_down && self.verdict_up_since.is_none() && self.hold_down_ms() > 0 {
+                self.verdict_up_since = Some(self.clock);
+            }
         } else {
+            // Every down that follows an up verdict is a flap of the verdicts, even while
+            // the gateway is held or suppressed (a hook that keeps flapping stays
+            // suppressed); not when the probes already judged this outage (they counted it).
+            let flap = !self.forced_down && self.judged != Health::Down;
             self.forced_down = true;
+            self.verdict_up_since = None;
+            if flap && self.add_flap() {
+                self.absorb_flap = true;
+            }
             // The timers still run for the judged state (it is Down in the effective state
             // whatever they say).
             let _ = self.try_hold_down();
         }
-        self.settle(before, true, None)
+        self.settle(before, Some(up), None)
     }
 
-    /// The effective state: Down while forced down or suppressed, else what the probes say.
+    /// Why the gateway is down although the latest external verdict is `up`: the verdict's
+    /// hold-down has not passed, or flap damping suppresses it. `None` when no `up` is held.
+    pub fn verdict_hold(&self) -> Option<String> {
+        if self.forced_down || self.state != Health::Down {
+            return None;
+        }
+        let mut why = Vec::new();
+        if let Some(since) = self.verdict_up_since {
+            why.push(format!(
+                "the external up has stood for {} of its hold-down {} (usable at {} ms if no \
+                 down verdict comes)",
+                dur(Duration::from_millis(self.clock.saturating_sub(since))),
+                dur(self.params.hold_down),
+                since.saturating_add(self.hold_down_ms())
+            ));
+        }
+        if self.suppressed {
+            let d = &self.params.damping;
+            let until = self
+                .reuse_at()
+                .map_or_else(|| "never by decay".to_string(), |t| format!("at {t} ms"));
+            why.push(format!(
+                "flap damping suppresses it (penalty {} above reuse {}; reused {until})",
+                num(self.penalty(self.clock)),
+                num(d.reuse_below)
+            ));
+        }
+        if why.is_empty() {
+            if self.judged == Health::Down {
+                why.push("the probes still say down".to_string());
+            } else {
+                return None;
+            }
+        }
+        Some(format!("up verdict held: {}", why.join("; ")))
+    }
+
+    /// When a held external `up` passes its hold-down, if it is held.
+    pub fn verdict_up_at(&self) -> Option<Millis> {
+        self.verdict_up_since.map(|since| since.saturating_add(self.hold_down_ms()))
+    }
+
+    /// The effective state: Down while forced down, suppressed or an external `up` waits
+    /// for its hold-down, else what the probes say.
     pub fn state(&self) -> Health {
         self.state
     }
@@ -404,6 +538,16 @@ impl GatewayHealth {
     /// `state() != Down`.
     pub fn usable(&self) -> bool {
         self.state != Health::Down
+    }
+
+    /// Down, or degraded by what (as of the latest call), for trigger levels.
+    pub fn judgement(&self) -> Judgement {
+        let down = self.state == Health::Down;
+        Judgement {
+            down,
+            high_loss: !down && self.high_loss,
+            high_latency: !down && self.high_latency,
+        }
     }
 
     /// What the probes alone say (thresholds, hysteresis and hold-down applied; forcing
@@ -415,6 +559,11 @@ impl GatewayHealth {
     /// Whether an external `down` holds the gateway down.
     pub fn forced_down(&self) -> bool {
         self.forced_down
+    }
+
+    /// Whether an external `up` is waiting for its hold-down (the gateway is Down meanwhile).
+    pub fn verdict_held(&self) -> bool {
+        self.verdict_up_since.is_some()
     }
 
     /// The current figures. `suppressed` is as of the latest call; `penalty` is computed
@@ -505,10 +654,7 @@ impl GatewayHealth {
     /// The earliest time at which [`tick`](Self::tick) may change something (hold-down
     /// expiry or reuse), for the caller's timer. `None`: only new results can.
     pub fn next_tick(&self) -> Option<Millis> {
-        match (self.hold_down_at(), self.reuse_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.hold_down_at(), self.reuse_at(), self.verdict_up_at()].into_iter().flatten().min()
     }
 
     // ---- internals ----
@@ -533,10 +679,16 @@ impl GatewayHealth {
     /// Advances the clock (never backwards) and lifts suppression once the figure is below
     /// `reuse_below`. Returns what the state was before.
     fn begin(&mut self, now: Millis) -> Before {
-        let before = Before { state: self.state, suppressed: self.suppressed };
+        let mut before = Before { state: self.state, suppressed: self.suppressed, released: None };
         self.clock = self.clock.max(now);
         if self.suppressed && self.penalty(self.clock) < self.params.damping.reuse_below {
             self.suppressed = false;
+        }
+        if let Some(since) = self.verdict_up_since
+            && self.clock.saturating_sub(since) >= self.hold_down_ms()
+        {
+            self.verdict_up_since = None;
+            before.released = Some((since, self.clock));
         }
         before
     }
@@ -591,23 +743,35 @@ impl GatewayHealth {
         r.loss_pct >= self.params.loss_down_pct
     }
 
+    /// Loss at or above the degraded threshold.
+    fn loss_high(&self, r: &Reading) -> bool {
+        r.loss_pct >= self.params.loss_degraded_pct
+    }
+
+    /// Latency at or above the degraded threshold ("no latency" is never high).
+    fn latency_high(&self, r: &Reading) -> bool {
+        r.latency.is_some_and(|l| l >= self.params.latency_degraded)
+    }
+
+    /// Loss back at or below the "up" threshold (and, defensively, below the degraded one).
+    fn loss_clear(&self, r: &Reading) -> bool {
+        r.loss_pct <= self.params.loss_up_pct && !self.loss_high(r)
+    }
+
+    /// Latency back at or below the "up" threshold (and below the degraded one), or none.
+    fn latency_clear(&self, r: &Reading) -> bool {
+        r.latency.is_none_or(|l| l <= self.params.latency_up) && !self.latency_high(r)
+    }
+
     /// Why this judgement would take an up gateway to Degraded.
     fn degraded_cause(&self, r: &Reading) -> Option<Cause> {
-        if r.loss_pct >= self.params.loss_degraded_pct {
+        if self.loss_high(r) {
             Some(Cause::Loss)
-        } else if r.latency.is_some_and(|l| l >= self.params.latency_degraded) {
+        } else if self.latency_high(r) {
             Some(Cause::Latency)
         } else {
             None
         }
-    }
-
-    /// A degraded gateway may be up again.
-    fn up_ok(&self, r: &Reading) -> bool {
-        let p = &self.params;
-        r.loss_pct <= p.loss_up_pct
-            && self.degraded_cause(r).is_none()
-            && r.latency.is_none_or(|l| l <= p.latency_up)
     }
 
     /// A down gateway is in a healthy stretch.
@@ -644,10 +808,18 @@ impl GatewayHealth {
                     ),
                 };
                 self.judged = Health::Degraded;
+                self.high_loss = self.loss_high(&r);
+                self.high_latency = self.latency_high(&r);
                 Some(Change { cause, reason })
             }
             Health::Degraded => {
-                if !self.up_ok(&r) {
+                // Each degradation has its own hysteresis: set at the degraded threshold,
+                // cleared at the "up" one; the gateway is up again once both are clear.
+                self.high_loss =
+                    if self.high_loss { !self.loss_clear(&r) } else { self.loss_high(&r) };
+                self.high_latency =
+                    if self.high_latency { !self.latency_clear(&r) } else { self.latency_high(&r) };
+                if self.high_loss || self.high_latency {
                     return None;
                 }
                 let reason = format!(
@@ -673,13 +845,26 @@ impl GatewayHealth {
         }
     }
 
-    /// Judged Up/Degraded → Down: a flap.
+    /// Judged Up/Degraded → Down: a flap (unless an external down already counted this
+    /// outage and still holds the gateway down).
     fn go_down(&mut self) {
         self.judged = Health::Down;
+        self.high_loss = false;
+        self.high_latency = false;
         self.recovery = None;
+        if self.forced_down && self.absorb_flap {
+            self.absorb_flap = false;
+            return;
+        }
+        self.add_flap();
+    }
+
+    /// Adds one flap's penalty (and suppresses above `suppress_above`); false with damping
+    /// disabled.
+    fn add_flap(&mut self) -> bool {
         let d = &self.params.damping;
         if !d.enabled {
-            return;
+            return false;
         }
         let now = self.clock;
         let current = self.decayed(now);
@@ -690,6 +875,7 @@ impl GatewayHealth {
         if next > d.suppress_above {
             self.suppressed = true;
         }
+        true
     }
 
     /// Judged Down → Up/Degraded if the healthy stretch is long enough.
@@ -739,31 +925,64 @@ impl GatewayHealth {
             }
         };
         self.judged = to;
+        self.high_loss = to == Health::Degraded && self.loss_high(&r);
+        self.high_latency = to == Health::Degraded && self.latency_high(&r);
         self.recovery = None;
         Some(Change { cause: Cause::HoldDownPassed, reason })
     }
 
-    /// Recomputes the effective state and reports the change, if any.
+    /// Recomputes the effective state and reports the change, if any. `verdict`: the call
+    /// is an external verdict (`Some(up)`).
     fn settle(
         &mut self,
         before: Before,
-        forced: bool,
+        verdict: Option<bool>,
         change: Option<Change>,
     ) -> Option<Transition> {
-        let after = if self.forced_down || self.suppressed { Health::Down } else { self.judged };
+        let held = self.forced_down || self.suppressed || self.verdict_up_since.is_some();
+        let after = if held { Health::Down } else { self.judged };
         self.state = after;
         if after == before.state {
             return None;
         }
-        let (cause, reason) = if forced {
-            let reason = if after == Health::Down {
-                "forced down by an external command; it stays down until an external up"
+        let d = &self.params.damping;
+        let released = before.released.map(|(since, at)| {
+            format!(
+                "the external up stood for {} with no down verdict (hold-down {})",
+                dur(Duration::from_millis(at.saturating_sub(since))),
+                dur(self.params.hold_down)
+            )
+        });
+        let (cause, reason) = if verdict == Some(false) {
+            let mut reason = "external down: down at once (a down verdict is never held back); \
+                              it stays down until an external up"
+                .to_string();
+            if d.enabled {
+                reason.push_str(&format!(
+                    "; flap penalty {} (suppressed above {})",
+                    num(self.penalty(self.clock)),
+                    num(d.suppress_above)
+                ));
+                if self.suppressed && !before.suppressed {
+                    reason.push_str(&format!(
+                        "; flap damping now suppresses it: an up verdict waits until the \
+                         penalty decays below {}",
+                        num(d.reuse_below)
+                    ));
+                }
+            }
+            (Cause::External, reason)
+        } else if verdict == Some(true) {
+            let reason = if before.state == Health::Down {
+                format!(
+                    "external up: usable at once (hold-down {}); the probe window was cleared",
+                    dur(self.params.hold_down)
+                )
             } else {
-                "forced up by an external command; the probe window was cleared"
+                "external up: the probe window was cleared".to_string()
             };
-            (Cause::External, reason.to_string())
+            (Cause::External, reason)
         } else if after == Health::Down && self.suppressed && !before.suppressed {
-            let d = &self.params.damping;
             let base = change.map_or_else(|| "flapping".to_string(), |c| c.reason);
             (
                 Cause::Suppressed,
@@ -774,16 +993,18 @@ impl GatewayHealth {
                 ),
             )
         } else if before.state == Health::Down && before.suppressed && !self.suppressed {
-            let d = &self.params.damping;
-            (
-                Cause::Reused,
-                format!(
-                    "flap damping penalty decayed to {} (reuse below {}) and the probes say {}",
-                    num(self.penalty(self.clock)),
-                    num(d.reuse_below),
-                    after
-                ),
-            )
+            let mut reason = format!(
+                "flap damping penalty decayed to {} (reuse below {}) and the probes say {}",
+                num(self.penalty(self.clock)),
+                num(d.reuse_below),
+                after
+            );
+            if let Some(r) = released {
+                reason.push_str(&format!("; {r}"));
+            }
+            (Cause::Reused, reason)
+        } else if let Some(r) = released.filter(|_| after != Health::Down) {
+            (Cause::HoldDownPassed, r)
         } else {
             match change {
                 Some(c) => (c.cause, c.reason),

@@ -223,6 +223,53 @@ pub enum OnRecovery {
     KillUnprotected,
 }
 
+/// When a group counts a member as failed (pfSense's "Trigger Level"), in terms of what the
+/// health machine judges ([`crate::health::Judgement`]): down, or usable but degraded by
+/// loss (loss ≥ `loss_degraded` until ≤ `loss_up`) and/or by latency (latency ≥
+/// `latency_degraded` until ≤ `latency_up`).
+///
+/// | trigger | a member has failed when it is |
+/// |---|---|
+/// | `down` (default) | down |
+/// | `loss` | down, or degraded by loss |
+/// | `latency` | down, or degraded by latency |
+/// | `loss-or-latency` | down, or degraded by loss or by latency |
+///
+/// A failed member is treated exactly like a down one by the planner (its states are
+/// killed, it does not count as a usable member; its return is a recovery).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    #[default]
+    Down,
+    Loss,
+    Latency,
+    LossOrLatency,
+}
+
+impl Trigger {
+    /// The policy's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Down => "down",
+            Trigger::Loss => "loss",
+            Trigger::Latency => "latency",
+            Trigger::LossOrLatency => "loss-or-latency",
+        }
+    }
+
+    /// Whether a member judged `j` has failed for a group with this trigger.
+    pub fn fails(self, j: crate::health::Judgement) -> bool {
+        j.down
+            || match self {
+                Trigger::Down => false,
+                Trigger::Loss => j.high_loss,
+                Trigger::Latency => j.high_latency,
+                Trigger::LossOrLatency => j.high_loss || j.high_latency,
+            }
+    }
+}
+
 /// A failover group: members with tiers (1 is best; equal tiers share load).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Group {
@@ -231,6 +278,8 @@ pub struct Group {
     pub members: Vec<GroupMember>,
     pub on_down: OnDown,
     pub on_recovery: OnRecovery,
+    /// When a member counts as failed.
+    pub trigger: Trigger,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -374,6 +423,23 @@ impl Policy {
     /// Index of the gateway called `name`.
     pub fn gateway_index(&self, name: &str) -> Option<usize> {
         self.gateways.iter().position(|g| g.name == name)
+    }
+
+    /// Whether the gateway at `index`, judged `j`, is usable for the planner: not down, and
+    /// not failed by the trigger of **every** group that contains it. A gateway in several
+    /// groups whose triggers disagree (degraded by latency, in a `latency` group and a `down`
+    /// group) stays usable while one of its groups still uses it: its states cannot be told
+    /// apart by group, and killing them would cut that group's connections (killing less
+    /// wins). A gateway in no group is usable unless down.
+    pub fn usable(&self, index: usize, j: crate::health::Judgement) -> bool {
+        if j.down {
+            return false;
+        }
+        let mut groups = self.groups_of(index).peekable();
+        if groups.peek().is_none() {
+            return true;
+        }
+        !groups.all(|g| g.trigger.fails(j))
     }
 
     /// Groups that have the gateway at `index` as a member.

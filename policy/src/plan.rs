@@ -5,6 +5,11 @@
 //!
 //! # Rules and the decisions behind them
 //!
+//! **Usable** means what [`Policy::usable`] says: not down, and not failed by the trigger
+//! level of every group that contains the gateway (a group with `trigger = "latency"` fails a
+//! member degraded by latency, and so on; see [`crate::model::Trigger`]). A failed member
+//! is handled exactly as a down one below: "went down" is "became unusable".
+//!
 //! **Never a healthy gateway's states.** Selectors only come from
 //! * gateways that are down now (not usable): those that went down in this batch, and those
 //!   whose kill was held back earlier because no member of their groups was usable (the
@@ -91,7 +96,9 @@ pub const MAX_SELECTORS_PER_REQUEST: usize = MAX_SELECTORS as usize;
 #[derive(Clone, Copy, Debug)]
 pub struct PlanInput<'a> {
     pub policy: &'a Policy,
-    /// Usable (not Down) per gateway index, AFTER the transitions below took effect.
+    /// Usable per gateway index, AFTER the transitions below took effect: not down and not
+    /// failed by its groups' trigger levels ([`Policy::usable`] decides, from the health
+    /// machine's judgement).
     pub usable: &'a [bool],
     /// Gateways (indices) that went down in this batch (several at once = one plan).
     pub went_down: &'a [usize],

@@ -149,7 +149,10 @@ fn feed(
 
 fn check_consistent(gh: &GatewayHealth) {
     assert_eq!(gh.usable(), gh.state() != Down);
-    if gh.forced_down() || gh.suppressed() {
+    let j = gh.judgement();
+    assert_eq!(j.down, gh.state() == Down);
+    assert_eq!(gh.state() == Degraded, !j.down && (j.high_loss || j.high_latency), "{j:?}");
+    if gh.forced_down() || gh.suppressed() || gh.verdict_held() {
         assert_eq!(gh.state(), Down);
     } else {
         assert_eq!(gh.state(), gh.judged());
@@ -650,7 +653,8 @@ fn damping_edge_parameters() {
     assert!(!gh.suppressed());
     assert!(gh.penalty(250 * SEC) <= 2000.0);
 
-    // reuse_below 0: a suppression that never ends by decay (only `force(up)` ends it).
+    // reuse_below 0 (the loader refuses it): a suppression that never ends by decay, and
+    // an external up does not lift suppression either.
     let p = with(|p| {
         p.damping.enabled = true;
         p.damping.penalty = 3000.0;
@@ -660,8 +664,9 @@ fn damping_edge_parameters() {
     assert_eq!(gh.reuse_at(), None);
     assert_eq!(gh.tick(Millis::MAX), None);
     assert_eq!(gh.state(), Down);
-    let t = gh.force(Millis::MAX, true).unwrap();
-    assert_eq!((t.from, t.to, t.cause), (Down, Up, External));
+    assert_eq!(gh.force(Millis::MAX, true), None);
+    assert_eq!(gh.state(), Down);
+    assert!(gh.verdict_hold().unwrap().contains("never by decay"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -669,37 +674,54 @@ fn damping_edge_parameters() {
 
 #[test]
 fn force_down_and_up() {
+    let no_hold = with(|p| p.hold_down = Duration::ZERO);
     check_table(vec![
         (
-            "down, probes fine for long, up",
+            "down at once, up after the hold-down",
             base(),
             "10F D 30F U 10F",
-            vec![(10, Up, Down, External), (41, Down, Up, External)],
+            vec![(10, Up, Down, External), (51, Down, Up, HoldDownPassed)],
         ),
         (
-            "repeated forces are no-ops",
+            "repeated forces are one verdict: a second up does not restart the hold-down",
             base(),
-            "10F D D 5F U U",
-            vec![(10, Up, Down, External), (17, Down, Up, External)],
+            "10F D D 5F U U 10T",
+            vec![(10, Up, Down, External), (27, Down, Up, HoldDownPassed)],
         ),
         (
             "forced down stays down while the probes recover",
             base(),
-            "10F 10L D 40F U",
-            vec![(11, Up, Degraded, Loss), (14, Degraded, Down, Loss), (61, Down, Up, External)],
+            "10F 10L D 40F U 10T",
+            vec![
+                (11, Up, Degraded, Loss),
+                (14, Degraded, Down, Loss),
+                (71, Down, Up, HoldDownPassed),
+            ],
         ),
         // External up clears the window: 4 losses decide nothing, the 5th takes it down.
         (
             "external up forgets old losses",
             base(),
-            "10L U 4L L",
-            vec![(4, Up, Down, Loss), (10, Down, Up, External), (15, Up, Down, Loss)],
+            "10L U 10T 4L L",
+            vec![(4, Up, Down, Loss), (20, Down, Up, HoldDownPassed), (25, Up, Down, Loss)],
         ),
         (
-            "external up bypasses the hold-down",
+            "external up is held for the hold-down too",
             base(),
-            "10L 9F U",
-            vec![(4, Up, Down, Loss), (19, Down, Up, External)],
+            "10L 9F U 9T T",
+            vec![(4, Up, Down, Loss), (29, Down, Up, HoldDownPassed)],
+        ),
+        (
+            "hold-down 0: up at once",
+            no_hold.clone(),
+            "D 5T U",
+            vec![(0, Up, Down, External), (6, Down, Up, External)],
+        ),
+        (
+            "a down cancels a held up; the next up starts a new hold-down",
+            base(),
+            "D 5T U 5T D 5T U 10T",
+            vec![(0, Up, Down, External), (28, Down, Up, HoldDownPassed)],
         ),
         (
             "external up from degraded",
@@ -714,17 +736,17 @@ fn force_down_and_up() {
             vec![(4, Up, Degraded, Latency), (10, Degraded, Down, External)],
         ),
         (
-            "probes still bad after an external up",
+            "probes still bad after an external up keep it down",
             base(),
-            "10L U 10L",
-            vec![(4, Up, Down, Loss), (10, Down, Up, External), (15, Up, Down, Loss)],
+            "10L U 10L 20T",
+            vec![(4, Up, Down, Loss)],
         ),
         ("up while up does nothing visible", base(), "10F U", vec![]),
         (
-            "external gateway: only forces",
+            "external gateway: only verdicts",
             base(),
             "D 100T U 100T",
-            vec![(0, Up, Down, External), (101, Down, Up, External)],
+            vec![(0, Up, Down, External), (111, Down, Up, HoldDownPassed)],
         ),
     ]);
 }
@@ -734,44 +756,216 @@ fn force_details() {
     let mut gh = GatewayHealth::new(damped(), 0);
     feed(&mut gh, 0, &pattern(0, SEC, "10F"));
     let t = gh.force(10 * SEC, false).unwrap();
-    assert_eq!(t.reason, "forced down by an external command; it stays down until an external up");
+    assert_eq!(
+        t.reason,
+        "external down: down at once (a down verdict is never held back); it stays down until \
+         an external up; flap penalty 1000 (suppressed above 2500)"
+    );
     assert!(gh.forced_down());
-    // Probes keep being recorded for status while forced down; forcing adds no penalty.
+    assert_eq!(gh.verdict_hold(), None);
+    // Probes keep being recorded for status while forced down; the down was one flap.
     assert!(feed(&mut gh, 11, &pattern(11 * SEC, SEC, "3L")).is_empty());
     assert_eq!(gh.evidence(13 * SEC).samples, 10);
     assert_eq!(gh.evidence(13 * SEC).loss_pct, 30.0);
     assert_eq!(gh.judged(), Degraded);
-    assert_eq!(gh.penalty(13 * SEC), 0.0);
-    let t = gh.force(14 * SEC, true).unwrap();
-    assert_eq!((t.from, t.to), (Down, Up));
-    assert_eq!(t.reason, "forced up by an external command; the probe window was cleared");
-    assert_eq!(t.evidence.samples, 0);
+    assert!((gh.penalty(13 * SEC) - 1000.0 * (-3.0f64 / 60.0).exp2()).abs() < 1e-6);
+    // The up is held for the hold-down, and says so.
+    assert_eq!(gh.force(14 * SEC, true), None);
     assert!(!gh.forced_down());
+    assert!(gh.verdict_held());
     assert_eq!(gh.judged(), Up);
-    assert_eq!(gh.penalty(14 * SEC), 0.0);
+    assert_eq!(gh.evidence(14 * SEC).samples, 0);
+    assert_eq!(gh.next_tick(), Some(24 * SEC));
+    assert_eq!(
+        gh.verdict_hold().unwrap(),
+        "up verdict held: the external up has stood for 0 ms of its hold-down 10 s (usable at \
+         24000 ms if no down verdict comes)"
+    );
+    assert_eq!(gh.tick(24 * SEC - 1), None);
+    let t = gh.tick(24 * SEC).unwrap();
+    assert_eq!((t.from, t.to, t.cause), (Down, Up, HoldDownPassed));
+    assert_eq!(t.reason, "the external up stood for 10 s with no down verdict (hold-down 10 s)");
+    assert_eq!(gh.verdict_hold(), None);
 
-    // Flaps while forced down still count for damping.
+    // One outage reported by both the verdict and the probes is one flap, in either order.
     let mut gh = GatewayHealth::new(damped(), 0);
     feed(&mut gh, 0, &pattern(0, SEC, "10F D 5L"));
-    assert!(gh.penalty(15 * SEC) > 999.0);
+    assert_eq!(gh.judged(), Down);
+    assert!((gh.penalty(15 * SEC) - 1000.0 * (-5.0f64 / 60.0).exp2()).abs() < 1e-6);
+    let mut gh = GatewayHealth::new(damped(), 0);
+    feed(&mut gh, 0, &pattern(0, SEC, "10F 5L D"));
+    assert!((gh.penalty(15 * SEC) - 1000.0 * (-1.0f64 / 60.0).exp2()).abs() < 1e-6);
+    // Probe flaps while forced down, beyond the one the down counted, still count.
+    let mut gh = GatewayHealth::new(damped(), 0);
+    feed(&mut gh, 0, &pattern(0, SEC, "10F D 5L 20F 20T 10L"));
+    assert_eq!(gh.judged(), Down);
+    assert!(gh.penalty(65 * SEC) > 1000.0 * (-55.0f64 / 60.0).exp2() + 900.0);
+}
+
+/// dpinger summaries are debounced like probes: a report flapping between total loss and
+/// none every second takes the gateway down once and never brings it back while it flaps
+/// (a healthy stretch needs `min_samples` healthy summaries in a row and the hold-down);
+/// once it settles healthy, it comes back after the hold-down.
+/// Degraded by latency, by loss or both (what trigger levels look at): each with its own
+/// hysteresis, changing while the state stays Degraded; Up once both are clear.
+#[test]
+fn degradation_by_loss_and_by_latency_are_tracked_apart() {
+    use statecull_policy::health::Judgement;
+    let by = |loss: bool, latency: bool| Judgement {
+        down: false,
+        high_loss: loss,
+        high_latency: latency,
+    };
+    let mut gh = GatewayHealth::new(base(), 0);
+    let log = feed(&mut gh, 0, &pattern(0, SEC, "10S"));
+    assert_eq!(summarize(&log), vec![(4, Up, Degraded, Latency)]);
+    assert_eq!(gh.judgement(), by(false, true));
+    // Two losses: 20% loss, degraded by loss too, no transition.
+    assert!(feed(&mut gh, 10, &pattern(10 * SEC, SEC, "2L")).is_empty());
+    assert_eq!(gh.judgement(), by(true, true));
+    // Fast replies push the slow ones out: latency clears first (≤ 100 ms), loss stays 20%.
+    assert!(feed(&mut gh, 12, &pattern(12 * SEC, SEC, "6F")).is_empty());
+    assert_eq!(gh.judgement(), by(true, false));
+    assert_eq!(gh.state(), Degraded);
+    // The losses leave the window: 10% loss is at the up threshold, both clear, Up.
+    let log = feed(&mut gh, 18, &pattern(18 * SEC, SEC, "3F"));
+    assert_eq!(summarize(&log), vec![(20, Degraded, Up, Recovered)]);
+    assert_eq!(gh.judgement(), Judgement::UP);
+    // Down: neither (down excludes everywhere anyway).
+    feed(&mut gh, 21, &pattern(21 * SEC, SEC, "10L"));
+    assert_eq!(gh.judgement(), Judgement::DOWN);
+    // Back through the hold-down with slow replies: degraded by latency only.
+    let mut gh = GatewayHealth::new(base(), 0);
+    feed(&mut gh, 0, &pattern(0, SEC, "10L 30S"));
+    assert_eq!(gh.state(), Degraded);
+    assert_eq!(gh.judgement(), by(false, true));
 }
 
 #[test]
-fn force_up_lifts_suppression_but_keeps_the_figure() {
+fn flapping_dpinger_summaries_are_held_down() {
+    for params in [base(), damped()] {
+        let mut gh = GatewayHealth::new(params, 0);
+        let mut events: Vec<(Millis, Ev)> = (0..60)
+            .map(|i| (i * SEC, if i % 2 == 0 { summary(100.0, 0) } else { summary(0.0, 20) }))
+            .collect();
+        events.extend((60..80).map(|i| (i * SEC, summary(0.0, 20))));
+        let log = feed(&mut gh, 0, &events);
+        // The last flap's healthy summary (59) starts the stretch that holds: 10 s later.
+        assert_eq!(summarize(&log), vec![(0, Up, Down, Loss), (69, Down, Up, HoldDownPassed)]);
+    }
+}
+
+#[test]
+fn an_up_verdict_never_lifts_suppression() {
     let p = damped();
     let mut gh = GatewayHealth::new(p.clone(), 0);
     feed(&mut gh, 0, &pattern(0, SEC, &format!("10F {CYCLE} {CYCLE} {CYCLE} {CYCLE}")));
     assert!(gh.suppressed());
-    let fig = gh.penalty(106 * SEC);
-    let t = gh.force(106 * SEC, true).unwrap();
-    assert_eq!((t.from, t.to, t.cause), (Down, Up, External));
-    assert!(!gh.suppressed());
-    assert_eq!(gh.penalty(106 * SEC), fig);
-    // It flaps again at once (the window was cleared: the 5th loss is the first judgement,
-    // 100%): suppressed at once.
-    let log = feed(&mut gh, 107, &pattern(107 * SEC, SEC, "5L"));
-    assert_eq!(summarize(&log), vec![(111, Up, Down, Suppressed)]);
+    let reuse = gh.reuse_at().unwrap();
+    assert_eq!(gh.force(106 * SEC, true), None);
     assert!(gh.suppressed());
+    let why = gh.verdict_hold().unwrap();
+    assert!(why.contains("flap damping suppresses it"), "{why}");
+    assert!(why.contains(&format!("reused at {reuse} ms")), "{why}");
+    // The verdict's hold-down passes first; the gateway stays down until the reuse time.
+    assert_eq!(gh.tick(116 * SEC), None);
+    assert!(!gh.verdict_held());
+    assert_eq!(gh.tick(reuse - 1), None);
+    let t = gh.tick(reuse).unwrap();
+    assert_eq!((t.from, t.to, t.cause), (Down, Up, Reused));
+}
+
+/// A hook flapping `down`/`up` every `period` (down at 0, up half a period later): the
+/// times at which the gateway went from usable to down (each is a kill) over `flaps` flaps.
+fn hook_kills(params: &HealthParams, period: Millis, flaps: u64) -> Vec<Millis> {
+    let mut gh = GatewayHealth::new(params.clone(), 0);
+    let mut kills = Vec::new();
+    let mut note = |t: Option<Transition>| {
+        if let Some(t) = t
+            && t.from != Down
+            && t.to == Down
+        {
+            kills.push(t.at);
+        }
+    };
+    let mut now = 0;
+    for i in 0..flaps {
+        // The engine ticks at next_tick(); ticks between verdicts.
+        let down_at = i * period;
+        while let Some(at) = gh.next_tick().filter(|&at| at < down_at) {
+            note(gh.tick(at.max(now)));
+            now = at.max(now);
+            check_consistent(&gh);
+        }
+        note(gh.force(down_at, false));
+        check_consistent(&gh);
+        let up_at = down_at + period / 2;
+        while let Some(at) = gh.next_tick().filter(|&at| at < up_at) {
+            note(gh.tick(at.max(down_at)));
+            check_consistent(&gh);
+        }
+        note(gh.force(up_at, true));
+        check_consistent(&gh);
+        now = up_at;
+    }
+    kills
+}
+
+#[test]
+fn a_flapping_hook_kills_at_most_once_per_hold_down_and_stops_when_suppressed() {
+    let defaults = HealthParams::default();
+    // (flap period, kills expected over 100 flaps with the defaults: hold-down 10 s,
+    // damping +1000, suppress above 2000, reuse below 750, half-life 60 s).
+    let cases: Vec<(Millis, usize)> = vec![
+        (SEC, 1),      // faster than the hold-down: the up never stands 10 s
+        (10 * SEC, 1), // an up 5 s before the next down: still held
+        (30 * SEC, 3), // up stands 10 s: usable again, until damping suppresses (3rd flap)
+        (50 * SEC, 4), // slower: the penalty decays more between flaps, the 4th suppresses
+        // Once per half-life or slower, the figure never passes 2000: not damped by the
+        // defaults (each down is a new outage and acts).
+        (60 * SEC, 100),
+        (300 * SEC, 100),
+    ];
+    for (period, expected) in cases {
+        let kills = hook_kills(&defaults, period, 100);
+        assert_eq!(kills.len(), expected, "period {period} ms: kills at {kills:?}");
+        assert_eq!(kills.first(), Some(&0), "the first down always acts at once");
+        for w in kills.windows(2) {
+            assert!(w[1] - w[0] >= 10 * SEC, "two kills within the hold-down: {kills:?}");
+        }
+    }
+    // Hold-down 0 and damping off: every flap is a kill (the old behaviour, by choice).
+    let undamped = HealthParams {
+        hold_down: Duration::ZERO,
+        damping: FlapDamping { enabled: false, ..FlapDamping::default() },
+        ..HealthParams::default()
+    };
+    assert_eq!(hook_kills(&undamped, SEC, 100).len(), 100);
+    // Damping alone (hold-down 0): a fast hook is suppressed at the third flap.
+    let damping_only = HealthParams { hold_down: Duration::ZERO, ..HealthParams::default() };
+    assert_eq!(hook_kills(&damping_only, SEC, 100).len(), 3);
+}
+
+#[test]
+fn a_suppressed_hook_comes_back_once_it_stops_flapping() {
+    let p = HealthParams::default();
+    let mut gh = GatewayHealth::new(p, 0);
+    let mut now = 0;
+    for _ in 0..20 {
+        gh.force(now, false);
+        gh.force(now + 500, true);
+        now += SEC;
+    }
+    assert!(gh.suppressed());
+    assert_eq!(gh.state(), Down);
+    // The last verdict was up: it is used again at the reuse time, and not before.
+    let reuse = gh.reuse_at().unwrap();
+    assert!(reuse > now + 60 * SEC, "suppressed for more than a half-life after the storm");
+    assert_eq!(gh.next_tick(), Some(now - 500 + 10 * SEC));
+    assert_eq!(gh.tick(now - 500 + 10 * SEC), None);
+    assert_eq!(gh.next_tick(), Some(reuse));
+    let t = gh.tick(reuse).unwrap();
+    assert_eq!((t.from, t.to, t.cause), (Down, Up, Reused));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -898,7 +1092,10 @@ fn huge_values_do_not_panic() {
     gh.tick(Millis::MAX);
     gh.force(Millis::MAX, false);
     gh.force(0, true);
-    assert_eq!(gh.state(), Up);
+    // The up is held for the hold-down, which cannot pass after the end of time.
+    assert_eq!(gh.state(), Down);
+    assert!(gh.verdict_held());
+    assert_eq!(gh.verdict_up_at(), Some(Millis::MAX));
 }
 
 #[test]
@@ -1082,7 +1279,10 @@ proptest! {
             }
             prop_assert_eq!(gh.state(), last_to);
             prop_assert_eq!(gh.usable(), gh.state() != Down);
-            if gh.forced_down() || gh.suppressed() {
+            let j = gh.judgement();
+            prop_assert_eq!(j.down, gh.state() == Down);
+            prop_assert_eq!(gh.state() == Degraded, !j.down && (j.high_loss || j.high_latency));
+            if gh.forced_down() || gh.suppressed() || gh.verdict_held() {
                 prop_assert_eq!(gh.state(), Down);
             } else {
                 prop_assert_eq!(gh.state(), gh.judged());

@@ -524,6 +524,13 @@ fn cases() -> Vec<Case> {
             "must be below probe_timeout",
         ),
         case(
+            "damping that would never reuse",
+            with(&[(6, "[gateway.damping]\nreuse_below = 0")]),
+            7,
+            "gateway[1].damping.reuse_below",
+            "must be above 0: a penalty never decays to 0",
+        ),
+        case(
             "damping out of order",
             with(&[(6, "[gateway.damping]\nreuse_below = 3000")]),
             7,
@@ -1087,4 +1094,50 @@ proptest! {
             prop_assert!(line.is_some());
         }
     }
+}
+
+#[test]
+fn group_trigger_levels() {
+    use statecull_policy::model::Trigger;
+    let text = |trigger: &str| {
+        format!(
+            "{MINIMAL}\n[[group]]\nname = \"g\"\nmembers = [{{ gateway = \"WAN1\", tier = 1 }}]\n{trigger}\n"
+        )
+    };
+    assert_eq!(parse(&text(""), "<s>").unwrap().groups[0].trigger, Trigger::Down);
+    for (word, t) in [
+        ("down", Trigger::Down),
+        ("loss", Trigger::Loss),
+        ("latency", Trigger::Latency),
+        ("loss-or-latency", Trigger::LossOrLatency),
+    ] {
+        let p = parse(&text(&format!("trigger = \"{word}\"")), "<s>").unwrap();
+        assert_eq!(p.groups[0].trigger, t);
+        assert_eq!(t.name(), word);
+        assert!(explain(&p).contains(&format!("(trigger = {word})")), "{}", explain(&p));
+    }
+    let err = parse(&text("trigger = \"downloss\""), "<s>").unwrap_err().to_string();
+    assert!(err.contains("group[1].trigger: unknown trigger \"downloss\""), "{err}");
+    assert!(err.contains("\"loss-or-latency\""), "{err}");
+}
+
+#[test]
+fn a_trigger_on_an_external_only_member_is_warned_about() {
+    let text = format!(
+        "{}\n[[gateway]]\nname = \"WAN2\"\ninterface = \"eth1\"\naddress = \"2001:db8:2::1\"\n\
+         health_source = \"external\"\n[gateway.states]\nnat_addr = [\"2001:db8:2::10\"]\n\n\
+         [[group]]\nname = \"g\"\nmembers = [{{ gateway = \"WAN1\", tier = 1 }}, \
+         {{ gateway = \"WAN2\", tier = 2 }}]\ntrigger = \"latency\"\n",
+        MINIMAL
+    );
+    let p = parse(&text, "<s>").unwrap();
+    let w = warnings(&p);
+    assert!(
+        w.iter().any(|w| w.contains(
+            "group g: trigger = \"latency\", but WAN2 takes its health only from external verdicts"
+        )),
+        "{w:?}"
+    );
+    let p = parse(&text.replace("trigger = \"latency\"", "trigger = \"down\""), "<s>").unwrap();
+    assert!(!warnings(&p).iter().any(|w| w.contains("trigger")));
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use statecull_policy::PolicyError;
+use statecull_policy::health::Judgement;
 use statecull_policy::model::{
     EngineSettings, FlapDamping, Gateway, Group, GroupMember, HealthParams, HealthSource, OnDown,
-    OnRecovery, Policy, ProtectedFlow, Routing, RoutingConfirm, StateMatch,
+    OnRecovery, Policy, ProtectedFlow, Routing, RoutingConfirm, StateMatch, Trigger,
 };
 use statecull_policy::plan::{
     Action, MAX_SELECTORS_PER_REQUEST, OwnedSelectors, Plan, PlanInput, Purpose, attribute,
@@ -114,7 +115,7 @@ fn group(name: &str, members: &[(usize, u8)], on_down: OnDown, on_recovery: OnRe
     let mut members: Vec<GroupMember> =
         members.iter().map(|&(gateway, tier)| GroupMember { gateway, tier }).collect();
     members.sort_by_key(|m| m.tier);
-    Group { name: name.into(), members, on_down, on_recovery }
+    Group { name: name.into(), members, on_down, on_recovery, trigger: Trigger::Down }
 }
 
 fn policy(gateways: Vec<Gateway>, groups: Vec<Group>) -> Policy {
@@ -920,6 +921,138 @@ fn nothing_usable_before_means_nothing_to_move_back() {
     let plan = run(&p, &[true, true], &[], &[0, 1], &ct_caps());
     assert!(plan.is_empty(), "{plan:#?}");
     assert!(plan.explanation.iter().any(|l| l.contains("no member was usable before")));
+}
+
+// ---------------------------------------------------------------------------------------
+// Trigger levels: what makes a member failed, per group
+
+const UP: Judgement = Judgement::UP;
+const DOWN: Judgement = Judgement::DOWN;
+const LOSS: Judgement = Judgement { down: false, high_loss: true, high_latency: false };
+const LATENCY: Judgement = Judgement { down: false, high_loss: false, high_latency: true };
+const BOTH: Judgement = Judgement { down: false, high_loss: true, high_latency: true };
+
+fn with_trigger(mut p: Policy, trigger: Trigger) -> Policy {
+    for g in &mut p.groups {
+        g.trigger = trigger;
+    }
+    p
+}
+
+/// As the engine decides: each gateway's usability from its judgement and its groups'
+/// triggers (`Policy::usable`), before and after; those whose usability changed went down
+/// or came up in this batch.
+fn judged(p: &Policy, before: &[Judgement], after: &[Judgement], caps: &Capabilities) -> Plan {
+    let was: Vec<bool> = before.iter().enumerate().map(|(g, j)| p.usable(g, *j)).collect();
+    let is: Vec<bool> = after.iter().enumerate().map(|(g, j)| p.usable(g, *j)).collect();
+    let went_down: Vec<usize> = (0..is.len()).filter(|&g| was[g] && !is[g]).collect();
+    let came_up: Vec<usize> = (0..is.len()).filter(|&g| !was[g] && is[g]).collect();
+    run(p, &is, &went_down, &came_up, caps)
+}
+
+#[test]
+fn each_trigger_level_fails_a_member_on_exactly_its_judgements() {
+    use Trigger::*;
+    // (trigger, WAN1's judgement) -> WAN1's states killed (WAN2, tier 2, is up).
+    let table = [
+        (Down, DOWN, true),
+        (Down, LOSS, false),
+        (Down, LATENCY, false),
+        (Down, BOTH, false),
+        (Loss, DOWN, true),
+        (Loss, LOSS, true),
+        (Loss, LATENCY, false),
+        (Loss, BOTH, true),
+        (Latency, DOWN, true),
+        (Latency, LOSS, false),
+        (Latency, LATENCY, true),
+        (Latency, BOTH, true),
+        (LossOrLatency, DOWN, true),
+        (LossOrLatency, LOSS, true),
+        (LossOrLatency, LATENCY, true),
+        (LossOrLatency, BOTH, true),
+    ];
+    for (trigger, j, kills) in table {
+        assert_eq!(trigger.fails(j), kills, "{trigger:?} {j:?}");
+        for trig in [Down, Loss, Latency, LossOrLatency] {
+            assert!(!trig.fails(UP), "an up member never fails");
+        }
+        let p = with_trigger(two_wan(OnDown::Gateway, OnRecovery::Keep), trigger);
+        let plan = judged(&p, &[UP, UP], &[j, UP], &ct_caps());
+        if kills {
+            assert_eq!(plan.steps.len(), 1, "{trigger:?} {j:?}: {plan:#?}");
+            assert_eq!(plan.steps[0].purpose, down(&["WAN1"]));
+            assert_eq!(plan.steps[0].action, kill(vec![mark(1)], false));
+        } else {
+            assert!(plan.steps.is_empty(), "{trigger:?} {j:?}: {plan:#?}");
+        }
+    }
+}
+
+#[test]
+fn a_latency_group_fails_over_from_a_slow_member_a_down_group_does_not() {
+    let slow = |t| {
+        judged(
+            &with_trigger(two_wan(OnDown::Gateway, OnRecovery::Keep), t),
+            &[UP, UP],
+            &[LATENCY, UP],
+            &pf_caps(),
+        )
+    };
+    let plan = slow(Trigger::Latency);
+    assert_eq!(plan.steps[0].action, kill(vec![rt(1), nat_on(1)], true));
+    assert!(plan.steps[0].why.starts_with("WAN1 went down;"), "{}", plan.steps[0].why);
+    assert!(slow(Trigger::Down).steps.is_empty());
+    assert!(slow(Trigger::Loss).steps.is_empty());
+}
+
+#[test]
+fn a_backup_that_is_failed_by_the_trigger_cannot_take_over() {
+    // WAN1 goes down; the backup WAN2 is degraded by latency. In a `latency` group nothing
+    // is usable, so nothing is killed (OPNsense #9789); in a `down` group WAN2 takes over.
+    let p = with_trigger(two_wan(OnDown::Gateway, OnRecovery::Keep), Trigger::Latency);
+    let plan = judged(&p, &[UP, LATENCY], &[DOWN, LATENCY], &ct_caps());
+    assert!(plan.steps.is_empty(), "{plan:#?}");
+    assert!(skip_reason(&plan, "WAN1").contains("no member of group main is usable"));
+    let p = with_trigger(two_wan(OnDown::Gateway, OnRecovery::Keep), Trigger::Down);
+    let plan = judged(&p, &[UP, LATENCY], &[DOWN, LATENCY], &ct_caps());
+    assert_eq!(plan.steps[0].action, kill(vec![mark(1)], false));
+}
+
+#[test]
+fn a_member_whose_degradation_clears_recovers_and_fails_back() {
+    let p = with_trigger(two_wan(OnDown::Gateway, OnRecovery::Kill), Trigger::Loss);
+    let plan = judged(&p, &[LOSS, UP], &[UP, UP], &ct_caps());
+    assert_eq!(plan.steps.len(), 1, "{plan:#?}");
+    assert!(matches!(&plan.steps[0].purpose, Purpose::FailBack { group, .. } if group == "main"));
+    assert_eq!(plan.steps[0].action, kill(vec![mark(2)], false));
+    // Loss cleared but now slow: still failed in a loss-or-latency group, nothing moves.
+    let p = with_trigger(two_wan(OnDown::Gateway, OnRecovery::Kill), Trigger::LossOrLatency);
+    assert!(judged(&p, &[LOSS, UP], &[LATENCY, UP], &ct_caps()).steps.is_empty());
+}
+
+#[test]
+fn a_gateway_still_used_by_another_group_is_not_killed() {
+    // WAN1 is in a `latency` group and a `down` group: degraded by latency, the `down`
+    // group still routes over it, and its states cannot be told apart by group.
+    let mut p = policy(
+        vec![gw(1), gw(2), gw(3)],
+        vec![
+            group("voice", &[(0, 1), (1, 2)], OnDown::Gateway, OnRecovery::Keep),
+            group("bulk", &[(0, 1), (2, 2)], OnDown::Gateway, OnRecovery::Keep),
+        ],
+    );
+    p.groups[0].trigger = Trigger::Latency;
+    assert!(p.usable(0, LATENCY));
+    assert!(judged(&p, &[UP, UP, UP], &[LATENCY, UP, UP], &ct_caps()).steps.is_empty());
+    // Both groups latency-triggered: failed everywhere, killed.
+    p.groups[1].trigger = Trigger::Latency;
+    assert!(!p.usable(0, LATENCY));
+    let plan = judged(&p, &[UP, UP, UP], &[LATENCY, UP, UP], &ct_caps());
+    assert_eq!(plan.steps[0].action, kill(vec![mark(1)], false));
+    // A gateway in no group fails only when down.
+    let lone = policy(vec![gw(1)], vec![]);
+    assert!(lone.usable(0, BOTH) && !lone.usable(0, DOWN));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -74,13 +74,15 @@ fn start_broker(dir: &Path) -> (Proc, PathBuf) {
     (Proc(child), socket)
 }
 
-/// The model's two gateways, with external health sources (the tests say up and down).
+/// The model's two gateways, with external health sources (the tests say up and down; no
+/// hold-down, so an `up` is used at once).
 const WAN1_WAN2: &str = r#"
 [[gateway]]
 name = "WAN1"
 interface = "igb1"
 address = "198.51.100.254"
 health_source = "external"
+hold_down = "0s"
 [gateway.states]
 rt_addr = "198.51.100.254"
 nat_addr = ["198.51.100.1"]
@@ -91,6 +93,7 @@ name = "WAN2"
 interface = "igb2"
 address = "203.0.113.254"
 health_source = "external"
+hold_down = "0s"
 [gateway.states]
 rt_addr = "203.0.113.254"
 nat_addr = ["203.0.113.1"]

@@ -68,7 +68,12 @@ enum Command {
     /// Tell the engine a gateway is down or up (external health source: mwan3 hotplug,
     /// keepalived notify, pfSense's gateway alarm), or that routing has moved off it
     #[command(
-        after_help = "EXAMPLES:\n  statecull gateway WAN1 down            # kill WAN1's states once routing has moved\n  statecull gateway WAN1 down --routed   # routing already moved: kill now\n  statecull gateway WAN1 routed          # the routing manager has switched\n  statecull gateway WAN1 up"
+        after_help = "EXAMPLES:\n  statecull gateway WAN1 down            # kill WAN1's states once routing has moved\n  statecull gateway WAN1 down --routed   # routing already moved: kill now\n  statecull gateway WAN1 routed          # the routing manager has switched\n  statecull gateway WAN1 up\n\n\
+        Verdicts are debounced with the gateway's hold_down and [gateway.damping]: a down acts at\n\
+        once and counts as a flap; an up is used once it has stood for hold_down with no down\n\
+        since, and never while flap damping suppresses the gateway. A held up is answered with\n\
+        the rule that holds it (and a verdict-held event): a hook flapping faster than hold_down\n\
+        causes one kill."
     )]
     Gateway {
         #[command(flatten)]

@@ -52,7 +52,8 @@ pub enum ControlRequest {
 pub enum GatewayAction {
     /// The gateway is down (external health source). Takes effect at once.
     Down,
-    /// The gateway is up again (clears an earlier external `down`).
+    /// The gateway is up again (clears an earlier external `down`); used once it has stood
+    /// for the gateway's hold-down and flap damping does not hold the gateway down.
     Up,
     /// Routing has moved off the gateway: the executor may kill its states now
     /// (`confirm = "signal"`, or to cut an rtnetlink/delay wait short).
@@ -214,6 +215,9 @@ pub enum EventKind {
     GatewayDown,
     GatewayDegraded,
     GatewayUp,
+    /// An external `up` the gateway's hold-down or flap damping holds back (the gateway
+    /// stays down; the message says which rule and until when).
+    VerdictHeld,
     /// Routing confirmed off a down gateway (or the wait timed out; see `fields`).
     Routed,
     PlanStarted,
@@ -234,6 +238,7 @@ impl EventKind {
             EventKind::GatewayDown => "gateway-down",
             EventKind::GatewayDegraded => "gateway-degraded",
             EventKind::GatewayUp => "gateway-up",
+            EventKind::VerdictHeld => "verdict-held",
             EventKind::Routed => "routed",
             EventKind::PlanStarted => "plan-started",
             EventKind::PlanDone => "plan-done",

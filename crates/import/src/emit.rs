@@ -216,6 +216,9 @@ pub(crate) fn emit(out: &Out, system: System, source_name: &str) -> String {
         t.push_str("]\n");
         let _ = writeln!(t, "on_down = {}", quote(gr.on_down));
         let _ = writeln!(t, "on_recovery = {}", quote(gr.on_recovery));
+        if gr.trigger != "down" {
+            let _ = writeln!(t, "trigger = {}", quote(gr.trigger));
+        }
     }
     t
 }

@@ -1,4 +1,4 @@
-//! Gateway groups (members, tiers, triggers), the system's own state killing on failure
+//! Gateway groups (members, tiers, trigger levels), the system's own state killing on failure
 //! and on recovery (translated to `on_down` / `on_recovery`, and warned about: it must be
 //! turned off), and OPNsense's default gateway switching as a group.
 
@@ -126,22 +126,43 @@ pub(crate) fn groups(
             cx.warn(gp, format!("gateway group {name} has no usable member: skipped"));
             continue;
         }
-        match gr.trigger.as_deref() {
-            None | Some("down") => {}
+        // pfSense's and OPNsense's trigger levels, one to one. Theirs look at dpinger's high
+        // thresholds; statecull's at the degraded ones (losslow / latencylow + 1 after
+        // translation), so the group fails a member sooner: said in a comment.
+        let trigger = match gr.trigger.as_deref() {
+            None | Some("down") => "down",
+            Some("downloss") => "loss",
+            Some("downlatency") => "latency",
+            Some("downlosslatency") => "loss-or-latency",
             Some(t) => {
-                let what = match t {
-                    "downloss" => "packet loss",
-                    "downlatency" => "high latency",
-                    "downlosslatency" => "packet loss or high latency",
-                    _ => "an unknown level",
-                };
                 cx.warn(
                     path_of(gr.node, "trigger"),
-                    format!("group {name} leaves a member on {what} (trigger {t:?}); statecull acts when a member is down only (a later version adds trigger = down|loss|latency|loss-or-latency): not translated"),
+                    format!(
+                        "group {name} has an unknown trigger level {t:?} (expected down, \
+                         downloss, downlatency or downlosslatency): translated as trigger = \
+                         \"down\""
+                    ),
                 );
-                comments
-                    .push(format!("{sys} trigger {t:?} (not translated: statecull acts on down)"));
+                "down"
             }
+        };
+        if trigger != "down" {
+            let t = gr.trigger.as_deref().unwrap_or_default();
+            comments.push(format!(
+                "{sys} trigger {t:?}: a member fails when it is down or degraded by {} (at or \
+                 above the gateway's {}, {sys}'s low threshold + 1), where {sys} waits for its \
+                 high threshold",
+                match trigger {
+                    "loss" => "loss",
+                    "latency" => "latency",
+                    _ => "loss or latency",
+                },
+                match trigger {
+                    "loss" => "loss_degraded",
+                    "latency" => "latency_degraded",
+                    _ => "loss_degraded / latency_degraded",
+                },
+            ));
         }
         let tiers: HashSet<u8> = members.iter().map(|m| m.1).collect();
         if tiers.len() < members.len() {
@@ -151,7 +172,7 @@ pub(crate) fn groups(
             System::PfSense => pfsense_group_modes(cx, gr, &members, items),
             System::OpnSense => opnsense_group_modes(cx, &name, &gp, &members, items),
         };
-        out.push(GroupOut { name, members, on_down, on_recovery, comments });
+        out.push(GroupOut { name, members, on_down, on_recovery, trigger, comments });
     }
     out
 }
@@ -358,6 +379,7 @@ pub(crate) fn switching_groups(
             members,
             on_down: "gateway",
             on_recovery: if failback { "kill" } else { "keep" },
+            trigger: "down",
             comments: vec![format!(
                 "from {at}: OPNsense's default gateway switching (upstream first, then by priority)"
             )],

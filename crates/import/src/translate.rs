@@ -46,6 +46,8 @@ pub(crate) struct GroupOut {
     pub(crate) members: Vec<(String, u8)>,
     pub(crate) on_down: &'static str,
     pub(crate) on_recovery: &'static str,
+    /// `down`, `loss`, `latency` or `loss-or-latency`.
+    pub(crate) trigger: &'static str,
     pub(crate) comments: Vec<String>,
 }
 
@@ -252,7 +254,8 @@ fn number(
 /// degraded at or above loss_degraded / latency_degraded, up at or below loss_up /
 /// latency_up. So loss_down = losshigh + 1, loss_degraded = losslow + 1, loss_up = losslow,
 /// latency_degraded = latencylow + 1 ms, latency_up = latencylow. statecull has no latency
-/// level that means down (a later version adds `trigger`): latencyhigh is reported.
+/// level that means down (a group's `trigger = "latency"` fails a member from
+/// latency_degraded): latencyhigh is reported.
 fn thresholds(
     cx: &mut Cx<'_, '_, '_>,
     g: &GatewayItem<'_, '_>,

@@ -141,7 +141,11 @@ fn pfsense_three_wan_tiers_and_flush_all() {
         dpinger(gw(&p, "CABLE_GW")),
         "/var/run/dpinger_CABLE_GW~203.0.113.1~198.18.10.1.sock"
     );
-    assert!(has_warning(&out, "gateway_group[1]/trigger", "packet loss"));
+    // "Packet Loss" is translated, and no longer a warning.
+    use statecull_policy::model::Trigger;
+    assert_eq!(p.groups.iter().find(|g| g.name == "tiered").unwrap().trigger, Trigger::Loss);
+    assert_eq!(p.groups.iter().find(|g| g.name == "cable_first").unwrap().trigger, Trigger::Down);
+    assert!(!out.warnings.iter().any(|w| w.path.contains("trigger")), "{:?}", out.warnings);
     assert!(has_warning(&out, "gateway_item[3]/action_disable", "external"));
     assert!(has_warning(&out, "/pfsense/system/gw_down_kill_states", "Flush all states"));
 }
@@ -231,7 +235,9 @@ fn opnsense_three_wan_from_the_legacy_list_with_mvc_group_items() {
     assert_eq!(members(&p, "tiered"), pairs(&[("FIBRE_GW", 1), ("CABLE_GW", 2), ("LTE_GW", 3)]));
     assert_eq!(group_modes(&p, "tiered"), (OnDown::Gateway, OnRecovery::Kill));
     assert_eq!(dpinger(gw(&p, "LTE_GW")), "/var/run/dpinger_LTE_GW.sock");
-    assert!(has_warning(&out, "gateway_group/trigger", "high latency"));
+    use statecull_policy::model::Trigger;
+    assert_eq!(p.groups.iter().find(|g| g.name == "tiered").unwrap().trigger, Trigger::Latency);
+    assert!(!out.warnings.iter().any(|w| w.path.contains("trigger")), "{:?}", out.warnings);
     assert!(has_warning(&out, "gateway_item[3]/monitor_killstates_priority", "TURN THEM OFF"));
     // Default gateway switching is a failover of the default route, by priority.
     assert_eq!(

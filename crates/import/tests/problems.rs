@@ -300,3 +300,31 @@ fn a_static_next_hop_on_a_dhcp_interface_still_warns_about_the_address() {
     );
     warned(&out, "/opnsense/interfaces/wan", "placeholder 240.0.1.1");
 }
+
+#[test]
+fn trigger_levels_are_translated_and_an_unknown_one_is_warned_about() {
+    use statecull_policy::model::Trigger;
+    let group = |t: &str| {
+        format!(
+            "<gateway_group><name>g</name><item>WAN1|1|address</item>\
+             <item>WAN2|2|address</item><trigger>{t}</trigger></gateway_group>"
+        )
+    };
+    for (level, trigger) in [
+        ("down", Trigger::Down),
+        ("downloss", Trigger::Loss),
+        ("downlatency", Trigger::Latency),
+        ("downlosslatency", Trigger::LossOrLatency),
+    ] {
+        let (out, p) = ok(&two_wans("", "", &group(level)));
+        assert_eq!(p.groups[0].trigger, trigger, "{level}\n{}", out.policy);
+        assert!(!out.warnings.iter().any(|w| w.path.contains("trigger")), "{level}");
+        if trigger != Trigger::Down {
+            assert!(out.policy.contains(&format!("trigger = \"{}\"", trigger.name())));
+            assert!(out.policy.contains("where pfSense waits for its high threshold"));
+        }
+    }
+    let (out, p) = ok(&two_wans("", "", &group("sometimes")));
+    warned(&out, "gateway_group/trigger", "unknown trigger level \"sometimes\"");
+    assert_eq!(p.groups[0].trigger, Trigger::Down);
+}

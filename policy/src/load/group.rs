@@ -9,7 +9,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use crate::PolicyError;
-use crate::model::{Gateway, Group, GroupMember, OnDown, OnRecovery};
+use crate::model::{Gateway, Group, GroupMember, OnDown, OnRecovery, Trigger};
 
 use super::raw::RawGroup;
 use super::words::family_word;
@@ -167,7 +167,27 @@ impl Loader<'_> {
                 }
             },
         };
-        Ok((Group { name, members, on_down, on_recovery }, name_span))
+        let trigger = match &g.trigger {
+            None => Trigger::default(),
+            Some(v) => match v.get_ref().as_str() {
+                "down" => Trigger::Down,
+                "loss" => Trigger::Loss,
+                "latency" => Trigger::Latency,
+                "loss-or-latency" => Trigger::LossOrLatency,
+                other => {
+                    return Err(self.err(
+                        &v.span(),
+                        &format!("{at}.trigger"),
+                        format!(
+                            "unknown trigger {other:?}; expected \"down\" (a member fails when \
+                             it is down), \"loss\" (or degraded by loss), \"latency\" (or \
+                             degraded by latency) or \"loss-or-latency\""
+                        ),
+                    ));
+                }
+            },
+        };
+        Ok((Group { name, members, on_down, on_recovery, trigger }, name_span))
     }
 }
 

@@ -96,6 +96,8 @@
 //!                                 # tier 1..=15, 1 is best, equal tiers share load
 //! on_down = "gateway"             # none | gateway (default) | all
 //! on_recovery = "kill-unprotected"   # keep (default) | kill | kill-unprotected
+//! trigger = "loss"                # down (default) | loss | latency | loss-or-latency:
+//!                                 #   when a member counts as failed (below)
 //!
 //! [[protect]]                     # flows spared by on_recovery = "kill-unprotected"
 //! name = "sip"                    # required; unique
@@ -103,6 +105,16 @@
 //! ports = [5060, "10000-20000"]   # numbers or "A-B" ranges; either end's port
 //! prefixes = ["192.0.2.0/24"]     # either end's address
 //! ```
+//!
+//! A group's `trigger` (pfSense's "Trigger Level") says when a member counts as failed, from
+//! what the health machine judges (`crate::health`): `down` when the gateway is down (loss ≥
+//! `loss_down`, an external `down`, or flap damping); `loss` also when it is degraded by
+//! loss (loss ≥ `loss_degraded`, until loss ≤ `loss_up`); `latency` also when degraded by
+//! latency (average ≥ `latency_degraded`, until ≤ `latency_up`); `loss-or-latency` when
+//! degraded by either. A failed member is treated as down: its states are killed (when
+//! another member is usable) and its return is a recovery. A gateway in several groups
+//! fails only when every one of its groups' triggers says so (its states cannot be told
+//! apart by group). An external verdict is only ever down or up: it is never degraded.
 //!
 //! Durations are strings with a unit: `"250ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`, a whole
 //! number of milliseconds. Names (gateways, groups, protected flows) use letters, digits and
@@ -382,6 +394,7 @@ mod tests {
             "gateway.damping.max_penalty",
             "group.on_down",
             "group.on_recovery",
+            "group.trigger",
         ];
         assert_eq!(documented, defaulted.iter().map(|k| (*k).to_owned()).collect());
 

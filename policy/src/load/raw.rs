@@ -96,6 +96,7 @@ pub(super) struct RawGroup {
     pub(super) members: Option<Spanned<Vec<Spanned<RawMember>>>>,
     pub(super) on_down: Option<Spanned<String>>,
     pub(super) on_recovery: Option<Spanned<String>>,
+    pub(super) trigger: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -150,6 +150,15 @@ impl Loader<'_> {
                 return Err(self.err(&span, &s.field, "must be above 0"));
             }
         }
+        if reuse.value <= 0.0 {
+            let span = reuse.span.clone().unwrap_or(0..0);
+            return Err(self.err(
+                &span,
+                &reuse.field,
+                "must be above 0: a penalty never decays to 0, so a suppressed gateway would \
+                 never be used again (an external up does not lift suppression)",
+            ));
+        }
         let why = "a gateway is suppressed once its penalty is above suppress_above and \
                    reused once it decays below reuse_below; the penalty never exceeds \
                    max_penalty, so reuse_below < suppress_above <= max_penalty";

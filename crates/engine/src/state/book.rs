@@ -5,7 +5,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use statecull_policy::health::{GatewayHealth, Health, Probe, Transition};
+use statecull_policy::health::{GatewayHealth, Health, Judgement, Probe, Transition};
 use statecull_policy::{Millis, Policy};
 use tokio::time::Instant;
 
@@ -51,13 +51,41 @@ pub struct GatewayFacts {
     pub source_errors_total: u64,
 }
 
+/// What one input did to a gateway: the transition of its effective state, if any, and its
+/// judgement (down, degraded by loss / latency) before and after, taken under one lock, so
+/// that a change a group's trigger level cares about is never missed or seen twice.
+#[derive(Debug)]
+pub struct Outcome {
+    pub transition: Option<Transition>,
+    pub before: Judgement,
+    pub after: Judgement,
+}
+
+impl Outcome {
+    /// Nothing changed.
+    pub fn quiet(&self) -> bool {
+        self.transition.is_none() && self.before == self.after
+    }
+}
+
+fn outcome(
+    health: &mut GatewayHealth,
+    f: impl FnOnce(&mut GatewayHealth) -> Option<Transition>,
+) -> Outcome {
+    let before = health.judgement();
+    let transition = f(health);
+    Outcome { transition, before, after: health.judgement() }
+}
+
 /// What an external verdict did.
 #[derive(Debug)]
 pub enum Forced {
     /// The gateway changed state.
-    Changed(Transition),
+    Changed(Outcome),
     /// It already was what the verdict says.
     Already,
+    /// An `up` the health machine holds (hold-down or flap damping): why.
+    Held(String),
     /// No gateway has that index.
     NoSuchGateway,
 }
@@ -103,7 +131,7 @@ impl GatewayBook {
         now: Millis,
         probe: Probe,
         sent_unix_ms: u64,
-    ) -> Option<Transition> {
+    ) -> Option<Outcome> {
         let mut gws = self.lock();
         let g = gws.get_mut(gateway)?;
         g.probes_total += 1;
@@ -113,7 +141,7 @@ impl GatewayBook {
         } else {
             g.first_loss_unix_ms = None;
         }
-        g.health.record(now, probe)
+        Some(outcome(&mut g.health, |h| h.record(now, probe)))
     }
 
     /// A dpinger summary.
@@ -123,11 +151,11 @@ impl GatewayBook {
         now: Millis,
         loss_pct: f64,
         latency: Option<Duration>,
-    ) -> Option<Transition> {
+    ) -> Option<Outcome> {
         let mut gws = self.lock();
         let g = gws.get_mut(gateway)?;
         g.probes_total += 1;
-        g.health.record_summary(now, loss_pct, latency)
+        Some(outcome(&mut g.health, |h| h.record_summary(now, loss_pct, latency)))
     }
 
     /// The gateway's health source failed with `message`; false for an unknown gateway.
@@ -147,21 +175,27 @@ impl GatewayBook {
     }
 
     /// Timers (hold-down, damping decay) of every gateway: the transitions they cause.
-    pub fn tick(&self, now: Millis) -> Vec<(usize, Transition)> {
+    pub fn tick(&self, now: Millis) -> Vec<(usize, Outcome)> {
         self.lock()
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, g)| g.health.tick(now).map(|t| (i, t)))
+            .map(|(i, g)| (i, outcome(&mut g.health, |h| h.tick(now))))
+            .filter(|(_, o)| !o.quiet())
             .collect()
     }
 
-    /// An external verdict: down is forced until an `up` clears it.
+    /// An external verdict: down is forced until an `up` clears it; an `up` is debounced
+    /// by the gateway's hold-down and flap damping (the health machine decides).
     pub fn force(&self, gateway: usize, now: Millis, up: bool) -> Forced {
         let mut gws = self.lock();
         let Some(g) = gws.get_mut(gateway) else { return Forced::NoSuchGateway };
         g.forced = if up { None } else { Some(false) };
-        match g.health.force(now, up) {
-            Some(t) => Forced::Changed(t),
+        let o = outcome(&mut g.health, |h| h.force(now, up));
+        if !o.quiet() {
+            return Forced::Changed(o);
+        }
+        match g.health.verdict_hold().filter(|_| up) {
+            Some(why) => Forced::Held(why),
             None => Forced::Already,
         }
     }
@@ -176,9 +210,9 @@ impl GatewayBook {
         if t.to == Health::Down { g.first_loss_unix_ms } else { None }
     }
 
-    /// Usability of every gateway now.
-    pub fn usable(&self) -> Vec<bool> {
-        self.lock().iter().map(|g| g.health.usable()).collect()
+    /// Every gateway's judgement now (down, degraded by loss / latency).
+    pub fn judgements(&self) -> Vec<Judgement> {
+        self.lock().iter().map(|g| g.health.judgement()).collect()
     }
 
     /// Count killed states (`leftovers`: by the trailing sweep).

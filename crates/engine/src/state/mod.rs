@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use statecull_control::EventKind;
-use statecull_policy::health::{Health, Probe, Transition};
+use statecull_policy::health::{Health, Probe};
 use statecull_policy::{Millis, Policy};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-pub use book::{Forced, GatewayBook, GatewayFacts};
+pub use book::{Forced, GatewayBook, GatewayFacts, Outcome};
 pub use channels::{DecisionQueue, RoutedSignals};
 pub use counters::{Counters, PlanStats};
 pub use figure::{StatesBook, StatesFigure};
@@ -170,23 +170,29 @@ impl Shared {
         self.policy.gateways.get(index).map_or("?", |g| g.name.as_str())
     }
 
-    /// Usability of every gateway now.
+    /// Usability of every gateway now: not down and not failed by its groups' trigger
+    /// levels (the policy decides, from each gateway's judgement).
     pub fn usable(&self) -> Vec<bool> {
-        self.book.usable()
+        self.book
+            .judgements()
+            .into_iter()
+            .enumerate()
+            .map(|(g, j)| self.policy.usable(g, j))
+            .collect()
     }
 
     /// One probe result (ICMP) for a gateway. Probes still count while a verdict is
     /// forced, but cannot override it.
     pub fn record_probe(&self, gateway: usize, probe: Probe, sent_unix_ms: u64) {
-        if let Some(t) = self.book.record_probe(gateway, self.now_ms(), probe, sent_unix_ms) {
-            self.apply(gateway, t);
+        if let Some(o) = self.book.record_probe(gateway, self.now_ms(), probe, sent_unix_ms) {
+            self.apply(gateway, o);
         }
     }
 
     /// A dpinger summary for a gateway.
     pub fn record_summary(&self, gateway: usize, loss_pct: f64, latency: Option<Duration>) {
-        if let Some(t) = self.book.record_summary(gateway, self.now_ms(), loss_pct, latency) {
-            self.apply(gateway, t);
+        if let Some(o) = self.book.record_summary(gateway, self.now_ms(), loss_pct, latency) {
+            self.apply(gateway, o);
         }
     }
 
@@ -207,23 +213,35 @@ impl Shared {
 
     /// Timers (hold-down, damping decay) of every gateway.
     pub fn tick(&self) {
-        for (i, t) in self.book.tick(self.now_ms()) {
-            self.apply(i, t);
+        for (i, o) in self.book.tick(self.now_ms()) {
+            self.apply(i, o);
         }
     }
 
     /// An external verdict (`statecull gateway NAME down|up`). Returns what changed.
     pub fn force(&self, gateway: usize, up: bool) -> String {
-        let t = match self.book.force(gateway, self.now_ms(), up) {
+        let name = self.gateway_name(gateway).to_owned();
+        let o = match self.book.force(gateway, self.now_ms(), up) {
             Forced::NoSuchGateway => return "no such gateway".into(),
             Forced::Already => None,
-            Forced::Changed(t) => Some(t),
+            Forced::Held(why) => {
+                let msg = format!("{name} stays down for now ({why})");
+                self.bus.publish(
+                    NewEvent::new(EventKind::VerdictHeld, format!("{name}: {why}"))
+                        .gateway(name.clone())
+                        .field("verdict", "up"),
+                );
+                return msg;
+            }
+            Forced::Changed(o) => Some(o),
         };
-        let name = self.gateway_name(gateway).to_owned();
-        match t {
-            Some(t) => {
-                let msg = format!("{name} is now {} ({})", t.to.name(), t.reason);
-                self.apply(gateway, t);
+        match o {
+            Some(o) => {
+                let msg = match &o.transition {
+                    Some(t) => format!("{name} is now {} ({})", t.to.name(), t.reason),
+                    None => format!("{name} is now {}", o.after),
+                };
+                self.apply(gateway, o);
                 msg
             }
             None => format!("{name} was already {}", if up { "up" } else { "down" }),
@@ -235,36 +253,62 @@ impl Shared {
         self.routed.signal(gateway);
     }
 
-    /// Publish a transition and, if usability changed, hand a decision to the executor.
-    fn apply(&self, gateway: usize, t: Transition) {
+    /// Publish a transition (or a change of what a degraded gateway is degraded by) and, if
+    /// its usability changed (down, or failed by its groups' trigger levels), hand a
+    /// decision to the executor.
+    fn apply(&self, gateway: usize, o: Outcome) {
+        if o.quiet() {
+            return;
+        }
         let name = self.gateway_name(gateway).to_owned();
-        let kind = match t.to {
-            Health::Down => EventKind::GatewayDown,
-            Health::Degraded => EventKind::GatewayDegraded,
-            Health::Up => EventKind::GatewayUp,
-        };
-        let mut e = NewEvent::new(
-            kind,
-            format!("{name} {} -> {}: {}", t.from.name(), t.to.name(), t.reason),
-        )
+        let was = self.policy.usable(gateway, o.before);
+        let is = self.policy.usable(gateway, o.after);
+        // Which groups' trigger levels fail it now (evidence when that is what decides).
+        let failed_in: Vec<String> = self
+            .policy
+            .groups_of(gateway)
+            .filter(|g| !o.after.down && g.trigger.fails(o.after))
+            .map(|g| format!("{} (trigger = {})", g.name, g.trigger.name()))
+            .collect();
+        let mut e = match &o.transition {
+            Some(t) => {
+                let kind = match t.to {
+                    Health::Down => EventKind::GatewayDown,
+                    Health::Degraded => EventKind::GatewayDegraded,
+                    Health::Up => EventKind::GatewayUp,
+                };
+                let mut e = NewEvent::new(
+                    kind,
+                    format!("{name} {} -> {}: {}", t.from.name(), t.to.name(), t.reason),
+                )
+                .field("from", t.from.name())
+                .field("to", t.to.name())
+                .field("cause", t.cause.name())
+                .field("loss_pct", format!("{:.1}", t.evidence.loss_pct))
+                .field("samples", t.evidence.samples);
+                if let Some(l) = t.evidence.latency_avg {
+                    e = e.field("latency_ms", format!("{:.1}", l.as_secs_f64() * 1e3));
+                }
+                if t.evidence.suppressed {
+                    e = e.field("suppressed", "true");
+                }
+                if let Some(first) = self.book.noted(gateway, t) {
+                    e = e.field("first_lost_probe_unix_ms", first);
+                }
+                e
+            }
+            None => NewEvent::new(
+                EventKind::GatewayDegraded,
+                format!("{name} now {} (was {})", o.after, o.before),
+            ),
+        }
         .gateway(name)
-        .field("from", t.from.name())
-        .field("to", t.to.name())
-        .field("cause", format!("{:?}", t.cause).to_lowercase())
-        .field("loss_pct", format!("{:.1}", t.evidence.loss_pct))
-        .field("samples", t.evidence.samples);
-        if let Some(l) = t.evidence.latency_avg {
-            e = e.field("latency_ms", format!("{:.1}", l.as_secs_f64() * 1e3));
-        }
-        if t.evidence.suppressed {
-            e = e.field("suppressed", "true");
-        }
-        if let Some(first) = self.book.noted(gateway, &t) {
-            e = e.field("first_lost_probe_unix_ms", first);
+        .field("judged", o.after.to_string())
+        .field("usable", is);
+        if !failed_in.is_empty() {
+            e = e.field("failed_by_trigger", failed_in.join(", "));
         }
         self.bus.publish(e);
-        let was = t.from != Health::Down;
-        let is = t.to != Health::Down;
         if was != is {
             // The executor lives as long as the engine; a send error means shutdown.
             let _ = self.decisions.send_with(|| {
