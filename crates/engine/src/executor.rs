@@ -3,8 +3,9 @@
 //! 1. A decision (gateways went down / came up) arrives. Decisions that arrive while the
 //!    executor waits for routing are merged, so gateways failing together give one plan and
 //!    one broker request; a gateway that comes back before anything was killed drops out.
-//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink (no default route uses
-//!    a down gateway any more, and a recovered one is used again), an explicit `routed`
+//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink (no rule or table path
+//!    for a down gateway's new connections leads to it any more, and a recovered one is
+//!    used again), an explicit `routed`
 //!    signal, or the settle delay. A `routed` signal cuts any wait short; past
 //!    `settle_timeout` the plan runs anyway and the `routed` event says it was not confirmed.
 //! 3. Plan (pure, `statecull_policy::plan`) with the broker's current capabilities, and run
@@ -30,11 +31,8 @@ use tokio::time::Instant;
 use crate::batch::{self, Batch, Next, RouteCheck, Routed, Sweep};
 use crate::error::EngineError;
 use crate::events::NewEvent;
-use crate::routes::{RouteWatcher, default_routes_via};
+use crate::routes::RouteWatcher;
 use crate::state::{Decision, Shared};
-
-/// The kernel's main routing table.
-const RT_TABLE_MAIN: u32 = 254;
 
 /// How long a plan waits for a lost broker before it is given up (and reported failed).
 pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
@@ -98,21 +96,27 @@ impl Executor {
         }
     }
 
-    /// Is routing where the batch needs it? Only for rtnetlink.
+    /// Is routing where the batch needs it? Only for rtnetlink. A snapshot of every rule and
+    /// table decides, as the kernel would route each gateway's new connections
+    /// (`routes::Snapshot`): a down gateway is left when no way leads to it any more (main
+    /// table switching, per-WAN tables behind fwmark rules as mwan3 builds them, multipath),
+    /// a recovered one is used when some way does again.
     async fn routes_moved(&self, batch: &Decision) -> Result<bool, EngineError> {
         let Some(w) = self.routes.as_ref() else { return Ok(false) };
-        // Only the main table: it is what a routing manager (mwan3, keepalived, the lab's
-        // stand-in) switches for forwarded traffic, while per-WAN tables (policy routing,
-        // the probes' own tables) keep their default route via their gateway for good.
-        let routes: Vec<_> =
-            w.dump_defaults().await?.into_iter().filter(|r| r.table == RT_TABLE_MAIN).collect();
+        let snap = w.snapshot().await?;
         let p = self.shared.policy();
-        let down_clear = batch.went_down.iter().all(|&g| {
-            p.gateways.get(g).is_none_or(|gw| default_routes_via(&routes, gw.address).is_empty())
-        });
-        let up_used = batch.came_up.iter().all(|&g| {
-            p.gateways.get(g).is_none_or(|gw| !default_routes_via(&routes, gw.address).is_empty())
-        });
+        let wan_ifaces: Vec<String> = p.gateways.iter().map(|g| g.interface.0.clone()).collect();
+        let flow = |gw: &statecull_policy::model::Gateway| {
+            snap.flow_for(gw.family, gw.states.mark, wan_ifaces.clone())
+        };
+        let down_clear = batch
+            .went_down
+            .iter()
+            .all(|&g| p.gateways.get(g).is_none_or(|gw| snap.moved_off(&flow(gw), gw.address)));
+        let up_used = batch
+            .came_up
+            .iter()
+            .all(|&g| p.gateways.get(g).is_none_or(|gw| snap.uses(&flow(gw), gw.address)));
         Ok(down_clear && up_used)
     }
 

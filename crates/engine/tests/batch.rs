@@ -185,7 +185,7 @@ fn show(n: Next) -> String {
         Next::Done(Routed { confirmed, how }) => {
             let how = match how {
                 "routed signal" => "signal",
-                "rtnetlink: main table moved" | "main table still uses it" => "routes",
+                "rtnetlink: routing moved" | "routing still uses it" => "routes",
                 "settle delay elapsed" => "delay",
                 "no routed signal" => "signal",
                 "" if confirmed => "none",

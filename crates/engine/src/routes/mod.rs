@@ -2,8 +2,11 @@
 //!
 //! Before the executor kills a dead gateway's states it must know that routing has moved off
 //! that gateway, or clients' retries re-create the states on the dead link. This module dumps
-//! the kernel's routes (all tables, both families) and listens for route and rule changes, so
-//! [`RouteWatcher::wait_until_off`] can answer "no default route uses this next hop any more".
+//! the kernel's rules and routes (all tables, both families) and listens for their changes,
+//! so the executor can answer "no way the kernel may route this gateway's new connections
+//! leads to it any more" ([`Snapshot::moved_off`], pure, `rules.rs`: rule priority order,
+//! fwmark/mask, `lookup`, `goto`, `nop`, dropping rules and routes, `suppress_prefixlength`,
+//! multipath, the lowest metric wins).
 //!
 //! * Parsing is pure (`parse.rs`: [`parse_routes`], [`default_routes_via`], the dump decoding
 //!   behind the watcher) and reuses the framing of `statecull-netlink`; only `rtmsg`,
@@ -24,9 +27,11 @@
 //! "routed" signal or a settle delay.
 
 mod parse;
+mod rules;
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) mod testkit;
 mod watch;
 
-pub use parse::{Route, default_routes_via, fuzzing, parse_routes};
+pub use parse::{Route, RouteKind, default_routes_via, fuzzing, parse_routes};
+pub use rules::{Flow, Outcome, Rule, RuleAction, Snapshot};
 pub use watch::RouteWatcher;
