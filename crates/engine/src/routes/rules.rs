@@ -1052,4 +1052,39 @@ mod tests {
             assert!(decode(&bad).is_err(), "{bad:?}");
         }
     }
+
+    /// The shipped mwan3 example's marks are mwan3's (ids 1..3 under 0x3f00): with mwan3's
+    /// rules each uplink's connections are routed by its own table, and once mwan3 has taken
+    /// an interface down (rules and table gone, netifd's default route gone) its
+    /// connections have moved. With the old `0x1/0xff` marks no rule would select on them.
+    #[test]
+    fn the_mwan3_example_policy_matches_mwan3s_rules() {
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../policy/examples/linux-mwan-three-wan.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let policy = statecull_policy::load::parse(&text, path).unwrap();
+        let wans: Vec<String> = policy.gateways.iter().map(|g| g.interface.0.clone()).collect();
+        let s = snap(&mwan3_rules(&[1, 2, 3]), &mwan3_routes());
+        for (table, gw) in (1u32..).zip(&policy.gateways) {
+            let flow = s.flow_for(gw.family, gw.states.mark, wans.clone());
+            assert_eq!(flow.mark, gw.states.mark.unwrap(), "{}: routed by its mark", gw.name);
+            assert_eq!(
+                s.outcomes(&flow),
+                vec![Outcome::Via { table, gateways: vec![gw.address] }],
+                "{}",
+                gw.name
+            );
+        }
+        let fibre = &policy.gateways[0];
+        let routes: Vec<String> = mwan3_routes()
+            .into_iter()
+            .filter(|r| !r.starts_with("1 ") && !r.contains(&format!("via {}", fibre.address)))
+            .collect();
+        let s = snap(&mwan3_rules(&[2, 3]), &routes);
+        let flow = s.flow_for(fibre.family, fibre.states.mark, wans.clone());
+        assert!(s.moved_off(&flow, fibre.address));
+        // The old marks: not selected by mwan3's rules, so routed as unmarked, by main.
+        let old = s.flow_for(fibre.family, Some(mark("0x1/0xff")), wans);
+        assert_eq!(old, Flow::unmarked(fibre.family, old.not_from.clone()));
+    }
 }
