@@ -814,7 +814,12 @@ fn print_report(runs: &[RunReport], checks: &[Check], opts: &LabOptions) {
     };
     row("detection (first lost probe -> down decision)", &|r| ms(r.detection_ms));
     row("ISP1 cut -> down decision", &|r| ms(r.cut_to_down_ms));
-    row("decision -> routing confirmed (rtnetlink)", &|r| ms(r.decision_to_routed_ms));
+    let confirmed = if opts.mwan3 {
+        "decision -> routing confirmed (mwan3.user's signal)"
+    } else {
+        "decision -> routing confirmed (rtnetlink)"
+    };
+    row(confirmed, &|r| ms(r.decision_to_routed_ms));
     row("routing confirmed -> kill done", &|r| ms(r.routed_to_kill_done_ms));
     row("states killed (WAN1 / total)", &|r| {
         format!("{} / {}", n(r.killed_wan1), n(r.killed_total))
