@@ -14,10 +14,11 @@ use crate::server::Server;
 use nix::sys::signal::{SigSet, Signal};
 use tracing::error;
 
-const HELP: &str = "\
+const HELP: &str = concat!(
+    "\
 statecull-broker: the privileged half of statecull.
 
-It owns the state table (Linux conntrack) and only lists and kills states, for the
+It owns the state table (Linux conntrack or FreeBSD pf) and only lists and kills states, for the
 unprivileged statecull-engine and for operators (`statecull broker ...`), over a Unix
 socket. It holds no policy: every request names exactly which states to kill.
 
@@ -26,7 +27,9 @@ USAGE:
 
 OPTIONS:
     -c, --config FILE        TOML configuration (flags below override it)
-    -s, --socket PATH        listening socket [default: /run/statecull/broker.sock]
+    -s, --socket PATH        listening socket [default: ",
+    statecull_proto::broker_socket!(),
+    "]
         --socket-group GROUP group owning the socket (mode 0660), e.g. the engine's group
         --allow-user USER    user (name or uid) allowed to connect; repeatable
         --allow-group GROUP  primary group allowed to connect; repeatable
@@ -41,13 +44,17 @@ OPTIONS:
                              slot [default: the first --allow-user]
         --backend NAME       state table: conntrack (Linux), pf (FreeBSD), or pf-model: an
                              in-memory model of pf with a generated two-WAN router table,
-                             for simulation and tests [default: conntrack]; pf-model exists
+                             for simulation and tests [default: ",
+    crate::default_backend!(),
+    "]; pf-model exists
                              only in builds with the cargo feature `model` (cargo build -p
                              statecull-broker --features model), never in a package
         --model-states N     pf-model: states in the generated table [default: 100000]
         --model-seed N       pf-model: seed of the generated table [default: 1]
         --model-release R    pf-model: FreeBSD release whose interfaces to emulate:
                              13 (nvlist ioctls), 14 (+ netlink listing), 15 (netlink) [15]
+                             SIGUSR1 to a pf-model broker commits a new filter ruleset in
+                             the model (as `pfctl -f` would): its ticket changes
         --log-format FORMAT  text or json [default: text]
         --log-level LEVEL    error, warn, info, debug or trace [default: info]
         --check              probe the backend, print what it supports, and exit
@@ -61,8 +68,12 @@ OPTIONS:
     -h, --help               this text
     -V, --version            version
 
-CONFIG FILE (all keys optional):
-    socket = \"/run/statecull/broker.sock\"
+CONFIG FILE (all keys optional; the service scripts pass --config ",
+    statecull_proto::broker_config!(),
+    "):
+    socket = \"",
+    statecull_proto::broker_socket!(),
+    "\"
     socket_group = \"statecull\"
     allow_users = [\"statecull\"]        # or allow_uids = [998]
     allow_groups = []                  # or allow_gids = []
@@ -70,7 +81,9 @@ CONFIG FILE (all keys optional):
     max_connections = 16
     max_connections_per_user = 8
     engine_user = \"statecull\"
-    backend = \"conntrack\"
+    backend = \"",
+    crate::default_backend!(),
+    "\"
     log_format = \"json\"
     log_level = \"info\"
     user = \"statecull-broker\"
@@ -81,7 +94,8 @@ SIGTERM, SIGINT or SIGQUIT: stop accepting, finish requests in flight (a kill is
 short), exit 0 (a confined broker cannot remove its socket file; nothing listens there any more
 and the next start replaces it). Other signals that would end a process (SIGHUP, SIGUSR1,
 SIGUSR2, SIGALRM, real-time signals, ...) are logged and ignored.
-";
+"
+);
 
 struct Args {
     config: Config,
@@ -250,9 +264,13 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
             let reads = dev.another().map_err(|e| {
                 BrokerError::Backend(format!("cannot open pf (read lane): errno {}", e.0))
             })?;
+            // A third for ruleset tickets: the engine polls them while a kill waits.
+            let tickets = dev.another().map_err(|e| {
+                BrokerError::Backend(format!("cannot open pf (ticket lane): errno {}", e.0))
+            })?;
             // Capsicum: /dev/pf keeps exactly the ioctls the backend (and its probes) use,
             // the netlink socket send/receive; capability mode comes with `confine`.
-            for d in [&dev, &reads] {
+            for d in [&dev, &reads, &tickets] {
                 d.limit_capabilities().map_err(|e| {
                     BrokerError::Backend(format!("cannot limit the pf descriptors: {e}"))
                 })?;
@@ -260,6 +278,7 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
             let client = statecull_pf::client::PfClient::probe(dev)
                 .map_err(|e| BrokerError::Backend(format!("pf: {e}")))?;
             let reader = client.alongside(reads);
+            let tickets = client.alongside(tickets);
             let kernel = statecull_pf::sys::kernel_release();
             // The id-hash rows the path choice weighs row restarts with: read, not assumed.
             let rows = match statecull_pf::sys::states_hashsize() {
@@ -272,13 +291,16 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
                     statecull_pf::types::DEFAULT_ROWS as u64
                 }
             };
-            Ok(Box::new(crate::backend::pf::PfBackend::new(
-                client,
-                reader,
-                statecull_proto::BackendKind::Pf,
-                kernel,
-                rows,
-            )))
+            Ok(Box::new(
+                crate::backend::pf::PfBackend::new(
+                    client,
+                    reader,
+                    statecull_proto::BackendKind::Pf,
+                    kernel,
+                    rows,
+                )
+                .with_ticket_lane(tickets),
+            ))
         }
         #[cfg(not(target_os = "freebsd"))]
         BackendChoice::Pf => Err(BrokerError::Config(
@@ -320,13 +342,24 @@ fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> 
     );
     let kernel =
         format!("pf model of FreeBSD {}, {states} states (seed {})", spec.release, spec.seed);
-    Ok(Box::new(crate::backend::pf::PfBackend::with_second_lane(
+    let backend = std::sync::Arc::new(crate::backend::pf::PfBackend::with_second_lane(
         client,
         statecull_proto::BackendKind::PfModel,
         kernel,
         rows,
-    )?))
+    )?);
+    let hook = std::sync::Arc::clone(&backend);
+    let _ = MODEL_RULESET_COMMIT
+        .set(Box::new(move || hook.with_device(|d| d.model().commit_ruleset())));
+    Ok(Box::new(backend))
 }
+
+/// pf-model only: what SIGUSR1 does (a ruleset commit in the model; returns the new ticket).
+/// The test harness's stand-in for pfSense or OPNsense reloading the filter.
+#[cfg(feature = "model")]
+type ModelCommit = Box<dyn Fn() -> u32 + Send + Sync>;
+#[cfg(feature = "model")]
+static MODEL_RULESET_COMMIT: std::sync::OnceLock<ModelCommit> = std::sync::OnceLock::new();
 
 /// Signals that stop the broker the way SIGTERM does: stop accepting, finish the requests in
 /// flight (never a kill half done), write their audit lines, exit 0.
@@ -459,6 +492,14 @@ fn signal_thread(mut source: SignalSource, stop: std::os::fd::OwnedFd) -> std::i
                     let _ = nix::unistd::write(&stop, b"x");
                     return;
                 }
+                #[cfg(feature = "model")]
+                if n == Signal::SIGUSR1 as i32
+                    && let Some(commit) = MODEL_RULESET_COMMIT.get()
+                {
+                    let ticket = commit();
+                    tracing::info!(ticket, "pf model: filter ruleset committed (SIGUSR1)");
+                    continue;
+                }
                 let now = std::time::Instant::now();
                 let quiet = last_logged
                     .get(&n)
@@ -577,6 +618,34 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(e) => {
             error!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HELP;
+
+    #[test]
+    fn help_shows_this_os_defaults() {
+        let socket =
+            format!("listening socket [default: {}]", statecull_proto::paths::BROKER_SOCKET);
+        assert!(HELP.contains(&socket), "{HELP}");
+        assert!(HELP.contains(&format!("--config {}", statecull_proto::paths::BROKER_CONFIG)));
+        let backend = if cfg!(target_os = "freebsd") { "pf" } else { "conntrack" };
+        assert!(HELP.contains(&format!("for simulation and tests [default: {backend}]")));
+        let other_os = if cfg!(target_os = "freebsd") {
+            statecull_proto::paths::LINUX
+        } else {
+            statecull_proto::paths::FREEBSD
+        };
+        // Quoted or bracketed: FreeBSD's /var/run/statecull contains Linux's /run/statecull.
+        for wrong in [
+            format!("[default: {}]", other_os.broker_socket),
+            format!("\"{}\"", other_os.broker_socket),
+            format!("--config {}", other_os.broker_config),
+        ] {
+            assert!(!HELP.contains(&wrong), "{HELP}");
         }
     }
 }

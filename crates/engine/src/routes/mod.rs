@@ -25,13 +25,80 @@
 //!
 //! On other systems [`RouteWatcher::open`] fails: there the executor relies on an explicit
 //! "routed" signal or a settle delay.
+//!
+//! FreeBSD (`confirm = "route-socket"`): the routing socket ([`RouteSocket`], `socket.rs`)
+//! asks `RTM_GET` for the default route through each gateway and listens for default-route
+//! changes; its messages are built and decoded by the pure `rtsock.rs`. [`Routes`] gives the
+//! executor one face for both: "moved" is the rule and table walk on Linux, the default
+//! route via each gateway on FreeBSD (which has no ip rules; one FIB per engine).
 
 mod parse;
+pub mod rtsock;
 mod rules;
+mod socket;
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) mod testkit;
 mod watch;
 
+use statecull_policy::model::Gateway;
+
 pub use parse::{Route, RouteKind, default_routes_via, fuzzing, parse_routes};
 pub use rules::{Flow, Outcome, Rule, RuleAction, Snapshot};
+pub use socket::RouteSocket;
 pub use watch::RouteWatcher;
+
+use crate::error::EngineError;
+
+/// Where the executor looks for routing to move.
+#[derive(Debug)]
+pub enum Routes {
+    /// Linux rtnetlink: every ip rule and routing table ([`Snapshot`]).
+    Netlink(RouteWatcher),
+    /// FreeBSD routing socket: the default routes of the engine's FIB (no ip rules there).
+    Socket(RouteSocket),
+}
+
+impl Routes {
+    /// Has routing moved? No way routing may send a gateway of `down`'s new connections
+    /// leads to it any more, and some way leads to every gateway of `up` again. `wans`: the
+    /// gateways' interfaces (new forwarded connections did not arrive on them).
+    pub async fn moved(
+        &mut self,
+        down: &[&Gateway],
+        up: &[&Gateway],
+        wans: &[String],
+    ) -> Result<bool, EngineError> {
+        match self {
+            Routes::Netlink(w) => {
+                // A snapshot of every rule and table decides, as the kernel would route each
+                // gateway's new connections: main table switching, per-WAN tables behind
+                // fwmark rules as mwan3 builds them, multipath.
+                let snap = w.snapshot().await?;
+                let flow = |gw: &Gateway| snap.flow_for(gw.family, gw.states.mark, wans.to_vec());
+                Ok(down.iter().all(|gw| snap.moved_off(&flow(gw), gw.address))
+                    && up.iter().all(|gw| snap.uses(&flow(gw), gw.address)))
+            }
+            Routes::Socket(s) => {
+                let mut down_answers = Vec::with_capacity(down.len());
+                for gw in down {
+                    down_answers.push((gw.address, s.get_default(gw.address).await?));
+                }
+                let mut up_answers = Vec::with_capacity(up.len());
+                for gw in up {
+                    up_answers.push((gw.address, s.get_default(gw.address).await?));
+                }
+                rtsock::moved(&down_answers, &up_answers)
+                    .map_err(|e| EngineError::Routes(e.to_string()))
+            }
+        }
+    }
+
+    /// Resolve when routes changed since the last call (see [`RouteWatcher::changed`],
+    /// [`RouteSocket::changed`]). Cancel-safe.
+    pub async fn changed(&mut self) -> Result<(), EngineError> {
+        match self {
+            Routes::Netlink(w) => w.changed().await,
+            Routes::Socket(s) => s.changed().await,
+        }
+    }
+}
