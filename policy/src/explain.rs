@@ -289,9 +289,9 @@ fn explain_into(p: &Policy, out: &mut String, steps: &Cell<u64>) -> std::fmt::Re
     match p.routing.confirm {
         RoutingConfirm::Rtnetlink => writeln!(
             out,
-            "  before killing, wait until rtnetlink shows no default route through the failed \
-             gateway (Linux), at most {wait}; past that, kill anyway and report routing as \
-             unconfirmed"
+            "  before killing, wait until rtnetlink shows that no ip rule or routing table would \
+             send the failed gateway's new connections through it (Linux), or a `routed` \
+             signal, at most {wait}; past that, kill anyway and report routing as unconfirmed"
         )?,
         RoutingConfirm::Signal => writeln!(
             out,

@@ -307,8 +307,8 @@ pub struct ProtectedFlow {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoutingConfirm {
-    /// Watch routes and rules over rtnetlink (read-only) until no default route uses the
-    /// gateway as next hop. The default (Linux).
+    /// Watch routes and rules over rtnetlink (read-only) until no rule or table would send
+    /// the gateway's new connections through it (or a `routed` signal). The default (Linux).
     #[default]
     Rtnetlink,
     /// Wait for `statecull gateway NAME down --routed` / `routed` from the routing manager.

@@ -106,8 +106,9 @@ fn pfsense_example_reads_as_intended() {
 fn linux_example_reads_as_intended() {
     let p = example("linux-mwan-three-wan.toml");
     let marks: Vec<_> = p.gateways.iter().map(|g| g.states.mark).collect();
-    let want = |value| Some(MarkMatch { value, mask: 0xff });
-    assert_eq!(marks, [want(1), want(2), want(3)]);
+    // mwan3's marks: interfaces 1..3 under its default mask 0x3f00.
+    let want = |value| Some(MarkMatch { value, mask: 0x3f00 });
+    assert_eq!(marks, [want(0x100), want(0x200), want(0x300)]);
     for g in &p.gateways {
         let families: Vec<_> = g.states.nat_addr.iter().map(AddressFamily::of).collect();
         assert_eq!(families, [AddressFamily::Ipv4, AddressFamily::Ipv6], "{}", g.name);

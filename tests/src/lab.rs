@@ -166,6 +166,19 @@ pub fn gateway_toml(
     mark: u32,
     interval_ms: u64,
 ) -> String {
+    let mark = statecull_proto::MarkMatch { value: mark, mask: 0xff };
+    gateway_toml_marked(name, device, gateway, nat, mark, interval_ms)
+}
+
+/// [`gateway_toml`] with any mark and mask.
+pub fn gateway_toml_marked(
+    name: &str,
+    device: &str,
+    gateway: &dyn std::fmt::Display,
+    nat: &dyn std::fmt::Display,
+    mark: statecull_proto::MarkMatch,
+    interval_ms: u64,
+) -> String {
     let timeout = interval_ms * 5 / 2;
     format!(
         r#"
@@ -184,7 +197,7 @@ loss_degraded = "30%"
 loss_up = "10%"
 hold_down = "2s"
 [gateway.states]
-mark = "{mark:#x}/0xff"
+mark = "{mark}"
 nat_addr = ["{nat}"]
 "#,
         degraded = timeout * 4 / 5,

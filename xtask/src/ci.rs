@@ -153,6 +153,7 @@ pub fn ci() -> Result<()> {
         policy: None,
         json: false,
         compare: true,
+        mwan3: false,
     })?;
     step("the demo, short");
     crate::demo::demo(50_000)?;

@@ -14,7 +14,11 @@ pub fn lab(opts: &LabOptions) -> Result<()> {
     statecull_tests::remove_stale_namespaces();
     util::restore_stale_knobs();
     let dir = util::build_release()?;
-    let bins = Bins { broker: dir.join("statecull-broker"), engine: dir.join("statecull-engine") };
+    let bins = Bins {
+        broker: dir.join("statecull-broker"),
+        engine: dir.join("statecull-engine"),
+        cli: dir.join("statecull"),
+    };
     // The lab's own traffic needs a few thousand entries; --table-size adds to that.
     let _knobs = util::size_conntrack(opts.table_size + 50_000, None)?;
     let report = run_lab(&bins, opts).map_err(msg)?;

@@ -68,6 +68,11 @@ enum Task {
         /// One JSON object instead of the report
         #[arg(long)]
         json: bool,
+        /// Lay the firewall out as OpenWrt's mwan3 does (fwmark rules with mask 0x3f00, a
+        /// table per WAN, marks set before routing); the routing manager switches as mwan3
+        /// does (the marking policy, not the routes) and runs contrib/mwan3/mwan3.user
+        #[arg(long)]
+        mwan3: bool,
     },
     /// Benchmarks that print numbers (root)
     Bench {
@@ -328,7 +333,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Demo { entries } => demo::demo(entries),
-        Task::Lab { duration, sessions, table_size, keep, policy, no_compare, json } => {
+        Task::Lab { duration, sessions, table_size, keep, policy, no_compare, json, mwan3 } => {
             lab_task::lab(&statecull_tests::failover::LabOptions {
                 duration,
                 sessions,
@@ -337,6 +342,7 @@ fn main() -> ExitCode {
                 policy,
                 json,
                 compare: !no_compare,
+                mwan3,
             })
         }
         Task::Bench { what: BenchWhat::Conntrack { entries, runs, hashsize, json } } => {

@@ -11,7 +11,7 @@
 //! 1. [`Batch::new`] with the first decision; every decision already queued is
 //!    [`Batch::absorb`]ed (merged: one that cancels an earlier one removes the gateway).
 //! 2. A [`RoutingWait`] over the batch ([`Batch::wait`]): [`RoutingWait::next`] says whether
-//!    routing has moved ([`Next::Done`]), whether the main table must be looked at
+//!    routing has moved ([`Next::Done`]), whether the routing rules and tables must be looked at
 //!    ([`Next::CheckRoutes`], answered with [`RoutingWait::routes`]), or how long to sleep
 //!    ([`Next::Sleep`]). A decision arriving meanwhile [`RoutingWait::join`]s the batch and
 //!    extends the deadline to its own settle timeout, never past twice the settle timeout
@@ -182,7 +182,7 @@ pub struct Routed {
 pub enum Next {
     /// The wait is over.
     Done(Routed),
-    /// Dump the main table and report with [`RoutingWait::routes`].
+    /// Dump the rules and routes and report with [`RoutingWait::routes`].
     CheckRoutes,
     /// Read pf's main filter ruleset ticket from the broker and report with
     /// [`RoutingWait::ticket`].
@@ -193,10 +193,11 @@ pub enum Next {
     Sleep { until: Millis, routes: bool },
 }
 
-/// What a look at the main table found.
+/// What a look at the rules and routes found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteCheck {
-    /// No default route of the main table uses a down gateway, and every recovered one is
+    /// No way the kernel may route a down gateway's new connections leads to it, and every
+    /// recovered one is
     /// used again.
     Moved,
     /// Not yet.
@@ -332,14 +333,14 @@ impl RoutingWait {
         Next::Sleep { until: now.saturating_add(TICKET_POLL_MS).min(self.deadline), routes: false }
     }
 
-    /// What the main table showed (after [`Next::CheckRoutes`]), at `now`.
+    /// What the rules and routes showed (after [`Next::CheckRoutes`]), at `now`.
     pub fn routes(&mut self, check: RouteCheck, now: Millis) -> Next {
         match check {
             RouteCheck::Moved if self.confirm == RoutingConfirm::RouteSocket => {
                 Next::Done(Routed { confirmed: true, how: "route socket: default route moved" })
             }
             RouteCheck::Moved => {
-                Next::Done(Routed { confirmed: true, how: "rtnetlink: main table moved" })
+                Next::Done(Routed { confirmed: true, how: "rtnetlink: routing moved" })
             }
             RouteCheck::NotYet => self.timed(now),
             RouteCheck::Failed => {
@@ -355,7 +356,7 @@ impl RoutingWait {
             let how = match self.confirm {
                 RoutingConfirm::Delay => "settle delay elapsed",
                 RoutingConfirm::Signal => "no routed signal",
-                RoutingConfirm::Rtnetlink => "main table still uses it",
+                RoutingConfirm::Rtnetlink => "routing still uses it",
                 RoutingConfirm::RouteSocket => "default route still uses it",
                 RoutingConfirm::PfRuleset => "pf ruleset not reloaded",
             };

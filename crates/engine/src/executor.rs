@@ -3,10 +3,12 @@
 //! 1. A decision (gateways went down / came up) arrives. Decisions that arrive while the
 //!    executor waits for routing are merged, so gateways failing together give one plan and
 //!    one broker request; a gateway that comes back before anything was killed drops out.
-//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink or the FreeBSD routing
-//!    socket (no default route uses a down gateway any more, and a recovered one is used
-//!    again), pf's main filter ruleset reloaded (its ticket, read from the broker when the
-//!    wait starts, changed), an explicit `routed` signal, or the settle delay. A `routed` signal cuts any wait short; past
+//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink (no rule or table path
+//!    for a down gateway's new connections leads to it any more, and a recovered one is
+//!    used again), the FreeBSD routing socket (no default route uses a down gateway any
+//!    more, and a recovered one is used again), pf's main filter ruleset reloaded (its
+//!    ticket, read from the broker when the wait starts, changed), an explicit `routed`
+//!    signal, or the settle delay. A `routed` signal cuts any wait short; past
 //!    `settle_timeout` the plan runs anyway and the `routed` event says it was not confirmed.
 //! 3. Plan (pure, `statecull_policy::plan`) with the broker's current capabilities, and run
 //!    each step. A lost broker is waited for (the plan stays pending, reconnecting with
@@ -116,14 +118,18 @@ impl Executor {
         }
     }
 
-    /// Is routing where the batch needs it? Only for rtnetlink and the routing socket.
+    /// Is routing where the batch needs it? Only for rtnetlink and the routing socket
+    /// ([`Routes::moved`]: on Linux a snapshot of every rule and table decides, as the kernel
+    /// would route each gateway's new connections, `routes::Snapshot`; on FreeBSD the default
+    /// route via each gateway).
     async fn routes_moved(&mut self, batch: &Decision) -> Result<bool, EngineError> {
         let p = self.shared.policy();
-        let address = |g: &usize| p.gateways.get(*g).map(|gw| gw.address);
-        let down: Vec<_> = batch.went_down.iter().filter_map(address).collect();
-        let up: Vec<_> = batch.came_up.iter().filter_map(address).collect();
+        let gateway = |g: &usize| p.gateways.get(*g);
+        let down: Vec<_> = batch.went_down.iter().filter_map(gateway).collect();
+        let up: Vec<_> = batch.came_up.iter().filter_map(gateway).collect();
+        let wans: Vec<String> = p.gateways.iter().map(|g| g.interface.0.clone()).collect();
         let Some(r) = self.routes.as_mut() else { return Ok(false) };
-        r.moved(&down, &up).await
+        r.moved(&down, &up, &wans).await
     }
 
     /// Wait until routing has moved for every gateway in the batch (merging decisions that

@@ -14,9 +14,9 @@
 //! * `drain`: the executor merges every queued decision. `wait`: a routing wait starts.
 //!   `end`: it ended (the gateways it covered are remembered).
 //! * `next=E`, `moved=E`, `notyet=E`, `failed=E`, `closed=E`: ask the wait where it stands
-//!   (`next`), report a look at the main table, or the decision queue closing; `E` is what
+//!   (`next`), report a look at the rules and routes, or the decision queue closing; `E` is what
 //!   it must answer: `sleepT` (sleep until T; `sleepTr`: and watch routes), `check` (look
-//!   at the main table), `ok:H` (routing confirmed by H: `signal`, `routes`, `delay`, or
+//!   at the rules and routes), `ok:H` (routing confirmed by H: `signal`, `routes`, `delay`, or
 //!   `none` when nothing is left to wait for) or `late:H` (the wait gave up unconfirmed:
 //!   `signal`, `routes`, or `closed`).
 //! * `seedN`: the wait starts from ticket N read in the background before the decision.
@@ -202,8 +202,8 @@ fn show(n: Next) -> String {
         Next::Done(Routed { confirmed, how }) => {
             let how = match how {
                 "routed signal" => "signal",
-                "rtnetlink: main table moved"
-                | "main table still uses it"
+                "rtnetlink: routing moved"
+                | "routing still uses it"
                 | "route socket: default route moved"
                 | "default route still uses it" => "routes",
                 "pf ruleset reloaded" | "pf ruleset not reloaded" => "ruleset",
@@ -258,7 +258,7 @@ fn routing_waits() {
         ),
         ("no signal: the plan runs unconfirmed", Signal, true, "@0 D0 wait @5000 next=late:signal"),
         (
-            "rtnetlink: the main table moved",
+            "rtnetlink: routing moved",
             Rtnetlink,
             true,
             "@0 D0 wait next=check notyet=sleep5000r @800 next=check moved=ok:routes",

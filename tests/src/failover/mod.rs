@@ -74,6 +74,10 @@ pub struct LabOptions {
     pub json: bool,
     /// Also run the failure with on_down = all and none.
     pub compare: bool,
+    /// Lay the firewall out as mwan3 does (fwmark rules, a table per WAN, marks under
+    /// 0x3f00 set before routing); the routing manager switches as mwan3 does on
+    /// `disconnected` and runs `contrib/mwan3/mwan3.user` as mwan3 would.
+    pub mwan3: bool,
 }
 
 /// How the failure is handled in one run.
@@ -103,9 +107,17 @@ const PROBE_MS: u64 = 200;
 
 /// The lab's policy: WAN1 tier 1 (default route), WAN2 tier 2; the WAN2-by-policy clients
 /// and the VoIP client are protected flows, so fail-back moves only what failed over.
-fn lab_policy(mode: Mode, broker: &Path) -> String {
-    let gateway = |w: &topology::Wan| {
-        crate::lab::gateway_toml(w.name, w.device, &w.gateway, &w.fw_addr, w.mark, PROBE_MS)
+fn lab_policy(mode: Mode, broker: &Path, topo: &Topology) -> String {
+    let gateway = |i: usize| {
+        let w = &WANS[i];
+        crate::lab::gateway_toml_marked(
+            w.name,
+            w.device,
+            &w.gateway,
+            &w.fw_addr,
+            topo.mark(i),
+            PROBE_MS,
+        )
     };
     format!(
         r#"# The lab's policy (cargo xtask lab), on_down = "{mode}".
@@ -129,8 +141,8 @@ prefixes = ["{c2}/32", "{voip}/32"]
 "#,
         mode = mode.name(),
         broker = broker.display(),
-        wan1 = gateway(&WANS[0]),
-        wan2 = gateway(&WANS[1]),
+        wan1 = gateway(0),
+        wan2 = gateway(1),
         c2 = CLIENT_WAN2,
         voip = CLIENT_VOIP,
     )
@@ -235,11 +247,11 @@ fn field<'a>(e: &'a Event, name: &str) -> Option<&'a str> {
 /// (an assured UDP stream) and the synthetic states all live longer.
 const SHORT_LIVED_S: u32 = 60;
 
-fn marked(socket: &Path, mark: u32) -> Result<Vec<StateHandle>> {
+fn marked(socket: &Path, mark: MarkMatch) -> Result<Vec<StateHandle>> {
     let mut c = statecull_cli::BrokerClient::connect(socket, "statecull lab")
         .map_err(|e| msg(e.to_string()))?;
     let mut out = Vec::new();
-    let sel = Selector { mark: Some(MarkMatch { value: mark, mask: 0xff }), ..Selector::default() };
+    let sel = Selector { mark: Some(mark), ..Selector::default() };
     c.snapshot(Some(sel), &mut |b| {
         out.extend(
             b.into_iter()
@@ -253,9 +265,35 @@ fn marked(socket: &Path, mark: u32) -> Result<Vec<StateHandle>> {
 }
 
 /// The routing manager's stand-in: follows the engine's events and moves the default route
-/// (WAN1 down → via WAN2; WAN1 up → via WAN1). The engine sees the move over rtnetlink.
-fn routing_manager(topo: &Topology, mut c: ControlClient, stop: &AtomicBool) {
+/// (WAN1 down → via WAN2; WAN1 up → via WAN1). The engine sees the move over rtnetlink. With
+/// `hook` (the mwan3 layout) it switches as mwan3 does instead (the policy chain marks new
+/// connections for the other WAN; rules and tables stay) and then runs mwan3's user hook
+/// as mwan3's 16-mwan3-user does (`disconnected`), which tells the engine; it then tracks
+/// WAN1 itself as mwan3track does and on its return switches back and runs `connected`.
+fn routing_manager(
+    topo: &Topology,
+    mut c: ControlClient,
+    stop: &AtomicBool,
+    hook: Option<&Mwan3Hook>,
+) {
+    // mwan3 mode: WAN1 disconnected by the stand-in, which now tracks it as mwan3track
+    // does (an mwan3 `down` holds in the engine until mwan3 says `connected`), with the
+    // consecutive answers seen so far.
+    let mut tracking: Option<u32> = None;
     while !stop.load(Ordering::SeqCst) {
+        if let (Some(h), Some(ok)) = (hook, tracking.as_mut()) {
+            *ok = if topo.wan_answers(0, Duration::from_millis(PROBE_MS)) { *ok + 1 } else { 0 };
+            if *ok >= MWAN3_UP {
+                tracking = None;
+                let back = topo
+                    .mwan3_policy(0)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| h.run("connected", "wan"));
+                if let Err(err) = back {
+                    eprintln!("lab routing manager: {err}");
+                }
+            }
+        }
         let line = match c.read_line() {
             Ok(Some(l)) => l,
             Ok(None) => return,
@@ -278,8 +316,81 @@ fn routing_manager(topo: &Topology, mut c: ControlClient, stop: &AtomicBool) {
             (EventKind::GatewayUp, Some("WAN1")) => 0,
             _ => continue,
         };
-        if let Err(err) = topo.default_via(wan) {
+        let moved = match hook {
+            None => topo.default_via(wan).map_err(|e| e.to_string()),
+            // Recovery is the tracker's to see (above), not the engine's.
+            Some(_) if wan == 0 => continue,
+            Some(h) => {
+                tracking = Some(0);
+                topo.mwan3_policy(wan)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| h.run("disconnected", "wan"))
+            }
+        };
+        if let Err(err) = moved {
             eprintln!("lab routing manager: {err}");
+        }
+    }
+}
+
+/// Consecutive answers after which the stand-in's tracker calls WAN1 back (mwan3track's
+/// `up`, here in lab time).
+const MWAN3_UP: u32 = 3;
+
+/// `contrib/mwan3/mwan3.user` as the lab runs it: mwan3's interfaces `wan` and `wanb` are
+/// WAN1 and WAN2, the CLI talks to the lab's engine, mwan3track's status files are the
+/// lab's own.
+struct Mwan3Hook {
+    script: PathBuf,
+    conf: PathBuf,
+    track: PathBuf,
+    _dir: crate::TempDir,
+}
+
+impl Mwan3Hook {
+    fn new(cli: &Path, control: &Path) -> Result<Self> {
+        let dir = crate::TempDir::new("lab-mwan3").context("mwan3 hook directory")?;
+        let track = dir.path().join("track");
+        let conf = dir.path().join("mwan3.conf");
+        std::fs::create_dir_all(track.join("wan")).context("mwan3track directory")?;
+        std::fs::write(
+            &conf,
+            format!(
+                "gateways=\"wan=WAN1 wanb=WAN2\"\nstatecull='{}'\ncontrol='{}'\n\
+                 mwan3track_dir='{}'\nmwan3_state_dir='{}'\nsyslog=false\n",
+                cli.display(),
+                control.display(),
+                track.display(),
+                dir.path().display()
+            ),
+        )
+        .context("mwan3 hook configuration")?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/mwan3/mwan3.user");
+        Ok(Self { script, conf, track, _dir: dir })
+    }
+
+    /// One hotplug event, as mwan3track and 16-mwan3-user deliver it (`env -i`).
+    fn run(&self, action: &str, interface: &str) -> std::result::Result<(), String> {
+        // mwan3track writes its verdict before the hotplug call.
+        let status = if action == "disconnected" { "offline\n" } else { "online\n" };
+        std::fs::write(self.track.join(interface).join("STATUS"), status)
+            .map_err(|e| format!("mwan3track status: {e}"))?;
+        let out = std::process::Command::new("/bin/sh")
+            .env_clear()
+            .arg(&self.script)
+            .env("ACTION", action)
+            .env("INTERFACE", interface)
+            .env("STATECULL_MWAN3_CONF", &self.conf)
+            .output()
+            .map_err(|e| format!("{}: {e}", self.script.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "mwan3.user {action} {interface}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 }
@@ -311,11 +422,14 @@ fn subscribe(control: &Path) -> Result<ControlClient> {
 pub struct Bins {
     pub broker: PathBuf,
     pub engine: PathBuf,
+    /// The CLI (`statecull`), which the mwan3 hook runs.
+    pub cli: PathBuf,
 }
 
 /// One failure (and, for the main run, fail-back) with `mode`.
 fn run(bins: &Bins, mode: Mode, opts: &LabOptions, with_failback: bool) -> Result<RunReport> {
-    let topo = Topology::build("lab", true).context("build the lab topology")?;
+    let layout = if opts.mwan3 { topology::Layout::Mwan3 } else { topology::Layout::Main };
+    let topo = Topology::build_with("lab", true, layout).context("build the lab topology")?;
     topo.check().context("lab connectivity check")?;
     if opts.table_size > 0 {
         let t = Instant::now();
@@ -333,7 +447,7 @@ fn run(bins: &Bins, mode: Mode, opts: &LabOptions, with_failback: bool) -> Resul
         .context("start the broker")?;
     let policy = match (&opts.policy, mode) {
         (Some(p), Mode::Gateway) => std::fs::read_to_string(p).context(p.display())?,
-        _ => lab_policy(mode, broker.socket()),
+        _ => lab_policy(mode, broker.socket(), &topo),
     };
     let mut engine = EngineProcess::start(
         &bins.engine,
@@ -372,8 +486,9 @@ fn run(bins: &Bins, mode: Mode, opts: &LabOptions, with_failback: bool) -> Resul
     let clients = traffic::start_clients(&topo.lan, &spec).context("start the clients")?;
     let stop = AtomicBool::new(false);
     let follower = subscribe(&control)?;
+    let hook = if opts.mwan3 { Some(Mwan3Hook::new(&bins.cli, &control)?) } else { None };
     let result = std::thread::scope(|s| {
-        s.spawn(|| routing_manager(&topo, follower, &stop));
+        s.spawn(|| routing_manager(&topo, follower, &stop, hook.as_ref()));
         let r = failure(&topo, &broker, &control, &clients, &servers, mode, opts, with_failback);
         stop.store(true, Ordering::SeqCst);
         r
@@ -423,8 +538,8 @@ fn failure(
     }
     std::thread::sleep(Duration::from_secs(2));
     let seen = events(control)?.last().map_or(0, |e| e.seq);
-    let wan1_before = marked(broker.socket(), WANS[0].mark)?;
-    let wan2_before = marked(broker.socket(), WANS[1].mark)?;
+    let wan1_before = marked(broker.socket(), topo.mark(0))?;
+    let wan2_before = marked(broker.socket(), topo.mark(1))?;
     let rejected_before = servers.rtp_rejected();
 
     let cut = unix_ms();
@@ -471,9 +586,9 @@ fn failure(
     // Every packet sent in the window must be judged (echoed, or late by more than a second).
     std::thread::sleep(Duration::from_millis(RTP_JUDGE_MS));
     evs = events(control)?;
-    let wan2_after = marked(broker.socket(), WANS[1].mark)?;
+    let wan2_after = marked(broker.socket(), topo.mark(1))?;
     let wan1_after: std::collections::HashSet<StateHandle> =
-        marked(broker.socket(), WANS[0].mark)?.into_iter().collect();
+        marked(broker.socket(), topo.mark(0))?.into_iter().collect();
 
     let down = find(&evs, seen, EventKind::GatewayDown, Some("WAN1"));
     let routed = find(&evs, seen, EventKind::Routed, Some("WAN1"));
@@ -679,7 +794,8 @@ fn checks(r: &RunReport, opts: &LabOptions) -> Vec<Check> {
 
 fn print_report(runs: &[RunReport], checks: &[Check], opts: &LabOptions) {
     println!(
-        "\nstatecull lab: ISP1 silently blackholes; {} TCP sessions, a SIP registration every second via WAN1, an RTP call at 50 packets/s via WAN2{}",
+        "\nstatecull lab{}: ISP1 silently blackholes; {} TCP sessions, a SIP registration every second via WAN1, an RTP call at 50 packets/s via WAN2{}",
+        if opts.mwan3 { " (mwan3 layout: fwmark rules, a table per WAN, mask 0x3f00)" } else { "" },
         opts.sessions,
         if opts.table_size > 0 {
             format!(", {} extra states", thousands(opts.table_size))
@@ -698,7 +814,12 @@ fn print_report(runs: &[RunReport], checks: &[Check], opts: &LabOptions) {
     };
     row("detection (first lost probe -> down decision)", &|r| ms(r.detection_ms));
     row("ISP1 cut -> down decision", &|r| ms(r.cut_to_down_ms));
-    row("decision -> routing confirmed (rtnetlink)", &|r| ms(r.decision_to_routed_ms));
+    let confirmed = if opts.mwan3 {
+        "decision -> routing confirmed (mwan3.user's signal)"
+    } else {
+        "decision -> routing confirmed (rtnetlink)"
+    };
+    row(confirmed, &|r| ms(r.decision_to_routed_ms));
     row("routing confirmed -> kill done", &|r| ms(r.routed_to_kill_done_ms));
     row("states killed (WAN1 / total)", &|r| {
         format!("{} / {}", n(r.killed_wan1), n(r.killed_total))
@@ -781,6 +902,12 @@ impl LabReport {
 pub fn run_lab(bins: &Bins, opts: &LabOptions) -> Result<LabReport> {
     if opts.sessions < 2 {
         return Err(msg("--sessions must be at least 2 (half per WAN)"));
+    }
+    if opts.mwan3 && opts.table_size > 0 {
+        return Err(msg(
+            "--table-size with --mwan3 is not supported yet: the synthetic states carry the \
+             marks 0x1/0x2, not mwan3's 0x100/0x200",
+        ));
     }
     let mut modes = vec![Mode::Gateway];
     if opts.compare {

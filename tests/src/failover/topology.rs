@@ -17,6 +17,17 @@
 //!   traffic, such as the engine's probes, stays unmarked).
 //! * `net` routes each WAN's public prefix back through the ISP that owns it, so a
 //!   connection NATed to WAN1's address dies with ISP1 even if its packets leave via WAN2.
+//! * [`Layout::Mwan3`] (`cargo xtask lab --mwan3`) lays `fw` out as OpenWrt's mwan3 does
+//!   (`mwan3_create_iface_rules`, `mwan3_create_iface_route`, `mwan3_set_general_rules` and
+//!   its mangle hook, in nftables): mark mask 0x3f00, WAN1 is interface 1 (mark 0x100, table
+//!   1), WAN2 interface 2 (0x200, table 2); rules `1000+id iif DEV lookup id`, `2000+id
+//!   fwmark MARK/0x3f00 lookup id`, `3000+id fwmark MARK/0x3f00 unreachable`, 2061
+//!   blackhole and 2062 unreachable marks; each table has its default route and the LAN and
+//!   link routes; the main table keeps netifd's default routes (WAN1 metric 10, WAN2 20).
+//!   New LAN connections get their mark in prerouting (the connection mark restored, else
+//!   [`CLIENT_WAN2`] and [`CLIENT_VOIP`] by a rule, else the `mwan3_policy` chain) and keep it
+//!   as their conntrack mark. [`Topology::mwan3_policy`] is mwan3's switch on `disconnected`:
+//!   the policy chain marks new connections for the other WAN; rules and tables stay.
 //! * Addresses are from the documentation and benchmarking ranges and exist only inside
 //!   these namespaces; nothing here touches the host's own namespace. Every namespace is
 //!   removed when the [`Topology`] (or, during `build`, the partly built set) is dropped.
@@ -98,6 +109,19 @@ pub const WANS: [Wan; 2] = [
     },
 ];
 
+/// How `fw` routes and marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Default route in `main`, source rules to table 102, marks set after routing.
+    #[default]
+    Main,
+    /// mwan3's: marks set before routing, fwmark rules, one table per WAN.
+    Mwan3,
+}
+
+/// mwan3's default mark mask (`globals.mmx_mask`).
+pub const MWAN3_MASK: u32 = 0x3f00;
+
 /// Prefix length of the LAN and WAN links.
 const LINK_PREFIX: u8 = 24;
 /// ISP `i`'s point-to-point link to `net`: (ISP side, net side), /30.
@@ -120,6 +144,7 @@ const CHECK_ATTEMPTS: usize = 3;
 /// The lab's five namespaces; all are removed on drop.
 #[derive(Debug)]
 pub struct Topology {
+    pub layout: Layout,
     pub lan: Netns,
     pub fw: Netns,
     pub isp: [Netns; 2],
@@ -141,8 +166,14 @@ impl Topology {
     /// `snat_random` adds `random` to the SNAT rules (random source ports, as pf does).
     /// Call [`Topology::check`] afterwards to prove the paths work.
     pub fn build(tag: &str, snat_random: bool) -> io::Result<Topology> {
+        Self::build_with(tag, snat_random, Layout::Main)
+    }
+
+    /// [`Topology::build`] with `fw` routed and marked as `layout` says.
+    pub fn build_with(tag: &str, snat_random: bool, layout: Layout) -> io::Result<Topology> {
         let tools = Tools::find()?;
         let topo = Topology {
+            layout,
             lan: Netns::create(&format!("{tag}lan"))?,
             fw: Netns::create(&format!("{tag}fw"))?,
             isp: [Netns::create(&format!("{tag}isp1"))?, Netns::create(&format!("{tag}isp2"))?],
@@ -155,7 +186,7 @@ impl Topology {
     }
 
     fn wire(&self, tools: &Tools, snat_random: bool) -> io::Result<()> {
-        let Topology { lan, fw, isp, net } = self;
+        let Topology { lan, fw, isp, net, .. } = self;
 
         // Knobs first, so devices created afterwards inherit `default`.
         tools.sysctl(
@@ -243,6 +274,9 @@ impl Topology {
             let dev = format!("isp{}", i + 1);
             run(net.command("ip").args(["route", "add", &prefix, "via", &via, "dev", &dev]))?;
         }
+        if self.layout == Layout::Mwan3 {
+            return self.wire_mwan3(tools, snat_random);
+        }
         // fw: default via WAN1, table 102 via WAN2, the WAN2 clients by policy.
         let [wan1, wan2] = &WANS;
         run(fw.command("ip").args(["route", "add", "default"]).args(via_args(wan1)))?;
@@ -261,6 +295,65 @@ impl Topology {
 
         // nftables.
         tools.nft(fw, &fw_ruleset(snat_random))
+    }
+
+    /// `fw` as mwan3 lays it out (see the module's documentation).
+    fn wire_mwan3(&self, tools: &Tools, snat_random: bool) -> io::Result<()> {
+        let fw = &self.fw;
+        let ip = |args: &[&str]| run(fw.command("ip").args(args));
+        let lan = format!("{}/{LINK_PREFIX}", network(LAN_GATEWAY, LINK_PREFIX));
+        for (i, wan) in WANS.iter().enumerate() {
+            let id = i + 1;
+            let (table, mark) = (id.to_string(), format!("{:#x}/{MWAN3_MASK:#x}", id << 8));
+            let metric = (10 * id).to_string();
+            let gw = wan.gateway.to_string();
+            // netifd's default route in main, mwan3's copy in the interface's table, with
+            // the routes of devices mwan3 does not manage (the LAN) and of its own.
+            ip(&["route", "add", "default", "via", &gw, "dev", wan.device, "metric", &metric])?;
+            ip(&["route", "add", "default", "via", &gw, "dev", wan.device, "table", &table])?;
+            ip(&["route", "add", &lan, "dev", "lan0", "table", &table])?;
+            let link = format!("{}/{LINK_PREFIX}", network(wan.fw_addr, LINK_PREFIX));
+            ip(&["route", "add", &link, "dev", wan.device, "table", &table])?;
+            let pref = |base: usize| (base + id).to_string();
+            ip(&["rule", "add", "pref", &pref(1000), "iif", wan.device, "lookup", &table])?;
+            ip(&["rule", "add", "pref", &pref(2000), "fwmark", &mark, "lookup", &table])?;
+            ip(&["rule", "add", "pref", &pref(3000), "fwmark", &mark, "unreachable"])?;
+        }
+        ip(&["rule", "add", "pref", "2061", "fwmark", "0x3d00/0x3f00", "blackhole"])?;
+        ip(&["rule", "add", "pref", "2062", "fwmark", "0x3e00/0x3f00", "unreachable"])?;
+        tools.nft(fw, &fw_ruleset_mwan3(snat_random))
+    }
+
+    /// The conntrack mark (and mask) of connections through WAN `wan` (0 or 1).
+    pub fn mark(&self, wan: usize) -> statecull_proto::MarkMatch {
+        match self.layout {
+            Layout::Main => statecull_proto::MarkMatch {
+                value: WANS.get(wan).map_or(0, |w| w.mark),
+                mask: 0xff,
+            },
+            Layout::Mwan3 => statecull_proto::MarkMatch {
+                value: u32::try_from(wan + 1).unwrap_or(0) << 8,
+                mask: MWAN3_MASK,
+            },
+        }
+    }
+
+    /// mwan3's switch (`mwan3_set_policies_iptables` after `disconnected`/`connected`): new
+    /// LAN connections are marked for WAN `wan` (0 or 1). Rules and tables do not change.
+    pub fn mwan3_policy(&self, wan: usize) -> io::Result<()> {
+        if self.layout != Layout::Mwan3 || wan >= WANS.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no mwan3 policy for WAN {wan} in a {:?} layout", self.layout),
+            ));
+        }
+        let nft = tool_path(util::NFT)?;
+        let rules = format!(
+            "flush chain inet {NFT_TABLE} mwan3_policy\n\
+             add rule inet {NFT_TABLE} mwan3_policy meta mark set {:#x}\n",
+            self.mark(wan).value
+        );
+        run_with_stdin(self.fw.command(nft).args(["-f", "-"]), &rules)
     }
 
     /// ISP `isp` (0 or 1) silently drops everything it receives, sends or forwards (an
@@ -318,17 +411,34 @@ impl Topology {
     /// port on [`SERVER`], echoed back. Returns the sockets the server and client saw; an
     /// error says which leg was lost.
     pub fn round_trip(&self, client: Ipv4Addr, timeout: Duration) -> io::Result<RoundTrip> {
+        self.round_trip_from(&self.lan, client, timeout)
+    }
+
+    /// Whether the server answers `fw` over WAN `wan` (0 or 1) within `timeout`: a UDP
+    /// round trip from the WAN's own address, which the main table sends out of it (what
+    /// mwan3track's pings through an interface tell).
+    pub fn wan_answers(&self, wan: usize, timeout: Duration) -> bool {
+        WANS.get(wan).is_some_and(|w| self.round_trip_from(&self.fw, w.fw_addr, timeout).is_ok())
+    }
+
+    fn round_trip_from(
+        &self,
+        ns: &Netns,
+        client: Ipv4Addr,
+        timeout: Duration,
+    ) -> io::Result<RoundTrip> {
         static NONCE: AtomicU64 = AtomicU64::new(0);
         let server = self
             .net
             .enter(|| UdpSocket::bind(SocketAddrV4::new(SERVER, 0)))
             .and_then(|s| s)
             .map_err(|e| io::Error::new(e.kind(), format!("UDP socket on {SERVER} in net: {e}")))?;
-        let sock = self
-            .lan
+        let sock = ns
             .enter(|| UdpSocket::bind(SocketAddrV4::new(client, 0)))
             .and_then(|s| s)
-            .map_err(|e| io::Error::new(e.kind(), format!("UDP socket on {client} in lan: {e}")))?;
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("UDP socket on {client} in {}: {e}", ns.name()))
+            })?;
         let server_addr = v4(server.local_addr()?)?;
         let client_addr = v4(sock.local_addr()?)?;
         let payload =
@@ -369,12 +479,18 @@ impl Topology {
     /// (policy rules); the server sees each WAN's SNAT address; `fw` marked each of those
     /// connections with its WAN's mark.
     pub fn check(&self) -> io::Result<()> {
-        let default = self.default_wan()?;
-        let cases = [
-            (CLIENT_WAN1, default, "the main table's default route"),
-            (CLIENT_WAN2, 1, "policy rule 1000"),
-            (CLIENT_VOIP, 1, "policy rule 1001"),
-        ];
+        let cases = match self.layout {
+            Layout::Main => [
+                (CLIENT_WAN1, self.default_wan()?, "the main table's default route"),
+                (CLIENT_WAN2, 1, "policy rule 1000"),
+                (CLIENT_VOIP, 1, "policy rule 1001"),
+            ],
+            Layout::Mwan3 => [
+                (CLIENT_WAN1, 0, "the mwan3 policy's mark 0x100"),
+                (CLIENT_WAN2, 1, "the mwan3 rule's mark 0x200"),
+                (CLIENT_VOIP, 1, "the mwan3 rule's mark 0x200"),
+            ],
+        };
         let mut trips = Vec::new();
         for (client, wan_index, why) in cases {
             let wan = &WANS[wan_index];
@@ -407,12 +523,12 @@ impl Topology {
                     trip.seen_as, wan.name, wan.fw_addr
                 )));
             }
-            trips.push((trip, wan));
+            trips.push((trip, (wan_index, wan)));
         }
         let states = self.fw_states(|r| {
             r.key.proto == 17 && r.key.dst == IpAddr::V4(SERVER) && r.key.src.is_ipv4()
         })?;
-        for (trip, wan) in trips {
+        for (trip, (wan_index, wan)) in trips {
             let port = trip.client.port();
             let state = states.iter().find(|r| {
                 r.key.src == IpAddr::V4(*trip.client.ip()) && r.key.src_port() == Some(port)
@@ -427,13 +543,13 @@ impl Topology {
                     )));
                 }
             };
-            if mark != wan.mark {
+            let want = self.mark(wan_index);
+            if !want.matches(mark) {
                 return Err(io::Error::other(format!(
                     "lab check: {} -> {SERVER} left via {} but its conntrack mark is {mark:#x}, \
-                     not {:#x} (nftables table {NFT_TABLE} in {})",
+                     not {want} (nftables table {NFT_TABLE} in {})",
                     trip.client,
                     wan.name,
-                    wan.mark,
                     self.fw.name()
                 )));
             }
@@ -494,6 +610,39 @@ fn fw_ruleset(snat_random: bool) -> String {
          \tchain postrouting_mark {{\n\
          \t\ttype filter hook postrouting priority mangle; policy accept;\n\
          {mark}\
+         \t}}\n\
+         \tchain postrouting_nat {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         {snat}\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The firewall's ruleset in the mwan3 layout: SNAT per WAN as in [`fw_ruleset`]; marks as
+/// mwan3's `mwan3_hook` sets them, before routing, with its mask: the connection's mark
+/// restored, else [`CLIENT_WAN2`] and [`CLIENT_VOIP`] to WAN2 (an mwan3 `rule` with
+/// `src_ip`), else the `mwan3_policy` chain (WAN1 while it is up); then saved as the
+/// connection mark. Only connections from the LAN are marked, so the engine's own probes
+/// stay unmarked.
+fn fw_ruleset_mwan3(snat_random: bool) -> String {
+    let random = if snat_random { " random" } else { "" };
+    let mut snat = String::new();
+    for w in &WANS {
+        snat.push_str(&format!("\t\toifname \"{}\" snat ip to {}{random}\n", w.device, w.fw_addr));
+    }
+    format!(
+        "table inet {NFT_TABLE} {{\n\
+         \tchain mwan3_hook {{\n\
+         \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+         \t\tiifname != \"lan0\" return\n\
+         \t\tmeta mark set ct mark and {MWAN3_MASK:#x}\n\
+         \t\tmeta mark and {MWAN3_MASK:#x} == 0x0 ip saddr {{ {CLIENT_WAN2}, {CLIENT_VOIP} }} meta mark set 0x200\n\
+         \t\tmeta mark and {MWAN3_MASK:#x} == 0x0 jump mwan3_policy\n\
+         \t\tct mark set meta mark and {MWAN3_MASK:#x}\n\
+         \t}}\n\
+         \tchain mwan3_policy {{\n\
+         \t\tmeta mark set 0x100\n\
          \t}}\n\
          \tchain postrouting_nat {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\

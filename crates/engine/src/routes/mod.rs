@@ -2,8 +2,11 @@
 //!
 //! Before the executor kills a dead gateway's states it must know that routing has moved off
 //! that gateway, or clients' retries re-create the states on the dead link. This module dumps
-//! the kernel's routes (all tables, both families) and listens for route and rule changes, so
-//! [`RouteWatcher::wait_until_off`] can answer "no default route uses this next hop any more".
+//! the kernel's rules and routes (all tables, both families) and listens for their changes,
+//! so the executor can answer "no way the kernel may route this gateway's new connections
+//! leads to it any more" ([`Snapshot::moved_off`], pure, `rules.rs`: rule priority order,
+//! fwmark/mask, `lookup`, `goto`, `nop`, dropping rules and routes, `suppress_prefixlength`,
+//! multipath, the lowest metric wins).
 //!
 //! * Parsing is pure (`parse.rs`: [`parse_routes`], [`default_routes_via`], the dump decoding
 //!   behind the watcher) and reuses the framing of `statecull-netlink`; only `rtmsg`,
@@ -26,62 +29,63 @@
 //! FreeBSD (`confirm = "route-socket"`): the routing socket ([`RouteSocket`], `socket.rs`)
 //! asks `RTM_GET` for the default route through each gateway and listens for default-route
 //! changes; its messages are built and decoded by the pure `rtsock.rs`. [`Routes`] gives the
-//! executor one face for both, with the same meaning of "moved".
+//! executor one face for both: "moved" is the rule and table walk on Linux, the default
+//! route via each gateway on FreeBSD (which has no ip rules; one FIB per engine).
 
 mod parse;
 pub mod rtsock;
+mod rules;
 mod socket;
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) mod testkit;
 mod watch;
 
-use std::net::IpAddr;
+use statecull_policy::model::Gateway;
 
-pub use parse::{Route, default_routes_via, fuzzing, parse_routes};
+pub use parse::{Route, RouteKind, default_routes_via, fuzzing, parse_routes};
+pub use rules::{Flow, Outcome, Rule, RuleAction, Snapshot};
 pub use socket::RouteSocket;
 pub use watch::RouteWatcher;
 
 use crate::error::EngineError;
 
-/// The kernel's main routing table (Linux).
-const RT_TABLE_MAIN: u32 = 254;
-
 /// Where the executor looks for routing to move.
 #[derive(Debug)]
 pub enum Routes {
-    /// Linux rtnetlink: the main table's default routes.
+    /// Linux rtnetlink: every ip rule and routing table ([`Snapshot`]).
     Netlink(RouteWatcher),
-    /// FreeBSD routing socket: the default routes of the engine's FIB.
+    /// FreeBSD routing socket: the default routes of the engine's FIB (no ip rules there).
     Socket(RouteSocket),
 }
 
 impl Routes {
-    /// Has routing moved? No default route uses a gateway of `down` any more, and every
-    /// gateway of `up` is used by one again.
-    pub async fn moved(&mut self, down: &[IpAddr], up: &[IpAddr]) -> Result<bool, EngineError> {
+    /// Has routing moved? No way routing may send a gateway of `down`'s new connections
+    /// leads to it any more, and some way leads to every gateway of `up` again. `wans`: the
+    /// gateways' interfaces (new forwarded connections did not arrive on them).
+    pub async fn moved(
+        &mut self,
+        down: &[&Gateway],
+        up: &[&Gateway],
+        wans: &[String],
+    ) -> Result<bool, EngineError> {
         match self {
             Routes::Netlink(w) => {
-                // Only the main table: it is what a routing manager (mwan3, keepalived, the
-                // lab's stand-in) switches for forwarded traffic, while per-WAN tables
-                // (policy routing, the probes' own tables) keep their default route via
-                // their gateway for good.
-                let routes: Vec<_> = w
-                    .dump_defaults()
-                    .await?
-                    .into_iter()
-                    .filter(|r| r.table == RT_TABLE_MAIN)
-                    .collect();
-                Ok(down.iter().all(|g| default_routes_via(&routes, *g).is_empty())
-                    && up.iter().all(|g| !default_routes_via(&routes, *g).is_empty()))
+                // A snapshot of every rule and table decides, as the kernel would route each
+                // gateway's new connections: main table switching, per-WAN tables behind
+                // fwmark rules as mwan3 builds them, multipath.
+                let snap = w.snapshot().await?;
+                let flow = |gw: &Gateway| snap.flow_for(gw.family, gw.states.mark, wans.to_vec());
+                Ok(down.iter().all(|gw| snap.moved_off(&flow(gw), gw.address))
+                    && up.iter().all(|gw| snap.uses(&flow(gw), gw.address)))
             }
             Routes::Socket(s) => {
                 let mut down_answers = Vec::with_capacity(down.len());
-                for g in down {
-                    down_answers.push((*g, s.get_default(*g).await?));
+                for gw in down {
+                    down_answers.push((gw.address, s.get_default(gw.address).await?));
                 }
                 let mut up_answers = Vec::with_capacity(up.len());
-                for g in up {
-                    up_answers.push((*g, s.get_default(*g).await?));
+                for gw in up {
+                    up_answers.push((gw.address, s.get_default(gw.address).await?));
                 }
                 rtsock::moved(&down_answers, &up_answers)
                     .map_err(|e| EngineError::Routes(e.to_string()))

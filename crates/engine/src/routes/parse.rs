@@ -62,6 +62,33 @@ pub struct Route {
     pub oif: Option<u32>,
     /// Metric (`RTA_PRIORITY`).
     pub priority: Option<u32>,
+    /// What the route does with a packet (`rtm_type`).
+    pub kind: RouteKind,
+}
+
+/// A route's type (`rtm_type`), as far as forwarding cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteKind {
+    /// `RTN_UNICAST`: forwarded to its next hops (or out of its device).
+    Unicast,
+    /// `RTN_BLACKHOLE`, `RTN_UNREACHABLE`, `RTN_PROHIBIT`: the packet is dropped.
+    Drop,
+    /// `RTN_THROW`: the lookup fails in this table and the rules go on.
+    Throw,
+    /// Any other type (local, broadcast, multicast, NAT, ...): not a way out.
+    Other(u8),
+}
+
+impl RouteKind {
+    pub(super) fn from_rtm_type(t: u8) -> Self {
+        match t {
+            1 => RouteKind::Unicast,
+            6..=8 => RouteKind::Drop,
+            9 => RouteKind::Throw,
+            t => RouteKind::Other(t),
+        }
+    }
 }
 
 impl Route {
@@ -82,7 +109,7 @@ pub(super) fn bad(message: impl Into<String>) -> EngineError {
     EngineError::Routes(message.into())
 }
 
-fn nl(e: statecull_netlink::NlError) -> EngineError {
+pub(super) fn nl(e: statecull_netlink::NlError) -> EngineError {
     EngineError::Routes(e.to_string())
 }
 
@@ -91,7 +118,7 @@ fn u32_attr(v: &[u8], what: &str) -> Result<u32, EngineError> {
 }
 
 /// An address of a known length: 4 bytes for IPv4, 16 for IPv6.
-fn addr_of_len(v: &[u8], what: &str) -> Result<IpAddr, EngineError> {
+pub(super) fn addr_of_len(v: &[u8], what: &str) -> Result<IpAddr, EngineError> {
     if let Ok(b) = <[u8; 4]>::try_from(v) {
         Ok(IpAddr::V4(Ipv4Addr::from(b)))
     } else if let Ok(b) = <[u8; 16]>::try_from(v) {
@@ -163,6 +190,7 @@ pub(super) fn parse_route(payload: &[u8]) -> Result<Option<Parsed>, EngineError>
         return Err(bad(format!("destination length {dst_len} for {af:?}")));
     }
     let mut table = u32::from(payload[4]);
+    let kind = RouteKind::from_rtm_type(payload[7]);
     let mut dst_addr = None;
     let mut gateways = Vec::new();
     let mut oif = None;
@@ -187,7 +215,10 @@ pub(super) fn parse_route(payload: &[u8]) -> Result<Option<Parsed>, EngineError>
         (Some(addr), len) => Some(Prefix { addr, len }),
         (None, len) => return Err(bad(format!("/{len} route without RTA_DST"))),
     };
-    Ok(Some(Parsed { route: Route { family: af, table, dst, gateways, oif, priority }, nh_id }))
+    Ok(Some(Parsed {
+        route: Route { family: af, table, dst, gateways, oif, priority, kind },
+        nh_id,
+    }))
 }
 
 /// What a buffer of dump messages held.
@@ -349,6 +380,21 @@ pub mod fuzzing {
         EngineError, RTM_NEWNEXTHOP, RTM_NEWROUTE, Route, parse_nexthop, parse_route,
         resolve_nexthops, walk,
     };
+    use crate::routes::rules::{RTM_NEWRULE, Rule, parse_rule};
+
+    /// Decode a rule dump (received buffers) as the watcher does.
+    pub fn decode_rules(buf: &[u8], seq: Option<u32>) -> Result<Vec<Rule>, EngineError> {
+        let mut out = Vec::new();
+        walk(buf, seq, |m| {
+            if m.msg_type == RTM_NEWRULE
+                && let Some(r) = parse_rule(m.payload)?
+            {
+                out.push(r);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
 
     /// Decode a route dump and a nexthop dump (received buffers, messages of other sequence
     /// numbers than `seq` skipped when given) as the watcher does, nexthop objects resolved.
@@ -453,6 +499,7 @@ mod tests {
                 gateways: vec![ip("198.51.100.254")],
                 oif: Some(2),
                 priority: Some(100),
+                kind: RouteKind::Unicast,
             }]
         );
         assert!(routes[0].is_default());

@@ -30,6 +30,9 @@ mod linux {
         RTM_NEWNEXTHOP, RTM_NEWROUTE, RTMSG_LEN, Route, bad, default_routes_via, dump_request,
         parse_nexthop, parse_route, resolve_nexthops, walk,
     };
+    use crate::routes::rules::{
+        FIB_RULE_HDR_LEN, RTM_GETRULE, RTM_NEWRULE, Rule, Snapshot, parse_rule,
+    };
 
     const RTNLGRP_IPV4_ROUTE: u32 = 7;
     const RTNLGRP_IPV4_RULE: u32 = 8;
@@ -235,6 +238,37 @@ mod linux {
             }
             Err(bad(format!("routes kept changing during {DUMP_ATTEMPTS} dumps")))
         }
+
+        /// Every rule of both families (`RTM_GETRULE`), in the kernel's order.
+        async fn rules(&mut self) -> Result<Vec<Rule>, EngineError> {
+            for _ in 0..DUMP_ATTEMPTS {
+                let mut rules = Vec::new();
+                let mut interrupted = false;
+                for family in [AF_INET, AF_INET6] {
+                    interrupted |= self
+                        .conversation(RTM_GETRULE, family, FIB_RULE_HDR_LEN, |t, payload| {
+                            if t == RTM_NEWRULE
+                                && let Some(r) = parse_rule(payload)?
+                            {
+                                rules.push(r);
+                            }
+                            Ok(())
+                        })
+                        .await?;
+                }
+                if !interrupted {
+                    return Ok(rules);
+                }
+                tracing::debug!("rule dump interrupted by a change; dumping again");
+            }
+            Err(bad(format!("rules kept changing during {DUMP_ATTEMPTS} dumps")))
+        }
+    }
+
+    /// What the routing decision needs of the routes: default routes of every table, and the
+    /// firewall's own addresses (host routes of the `local` table).
+    fn for_snapshot(r: &Route) -> bool {
+        r.is_default() || r.table == crate::routes::rules::RT_TABLE_LOCAL
     }
 
     /// Watches the kernel's routes and rules (read-only).
@@ -277,6 +311,22 @@ mod linux {
         /// other entry. Enough for [`default_routes_via`].
         pub async fn dump_defaults(&self) -> Result<Vec<Route>, EngineError> {
             self.dump_filtered(Route::is_default).await
+        }
+
+        /// Rules and routes at one moment (rules first, then the routes; a change in between
+        /// wakes [`RouteWatcher::changed`], so the next look sees it).
+        pub async fn snapshot(&self) -> Result<Snapshot, EngineError> {
+            let deadline = Instant::now() + DUMP_TIMEOUT;
+            let mut dumper = self.dumper.lock().await;
+            let both = async {
+                let rules = dumper.rules().await?;
+                let routes = dumper.routes(for_snapshot).await?;
+                Ok::<_, EngineError>(Snapshot::new(rules, routes))
+            };
+            match timeout_at(deadline, both).await {
+                Ok(r) => r,
+                Err(_) => Err(bad(format!("rule and route dump took more than {DUMP_TIMEOUT:?}"))),
+            }
         }
 
         async fn dump_filtered(&self, keep: fn(&Route) -> bool) -> Result<Vec<Route>, EngineError> {
@@ -358,6 +408,10 @@ mod other {
         }
 
         pub async fn dump_defaults(&self) -> Result<Vec<Route>, EngineError> {
+            match self.never {}
+        }
+
+        pub async fn snapshot(&self) -> Result<crate::routes::Snapshot, EngineError> {
             match self.never {}
         }
 
@@ -521,6 +575,101 @@ mod live {
                     w.wait_until_off(ip("2001:db8::fe"), Duration::from_secs(10)).await.unwrap()
                 );
                 t.join().unwrap();
+            })
+        });
+    }
+
+    /// mwan3's layout on a real kernel: its rules (mask 0x3f00) and per-interface tables as
+    /// `mwan3_create_iface_rules` and `mwan3_set_general_rules` make them, read back by the
+    /// watcher and decided on; then mwan3's `ifdown` (rules deleted, table flushed) and
+    /// netifd's route removal, seen as a change and decided "moved".
+    #[test]
+    fn mwan3_layout_in_a_namespace() {
+        use crate::routes::{Outcome, RuleAction};
+        use statecull_proto::{AddressFamily, MarkMatch};
+        let test = "routes::mwan3_layout_in_a_namespace";
+        if !is_root() {
+            skip(test, "needs root");
+            return;
+        }
+        let Some(ns) = Netns::create(test, "rt") else { return };
+        for (dev, peer, addr) in
+            [("eth1", "p1", "198.51.100.10/24"), ("eth2", "p2", "203.0.113.10/24")]
+        {
+            ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
+            ns.ip(&["link", "set", dev, "up"]);
+            ns.ip(&["link", "set", peer, "up"]);
+            ns.ip(&["addr", "add", addr, "dev", dev]);
+        }
+        for (id, dev, gw, metric) in
+            [("1", "eth1", "198.51.100.254", "10"), ("2", "eth2", "203.0.113.254", "20")]
+        {
+            ns.ip(&["route", "add", "default", "via", gw, "dev", dev, "metric", metric]);
+            ns.ip(&["route", "add", "table", id, "default", "via", gw, "dev", dev]);
+            let n: u32 = id.parse().unwrap();
+            let mark = format!("{:#x}/0x3f00", n << 8);
+            ns.ip(&["rule", "add", "pref", &(1000 + n).to_string(), "iif", dev, "lookup", id]);
+            ns.ip(&["rule", "add", "pref", &(2000 + n).to_string(), "fwmark", &mark, "lookup", id]);
+            ns.ip(&[
+                "rule",
+                "add",
+                "pref",
+                &(3000 + n).to_string(),
+                "fwmark",
+                &mark,
+                "unreachable",
+            ]);
+        }
+        ns.ip(&["rule", "add", "pref", "2061", "fwmark", "0x3d00/0x3f00", "blackhole"]);
+        ns.ip(&["rule", "add", "pref", "2062", "fwmark", "0x3e00/0x3f00", "unreachable"]);
+        let (a, b) = (ip("198.51.100.254"), ip("203.0.113.254"));
+        let fibre = Some(MarkMatch { value: 0x100, mask: 0x3f00 });
+        let wans = vec!["eth1".to_string(), "eth2".to_string()];
+        let ns_ref = &ns;
+        ns.run_in(move |rt| {
+            rt.block_on(async move {
+                let mut w = RouteWatcher::open().unwrap();
+                let s = w.snapshot().await.unwrap();
+                let r2001 = s.rules().iter().find(|r| r.priority == 2001).expect("rule 2001");
+                assert_eq!(r2001.fwmark, MarkMatch { value: 0x100, mask: 0x3f00 });
+                assert_eq!(r2001.action, RuleAction::Lookup(1));
+                assert_eq!(
+                    s.rules().iter().find(|r| r.priority == 1001).unwrap().iif.as_deref(),
+                    Some("eth1")
+                );
+                let flow = s.flow_for(AddressFamily::Ipv4, fibre, wans.clone());
+                assert_eq!(flow.mark, MarkMatch { value: 0x100, mask: 0x3f00 });
+                assert_eq!(
+                    s.outcomes(&flow),
+                    vec![Outcome::Via { table: 1, gateways: vec![a] }],
+                    "{:#?}",
+                    s.rules()
+                );
+                let cable = s.flow_for(
+                    AddressFamily::Ipv4,
+                    Some(MarkMatch { value: 0x200, mask: 0x3f00 }),
+                    wans.clone(),
+                );
+                assert!(s.uses(&cable, b) && s.moved_off(&cable, a));
+                // The table emptied first: rule 3001 makes fibre's mark unreachable.
+                w.changed().await.ok();
+                ns_ref.ip(&["route", "flush", "table", "1"]);
+                tokio::time::timeout(Duration::from_secs(5), w.changed())
+                    .await
+                    .expect("route change notified")
+                    .unwrap();
+                let s = w.snapshot().await.unwrap();
+                let flow = s.flow_for(AddressFamily::Ipv4, fibre, wans.clone());
+                assert_eq!(s.outcomes(&flow), vec![Outcome::Dropped]);
+                // ifdown: rules gone, netifd's main route gone: moved to cable by main.
+                for pref in ["1001", "2001", "3001"] {
+                    ns_ref.ip(&["rule", "del", "pref", pref]);
+                }
+                ns_ref.ip(&["route", "del", "default", "via", "198.51.100.254"]);
+                let s = w.snapshot().await.unwrap();
+                let flow = s.flow_for(AddressFamily::Ipv4, fibre, wans.clone());
+                assert_eq!(s.outcomes(&flow), vec![Outcome::Via { table: 254, gateways: vec![b] }]);
+                assert!(s.moved_off(&flow, a));
             })
         });
     }
