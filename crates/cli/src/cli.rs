@@ -314,8 +314,7 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
             }
         }
         BrokerVerb::Count { selector } => {
-            let sel = selector.to_selector();
-            check_selector(sel.as_ref())?;
+            let sel = checked_selector(selector)?;
             let mut client = connect(&args)?;
             let c = client.count(sel.iter().cloned().collect())?;
             let count = if sel.is_some() {
@@ -343,19 +342,17 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
             }
         }
         BrokerVerb::List { selector } => {
-            let sel = selector.to_selector();
-            check_selector(sel.as_ref())?;
+            let sel = checked_selector(selector)?;
             let mut client = connect(&args)?;
             list(&mut client, sel, args.json, started, out)?;
         }
         BrokerVerb::Kill { selector, opposite } => {
-            let Some(sel) = selector.to_selector() else {
+            let Some(sel) = checked_selector(selector)? else {
                 return Err(usage(
                     "kill needs at least one selector (--mark, --nat-addr, --src, ...); \
                      to kill every state use `statecull broker flush`",
                 ));
             };
-            check_selector(Some(&sel))?;
             let mut client = connect(&args)?;
             let report = client.kill_matching(vec![sel], *opposite)?;
             print_kill(&report, args.json, started, out)?;
@@ -376,12 +373,15 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Check a selector here too, so mistakes get a usage error before anything is sent.
-fn check_selector(sel: Option<&statecull_proto::Selector>) -> Result<(), CliError> {
-    if let Some(s) = sel {
+/// The selector of the flags, checked here too, so mistakes get a usage error (naming the
+/// flags where the command line can) before anything is sent.
+fn checked_selector(args: &SelectorArgs) -> Result<Option<statecull_proto::Selector>, CliError> {
+    args.check_flags().map_err(usage)?;
+    let sel = args.to_selector();
+    if let Some(s) = &sel {
         s.check().map_err(|e| usage(e.to_string()))?;
     }
-    Ok(())
+    Ok(sel)
 }
 
 /// A kill that may have left matching states alive is a failure (exit 1), after the report
@@ -499,8 +499,27 @@ fn fail(e: &CliError) -> ExitCode {
 /// Every command writes through one [`Output`]: when the reader of standard output goes
 /// away, the command stops quietly and exits 0 unless it failed for another reason.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    // clap prints --help and --version itself and ignores write errors (no panic).
-    let cli = Cli::parse_from(args);
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(mut e) => {
+            // pfctl's `-k gateway -k IP` gets the statecull command that does the same.
+            if e.kind() == clap::error::ErrorKind::UnknownArgument {
+                let text: Vec<String> =
+                    args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+                if let Some(hint) = crate::pfctl_hint::pfctl_hint(&text) {
+                    e.insert(
+                        clap::error::ContextKind::Suggested,
+                        clap::error::ContextValue::StyledStrs(vec![hint.into()]),
+                    );
+                }
+            }
+            // --help and --version go to stdout, errors to stderr; a closed output is no
+            // reason to fail (nor to panic).
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let mut out = Output::stdout();
     let result = run(cli.command, &mut out).and_then(|()| Ok(out.flush()?));
     match result {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod engine_cmds;
 pub mod import_cmd;
 pub mod output;
+pub mod pfctl_hint;
 pub mod render;
 pub mod selector_args;
 
