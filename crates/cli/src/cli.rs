@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::list_format::ListFormat;
 use crate::output::{Output, to_stderr};
 use crate::render;
 use crate::selector_args::SelectorArgs;
@@ -202,9 +203,21 @@ enum BrokerVerb {
     /// Show the broker's version, backend, kernel capabilities, limits and protected prefixes
     Hello,
     /// List states (all, or those matching the selector flags)
+    #[command(after_help = "FORMATS:\n  \
+        --format conntrack prints the line of `conntrack -L`, --format pfctl the line of \
+        `pfctl -ss`,\n  for the fields statecull's listing has, whatever the backend: the \
+        greps written for those\n  tools keep working. Left out: conntrack's use=, pfctl's \
+        state levels (ESTABLISHED:ESTABLISHED);\n  for pf states the mark and TCP state in \
+        the conntrack layout.\n\nEXAMPLES:\n  \
+        statecull broker list --format conntrack --proto udp --dport 5060\n  \
+        statecull broker list --format pfctl --gateway 198.51.100.254 | grep igb0")]
     List {
         #[command(flatten)]
         selector: SelectorArgs,
+        /// Line layout: text (statecull's), json (as --json), conntrack (`conntrack -L`),
+        /// pfctl (`pfctl -ss`)
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        format: ListFormat,
     },
     /// Count states (the whole table, or those matching the selector flags)
     Count {
@@ -341,10 +354,17 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
                 writeln!(out, "{} states ({:.1} ms)", c.table_entries, ms(started))?;
             }
         }
-        BrokerVerb::List { selector } => {
+        BrokerVerb::List { selector, format } => {
+            let format = match (args.json, *format) {
+                (false, f) => f,
+                (true, ListFormat::Text | ListFormat::Json) => ListFormat::Json,
+                (true, _) => {
+                    return Err(usage("--json and --format conntrack|pfctl contradict each other"));
+                }
+            };
             let sel = checked_selector(selector)?;
             let mut client = connect(&args)?;
-            list(&mut client, sel, args.json, started, out)?;
+            list(&mut client, sel, format, started, out)?;
         }
         BrokerVerb::Kill { selector, opposite } => {
             let Some(sel) = checked_selector(selector)? else {
@@ -426,10 +446,11 @@ fn print_kill(
 fn list(
     client: &mut BrokerClient,
     sel: Option<statecull_proto::Selector>,
-    json: bool,
+    format: ListFormat,
     started: Instant,
     out: &mut Output,
 ) -> Result<(), CliError> {
+    let json = format == ListFormat::Json;
     let progress = io::stderr().is_terminal();
     let mut last_progress = Instant::now();
     let mut n = 0u64;
@@ -443,7 +464,12 @@ fn list(
                 let sep = if n == 0 { "" } else { "," };
                 write!(out, "{sep}{}", render::record_json(r))
             } else {
-                writeln!(out, "{}", render::record_line(r))
+                let line = match format {
+                    ListFormat::Conntrack => crate::list_format::conntrack_line(r),
+                    ListFormat::Pfctl => crate::list_format::pfctl_line(r),
+                    ListFormat::Text | ListFormat::Json => render::record_line(r),
+                };
+                writeln!(out, "{line}")
             };
             if let Err(e) = res {
                 write_err = Some(e);
