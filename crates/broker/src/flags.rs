@@ -377,7 +377,7 @@ pub fn man_page() -> String {
         }
         s.push('\n');
     }
-    s.push_str(".SH CONFIGURATION FILE\nAll keys are optional; flags override them.\n.PP\n.nf\n");
+    s.push_str(".SH CONFIG FILE\nAll keys are optional; flags override them.\n.PP\n.nf\n");
     for line in CONFIG_EXAMPLE.lines() {
         s.push_str(&roff(line));
         s.push('\n');

@@ -520,6 +520,11 @@ fn fail(e: &CliError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
+/// The `statecull` command line as clap describes it (for man pages and completions).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Run `statecull` with these arguments (including the program name, as clap expects).
 ///
 /// Every command writes through one [`Output`]: when the reader of standard output goes
