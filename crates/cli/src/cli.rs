@@ -310,7 +310,26 @@ fn ms(since: Instant) -> f64 {
 /// Connect with `--timeout` applied from the start, so it covers the `Hello` exchange too.
 fn connect(args: &BrokerArgs) -> Result<BrokerClient, CliError> {
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
-    Ok(BrokerClient::connect_with_timeout(&args.socket, "statecull cli", timeout)?)
+    BrokerClient::connect_with_timeout(&args.socket, "statecull cli", timeout)
+        .map_err(|e| not_the_broker(&args.socket, e))
+}
+
+/// A peer that answers the Hello with a JSON line (its first bytes read as a frame length
+/// starting with `{`) is the engine's control socket, given by mistake: say so.
+fn not_the_broker(path: &std::path::Path, e: ClientError) -> CliError {
+    match e {
+        ClientError::Protocol(ProtoError::FrameTooLarge { len, .. })
+            if u32::try_from(len).is_ok_and(|l| l >> 24 == u32::from(b'{')) =>
+        {
+            CliError::Engine(format!(
+                "{} answered in JSON lines: it is the engine's control socket; `statecull \
+                 broker` talks to the broker's socket, default {DEFAULT_BROKER_SOCKET} \
+                 (--socket, or STATECULL_BROKER_SOCKET)",
+                path.display()
+            ))
+        }
+        other => other.into(),
+    }
 }
 
 fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {

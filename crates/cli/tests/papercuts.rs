@@ -251,3 +251,27 @@ fn pfctl_kill_spelling_gets_the_statecull_equivalent() {
     assert_eq!(code, Some(2), "{err}");
     assert!(!err.contains("pfctl"), "{err}");
 }
+
+#[test]
+fn broker_commands_on_the_engines_socket_say_so() {
+    let dir = Scratch::new("engine-socket");
+    let sock = dir.0.join("engine.sock");
+    // What the engine's control socket does with bytes that are not a JSON line: one error
+    // line (the real engine answers when a line is complete, or after 30 s without one).
+    listen(&sock, |mut conn| {
+        let mut buf = [0u8; 256];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(b"{\"error\":{\"message\":\"cannot read the request\"}}\n");
+    });
+    let s = sock.to_str().unwrap();
+    let (code, _, err) = run(&["broker", "-s", s, "hello"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "statecull: {s} answered in JSON lines: it is the engine's control socket; \
+             `statecull broker` talks to the broker's socket, default \
+             /run/statecull/broker.sock (--socket, or STATECULL_BROKER_SOCKET)\n"
+        )
+    );
+}
