@@ -40,12 +40,14 @@ fn parse_args(argv: Vec<OsString>) -> Result<Parsed, String> {
     if flags::has(&given, FlagId::Version) {
         return Ok(Parsed::Version);
     }
-    let mut config = match values(&given, FlagId::Config).next() {
+    let mut config = match flags::last(&given, FlagId::Config) {
         Some(p) => Config::from_file(std::path::Path::new(p)).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     let mut model_flags: Vec<(&str, &str)> = Vec::new();
     for f in flags::FLAGS {
+        // Repeatable flags add up; of the others, each value replaces the one before, so
+        // the last counts.
         for v in values(&given, f.id) {
             let name = f.long;
             let bad = |m: String| format!("--{name} {v}: {m}");
@@ -551,6 +553,15 @@ mod tests {
             assert_eq!(a.config.max_connections, 4, "{line}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn of_a_one_value_flag_given_twice_the_last_counts() {
+        // As rc.d appends statecull_broker_flags after its fixed flags.
+        let a = parse("--log-format json --socket /run/a.sock --log-format text -s /run/b.sock")
+            .unwrap();
+        assert_eq!(a.config.socket, PathBuf::from("/run/b.sock"));
+        assert_eq!(a.config.log_format, LogFormat::Text);
     }
 
     #[test]

@@ -205,8 +205,10 @@ pub const FLAGS: &[Flag] = &[
 pub type Given = Vec<(&'static Flag, Option<String>)>;
 
 /// Find every flag of `argv` (without the program name) in [`FLAGS`]. Refused: an unknown
-/// flag, a positional argument, a missing or non-UTF-8 value, a value given to a switch, and
-/// a flag that takes one value given twice.
+/// flag, a positional argument, a missing or non-UTF-8 value, a value given to a switch. A
+/// flag that takes one value may be given again: the last one counts (see [`last`]), so the
+/// flags an operator appends to a service's fixed ones (rc.d `statecull_broker_flags`)
+/// override them.
 pub fn parse(argv: Vec<OsString>) -> Result<Given, String> {
     use lexopt::Arg;
     let mut parser = lexopt::Parser::from_args(argv);
@@ -230,9 +232,6 @@ pub fn parse(argv: Vec<OsString>) -> Result<Given, String> {
             ),
             None => None,
         };
-        if !f.repeatable && given.iter().any(|(g, _)| g.id == f.id) {
-            return Err(format!("--{} is given twice; it takes one value", f.long));
-        }
         given.push((f, value));
     }
     Ok(given)
@@ -241,6 +240,11 @@ pub fn parse(argv: Vec<OsString>) -> Result<Given, String> {
 /// Every value given for `id`, in command-line order.
 pub fn values(given: &Given, id: FlagId) -> impl Iterator<Item = &str> {
     given.iter().filter(move |(f, _)| f.id == id).filter_map(|(_, v)| v.as_deref())
+}
+
+/// The value that counts for a flag taking one value: the last one given.
+pub fn last(given: &Given, id: FlagId) -> Option<&str> {
+    values(given, id).last()
 }
 
 /// Whether the switch `id` was given.
@@ -296,7 +300,8 @@ pub const NOTES: &[&str] = &[
      cut short), exit 0 (a confined broker cannot remove its socket file; nothing listens \
      there any more and the next start replaces it). Other signals that would end a process \
      (SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, real-time signals, ...) are logged and ignored.",
-    "Flags may come in any order and override the configuration file. A broker that cannot \
+    "Flags may come in any order and override the configuration file; of a flag that takes \
+     one value and is given twice, the last counts. A broker that cannot \
      start prints one line, statecull-broker: followed by the reason, on standard error and \
      exits 2 for a mistake on the command line or in the configuration, 1 for anything else.",
 ];
@@ -420,6 +425,13 @@ mod tests {
     }
 
     #[test]
+    fn repeatable_flags_say_so() {
+        for f in FLAGS {
+            assert_eq!(f.repeatable, f.help.contains("repeatable"), "{}", f.long);
+        }
+    }
+
+    #[test]
     fn spellings_are_unique() {
         for (i, a) in FLAGS.iter().enumerate() {
             for b in &FLAGS[i + 1..] {
@@ -444,8 +456,8 @@ mod tests {
 
     #[test]
     fn mistakes_are_refused_with_their_flag() {
-        let e = parse(args("--socket a -s b")).unwrap_err();
-        assert_eq!(e, "--socket is given twice; it takes one value");
+        let given = parse(args("--socket a -s b")).unwrap();
+        assert_eq!(last(&given, FlagId::Socket), Some("b"), "the last one counts");
         let e = parse(args("--socket")).unwrap_err();
         assert!(e.contains("--socket") && e.contains("missing"), "{e}");
         let e = parse(args("--frobnicate")).unwrap_err();

@@ -24,9 +24,9 @@ fn a_flag_mistake_is_one_plain_line() {
         "statecull-broker: --model-states 10: only for --backend pf-model (the backend is \
          conntrack)\n"
     );
-    let (code, _, err) = broker(&["--socket", "/run/a.sock", "-s", "/run/b.sock"]);
+    let (code, _, err) = broker(&["--max-connections", "0"]);
     assert_eq!(code, Some(2), "{err}");
-    assert_eq!(err, "statecull-broker: --socket is given twice; it takes one value\n");
+    assert_eq!(err, "statecull-broker: --max-connections 0: expected a number of at least 1\n");
 }
 
 #[test]
