@@ -15,10 +15,11 @@ const PIECES: [usize; 5] = [1, 3, 7, 64, 4096];
 
 fn request(n: usize) -> Request {
     let sel = Selector { mark: "1".parse().ok(), ..Selector::default() };
-    match n % 4 {
+    match n % 5 {
         0 => Request::Count { selectors: vec![sel] },
         1 => Request::Snapshot { selector: None },
         2 => Request::KillMatching { selectors: vec![sel], match_opposite: false },
+        3 => Request::RulesetTicket,
         _ => Request::Flush { interface: None },
     }
 }
@@ -41,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
                         (Response::Hello(_), Verb::Hello) | (Response::Count(_), Verb::Count) => {
                             true
                         }
-                        (Response::Killed(_), Verb::KillMatching | Verb::Flush) => true,
+                        (Response::Killed(_), Verb::KillMatching | Verb::Flush)
+                        | (Response::RulesetTicket(_), Verb::RulesetTicket) => true,
                         (
                             Response::SnapshotBatch(_) | Response::SnapshotDone(_),
                             Verb::Snapshot,

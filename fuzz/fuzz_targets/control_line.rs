@@ -49,6 +49,7 @@ fn caps() -> [Capabilities; 2] {
         listing_only: vec![],
         match_opposite: false,
         flush_by_interface: false,
+        ruleset_ticket: false,
     };
     let pf = Capabilities {
         selector_fields: vec![
@@ -69,6 +70,7 @@ fn caps() -> [Capabilities; 2] {
         listing_only: vec![],
         match_opposite: true,
         flush_by_interface: true,
+        ruleset_ticket: true,
     };
     [conntrack, pf]
 }

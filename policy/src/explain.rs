@@ -202,7 +202,7 @@ fn warnings_with(policy: &Policy, memberships: &[Vec<(&Group, u8)>]) -> Vec<Stri
         w.push(
             "routing.confirm = \"rtnetlink\" works on Linux only, but some gateways are \
              recognised the pf way (rt_addr or states.interface, no mark); on FreeBSD use \
-             \"signal\" or \"delay\""
+             \"pf-ruleset\" (pfSense, OPNsense), \"route-socket\", \"signal\" or \"delay\""
                 .to_owned(),
         );
     }
@@ -279,6 +279,18 @@ fn explain_into(p: &Policy, out: &mut String, steps: &Cell<u64>) -> std::fmt::Re
         RoutingConfirm::Delay => {
             writeln!(out, "  before killing, wait {wait} for routing to move off the gateway")?;
         }
+        RoutingConfirm::RouteSocket => writeln!(
+            out,
+            "  before killing, wait until the routing socket shows no default route through \
+             the failed gateway (FreeBSD), at most {wait}; past that, kill anyway and report \
+             routing as unconfirmed"
+        )?,
+        RoutingConfirm::PfRuleset => writeln!(
+            out,
+            "  before killing, wait until pf's main filter ruleset is reloaded (its ticket \
+             changes: pfSense and OPNsense move route-to rules off a failed gateway that \
+             way), at most {wait}; past that, kill anyway and report routing as unconfirmed"
+        )?,
     }
     if p.routing.sweep_delay.is_zero() {
         writeln!(out, "  no trailing sweep")?;

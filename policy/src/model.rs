@@ -266,6 +266,37 @@ pub enum RoutingConfirm {
     Signal,
     /// Wait `settle_timeout`, then kill.
     Delay,
+    /// FreeBSD: ask the routing socket (`PF_ROUTE`, read-only `RTM_GET` of the default
+    /// route, re-asked on every route change) until no default route of the engine's FIB
+    /// uses the gateway. Same meaning as `Rtnetlink`.
+    RouteSocket,
+    /// pf (pfSense, OPNsense): wait until the active main filter ruleset's ticket changes
+    /// (the firewall reloaded its rules, moving `route-to` off the gateway). Read from the
+    /// broker when the executor takes the decision, then polled.
+    PfRuleset,
+}
+
+impl RoutingConfirm {
+    /// The policy's word for it.
+    pub fn word(self) -> &'static str {
+        match self {
+            RoutingConfirm::Rtnetlink => "rtnetlink",
+            RoutingConfirm::Signal => "signal",
+            RoutingConfirm::Delay => "delay",
+            RoutingConfirm::RouteSocket => "route-socket",
+            RoutingConfirm::PfRuleset => "pf-ruleset",
+        }
+    }
+
+    /// The operating system the confirmation needs, if only one has it (the others
+    /// confirm by waiting for routes or signals everywhere; `pf-ruleset` needs a pf broker).
+    pub fn os_only(self) -> Option<&'static str> {
+        match self {
+            RoutingConfirm::Rtnetlink => Some("linux"),
+            RoutingConfirm::RouteSocket | RoutingConfirm::PfRuleset => Some("freebsd"),
+            RoutingConfirm::Signal | RoutingConfirm::Delay => None,
+        }
+    }
 }
 
 /// How a kill waits for routing (the `[routing]` table). The default is what a policy

@@ -125,9 +125,26 @@ pub const RULES: &[Rule] = &[
         works_on: LINUX,
         elsewhere: Level::Error,
         reason: "rtnetlink is Linux's routing socket; FreeBSD has none, so the engine would only \
-                 ever wait out settle_timeout. Use confirm = \"signal\" (a gateway alarm hook \
-                 runs `statecull gateway NAME down --routed`) or \"delay\".",
+                 ever wait out settle_timeout. On pfSense and OPNsense use confirm = \
+                 \"pf-ruleset\" (they move traffic by reloading the ruleset); on a plain FreeBSD \
+                 router \"route-socket\".",
         used_at: confirm_rtnetlink,
+    },
+    Rule {
+        feature: "confirm = \"route-socket\"",
+        works_on: FREEBSD,
+        elsewhere: Level::Error,
+        reason: "route-socket is FreeBSD's PF_ROUTE routing socket; Linux has none (its routing \
+                 socket is rtnetlink): use confirm = \"rtnetlink\".",
+        used_at: confirm_route_socket,
+    },
+    Rule {
+        feature: "confirm = \"pf-ruleset\"",
+        works_on: FREEBSD,
+        elsewhere: Level::Error,
+        reason: "pf-ruleset waits for pf's filter ruleset ticket to change; conntrack has no \
+                 ruleset (the broker refuses the verb): on Linux use confirm = \"rtnetlink\".",
+        used_at: confirm_pf_ruleset,
     },
     Rule {
         feature: "[gateway.states] mark as the only recogniser",
@@ -229,11 +246,30 @@ pub fn check(policy: &Policy, target: TargetOs) -> Vec<Finding> {
     out
 }
 
-fn confirm_rtnetlink(p: &Policy) -> Vec<String> {
-    match p.routing.confirm {
-        RoutingConfirm::Rtnetlink => vec!["[routing] confirm".to_owned()],
-        RoutingConfirm::Signal | RoutingConfirm::Delay => Vec::new(),
+/// Where the policy names `mode` as its routing confirmation. Every mode is placed here (no
+/// catch-all), so a new mode does not compile until it has a row.
+fn confirm_is(p: &Policy, mode: RoutingConfirm) -> Vec<String> {
+    let os_specific = match p.routing.confirm {
+        RoutingConfirm::Rtnetlink | RoutingConfirm::RouteSocket | RoutingConfirm::PfRuleset => true,
+        RoutingConfirm::Signal | RoutingConfirm::Delay => false,
+    };
+    if os_specific && p.routing.confirm == mode {
+        vec!["[routing] confirm".to_owned()]
+    } else {
+        Vec::new()
     }
+}
+
+fn confirm_rtnetlink(p: &Policy) -> Vec<String> {
+    confirm_is(p, RoutingConfirm::Rtnetlink)
+}
+
+fn confirm_route_socket(p: &Policy) -> Vec<String> {
+    confirm_is(p, RoutingConfirm::RouteSocket)
+}
+
+fn confirm_pf_ruleset(p: &Policy) -> Vec<String> {
+    confirm_is(p, RoutingConfirm::PfRuleset)
 }
 
 fn gateways_where(p: &Policy, f: impl Fn(&crate::model::Gateway) -> bool) -> Vec<String> {
@@ -355,6 +391,26 @@ members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
             ["error confirm = \"rtnetlink\" @ [routing] confirm"]
         );
         assert!(check(&policy("", "delay", EXTERNAL_NAT), TargetOs::FreeBsd).is_empty());
+    }
+
+    #[test]
+    fn route_socket_and_pf_ruleset_are_errors_on_linux_only() {
+        for (mode, feature) in [
+            ("route-socket", "confirm = \"route-socket\""),
+            ("pf-ruleset", "confirm = \"pf-ruleset\""),
+        ] {
+            let p = policy("", mode, EXTERNAL_NAT);
+            assert!(check(&p, TargetOs::FreeBsd).is_empty(), "{mode}");
+            assert_eq!(
+                found(&p, TargetOs::Linux),
+                [format!("error {feature} @ [routing] confirm")]
+            );
+        }
+        for mode in ["signal", "delay"] {
+            for os in TargetOs::ALL {
+                assert!(check(&policy("", mode, EXTERNAL_NAT), os).is_empty(), "{mode} on {os}");
+            }
+        }
     }
 
     #[test]

@@ -93,8 +93,8 @@ fn pfsense_example_reads_as_intended() {
     assert_eq!(group.on_down, OnDown::Gateway);
     let tiers: Vec<_> = group.members.iter().map(|m| (m.gateway, m.tier)).collect();
     assert_eq!(tiers, [(0, 1), (1, 2)]);
-    assert_eq!(p.routing.confirm, RoutingConfirm::Delay);
-    assert_eq!(p.routing.settle_timeout, Duration::from_secs(3));
+    assert_eq!(p.routing.confirm, RoutingConfirm::PfRuleset);
+    assert_eq!(p.routing.settle_timeout, Duration::from_secs(30));
     let rtp = &p.protected[1];
     assert_eq!(rtp.proto, Some(ipproto::UDP));
     assert_eq!(rtp.ports, [PortRange { first: 10000, last: 20000 }]);
@@ -965,6 +965,24 @@ fn min_samples_default_follows_a_small_window() {
         MINIMAL.replace("address = \"2001:db8:1::1\"", "address = \"2001:db8:1::1\"\nwindow = 3");
     let p = parse(&text, "t.toml").unwrap();
     assert_eq!((p.gateways[0].health.window, p.gateways[0].health.min_samples), (3, 3));
+}
+
+#[test]
+fn every_routing_confirmation_word_loads() {
+    for (word, confirm, os) in [
+        ("rtnetlink", RoutingConfirm::Rtnetlink, Some("linux")),
+        ("route-socket", RoutingConfirm::RouteSocket, Some("freebsd")),
+        ("pf-ruleset", RoutingConfirm::PfRuleset, Some("freebsd")),
+        ("signal", RoutingConfirm::Signal, None),
+        ("delay", RoutingConfirm::Delay, None),
+    ] {
+        let text = with(&[(END, &format!("[routing]\nconfirm = \"{word}\""))]);
+        let p = parse(&text, "t.toml").unwrap();
+        assert_eq!(p.routing.confirm, confirm);
+        assert_eq!(confirm.word(), word);
+        assert_eq!(confirm.os_only(), os, "{word}");
+        assert!(explain(&p).contains("before killing"), "{word}");
+    }
 }
 
 #[test]

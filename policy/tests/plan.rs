@@ -38,6 +38,7 @@ fn ct_caps() -> Capabilities {
         listing_only: vec![],
         match_opposite: false,
         flush_by_interface: false,
+        ruleset_ticket: false,
     }
 }
 
@@ -53,6 +54,7 @@ fn pf_caps() -> Capabilities {
         listing_only: vec![NatAddr],
         match_opposite: true,
         flush_by_interface: true,
+        ruleset_ticket: true,
     }
 }
 

@@ -27,7 +27,7 @@ pub enum SocketError {
     #[error("{path} exists and is not a socket ({kind}); refusing to replace it")]
     NotASocket { path: PathBuf, kind: &'static str },
     #[error(
-        "{dir} is writable by {whom} (mode {mode:04o}) without the sticky bit: anyone who can write there could replace the socket; use a directory only the daemon's user (and group) can write, e.g. /run/statecull"
+        "{dir} is writable by {whom} (mode {mode:04o}) without the sticky bit: anyone who can write there could replace the socket; use a directory only the daemon's user (and group) can write, like the services' runtime directory (root:statecull, mode 0750)"
     )]
     UnsafeDirectory { dir: PathBuf, mode: u32, whom: &'static str },
     #[error("{0} has no file name")]

@@ -164,6 +164,7 @@ fn every_verb_before_hello_is_refused_and_never_reaches_the_backend() {
             match_opposite: false,
         },
         Request::Flush { interface: None },
+        Request::RulesetTicket,
     ];
     let mut s = Session::new(&broker, ENGINE);
     for r in &requests {
@@ -183,6 +184,29 @@ fn every_verb_before_hello_is_refused_and_never_reaches_the_backend() {
         assert_eq!(error_code(&out.last()), ErrorCode::HelloRequired, "{r:?}");
     }
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+}
+
+/// A conntrack-like backend has no filter ruleset: its capabilities say so in Hello, and the
+/// verb is refused as unsupported by the check, never reaching the backend; the connection
+/// stays usable.
+#[test]
+fn ruleset_ticket_is_refused_without_a_ruleset_and_the_connection_stays_usable() {
+    let fake = FakeBackend::new(10);
+    let broker = fake_broker(&fake, Config::default());
+    let mut s = Session::new(&broker, ENGINE);
+    let mut out = Frames::default();
+    s.handle(&payload(&hello()), &mut out);
+    let Response::Hello(h) = out.last() else { panic!("no hello") };
+    assert!(!h.backend.capabilities.ruleset_ticket);
+    let mut out = Frames::default();
+    assert_eq!(s.handle(&payload(&Request::RulesetTicket), &mut out), Flow::Continue);
+    let Response::Error(e) = out.last() else { panic!("expected a refusal") };
+    assert_eq!(e.code, ErrorCode::Unsupported);
+    assert!(e.message.contains("ruleset"), "{}", e.message);
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    let mut out = Frames::default();
+    s.handle(&payload(&Request::Count { selectors: vec![] }), &mut out);
+    assert!(matches!(out.last(), Response::Count(_)));
 }
 
 #[test]

@@ -319,3 +319,45 @@ fn kill_handles_with_twins_takes_the_lan_half_of_default_route_connections() {
     let e = c.kill_handles(vec![StateHandle::Pf { id: 1, creator_id: 0 }], true).unwrap_err();
     assert!(e.to_string().contains("creator id"), "{e}");
 }
+
+/// The ruleset ticket of a running pf-model broker: announced in Hello, stable while nothing
+/// is committed (kills and listings leave it), changed by a ruleset commit (SIGUSR1 is the
+/// model's stand-in for `pfctl -f`).
+#[test]
+fn ruleset_ticket_changes_only_when_a_ruleset_is_committed() {
+    let b = broker(&[]);
+    let mut c = client(&b);
+    assert!(c.hello().backend.capabilities.ruleset_ticket);
+    let t0 = c.ruleset_ticket().unwrap();
+    assert!(t0.rules > 0);
+    c.kill_matching(vec![gw(0)], true).unwrap();
+    snapshot(&mut c, None);
+    assert_eq!(c.ruleset_ticket().unwrap(), t0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(b.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let t1 = loop {
+        let t = c.ruleset_ticket().unwrap();
+        if t != t0 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "SIGUSR1 committed no ruleset");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(t1.rules, t0.rules);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.ruleset_ticket().unwrap(), t1, "one commit, one new ticket");
+    // The operator's view of the same.
+    let v = cli(&b, &["ruleset-ticket"]);
+    assert_eq!(v["ticket"], u64::from(t1.ticket), "{v}");
+    assert_eq!(v["rules"], u64::from(t1.rules), "{v}");
+
+    // FreeBSD 14 has no netlink GETRULES: the ticket comes from DIOCGETRULES.
+    let old = broker(&["--model-release", "14"]);
+    let mut c = client(&old);
+    assert!(c.hello().backend.capabilities.ruleset_ticket);
+    assert_eq!(c.ruleset_ticket().unwrap().ticket, 1, "the boot-time ruleset");
+}

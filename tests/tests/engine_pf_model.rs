@@ -585,3 +585,268 @@ fn fail_back_kill_unprotected_kills_the_twins_of_what_it_kills() {
         .count();
     assert_eq!(unrelated, 0, "states of neither WAN2 nor the failure were killed");
 }
+
+/// `confirm = "pf-ruleset"` with a given settle timeout.
+fn ruleset_policy(settle: &str) -> String {
+    format!(
+        r#"
+[routing]
+confirm = "pf-ruleset"
+settle_timeout = "{settle}"
+sweep_delay = "0s"
+{WAN1_WAN2}
+[[group]]
+name = "failover"
+members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
+on_down = "gateway"
+"#
+    )
+}
+
+fn field<'a>(e: &'a Event, k: &str) -> Option<&'a str> {
+    e.fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+fn wait_for(control: &Path, kind: EventKind, within: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + within;
+    loop {
+        let evs = events(control);
+        if count(&evs, kind) > 0 {
+            return evs;
+        }
+        assert!(Instant::now() < deadline, "no {kind:?} within {within:?}: {evs:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// pfSense and OPNsense move `route-to` off a dead gateway by reloading the ruleset: with
+/// `confirm = "pf-ruleset"` nothing is killed before the commit, and the kill follows it
+/// within a poll or two.
+#[test]
+fn pf_ruleset_confirmation_kills_right_after_the_ruleset_commit_and_not_before() {
+    let dir = TempDir::new("engine-pf-ruleset").unwrap();
+    let (broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("60s"));
+    let before = ids(&snapshot(&broker_sock));
+
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let evs = events(&control);
+    assert_eq!(count(&evs, EventKind::GatewayDown), 1, "{evs:#?}");
+    assert_eq!(count(&evs, EventKind::Routed), 0, "no commit, no confirmation: {evs:#?}");
+    assert_eq!(count(&evs, EventKind::PlanStarted), 0, "no kill before the commit: {evs:#?}");
+    assert_eq!(ids(&snapshot(&broker_sock)), before, "nothing killed before the commit");
+
+    // The firewall reloads its rules (the model's stand-in for `pfctl -f`).
+    let committed = Instant::now();
+    let committed_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.0.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
+    let took = committed.elapsed();
+    eprintln!("ruleset commit -> plan-done seen by the test: {took:?}");
+    // Far under the 60 s settle timeout; the kill itself (20,000 states, a debug build on a
+    // shared machine) takes most of it. The commit's confirmation is bounded below.
+    assert!(took < Duration::from_secs(10), "the kill followed the commit late: {took:?}");
+    let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
+    assert_eq!(field(routed, "confirmed"), Some("true"), "{routed:?}");
+    assert_eq!(field(routed, "via"), Some("pf ruleset reloaded"), "{routed:?}");
+    let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
+    assert!(done.killed.unwrap() > 100, "{done:?}");
+    assert_eq!(count(&evs, EventKind::PlanFailed), 0, "{evs:#?}");
+    let confirmed_after = routed.unix_ms.saturating_sub(committed_ms);
+    eprintln!(
+        "SIGUSR1 -> routed event: {confirmed_after} ms; routed -> plan-done: {} ms",
+        done.unix_ms.saturating_sub(routed.unix_ms)
+    );
+    assert!(confirmed_after < 1000, "the commit was seen late: {confirmed_after} ms");
+    let gone = before.len() - ids(&snapshot(&broker_sock)).len();
+    assert_eq!(done.killed, Some(gone as u64), "{done:?}");
+}
+
+/// No commit within `settle_timeout`: the plan runs anyway, reported unconfirmed.
+#[test]
+fn pf_ruleset_confirmation_times_out_and_kills_unconfirmed() {
+    let dir = TempDir::new("engine-pf-ruleset-late").unwrap();
+    let (_broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("1s"));
+    let decided = Instant::now();
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
+    let took = decided.elapsed();
+    assert!(took >= Duration::from_millis(900), "killed before the settle timeout: {took:?}");
+    let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
+    assert_eq!(field(routed, "confirmed"), Some("false"), "{routed:?}");
+    assert_eq!(field(routed, "via"), Some("pf ruleset not reloaded"), "{routed:?}");
+    let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
+    assert!(done.killed.unwrap() > 100, "{done:?}");
+}
+
+/// The firewall can reload before the engine decides (its dpinger alarm came first): the
+/// ticket read in the background shortly before the decision is the wait's first one, so a
+/// reload just before the decision confirms at once instead of waiting for `settle_timeout`.
+#[test]
+fn pf_ruleset_reload_just_before_the_decision_confirms_at_once() {
+    let dir = TempDir::new("engine-pf-ruleset-early").unwrap();
+    let (broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("60s"));
+    // Let the background readings cover more than the lookback (2 s) before the reload.
+    std::thread::sleep(Duration::from_millis(3500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.0.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let decided = Instant::now();
+    statecull(&control, &["gateway", "WAN1", "down"]);
+    let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
+    assert!(decided.elapsed() < Duration::from_secs(10), "waited for the settle timeout");
+    let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
+    assert_eq!(field(routed, "confirmed"), Some("true"), "{routed:?}");
+    assert_eq!(field(routed, "via"), Some("pf ruleset reloaded"), "{routed:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A pfSense configuration imported as it is, run against the pf model.
+
+/// A stand-in dpinger at `path` (it follows dpinger's status socket: one line per
+/// connection, `NAME LATENCY_US STDDEV_US LOSS_PCT`); `line` is what it reports now.
+fn dpinger_stand_in(
+    path: &Path,
+    line: std::sync::Arc<std::sync::Mutex<String>>,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    // The engine may run as the test user.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let polls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let p = std::sync::Arc::clone(&polls);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let now = line.lock().unwrap().clone();
+            let _ = s.write_all(now.as_bytes());
+        }
+    });
+    polls
+}
+
+/// `statecull import pfsense` on a config.xml of the model's router (LAN igb0, WAN1 igb1,
+/// WAN2 igb2, a failover group), used as generated but for where dpinger's sockets are: the
+/// engine reads both WANs from dpinger stand-ins, WAN1's dpinger raises its alarm (100 %
+/// loss), the engine decides, waits for the ruleset reload the imported policy asks for
+/// (`confirm = "pf-ruleset"`), and kills exactly WAN1's connections: both states of each,
+/// nothing of WAN2.
+#[test]
+fn an_imported_pfsense_configuration_fails_over_against_the_model() {
+    let dir = TempDir::new("engine-pf-import").unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/import/tests/fixtures/pfsense/model-router.xml");
+    let generated = dir.path().join("imported.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_itest-statecull"))
+        .args(["import", "pfsense"])
+        .arg(&fixture)
+        .arg("--output")
+        .arg(&generated)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(warnings.contains("killed twice"), "the import says to turn pfSense's off: {warnings}");
+    let imported = std::fs::read_to_string(&generated).unwrap();
+    assert!(imported.contains("confirm = \"pf-ruleset\""), "{imported}");
+
+    // Only the dpinger sockets move: pfSense keeps them in /var/run.
+    let sockets = dir.path().join("dpinger");
+    std::fs::create_dir(&sockets).unwrap();
+    std::fs::set_permissions(&sockets, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let policy = imported.replace("/var/run/dpinger_", &format!("{}/dpinger_", sockets.display()));
+    let healthy = |name: &str| format!("{name} 12000 800 0\n");
+    let wan1 = std::sync::Arc::new(std::sync::Mutex::new(healthy("WAN1")));
+    let wan2 = std::sync::Arc::new(std::sync::Mutex::new(healthy("WAN2")));
+    let wan1_polls = dpinger_stand_in(
+        &sockets.join("dpinger_WAN1~198.51.100.1~192.0.2.53.sock"),
+        std::sync::Arc::clone(&wan1),
+    );
+    let wan2_polls = dpinger_stand_in(
+        &sockets.join("dpinger_WAN2~203.0.113.1~203.0.113.254.sock"),
+        std::sync::Arc::clone(&wan2),
+    );
+
+    let (broker, broker_sock) = start_broker(dir.path());
+    let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &policy);
+    let before = ids(&snapshot(&broker_sock));
+
+    // Both gateways up from dpinger's reports; the dry run counts WAN1's states.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dry = loop {
+        let dry: serde_json::Value =
+            serde_json::from_str(&statecull(&control, &["plan", "--down", "WAN1"])).unwrap();
+        if dry["steps"][0]["would_kill"].as_u64().is_some_and(|n| n > 0) {
+            break dry;
+        }
+        assert!(Instant::now() < deadline, "no plan for WAN1 down: {dry}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(wan1_polls.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert!(wan2_polls.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert_eq!(ids(&snapshot(&broker_sock)), before, "a dry run kills nothing");
+
+    // dpinger raises WAN1's alarm; the engine decides on its own and waits for the reload.
+    *wan1.lock().unwrap() = "WAN1 0 0 100\n".to_owned();
+    let evs = wait_for(&control, EventKind::GatewayDown, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1000));
+    let evs_now = events(&control);
+    assert_eq!(count(&evs_now, EventKind::PlanStarted), 0, "no kill before the reload: {evs:#?}");
+    assert_eq!(ids(&snapshot(&broker_sock)), before, "nothing killed before the reload");
+
+    // pfSense's alarm hook reloads the ruleset (the model's stand-in for `pfctl -f`).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(broker.0.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let evs = wait_for(&control, EventKind::SweepDone, Duration::from_secs(60));
+    assert_eq!(count(&evs, EventKind::PlanDone), 1, "{evs:#?}");
+    assert_eq!(count(&evs, EventKind::PlanFailed), 0, "{evs:#?}");
+    let routed = evs.iter().find(|e| e.kind == EventKind::Routed).unwrap();
+    assert_eq!(field(routed, "via"), Some("pf ruleset reloaded"), "{routed:?}");
+
+    let after = ids(&snapshot(&broker_sock));
+    let gone: HashSet<u64> = before.difference(&after).copied().collect();
+    let done = evs.iter().find(|e| e.kind == EventKind::PlanDone).unwrap();
+    assert_eq!(done.killed, Some(gone.len() as u64), "{done:?}");
+    // The dry run counts the victims; the kill also takes their twins.
+    let victims = dry["steps"][0]["would_kill"].as_u64().unwrap();
+    assert!(victims <= gone.len() as u64 && gone.len() as u64 <= 2 * victims, "{dry}");
+    let g = router_table(&Spec::new(STATES, SEED)).unwrap();
+    let v4 = |ids: &[u64]| {
+        g.model
+            .get(ids[0], g.model.hostid())
+            .is_some_and(|s| s.wire.af == statecull_pf::types::AF_INET)
+    };
+    let mut wan1_conns = 0;
+    for conn in &g.connections {
+        let all_gone = conn.ids.iter().all(|id| gone.contains(id));
+        let none_gone = conn.ids.iter().all(|id| !gone.contains(id));
+        match conn.kind {
+            Kind::PolicyWan1 | Kind::DefaultWan1 if v4(&conn.ids) => {
+                wan1_conns += 1;
+                assert!(all_gone, "WAN1 connection left alive: {conn:?}");
+            }
+            k if k.wan() == Some(1) => assert!(none_gone, "WAN2 touched: {conn:?}"),
+            Kind::LanToFirewall => assert!(none_gone, "{conn:?}"),
+            _ => {}
+        }
+    }
+    assert!(wan1_conns > 100, "the table has WAN1 connections to kill ({wan1_conns})");
+}

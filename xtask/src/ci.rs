@@ -4,7 +4,8 @@
 //!
 //! Steps: formatting, clippy, the tidy rules, `cargo deny` (bans, licenses, sources; the
 //! advisory database too when it can be fetched), the README's test command, the FreeBSD
-//! type-check, a release broker without the simulator, a short lab, the demo, the
+//! binaries and packages (`dist freebsd`; without cargo-zigbuild, loudly, only a FreeBSD
+//! type-check), a release broker without the simulator, a short lab, the demo, the
 //! deployment profiles, benchmark smoke runs (the engine's with its goals reported, not
 //! enforced: timing on a small table on a shared machine is not what CI checks), a fuzz
 //! smoke run, and no namespace left behind.
@@ -128,8 +129,19 @@ pub fn ci() -> Result<()> {
     deny()?;
     step("tests (the README's test command)");
     crate::test(&[])?;
-    step("FreeBSD type-check");
-    crate::check_freebsd()?;
+    step("FreeBSD: link the programs with cargo-zigbuild, build and check the pkg(8) packages");
+    if crate::dist::have_zigbuild() {
+        crate::dist::dist_freebsd(false, None)?;
+    } else {
+        eprintln!(
+            "\n**********************************************************************\n\
+             WARNING: cargo-zigbuild is not installed: NO FreeBSD binaries and NO\n\
+             packages are built; falling back to a FreeBSD type-check only.\n\
+             (.ci/run installs ziglang and cargo-zigbuild into its venv.)\n\
+             **********************************************************************\n"
+        );
+        crate::check_freebsd()?;
+    }
     step("the release broker has no simulator");
     release_broker_has_no_simulator()?;
     step("the README's main command, short");

@@ -11,6 +11,7 @@ mod bench_hostile;
 mod bench_pf;
 mod ci;
 mod demo;
+mod dist;
 mod fuzz;
 mod lab_task;
 mod man;
@@ -109,6 +110,15 @@ enum Task {
     },
     /// Type-check the crates that must build on FreeBSD
     CheckFreebsd,
+    /// Packages for an OS: `dist freebsd` links the three programs for
+    /// x86_64-unknown-freebsd with cargo-zigbuild (zig's FreeBSD 14 libc stubs) and writes
+    /// pkg(8) packages statecull-broker, statecull-engine and statecull (tar + zstd, +MANIFEST
+    /// with sha256 sums, rc.d scripts, pw(8) user creation) and the port skeleton, then reads
+    /// every package back and checks it
+    Dist {
+        #[command(subcommand)]
+        what: DistWhat,
+    },
     /// Everything CI checks (what `.ci/run` runs after installing packages): fmt, clippy,
     /// tidy, cargo deny, the tests, the FreeBSD type-check, a release broker without the
     /// simulator, a short lab, the demo, the deployment profiles, benchmark and fuzz smoke runs
@@ -132,6 +142,19 @@ enum Task {
         socket: std::path::PathBuf,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DistWhat {
+    /// FreeBSD 14 amd64 packages and the port, in target/dist/freebsd unless --out
+    Freebsd {
+        /// Package the binaries already in target/x86_64-unknown-freebsd/release
+        #[arg(long)]
+        no_build: bool,
+        /// Output directory [default: target/dist/freebsd]
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -356,6 +379,9 @@ fn main() -> ExitCode {
             })
         }
         Task::CheckFreebsd => check_freebsd(),
+        Task::Dist { what: DistWhat::Freebsd { no_build, out } } => {
+            dist::dist_freebsd(no_build, out)
+        }
         Task::Tidy => tidy::tidy(),
         Task::Man { out } => man::generate(out.as_deref()),
         Task::Ci => ci::ci(),

@@ -221,4 +221,47 @@ mod tests {
         let bash = text("completions/statecull.bash");
         assert!(bash.contains("check-policy") && bash.contains("--format"), "{bash}");
     }
+
+    #[test]
+    fn pages_show_this_os_defaults() {
+        use statecull_proto::paths;
+        let files = render().unwrap();
+        let text = |name: &str| {
+            let (_, c) = files.iter().find(|(p, _)| p.ends_with(name)).unwrap();
+            // roff's escaped hyphens as plain ones, words joined by one space.
+            let t = String::from_utf8(c.clone()).unwrap().replace("\\-", "-");
+            t.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        let (cli, engine, broker) =
+            (text("statecull.8"), text("statecull-engine.8"), text("statecull-broker.8"));
+        for (page, want) in [
+            (&cli, paths::BROKER_SOCKET),
+            (&cli, paths::CONTROL_SOCKET),
+            (&cli, paths::POLICY_FILE),
+            (&engine, paths::BROKER_SOCKET),
+            (&engine, paths::CONTROL_SOCKET),
+            (&broker, paths::BROKER_SOCKET),
+            (&broker, paths::BROKER_CONFIG),
+        ] {
+            assert!(page.contains(want), "{want} missing from {page}");
+        }
+        let backend = if cfg!(target_os = "freebsd") { "pf" } else { "conntrack" };
+        assert!(broker.contains(&format!("backend = \"{backend}\"")), "{broker}");
+        let other = if cfg!(target_os = "freebsd") { paths::LINUX } else { paths::FREEBSD };
+        // After a space or a quote: FreeBSD's /var/run/statecull contains Linux's
+        // /run/statecull. (The other OS's configuration directory may be named where it is
+        // that system's own: `import opnsense ... -o /usr/local/etc/statecull/policy.toml`.)
+        for page in [&cli, &engine, &broker] {
+            for wrong in [
+                format!("[default: {}", other.run_dir),
+                format!("check-policy {}", other.policy_file),
+                format!(" {}", other.broker_socket),
+                format!(" {}", other.control_socket),
+                format!(" {}", other.broker_config),
+                format!("\"{}\"", other.broker_socket),
+            ] {
+                assert!(!page.contains(&wrong), "{wrong} in {page}");
+            }
+        }
+    }
 }

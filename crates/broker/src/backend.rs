@@ -2,7 +2,7 @@
 
 use statecull_proto::{
     BackendInfo, CheckedHandle, CheckedIfName, CheckedSelector, CountReply, KillReport, Prefix,
-    Unsupported,
+    RulesetTicket, Unsupported,
 };
 
 use crate::error::BrokerError;
@@ -44,6 +44,10 @@ pub trait Backend: Send + Sync {
         interface: Option<&CheckedIfName>,
         protected: &[Prefix],
     ) -> Result<KillReport, BrokerError>;
+    /// The active main filter ruleset's ticket (read-only). Backends without rulesets say
+    /// so in their capabilities (`ruleset_ticket: false`), and `Request::check` refuses the
+    /// verb before it gets here.
+    fn ruleset_ticket(&self) -> Result<RulesetTicket, BrokerError>;
 }
 
 /// The answer to a Count from what a table counted and when the count started.
@@ -98,6 +102,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     ) -> Result<KillReport, BrokerError> {
         (**self).flush(interface, protected)
     }
+    fn ruleset_ticket(&self) -> Result<RulesetTicket, BrokerError> {
+        (**self).ruleset_ticket()
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -109,7 +116,7 @@ pub mod conntrack {
     use statecull_conntrack::{Conntrack, CtError, TupleFilter};
     use statecull_proto::{
         AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedHandle, CheckedIfName,
-        CheckedSelector, CountReply, KillReport, Prefix, Unsupported,
+        CheckedSelector, CountReply, KillReport, Prefix, RulesetTicket, Unsupported,
     };
 
     use super::{Backend, Sink};
@@ -161,6 +168,7 @@ pub mod conntrack {
                     listing_only: Vec::new(),
                     match_opposite: false,
                     flush_by_interface: false,
+                    ruleset_ticket: false,
                 },
             }
         }
@@ -172,6 +180,11 @@ pub mod conntrack {
                 Unsupported::FlushByInterface => Some(
                     "conntrack entries do not record interfaces, so a flush cannot be limited \
                      to one; flush without --interface, or kill by --mark or --nat-addr"
+                        .into(),
+                ),
+                Unsupported::RulesetTicket => Some(
+                    "a ruleset ticket is not supported on conntrack: it has no filter ruleset; \
+                     confirm routing with confirm = \"rtnetlink\" instead"
                         .into(),
                 ),
             }
@@ -227,6 +240,12 @@ pub mod conntrack {
             }
             self.table.flush(protected).map_err(map)
         }
+
+        fn ruleset_ticket(&self) -> Result<RulesetTicket, BrokerError> {
+            Err(BrokerError::Unsupported(
+                "a ruleset ticket is not supported on conntrack: it has no filter ruleset".into(),
+            ))
+        }
     }
 }
 
@@ -240,7 +259,7 @@ pub mod pf {
     use statecull_pf::table::PfTable;
     use statecull_proto::{
         AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedHandle, CheckedIfName,
-        CheckedSelector, CountReply, KillReport, Prefix, Unsupported,
+        CheckedSelector, CountReply, KillReport, Prefix, RulesetTicket, Unsupported,
     };
 
     use super::{Backend, Sink};
@@ -274,6 +293,13 @@ pub mod pf {
             Self { table: PfTable::new(writer, reader, rows), kind, kernel }
         }
 
+        /// Ruleset tickets on a third client of their own handle (opened before confinement),
+        /// so the engine's polls never wait behind a listing or a kill.
+        pub fn with_ticket_lane(mut self, ticket: PfClient<D>) -> Self {
+            self.table = self.table.with_ticket_lane(ticket);
+            self
+        }
+
         /// The same with the read lane opened from `writer` (the model; tests).
         pub fn with_second_lane(
             writer: PfClient<D>,
@@ -282,7 +308,8 @@ pub mod pf {
             rows: u64,
         ) -> Result<Self, BrokerError> {
             let reader = writer.another().map_err(map)?;
-            Ok(Self::new(writer, reader, kind, kernel, rows))
+            let ticket = writer.another().map_err(map)?;
+            Ok(Self::new(writer, reader, kind, kernel, rows).with_ticket_lane(ticket))
         }
 
         /// Look at the device (the model's cost counters, for benchmarks and tests).
@@ -308,11 +335,20 @@ pub mod pf {
                     listing_only: statecull_pf::plan::LISTING_ONLY_FIELDS.to_vec(),
                     match_opposite: true,
                     flush_by_interface: true,
+                    ruleset_ticket: self.table.has_ruleset_ticket(),
                 },
             }
         }
 
         fn unsupported_hint(&self, what: Unsupported) -> Option<String> {
+            if what == Unsupported::RulesetTicket {
+                return Some(
+                    "this pf kernel answered neither netlink GETRULES nor DIOCGETRULES at \
+                     start-up, so the ruleset ticket cannot be read; confirm routing by signal \
+                     or delay"
+                        .into(),
+                );
+            }
             let Unsupported::Field(field) = what else { return None };
             statecull_pf::plan::unsupported_hint(field)
                 .map(|h| format!("the pf backend cannot match on {field}: {h}"))
@@ -357,6 +393,11 @@ pub mod pf {
             protected: &[Prefix],
         ) -> Result<KillReport, BrokerError> {
             self.table.flush(interface.map(CheckedIfName::as_str), protected).map_err(map)
+        }
+
+        fn ruleset_ticket(&self) -> Result<RulesetTicket, BrokerError> {
+            let (rules, ticket) = self.table.ruleset_ticket().map_err(map)?;
+            Ok(RulesetTicket { ticket, rules })
         }
     }
 }

@@ -180,9 +180,13 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
             let reads = dev.another().map_err(|e| {
                 BrokerError::Backend(format!("cannot open pf (read lane): errno {}", e.0))
             })?;
+            // A third for ruleset tickets: the engine polls them while a kill waits.
+            let tickets = dev.another().map_err(|e| {
+                BrokerError::Backend(format!("cannot open pf (ticket lane): errno {}", e.0))
+            })?;
             // Capsicum: /dev/pf keeps exactly the ioctls the backend (and its probes) use,
             // the netlink socket send/receive; capability mode comes with `confine`.
-            for d in [&dev, &reads] {
+            for d in [&dev, &reads, &tickets] {
                 d.limit_capabilities().map_err(|e| {
                     BrokerError::Backend(format!("cannot limit the pf descriptors: {e}"))
                 })?;
@@ -190,6 +194,7 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
             let client = statecull_pf::client::PfClient::probe(dev)
                 .map_err(|e| BrokerError::Backend(format!("pf: {e}")))?;
             let reader = client.alongside(reads);
+            let tickets = client.alongside(tickets);
             let kernel = statecull_pf::sys::kernel_release();
             // The id-hash rows the path choice weighs row restarts with: read, not assumed.
             let rows = match statecull_pf::sys::states_hashsize() {
@@ -202,13 +207,16 @@ fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> 
                     statecull_pf::types::DEFAULT_ROWS as u64
                 }
             };
-            Ok(Box::new(crate::backend::pf::PfBackend::new(
-                client,
-                reader,
-                statecull_proto::BackendKind::Pf,
-                kernel,
-                rows,
-            )))
+            Ok(Box::new(
+                crate::backend::pf::PfBackend::new(
+                    client,
+                    reader,
+                    statecull_proto::BackendKind::Pf,
+                    kernel,
+                    rows,
+                )
+                .with_ticket_lane(tickets),
+            ))
         }
         #[cfg(not(target_os = "freebsd"))]
         BackendChoice::Pf => Err(BrokerError::Config(
@@ -250,13 +258,24 @@ fn open_model(spec: config::ModelSpec) -> Result<Box<dyn Backend>, BrokerError> 
     );
     let kernel =
         format!("pf model of FreeBSD {}, {states} states (seed {})", spec.release, spec.seed);
-    Ok(Box::new(crate::backend::pf::PfBackend::with_second_lane(
+    let backend = std::sync::Arc::new(crate::backend::pf::PfBackend::with_second_lane(
         client,
         statecull_proto::BackendKind::PfModel,
         kernel,
         rows,
-    )?))
+    )?);
+    let hook = std::sync::Arc::clone(&backend);
+    let _ = MODEL_RULESET_COMMIT
+        .set(Box::new(move || hook.with_device(|d| d.model().commit_ruleset())));
+    Ok(Box::new(backend))
 }
+
+/// pf-model only: what SIGUSR1 does (a ruleset commit in the model; returns the new ticket).
+/// The test harness's stand-in for pfSense or OPNsense reloading the filter.
+#[cfg(feature = "model")]
+type ModelCommit = Box<dyn Fn() -> u32 + Send + Sync>;
+#[cfg(feature = "model")]
+static MODEL_RULESET_COMMIT: std::sync::OnceLock<ModelCommit> = std::sync::OnceLock::new();
 
 /// Signals that stop the broker the way SIGTERM does: stop accepting, finish the requests in
 /// flight (never a kill half done), write their audit lines, exit 0.
@@ -388,6 +407,14 @@ fn signal_thread(mut source: SignalSource, stop: std::os::fd::OwnedFd) -> std::i
                     tracing::info!(signal = %name, "stop requested");
                     let _ = nix::unistd::write(&stop, b"x");
                     return;
+                }
+                #[cfg(feature = "model")]
+                if n == Signal::SIGUSR1 as i32
+                    && let Some(commit) = MODEL_RULESET_COMMIT.get()
+                {
+                    let ticket = commit();
+                    tracing::info!(ticket, "pf model: filter ruleset committed (SIGUSR1)");
+                    continue;
                 }
                 let now = std::time::Instant::now();
                 let quiet = last_logged

@@ -10,6 +10,30 @@ use statecull_proto::Prefix;
 use crate::error::BrokerError;
 
 pub const DEFAULT_SOCKET: &str = statecull_proto::DEFAULT_BROKER_SOCKET;
+
+/// The backend used when none is configured, by target OS, as a literal (for `concat!` in
+/// the help text): the OS's own state table.
+#[cfg(target_os = "freebsd")]
+#[macro_export]
+macro_rules! default_backend {
+    () => {
+        "pf"
+    };
+}
+
+/// The backend used when none is configured, by target OS, as a literal (for `concat!` in
+/// the help text): the OS's own state table.
+#[cfg(not(target_os = "freebsd"))]
+#[macro_export]
+macro_rules! default_backend {
+    () => {
+        "conntrack"
+    };
+}
+
+/// The backend used when none is configured: pf on FreeBSD, conntrack elsewhere.
+pub const DEFAULT_BACKEND: BackendChoice =
+    if cfg!(target_os = "freebsd") { BackendChoice::Pf } else { BackendChoice::Conntrack };
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 
 /// Log line format.
@@ -122,7 +146,7 @@ impl Default for Config {
             max_connections_per_user: None,
             engine_uid: None,
             timeouts: crate::dispatch::Timeouts::default(),
-            backend: BackendChoice::Conntrack,
+            backend: DEFAULT_BACKEND,
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
             user: None,
@@ -322,6 +346,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_are_the_target_os_ones() {
+        let c = Config::default();
+        assert_eq!(c.backend, parse_backend(crate::default_backend!()).unwrap());
+        if cfg!(target_os = "freebsd") {
+            assert_eq!(c.backend, BackendChoice::Pf);
+            assert_eq!(c.socket, Path::new("/var/run/statecull/broker.sock"));
+        } else {
+            assert_eq!(c.backend, BackendChoice::Conntrack);
+            assert_eq!(c.socket, Path::new("/run/statecull/broker.sock"));
+        }
+    }
 
     #[test]
     fn full_file() {

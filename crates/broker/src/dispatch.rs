@@ -310,6 +310,15 @@ impl<'a> Session<'a> {
             };
             return self.refuse(out, verb, &e);
         }
+        // Hello first, before anything about the request is judged (what the backend
+        // offers included: a peer that has not said Hello learns nothing about it).
+        if verb != Verb::Hello && self.hello.is_none() {
+            let e = BrokerError::Refused {
+                code: ErrorCode::HelloRequired,
+                message: "send Hello first".into(),
+            };
+            return self.refuse(out, verb, &e);
+        }
         // The one decision about meaning: length, every value, what the backend offers.
         let caps = broker.backend.info().capabilities;
         let request = match request.check(&broker.limits, &caps) {
@@ -357,6 +366,11 @@ impl<'a> Session<'a> {
                     .map_or("all states".to_owned(), |i| format!("interface {i}"));
                 self.mutate(out, verb, &what, |b, protected| b.flush(interface.as_ref(), protected))
             }
+            // Read-only and cheap (one kernel call on a lane of its own): no read gate.
+            CheckedRequest::RulesetTicket => match broker.backend.ruleset_ticket() {
+                Ok(t) => self.reply(out, &Response::RulesetTicket(t)),
+                Err(e) => self.refuse(out, verb, &e),
+            },
         }
     }
 

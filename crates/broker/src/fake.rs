@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use statecull_proto::{
     AddressFamily, BackendInfo, BackendKind, Capabilities, CheckedHandle, CheckedIfName,
-    CheckedSelector, CountReply, KillPath, KillReport, L4, Prefix, SelectorField, StateDetail,
-    StateHandle, StateKey, StateRecord,
+    CheckedSelector, CountReply, KillPath, KillReport, L4, Prefix, RulesetTicket, SelectorField,
+    StateDetail, StateHandle, StateKey, StateRecord,
 };
 
 use crate::backend::{Backend, Sink};
@@ -175,6 +175,7 @@ impl Backend for FakeBackend {
                 listing_only: Vec::new(),
                 match_opposite: false,
                 flush_by_interface: false,
+                ruleset_ticket: false,
             },
         }
     }
@@ -248,5 +249,10 @@ impl Backend for FakeBackend {
             return Err(BrokerError::Unsupported("the fake table has no interfaces".into()));
         }
         Ok(report(KillPath::KernelFlush, 0))
+    }
+
+    fn ruleset_ticket(&self) -> Result<RulesetTicket, BrokerError> {
+        // Conntrack-like: no ruleset (`Request::check` refuses the verb first).
+        Err(BrokerError::Unsupported("the fake table has no filter ruleset".into()))
     }
 }

@@ -89,12 +89,17 @@ pub const FLAGS: &[Flag] = &[
         FlagId::Config,
         "config",
         Some("FILE"),
-        "TOML configuration; the flags override it (see CONFIG FILE).",
+        concat!(
+            "TOML configuration; the flags override it (see CONFIG FILE). The service scripts \
+             pass --config ",
+            statecull_proto::broker_config!(),
+            "."
+        ),
     )
     .short('c'),
     flag(FlagId::Socket, "socket", Some("PATH"), "Listening socket.")
         .short('s')
-        .default(statecull_proto::DEFAULT_BROKER_SOCKET),
+        .default(statecull_proto::broker_socket!()),
     flag(
         FlagId::SocketGroup,
         "socket-group",
@@ -154,7 +159,7 @@ pub const FLAGS: &[Flag] = &[
          in builds with the cargo feature `model` (cargo build -p statecull-broker --features \
          model), never in a package.",
     )
-    .default("conntrack"),
+    .default(crate::default_backend!()),
     flag(
         FlagId::ModelStates,
         "model-states",
@@ -169,7 +174,8 @@ pub const FLAGS: &[Flag] = &[
         "model-release",
         Some("R"),
         "pf-model: FreeBSD release whose interfaces to emulate: 13 (nvlist ioctls), 14 (also \
-         netlink listing), 15 (netlink).",
+         netlink listing), 15 (netlink). SIGUSR1 to a pf-model broker commits a new filter \
+         ruleset in the model (as `pfctl -f` would): its ticket changes.",
     )
     .default("15"),
     flag(FlagId::LogFormat, "log-format", Some("FORMAT"), "text or json.").default("text"),
@@ -278,8 +284,10 @@ pub const ABOUT: &str = "statecull-broker is the privileged half of statecull. I
     socket. It holds no policy: every request names exactly which states to kill.";
 
 /// The configuration file's keys (all optional), as an example file.
-pub const CONFIG_EXAMPLE: &str = "\
-socket = \"/run/statecull/broker.sock\"
+pub const CONFIG_EXAMPLE: &str = concat!(
+    "socket = \"",
+    statecull_proto::broker_socket!(),
+    "\"
 socket_group = \"statecull\"
 allow_users = [\"statecull\"]        # or allow_uids = [998]
 allow_groups = []                  # or allow_gids = []
@@ -287,10 +295,13 @@ protected = [\"192.0.2.0/28\", \"2001:db8:ffff::/48\"]
 max_connections = 16
 max_connections_per_user = 8
 engine_user = \"statecull\"
-backend = \"conntrack\"
+backend = \"",
+    crate::default_backend!(),
+    "\"
 log_format = \"json\"
 log_level = \"info\"
-user = \"statecull-broker\"";
+user = \"statecull-broker\""
+);
 
 /// Paragraphs after the flags: audit, signals, errors.
 pub const NOTES: &[&str] = &[
@@ -299,7 +310,8 @@ pub const NOTES: &[&str] = &[
     "SIGTERM, SIGINT or SIGQUIT: stop accepting, finish requests in flight (a kill is never \
      cut short), exit 0 (a confined broker cannot remove its socket file; nothing listens \
      there any more and the next start replaces it). Other signals that would end a process \
-     (SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, real-time signals, ...) are logged and ignored.",
+     (SIGHUP, SIGUSR1 except to a pf-model broker, SIGUSR2, SIGALRM, real-time signals, ...) are \
+     logged and ignored.",
     "Flags may come in any order and override the configuration file; of a flag that takes \
      one value and is given twice, the last counts. A broker that cannot \
      start prints one line, statecull-broker: followed by the reason, on standard error and \
@@ -480,6 +492,45 @@ mod tests {
         }
         assert!(h.contains("    -c, --config FILE            TOML configuration"), "{h}");
         assert!(h.lines().all(|l| l.len() <= WIDTH), "{h}");
+    }
+
+    #[test]
+    fn help_and_man_page_show_this_os_defaults() {
+        use statecull_proto::paths;
+        let h = help();
+        // Words joined by one space: the renderer wraps.
+        let words = h.split_whitespace().collect::<Vec<_>>().join(" ");
+        let m = man_page();
+        let backend = if cfg!(target_os = "freebsd") { "pf" } else { "conntrack" };
+        for want in [
+            format!("Listening socket. [default: {}]", paths::BROKER_SOCKET),
+            format!("pass --config {}.", paths::BROKER_CONFIG),
+            "for simulation and tests. pf-model".to_owned(),
+            format!("[default: {backend}] -"),
+            format!("socket = \"{}\"", paths::BROKER_SOCKET),
+            format!("backend = \"{backend}\""),
+            "SIGUSR1 to a pf-model broker commits a new filter ruleset".to_owned(),
+        ] {
+            assert!(words.contains(&want), "{want:?} missing from {h}");
+            let roffed = roff(&want);
+            let m_words = m.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !want.starts_with("[default") && !want.starts_with("Listening") {
+                assert!(m_words.contains(&roffed), "{roffed:?} missing from {m}");
+            }
+        }
+        assert!(m.contains(&format!("Default: {}.", roff(paths::BROKER_SOCKET))), "{m}");
+        assert!(m.contains(&format!("Default: {backend}.")), "{m}");
+        let other_os = if cfg!(target_os = "freebsd") { paths::LINUX } else { paths::FREEBSD };
+        // Quoted, bracketed or after a space: FreeBSD's /var/run/statecull contains Linux's
+        // /run/statecull.
+        for wrong in [
+            format!("[default: {}]", other_os.broker_socket),
+            format!("\"{}\"", other_os.broker_socket),
+            format!(" {}", other_os.broker_config),
+        ] {
+            assert!(!words.contains(&wrong), "{wrong:?} in {h}");
+            assert!(!m.contains(&roff(&wrong)), "{wrong:?} in {m}");
+        }
     }
 
     #[test]

@@ -24,12 +24,12 @@ use statecull_proto::{IfName, ProtoError};
         gateways and decides what to kill and when. `statecull check-policy FILE` explains a policy.\n\
         `statecull broker ...` talks straight to the privileged broker, like pfctl -k or conntrack -D:\n\
         list, count and kill states by mark, NAT address, protocol and prefixes.",
-    after_help = "EXAMPLES:\n  \
+    after_help = concat!("EXAMPLES:\n  \
         statecull status\n  \
         statecull plan --down WAN1                     # dry run: what would be killed\n  \
         statecull gateway WAN1 down                    # external health verdict\n  \
         statecull events --follow --json\n  \
-        statecull check-policy /etc/statecull/policy.toml\n  \
+        statecull check-policy ", statecull_proto::policy_file!(), "\n  \
         statecull import pfsense /cf/conf/config.xml -o policy.toml\n  \
         statecull broker hello\n  \
         statecull broker count --mark 1/0xff\n  \
@@ -38,7 +38,7 @@ use statecull_proto::{IfName, ProtoError};
         statecull broker list --proto udp --dport 5060 --json\n\n\
         EXIT STATUS:\n  \
         0 done (also when the output is closed early, as by `statecull status | head`: the\n    \
-        command stops quietly), 1 refused or failed (including partial kills), 2 usage"
+        command stops quietly), 1 refused or failed (including partial kills), 2 usage")
 )]
 struct Cli {
     #[command(subcommand)]
@@ -144,9 +144,9 @@ enum Command {
     /// FreeBSD: the command then fails), a warning for one it ignores or does only in part
     /// (probes without probe_source on FreeBSD, which has no SO_BINDTODEVICE), a note for a
     /// start-up requirement (raw ICMP sockets opened as root on FreeBSD).
-    #[command(after_help = "EXAMPLES:\n  \
-        statecull check-policy /etc/statecull/policy.toml\n  \
-        statecull check-policy --target-os freebsd pfsense-two-wan.toml  # checked on Linux for pfSense")]
+    #[command(after_help = concat!("EXAMPLES:\n  \
+        statecull check-policy ", statecull_proto::policy_file!(), "\n  \
+        statecull check-policy --target-os freebsd pfsense-two-wan.toml  # checked on Linux for pfSense"))]
     CheckPolicy {
         /// The policy file
         file: PathBuf,
@@ -242,6 +242,12 @@ enum BrokerVerb {
         #[arg(long, value_name = "NAME")]
         interface: Option<String>,
     },
+    /// Show the ticket of pf's active main filter ruleset (read-only; pf only)
+    #[command(after_help = "pf gives the main filter ruleset a new ticket on every commit \
+        (pfctl -f): pfSense and OPNsense reload it when a gateway fails, which is what the \
+        engine's confirm = \"pf-ruleset\" waits for. Run it before and after a filter reload to \
+        see the ticket change. conntrack has no ruleset and refuses it.")]
+    RulesetTicket,
 }
 
 /// Why a `statecull` command failed; [`CliError::exit_code`] gives its exit status.
@@ -396,6 +402,24 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
             let report = client.kill_matching(vec![sel], *opposite)?;
             print_kill(&report, args.json, started, out)?;
             partial_kill(&report, out)?;
+        }
+        BrokerVerb::RulesetTicket => {
+            let mut client = connect(&args)?;
+            let t = client.ruleset_ticket()?;
+            if args.json {
+                let v = serde_json::json!({
+                    "ticket": t.ticket,
+                    "rules": t.rules,
+                    "elapsed_ms": ms(started),
+                });
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(
+                    out,
+                    "ruleset ticket {} ({} rules in the main filter ruleset)",
+                    t.ticket, t.rules
+                )?;
+            }
         }
         BrokerVerb::Flush { interface } => {
             let interface = interface

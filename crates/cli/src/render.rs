@@ -256,6 +256,11 @@ pub fn hello_text(h: &HelloReply) -> String {
     if c.match_opposite {
         out.push_str("  --opposite: kills each victim's twin state in the other direction\n");
     }
+    if c.ruleset_ticket {
+        out.push_str(
+            "  ruleset ticket: readable (confirm = \"pf-ruleset\"; statecull broker ruleset-ticket)\n",
+        );
+    }
     if c.listing_only.is_empty() {
         out.push_str("  kills by NAT address/tuple:\n");
     } else {
@@ -317,6 +322,7 @@ mod tests {
                     listing_only: vec![],
                     match_opposite: false,
                     flush_by_interface: false,
+                    ruleset_ticket: false,
                 },
             },
             limits: Limits::default(),

@@ -243,6 +243,7 @@ fn hello_reply() -> HelloReply {
                 listing_only: vec![],
                 match_opposite: false,
                 flush_by_interface: false,
+                ruleset_ticket: false,
             },
         },
         limits: Limits::default(),

@@ -155,6 +155,11 @@ impl BrokerClient {
     pub fn flush(&mut self, interface: Option<IfName>) -> Result<KillReport, ClientError> {
         self.run(Exchange::flush(interface))
     }
+
+    /// The active main filter ruleset's ticket (pf; refused on conntrack).
+    pub fn ruleset_ticket(&mut self) -> Result<statecull_proto::RulesetTicket, ClientError> {
+        self.run(Exchange::ruleset_ticket())
+    }
 }
 
 /// Read until the session has a whole response.

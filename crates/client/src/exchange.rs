@@ -9,8 +9,8 @@
 //! still needs a connection: that is how "wait until the broker is reachable" is spelt.
 
 use statecull_proto::{
-    CountReply, HelloReply, IfName, KillReport, Request, Response, Selector, SnapshotDone,
-    StateHandle, StateRecord,
+    CountReply, HelloReply, IfName, KillReport, Request, Response, RulesetTicket, Selector,
+    SnapshotDone, StateHandle, StateRecord,
 };
 
 use crate::error::ClientError;
@@ -121,6 +121,16 @@ impl Exchange<KillReport> {
     }
 }
 
+impl Exchange<RulesetTicket> {
+    /// The active main filter ruleset's ticket (pf; refused on conntrack).
+    pub fn ruleset_ticket() -> Self {
+        Exchange::single(Request::RulesetTicket, |r| match r {
+            Response::RulesetTicket(t) => Some(t),
+            _ => None,
+        })
+    }
+}
+
 impl Exchange<(Vec<StateRecord>, SnapshotDone)> {
     /// Every record of a snapshot, collected, with the broker's summary.
     pub fn snapshot(selector: Option<Selector>) -> Self {
@@ -180,6 +190,10 @@ impl<'a> Connected<'a> {
 
     pub fn flush(&self, interface: Option<IfName>) -> Exchange<KillReport> {
         Exchange::flush(interface)
+    }
+
+    pub fn ruleset_ticket(&self) -> Exchange<RulesetTicket> {
+        Exchange::ruleset_ticket()
     }
 
     /// Every record matching `selector`, collected (see `Exchange::snapshot`).

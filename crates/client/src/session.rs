@@ -203,6 +203,10 @@ impl Session {
                 self.state = State::Ready;
                 Ok(r)
             }
+            (State::Awaiting(Verb::RulesetTicket), r @ Response::RulesetTicket(_)) => {
+                self.state = State::Ready;
+                Ok(r)
+            }
             (State::Streaming, r @ Response::SnapshotBatch(_)) => Ok(r),
             (State::Streaming, r @ Response::SnapshotDone(_)) => {
                 self.state = State::Ready;

@@ -15,8 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where the engine listens unless told otherwise.
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/statecull/engine.sock";
+/// Where the engine listens unless told otherwise (per target OS: `statecull_proto::paths`).
+pub const DEFAULT_CONTROL_SOCKET: &str = statecull_proto::paths::CONTROL_SOCKET;
 
 /// Longest accepted request or reply line, in bytes (without the newline). Replies with a
 /// long plan explanation stay far below this.

@@ -152,7 +152,9 @@ impl Batch {
         let settle = millis(routing.settle_timeout);
         let at = self.decided();
         let confirm = match routing.confirm {
-            RoutingConfirm::Rtnetlink if !watcher => RoutingConfirm::Delay,
+            RoutingConfirm::Rtnetlink | RoutingConfirm::RouteSocket if !watcher => {
+                RoutingConfirm::Delay
+            }
             c => c,
         };
         RoutingWait {
@@ -160,6 +162,7 @@ impl Batch {
             settle,
             deadline: at.saturating_add(settle),
             latest: at.saturating_add(settle.saturating_mul(2)),
+            baseline: None,
         }
     }
 }
@@ -181,6 +184,9 @@ pub enum Next {
     Done(Routed),
     /// Dump the main table and report with [`RoutingWait::routes`].
     CheckRoutes,
+    /// Read pf's main filter ruleset ticket from the broker and report with
+    /// [`RoutingWait::ticket`].
+    ReadTicket,
     /// Sleep until `until` unless something happens first: a decision (then
     /// [`RoutingWait::join`]), a routed signal, or, when `routes`, a route change; then ask
     /// [`RoutingWait::next`] again.
@@ -199,6 +205,53 @@ pub enum RouteCheck {
     Failed,
 }
 
+/// How often the ruleset ticket is read while a `pf-ruleset` wait lasts: one broker round
+/// trip and one kernel lookup each, so a reload is seen within this much.
+pub const TICKET_POLL_MS: Millis = 50;
+
+/// How far before a decision a background ticket reading may be to serve as the wait's
+/// first ticket: a firewall that reloaded up to this long before the engine decided (its
+/// dpinger alarm came first) is seen to have moved.
+pub const TICKET_LOOKBACK_MS: Millis = 2_000;
+/// How often the background task reads the ruleset ticket (`confirm = "pf-ruleset"`).
+pub const TICKET_BACKGROUND_MS: Millis = 1_000;
+
+/// Background readings of pf's ruleset ticket (`confirm = "pf-ruleset"`), so that a wait
+/// can start from the ticket as it was shortly *before* its decision: the firewall may have
+/// reloaded before the engine decided. Keeps a minute of readings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TicketLog {
+    readings: std::collections::VecDeque<(Millis, u32)>,
+}
+
+impl TicketLog {
+    const KEEP_MS: Millis = 60_000;
+
+    /// A reading of `ticket` taken at `at` (readings arrive in time order).
+    pub fn record(&mut self, at: Millis, ticket: u32) {
+        if self.readings.back().is_some_and(|(t, _)| *t > at) {
+            return;
+        }
+        self.readings.push_back((at, ticket));
+        while self.readings.len() > 1
+            && self.readings.front().is_some_and(|(t, _)| t.saturating_add(Self::KEEP_MS) < at)
+        {
+            self.readings.pop_front();
+        }
+    }
+
+    /// The ticket as last read at or before `at`, if a reading is that old.
+    pub fn at_or_before(&self, at: Millis) -> Option<u32> {
+        self.readings.iter().rev().find(|(t, _)| *t <= at).map(|(_, ticket)| *ticket)
+    }
+
+    /// The first ticket for a wait whose decision was made at `decided`: the reading
+    /// [`TICKET_LOOKBACK_MS`] before it, when there is one.
+    pub fn baseline_for(&self, decided: Millis) -> Option<u32> {
+        decided.checked_sub(TICKET_LOOKBACK_MS).and_then(|t| self.at_or_before(t))
+    }
+}
+
 /// Waiting for routing to move for every gateway of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoutingWait {
@@ -208,6 +261,9 @@ pub struct RoutingWait {
     /// However many decisions join, nothing waits past twice the settle timeout from the
     /// batch's first decision.
     latest: Millis,
+    /// `pf-ruleset`: the ticket read when the wait started, or when the last decision joined
+    /// (a commit after that read is after every gateway's decision). `None`: not read yet.
+    baseline: Option<u32>,
 }
 
 impl RoutingWait {
@@ -235,15 +291,53 @@ impl RoutingWait {
         if signalled {
             return Next::Done(Routed { confirmed: true, how: "routed signal" });
         }
-        if self.confirm == RoutingConfirm::Rtnetlink {
-            return Next::CheckRoutes;
+        match self.confirm {
+            RoutingConfirm::Rtnetlink | RoutingConfirm::RouteSocket => Next::CheckRoutes,
+            RoutingConfirm::PfRuleset => Next::ReadTicket,
+            RoutingConfirm::Signal | RoutingConfirm::Delay => self.timed(now),
         }
-        self.timed(now)
+    }
+
+    /// `pf-ruleset`: start from a ticket read before the decision ([`TicketLog::baseline_for`])
+    /// instead of the first read, so a reload that came before the decision counts.
+    pub fn seed_ticket(&mut self, before: Option<u32>) {
+        if self.baseline.is_none() {
+            self.baseline = before;
+        }
+    }
+
+    /// What the broker said the ruleset ticket is (after [`Next::ReadTicket`]), at `now`;
+    /// `None`: it could not be read (then the rest of this wait is a settle delay). The first
+    /// read is the baseline; a later one that differs means the ruleset was committed since.
+    pub fn ticket(&mut self, read: Option<u32>, now: Millis) -> Next {
+        let Some(t) = read else {
+            self.confirm = RoutingConfirm::Delay;
+            return self.timed(now);
+        };
+        match self.baseline {
+            Some(b) if b != t => Next::Done(Routed { confirmed: true, how: "pf ruleset reloaded" }),
+            Some(_) => self.poll(now),
+            None => {
+                self.baseline = Some(t);
+                self.poll(now)
+            }
+        }
+    }
+
+    /// Until the deadline, sleep one poll interval; then end unconfirmed.
+    fn poll(&self, now: Millis) -> Next {
+        if now >= self.deadline {
+            return self.timed(now);
+        }
+        Next::Sleep { until: now.saturating_add(TICKET_POLL_MS).min(self.deadline), routes: false }
     }
 
     /// What the main table showed (after [`Next::CheckRoutes`]), at `now`.
     pub fn routes(&mut self, check: RouteCheck, now: Millis) -> Next {
         match check {
+            RouteCheck::Moved if self.confirm == RoutingConfirm::RouteSocket => {
+                Next::Done(Routed { confirmed: true, how: "route socket: default route moved" })
+            }
             RouteCheck::Moved => {
                 Next::Done(Routed { confirmed: true, how: "rtnetlink: main table moved" })
             }
@@ -262,16 +356,23 @@ impl RoutingWait {
                 RoutingConfirm::Delay => "settle delay elapsed",
                 RoutingConfirm::Signal => "no routed signal",
                 RoutingConfirm::Rtnetlink => "main table still uses it",
+                RoutingConfirm::RouteSocket => "default route still uses it",
+                RoutingConfirm::PfRuleset => "pf ruleset not reloaded",
             };
             return Next::Done(Routed { confirmed: self.confirm == RoutingConfirm::Delay, how });
         }
-        Next::Sleep { until: self.deadline, routes: self.confirm == RoutingConfirm::Rtnetlink }
+        let routes =
+            matches!(self.confirm, RoutingConfirm::Rtnetlink | RoutingConfirm::RouteSocket);
+        Next::Sleep { until: self.deadline, routes }
     }
 
     /// A decision arrived during the wait: it joins the batch, and its gateways get their
     /// own settle timeout (within the cap).
+    /// With `pf-ruleset`, the ticket is read again (the next [`RoutingWait::next`] asks for
+    /// it): the newcomer's routing moves with a commit after its own decision.
     pub fn join(&mut self, batch: &mut Batch, d: Decision) {
         self.deadline = self.deadline.max(d.at.saturating_add(self.settle)).min(self.latest);
+        self.baseline = None;
         batch.absorb(d);
     }
 

@@ -20,7 +20,7 @@ use crate::events::NewEvent;
 use crate::executor::Executor;
 use crate::probe::{ProbeResult, ProbeSpec, Prober};
 use crate::raw_probe::RawProber;
-use crate::routes::RouteWatcher;
+use crate::routes::{RouteSocket, RouteWatcher, Routes};
 use crate::state::Shared;
 
 /// How often timers (hold-down, damping decay) are evaluated.
@@ -54,12 +54,28 @@ struct Args {
     /// The policy file
     #[arg(long, short = 'p', value_name = "FILE", env = "STATECULL_POLICY")]
     policy: PathBuf,
-    /// The broker's socket [default: policy's engine.broker_socket, else /run/statecull/broker.sock]
-    #[arg(long, value_name = "PATH", env = "STATECULL_BROKER_SOCKET")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "STATECULL_BROKER_SOCKET",
+        help = concat!(
+            "The broker's socket [default: policy's engine.broker_socket, else ",
+            statecull_proto::broker_socket!(),
+            "]"
+        )
+    )]
     broker_socket: Option<PathBuf>,
-    /// Where to listen for `statecull status|plan|gateway|events` [default: policy's
-    /// engine.control_socket, else /run/statecull/engine.sock]
-    #[arg(long, value_name = "PATH", env = "STATECULL_CONTROL_SOCKET")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "STATECULL_CONTROL_SOCKET",
+        help = concat!(
+            "Where to listen for `statecull status|plan|gateway|events` [default: policy's \
+             engine.control_socket, else ",
+            statecull_proto::control_socket!(),
+            "]"
+        )
+    )]
     control_socket: Option<PathBuf>,
     /// Serve Prometheus metrics on ADDR:PORT (GET /metrics) [default: policy's engine.metrics_listen, else none]
     #[arg(long, value_name = "ADDR:PORT")]
@@ -183,7 +199,7 @@ struct Opened {
     decisions: tokio::sync::mpsc::UnboundedReceiver<crate::state::Decision>,
     metrics_rx: tokio::sync::watch::Receiver<crate::metrics::EngineMetrics>,
     prober: Option<Probes>,
-    routes: Option<RouteWatcher>,
+    routes: Option<Routes>,
     control: tokio::net::UnixListener,
     control_path: PathBuf,
     control_limits: crate::control::ControlLimits,
@@ -245,18 +261,26 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         })
         .collect();
     let prober = if specs.is_empty() { None } else { Some(Probes::open(specs).await?) };
-    let routes = if policy.routing.confirm == RoutingConfirm::Rtnetlink {
-        match RouteWatcher::open() {
-            Ok(w) => Some(w),
+    let routes = match policy.routing.confirm {
+        RoutingConfirm::Rtnetlink => match RouteWatcher::open() {
+            Ok(w) => Some(Routes::Netlink(w)),
             Err(e) => {
                 tracing::warn!(
                     "cannot watch routes ({e}); routing will be confirmed by `routed` signals or the settle delay"
                 );
                 None
             }
-        }
-    } else {
-        None
+        },
+        RoutingConfirm::RouteSocket => match RouteSocket::open() {
+            Ok(s) => Some(Routes::Socket(s)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot open the routing socket ({e}); routing will be confirmed by `routed` signals or the settle delay"
+                );
+                None
+            }
+        },
+        _ => None,
     };
     raise_nofile_limit();
     let signals = crate::signals::Signals::install()?;
@@ -499,6 +523,9 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
     tasks.spawn(crate::control::serve_with(control, Arc::clone(&shared), control_limits));
     if let Some(l) = metrics {
         tasks.spawn(crate::metrics::serve(l, metrics_rx));
+    }
+    if shared.policy().routing.confirm == RoutingConfirm::PfRuleset {
+        tasks.spawn(crate::executor::watch_ruleset_ticket(Arc::clone(&shared)));
     }
     tasks.spawn(Executor::new(Arc::clone(&shared), decisions, routes).run());
 

@@ -3,9 +3,10 @@
 //! 1. A decision (gateways went down / came up) arrives. Decisions that arrive while the
 //!    executor waits for routing are merged, so gateways failing together give one plan and
 //!    one broker request; a gateway that comes back before anything was killed drops out.
-//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink (no default route uses
-//!    a down gateway any more, and a recovered one is used again), an explicit `routed`
-//!    signal, or the settle delay. A `routed` signal cuts any wait short; past
+//! 2. Wait for routing to move (policy `routing.confirm`): rtnetlink or the FreeBSD routing
+//!    socket (no default route uses a down gateway any more, and a recovered one is used
+//!    again), pf's main filter ruleset reloaded (its ticket, read from the broker when the
+//!    wait starts, changed), an explicit `routed` signal, or the settle delay. A `routed` signal cuts any wait short; past
 //!    `settle_timeout` the plan runs anyway and the `routed` event says it was not confirmed.
 //! 3. Plan (pure, `statecull_policy::plan`) with the broker's current capabilities, and run
 //!    each step. A lost broker is waited for (the plan stays pending, reconnecting with
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use statecull_control::EventKind;
+use statecull_policy::model::RoutingConfirm;
 use statecull_policy::plan::{self, Action, Plan, PlanInput, Purpose, SweepRequest};
 use statecull_proto::{Capabilities, KillReport, Selector, StateHandle, StateRecord};
 use tokio::sync::mpsc;
@@ -30,11 +32,27 @@ use tokio::time::Instant;
 use crate::batch::{self, Batch, Next, RouteCheck, Routed, Sweep};
 use crate::error::EngineError;
 use crate::events::NewEvent;
-use crate::routes::{RouteWatcher, default_routes_via};
+use crate::routes::Routes;
 use crate::state::{Decision, Shared};
 
-/// The kernel's main routing table.
-const RT_TABLE_MAIN: u32 = 254;
+/// `confirm = "pf-ruleset"`: read the ruleset ticket every [`batch::TICKET_BACKGROUND_MS`] on
+/// the background lane (which stands aside for plans and kills), so that a routing wait can
+/// start from the ticket as it was before its decision. Runs for the engine's lifetime; a
+/// failed or dropped read is skipped.
+pub async fn watch_ruleset_ticket(shared: Arc<Shared>) {
+    let every = Duration::from_millis(batch::TICKET_BACKGROUND_MS);
+    loop {
+        tokio::time::sleep(every).await;
+        match shared.broker.call_background(|c| c.ruleset_ticket()).await {
+            Ok(t) => shared.record_ticket(t.ticket),
+            Err(e) => tracing::debug!("background ruleset ticket: {e}"),
+        }
+    }
+}
+
+/// Longest wait for one ruleset ticket (`confirm = "pf-ruleset"`); past it the rest of the
+/// routing wait is the settle delay.
+const TICKET_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a plan waits for a lost broker before it is given up (and reported failed).
 pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
@@ -42,7 +60,7 @@ pub const BROKER_PATIENCE: Duration = Duration::from_secs(3600);
 pub struct Executor {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Decision>,
-    routes: Option<RouteWatcher>,
+    routes: Option<Routes>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -66,7 +84,7 @@ impl Executor {
     pub fn new(
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Decision>,
-        routes: Option<RouteWatcher>,
+        routes: Option<Routes>,
     ) -> Self {
         Executor { shared, rx, routes }
     }
@@ -98,22 +116,14 @@ impl Executor {
         }
     }
 
-    /// Is routing where the batch needs it? Only for rtnetlink.
-    async fn routes_moved(&self, batch: &Decision) -> Result<bool, EngineError> {
-        let Some(w) = self.routes.as_ref() else { return Ok(false) };
-        // Only the main table: it is what a routing manager (mwan3, keepalived, the lab's
-        // stand-in) switches for forwarded traffic, while per-WAN tables (policy routing,
-        // the probes' own tables) keep their default route via their gateway for good.
-        let routes: Vec<_> =
-            w.dump_defaults().await?.into_iter().filter(|r| r.table == RT_TABLE_MAIN).collect();
+    /// Is routing where the batch needs it? Only for rtnetlink and the routing socket.
+    async fn routes_moved(&mut self, batch: &Decision) -> Result<bool, EngineError> {
         let p = self.shared.policy();
-        let down_clear = batch.went_down.iter().all(|&g| {
-            p.gateways.get(g).is_none_or(|gw| default_routes_via(&routes, gw.address).is_empty())
-        });
-        let up_used = batch.came_up.iter().all(|&g| {
-            p.gateways.get(g).is_none_or(|gw| !default_routes_via(&routes, gw.address).is_empty())
-        });
-        Ok(down_clear && up_used)
+        let address = |g: &usize| p.gateways.get(*g).map(|gw| gw.address);
+        let down: Vec<_> = batch.went_down.iter().filter_map(address).collect();
+        let up: Vec<_> = batch.came_up.iter().filter_map(address).collect();
+        let Some(r) = self.routes.as_mut() else { return Ok(false) };
+        r.moved(&down, &up).await
     }
 
     /// Wait until routing has moved for every gateway in the batch (merging decisions that
@@ -123,6 +133,9 @@ impl Executor {
         let routing = self.shared.policy().routing.clone();
         let clock = *self.shared.clock();
         let mut wait = batch.wait(&routing, self.routes.is_some());
+        if wait.confirm() == RoutingConfirm::PfRuleset {
+            wait.seed_ticket(self.shared.ticket_before(batch.decided()));
+        }
         let mut routed_rx = self.shared.routed().subscribe();
         let Routed { confirmed, how } = loop {
             let mut next = wait.next(batch, clock.now_ms(), &self.shared.routed().counts());
@@ -139,11 +152,25 @@ impl Executor {
                 };
                 next = wait.routes(check, clock.now_ms());
             }
+            if next == Next::ReadTicket {
+                let read = match self.ruleset_ticket().await {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot read pf's ruleset ticket, falling back to the settle delay: {e}"
+                        );
+                        None
+                    }
+                };
+                next = wait.ticket(read, clock.now_ms());
+            }
             let (until, watch_routes) = match next {
                 Next::Done(routed) => break routed,
                 Next::Sleep { until, routes } => (until, routes),
                 // `routes` never asks for another check; were it to, sleep as rtnetlink does.
                 Next::CheckRoutes => (wait.deadline(), true),
+                // Nor does `ticket` ask for another read; were it to, poll.
+                Next::ReadTicket => (clock.now_ms().saturating_add(batch::TICKET_POLL_MS), false),
             };
             // Wake on: a new decision, a routed signal, a route change, or the deadline.
             let any_routed = futures_any_changed(&mut routed_rx);
@@ -189,6 +216,23 @@ impl Executor {
             );
         }
         confirmed
+    }
+
+    /// pf's main filter ruleset ticket, on the kill lane (background work stands aside; a
+    /// read never waits behind a count), within [`TICKET_READ_TIMEOUT`].
+    async fn ruleset_ticket(&self) -> Result<u32, EngineError> {
+        let read = self.shared.broker.call(|c| c.ruleset_ticket());
+        match tokio::time::timeout(TICKET_READ_TIMEOUT, read).await {
+            Ok(r) => {
+                let t = r?;
+                tracing::debug!(ticket = t.ticket, rules = t.rules, "pf ruleset ticket");
+                self.shared.record_ticket(t.ticket);
+                Ok(t.ticket)
+            }
+            Err(_) => Err(EngineError::Routes(format!(
+                "the broker did not answer a ruleset ticket within {TICKET_READ_TIMEOUT:?}"
+            ))),
+        }
     }
 
     async fn capabilities(&self) -> Result<Capabilities, EngineError> {

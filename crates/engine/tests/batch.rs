@@ -19,6 +19,9 @@
 //!   at the main table), `ok:H` (routing confirmed by H: `signal`, `routes`, `delay`, or
 //!   `none` when nothing is left to wait for) or `late:H` (the wait gave up unconfirmed:
 //!   `signal`, `routes`, or `closed`).
+//! * `seedN`: the wait starts from ticket N read in the background before the decision.
+//! * `ticketN=E`, `ticketfail=E`: report the pf ruleset ticket read after `next=read` (N),
+//!   or that it could not be read; `ok:ruleset` / `late:ruleset` end a `pf-ruleset` wait.
 //! * `covered=yes|no`: the batch holds only gateways the last wait covered. `settle=
 //!   changed|same`: the batch brought up to date with the health. `batch=D0,1/U2`: what the
 //!   batch holds (went down / came up, in order). `taken=N`: decisions taken for it.
@@ -156,6 +159,19 @@ impl Harness {
                 show(self.wait().routes(check, now))
             }
             "closed" => show(Next::Done(self.wait().closed())),
+            _ if verb.starts_with("seed") => {
+                let t: u32 = verb[4..].parse().unwrap();
+                self.wait().seed_ticket(Some(t));
+                return;
+            }
+            _ if verb.starts_with("ticket") => {
+                let read = match &verb[6..] {
+                    "fail" => None,
+                    n => Some(n.parse::<u32>().unwrap()),
+                };
+                let now = self.now;
+                show(self.wait().ticket(read, now))
+            }
             "covered" => {
                 let known = self.known.clone();
                 if self.batch().covered(&known) { "yes" } else { "no" }.into()
@@ -181,11 +197,16 @@ impl Harness {
 fn show(n: Next) -> String {
     match n {
         Next::CheckRoutes => "check".into(),
+        Next::ReadTicket => "read".into(),
         Next::Sleep { until, routes } => format!("sleep{until}{}", if routes { "r" } else { "" }),
         Next::Done(Routed { confirmed, how }) => {
             let how = match how {
                 "routed signal" => "signal",
-                "rtnetlink: main table moved" | "main table still uses it" => "routes",
+                "rtnetlink: main table moved"
+                | "main table still uses it"
+                | "route socket: default route moved"
+                | "default route still uses it" => "routes",
+                "pf ruleset reloaded" | "pf ruleset not reloaded" => "ruleset",
                 "settle delay elapsed" => "delay",
                 "no routed signal" => "signal",
                 "" if confirmed => "none",
@@ -206,7 +227,7 @@ fn run(name: &str, confirm: RoutingConfirm, watcher: bool, trace: &str) {
     }
 }
 
-use RoutingConfirm::{Delay, Rtnetlink, Signal};
+use RoutingConfirm::{Delay, PfRuleset, RouteSocket, Rtnetlink, Signal};
 
 #[test]
 fn routing_waits() {
@@ -277,6 +298,63 @@ fn routing_waits() {
             Signal,
             true,
             "@0 D0 wait next=sleep5000 @100 closed=late:closed",
+        ),
+        (
+            "route socket: the default route moved",
+            RouteSocket,
+            true,
+            "@0 D0 wait next=check notyet=sleep5000r @800 next=check moved=ok:routes",
+        ),
+        (
+            "route socket without a socket is the settle delay",
+            RouteSocket,
+            false,
+            "@0 D0 wait next=sleep5000 @5000 next=ok:delay",
+        ),
+        (
+            "pf ruleset: the first read is the baseline, a new ticket confirms",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticket7=sleep50 @50 next=read ticket7=sleep100 \
+             @100 next=read ticket8=ok:ruleset",
+        ),
+        (
+            "pf ruleset: never reloaded, the plan runs unconfirmed at the deadline",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticket7=sleep50 @4990 next=read ticket7=sleep5000 \
+             @5000 next=read ticket7=late:ruleset",
+        ),
+        (
+            "pf ruleset: a routed signal wins without a read",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticket7=sleep50 @20 R0 next=ok:signal",
+        ),
+        (
+            "pf ruleset: a reload before the decision (seen in the background) confirms at once",
+            PfRuleset,
+            true,
+            "@0 D0 wait seed6 next=read ticket7=ok:ruleset",
+        ),
+        (
+            "pf ruleset: a background ticket still current means waiting for a reload",
+            PfRuleset,
+            true,
+            "@0 D0 wait seed7 next=read ticket7=sleep50 @50 next=read ticket8=ok:ruleset",
+        ),
+        (
+            "pf ruleset: an unreadable ticket turns the wait into the settle delay",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticketfail=sleep5000 @5000 next=ok:delay",
+        ),
+        (
+            "pf ruleset: a decision joining re-reads the baseline; only a later commit confirms",
+            PfRuleset,
+            true,
+            "@0 D0 wait next=read ticket7=sleep50 @30 D1 next=read ticket8=sleep80 \
+             @80 next=read ticket8=sleep130 @130 next=read ticket9=ok:ruleset",
         ),
     ];
     for (name, confirm, watcher, trace) in table {
@@ -395,6 +473,7 @@ fn caps() -> Capabilities {
         listing_only: vec![],
         match_opposite: true,
         flush_by_interface: false,
+        ruleset_ticket: false,
     }
 }
 
@@ -497,4 +576,28 @@ fn the_sweep_touches_only_gateways_still_down() {
             batch::sweep(&policy, planned.clone(), &gateways, &usable, known.then_some(&caps));
         assert_eq!(got, expected, "{name}");
     }
+}
+
+#[test]
+fn the_ticket_log_gives_the_reading_from_before_the_lookback() {
+    use statecull_engine::batch::{TICKET_LOOKBACK_MS, TicketLog};
+    let mut log = TicketLog::default();
+    assert_eq!(log.baseline_for(10_000), None, "no readings");
+    log.record(1_000, 5);
+    log.record(2_000, 5);
+    log.record(3_000, 6); // a reload between 2 s and 3 s
+    log.record(4_000, 6);
+    // Decided at 4.5 s: the reading at or before 2.5 s is 5, so ticket 6 means "reloaded".
+    assert_eq!(log.baseline_for(2_000 + TICKET_LOOKBACK_MS + 500), Some(5));
+    // Decided at 6 s: the reading at or before 4 s is 6.
+    assert_eq!(log.baseline_for(4_000 + TICKET_LOOKBACK_MS), Some(6));
+    // Decided too early for any reading that old.
+    assert_eq!(log.baseline_for(TICKET_LOOKBACK_MS + 500), None);
+    assert_eq!(log.baseline_for(500), None);
+    // Readings out of order are ignored; a minute of them is kept, and always the last.
+    log.record(3_500, 9);
+    assert_eq!(log.at_or_before(3_600), Some(6));
+    log.record(200_000, 7);
+    assert_eq!(log.at_or_before(100_000), None, "old readings are dropped");
+    assert_eq!(log.at_or_before(200_000), Some(7));
 }

@@ -88,13 +88,13 @@ pub(crate) fn emit(out: &Out, system: System, source_name: &str) -> String {
         &mut t,
         "",
         &format!(
-            "with {sys}'s loss and latency levels. Routing is confirmed by a delay: {sys} switches"
+            "with {sys}'s loss and latency levels. Routing is confirmed by pf's ruleset ticket: {sys}"
         ),
     );
     comment(
         &mut t,
         "",
-        "by reloading its ruleset when dpinger raises an alarm (rtnetlink is Linux only).",
+        "switches by reloading its ruleset when dpinger raises an alarm (confirm = \"pf-ruleset\").",
     );
     if out.gateways.iter().any(|g| g.address.placeholder || g.nat.iter().any(|a| a.placeholder)) {
         comment(
@@ -116,12 +116,13 @@ pub(crate) fn emit(out: &Out, system: System, source_name: &str) -> String {
     t.push_str("[routing]\n");
     let _ = writeln!(
         t,
-        "# {sys} moves traffic off a failed gateway by reloading its ruleset; give it time, or use"
+        "# {sys} moves traffic off a failed gateway by reloading its pf ruleset (route-to rules):"
     );
     t.push_str(
-        "# confirm = \"signal\" and `statecull gateway NAME routed` from a gateway alarm hook.\n",
+        "# the engine kills once the ruleset's ticket has changed after its decision, or after\n\
+         # settle_timeout at the latest (a reload of a big configuration takes seconds).\n",
     );
-    t.push_str("confirm = \"delay\"\nsettle_timeout = \"3s\"\nsweep_delay = \"2s\"\n");
+    t.push_str("confirm = \"pf-ruleset\"\nsettle_timeout = \"30s\"\nsweep_delay = \"2s\"\n");
 
     for g in &out.gateways {
         t.push_str("\n[[gateway]]\n");

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use statecull_import::{Import, Severity, System, import};
 use statecull_policy::Policy;
-use statecull_policy::model::{Gateway, HealthSource, OnDown, OnRecovery};
+use statecull_policy::model::{Gateway, HealthSource, OnDown, OnRecovery, RoutingConfirm};
+use statecull_policy::portability::{self, Level, TargetOs};
 
 fn dir(system: System) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(system.word())
@@ -79,6 +80,14 @@ fn every_fixture_imports_into_a_policy_that_loads() {
             assert!(out.policy.starts_with("# statecull policy imported from the "), "{name}");
             assert!(out.policy.contains(&format!("statecull import {}", system.word())), "{name}");
             assert!(!policy.gateways.is_empty() && !policy.groups.is_empty(), "{name}");
+            // Both systems move traffic by reloading the ruleset: the engine waits for it.
+            assert_eq!(policy.routing.confirm, RoutingConfirm::PfRuleset, "{name}");
+            // What `check-policy --target-os freebsd` adds: nothing that cannot work on pf.
+            let errors: Vec<_> = portability::check(&policy, TargetOs::FreeBsd)
+                .into_iter()
+                .filter(|f| f.level == Level::Error)
+                .collect();
+            assert!(errors.is_empty(), "{name}: {errors:?}");
             // Deterministic: the same input, the same text.
             assert_eq!(run(system, &name).0.policy, out.policy, "{name}");
             n += 1;

@@ -224,6 +224,7 @@ pub const DIOCGETSTATENV: u64 = iowr(b'D', 19, size_of::<PfiocNv>());
 pub const DIOCKILLSTATESNV: u64 = iowr(b'D', 41, size_of::<PfiocNv>());
 pub const DIOCGETSTATESV2: u64 = iowr(b'D', 93, size_of::<PfiocStatesV2>());
 pub const DIOCKILLSTATES: u64 = iowr(b'D', 41, size_of::<PfiocStateKill>());
+pub const DIOCGETRULES: u64 = iowr(b'D', 6, PFIOC_RULE_LEN);
 pub const DIOCCLRSTATES: u64 = iowr(b'D', 18, size_of::<PfiocStateKill>());
 
 #[cfg(target_pointer_width = "64")]
@@ -233,8 +234,71 @@ const _: () = {
     assert!(DIOCGETSTATENV == 0xC018_4413);
     assert!(DIOCGETSTATESV2 == 0xC018_445D);
     assert!(DIOCKILLSTATES == 0xC0E0_4429);
+    assert!(DIOCGETRULES == 0xCBE0_4406);
     assert!(DIOCCLRSTATES == 0xC0E0_4412);
 };
+
+/// `struct pfioc_rule` (`sys/net/pfvar.h`), the argument of `DIOCGETRULES`: four `u_int32_t`
+/// (`action`, `ticket`, `pool_ticket`, `nr`), `anchor[MAXPATHLEN]`, `anchor_call[MAXPATHLEN]`,
+/// then the userland `struct pf_rule` (`sys/netpfil/pf/pf.h`), 976 bytes on amd64 and
+/// 8-aligned. FreeBSD 14 keeps that struct's size across the SCTP timeouts
+/// (`timeout[PFTM_OLD_MAX]`, 20). The 976 was computed by compiling a transcription of 14's
+/// `struct pf_rule` for x86_64 (the same LP64 layout rules), not read off a FreeBSD system: a
+/// wrong figure changes the ioctl number, which the kernel then refuses (`ENOTTY`), so the
+/// broker reports no ticket rather than a wrong one.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PfiocRule {
+    pub action: u32,
+    pub ticket: u32,
+    pub pool_ticket: u32,
+    pub nr: u32,
+    pub anchor: [u8; 1024],
+    pub anchor_call: [u8; 1024],
+    /// `struct pf_rule`, opaque here; its `action` (the ruleset selector, `PF_PASS` = 0 for
+    /// the filter ruleset) is at [`PF_RULE_ACTION`].
+    pub rule: [u64; 122],
+}
+
+/// `sizeof(struct pfioc_rule)`.
+pub const PFIOC_RULE_LEN: usize = size_of::<PfiocRule>();
+/// `offsetof(struct pf_rule, action)`.
+pub const PF_RULE_ACTION: usize = 904;
+pub const PFIOC_RULE_TICKET: usize = offset_of!(PfiocRule, ticket);
+pub const PFIOC_RULE_NR: usize = offset_of!(PfiocRule, nr);
+pub const PFIOC_RULE_ANCHOR: usize = offset_of!(PfiocRule, anchor);
+/// Where `rule.action` sits in the whole `struct pfioc_rule`.
+pub const PFIOC_RULE_RULE_ACTION: usize = offset_of!(PfiocRule, rule) + PF_RULE_ACTION;
+
+const _: () = {
+    assert!(PFIOC_RULE_LEN == 3040);
+    assert!(offset_of!(PfiocRule, action) == 0);
+    assert!(PFIOC_RULE_TICKET == 4);
+    assert!(offset_of!(PfiocRule, pool_ticket) == 8);
+    assert!(PFIOC_RULE_NR == 12);
+    assert!(PFIOC_RULE_ANCHOR == 16);
+    assert!(offset_of!(PfiocRule, anchor_call) == 1040);
+    assert!(offset_of!(PfiocRule, rule) == 2064);
+    assert!(PFIOC_RULE_RULE_ACTION == 2968);
+};
+
+/// A `DIOCGETRULES` argument asking for the main filter ruleset: empty anchor, `rule.action`
+/// `PF_PASS` (0), so all zero.
+pub fn getrules_request() -> Vec<u8> {
+    vec![0; PFIOC_RULE_LEN]
+}
+
+/// `(nr, ticket)` from what `DIOCGETRULES` wrote back (native-endian `u_int32_t`s); `None`
+/// for a buffer that is not one `struct pfioc_rule`.
+pub fn parse_getrules(buf: &[u8]) -> Option<(u32, u32)> {
+    if buf.len() != PFIOC_RULE_LEN {
+        return None;
+    }
+    let word = |at: usize| {
+        buf.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_ne_bytes)
+    };
+    Some((word(PFIOC_RULE_NR)?, word(PFIOC_RULE_TICKET)?))
+}
 
 /// Why an export record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

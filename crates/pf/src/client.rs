@@ -38,6 +38,10 @@ pub struct Transports {
     pub nl_kill: bool,
     pub nv_kill: bool,
     pub v2_list: bool,
+    /// Netlink `GETRULES` answers with the filter ruleset's ticket (read-only probe).
+    pub nl_rules: bool,
+    /// `DIOCGETRULES` answers with it (read-only probe).
+    pub ioctl_rules: bool,
 }
 
 /// A kill that matches nothing, to probe kill interfaces safely: the id fast path with an
@@ -65,6 +69,10 @@ impl<D: PfDevice> PfClient<D> {
             c.transports.nl_kill = c.kill_netlink(cmd::KILLSTATES, &probe_kill()).is_ok();
         }
         c.transports.nv_kill = c.kill_nv(DIOCKILLSTATESNV, &probe_kill()).is_ok();
+        if c.transports.nl_family.is_some() {
+            c.transports.nl_rules = c.ruleset_ticket_netlink().is_ok();
+        }
+        c.transports.ioctl_rules = c.ruleset_ticket_ioctl().is_ok();
         c.transports.v2_list = c.dev.get_states_v2(&mut []).is_ok();
         if !c.transports.nl_kill && !c.transports.nv_kill {
             return Err(PfError::Unsupported(
@@ -174,6 +182,71 @@ impl<D: PfDevice> PfClient<D> {
                     nl::parse_kill_reply(&msg).map_err(|e| PfError::Codec(e.to_string()))?
                 {
                     killed = Some(n);
+                }
+            }
+        }
+    }
+
+    /// The active main filter ruleset: `(rules, ticket)`, from netlink `GETRULES` where the
+    /// kernel has it, otherwise `DIOCGETRULES` (both with an empty anchor and `PF_PASS`: the
+    /// kernel's `pf_ioctl_getrules` / `DIOCGETRULES` case). Read-only. The kernel gives the
+    /// ruleset a new ticket on every commit (`pfctl -f`), so a changed ticket means the
+    /// ruleset was reloaded.
+    pub fn ruleset_ticket(&mut self) -> Result<(u32, u32), PfError> {
+        if self.transports.nl_rules {
+            self.ruleset_ticket_netlink()
+        } else if self.transports.ioctl_rules {
+            self.ruleset_ticket_ioctl()
+        } else {
+            Err(PfError::Unsupported(
+                "this kernel answered neither pf netlink GETRULES nor DIOCGETRULES at start-up, \
+                 so the filter ruleset's ticket cannot be read"
+                    .into(),
+            ))
+        }
+    }
+
+    fn ruleset_ticket_ioctl(&mut self) -> Result<(u32, u32), PfError> {
+        let mut pr = crate::abi::getrules_request();
+        self.dev.get_rules(&mut pr).map_err(|e| PfError::Kernel {
+            op: "read the filter ruleset's ticket (DIOCGETRULES)",
+            errno: e.0,
+        })?;
+        crate::abi::parse_getrules(&pr)
+            .ok_or_else(|| PfError::Codec("DIOCGETRULES answered a short pfioc_rule".into()))
+    }
+
+    fn ruleset_ticket_netlink(&mut self) -> Result<(u32, u32), PfError> {
+        const OP: &str = "read the filter ruleset's ticket";
+        let family = self
+            .transports
+            .nl_family
+            .ok_or_else(|| PfError::Unsupported("no pf netlink".into()))?;
+        let seq = self.next_seq();
+        let mut b = MsgBuilder::new();
+        nl::getrules_request(&mut b, family, seq);
+        self.dev.nl_send(b.as_bytes()).map_err(|e| PfError::Kernel { op: OP, errno: e.0 })?;
+        let mut found = None;
+        loop {
+            self.dev.nl_recv(&mut self.buf).map_err(|e| PfError::Kernel { op: OP, errno: e.0 })?;
+            for msg in NlMsgs::new(&self.buf) {
+                let msg = msg.map_err(|e| PfError::Codec(e.to_string()))?;
+                if msg.seq != seq {
+                    continue;
+                }
+                if msg.msg_type == NLMSG_ERROR {
+                    let (e, _) = msg.error().map_err(|e| PfError::Codec(e.to_string()))?;
+                    if e != 0 {
+                        return Err(PfError::Kernel { op: OP, errno: -e });
+                    }
+                    return found.ok_or_else(|| {
+                        PfError::Codec("GETRULES acknowledged without a ticket".into())
+                    });
+                }
+                if let Some(t) =
+                    nl::parse_getrules_reply(&msg).map_err(|e| PfError::Codec(e.to_string()))?
+                {
+                    found = Some(t);
                 }
             }
         }

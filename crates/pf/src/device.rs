@@ -1,7 +1,8 @@
 //! The pf kernel at the byte level: the three interfaces the backend uses, as a trait.
 //!
 //! [`PfDevice`] has exactly the kernel interfaces statecull needs: the nvlist ioctls on
-//! `/dev/pf`, `DIOCGETSTATESV2`, and a pf generic-netlink socket. The FreeBSD implementation
+//! `/dev/pf`, `DIOCGETSTATESV2`, `DIOCGETRULES` (the ruleset's ticket), and a pf
+//! generic-netlink socket. The FreeBSD implementation
 //! (`sys.rs`) makes those syscalls; the model's (`model_device.rs`, feature `model`) decodes
 //! the same bytes and applies them to the model, so everything above runs unchanged on Linux.
 
@@ -34,6 +35,9 @@ pub trait PfDevice: Send {
     /// `ioctl(/dev/pf, DIOCGETSTATESV2)` with `ps_len = buf.len()`: fills `buf` with whole
     /// records and returns the new `ps_len` (with an empty `buf`: the kernel's estimate).
     fn get_states_v2(&mut self, buf: &mut [u8]) -> Result<usize, Errno>;
+    /// `ioctl(/dev/pf, DIOCGETRULES, pr)` with `pr` one `struct pfioc_rule`
+    /// ([`crate::abi::PFIOC_RULE_LEN`] bytes), read and written back by the kernel.
+    fn get_rules(&mut self, pr: &mut [u8]) -> Result<(), Errno>;
     /// Send one datagram on the pf netlink socket.
     fn nl_send(&mut self, datagram: &[u8]) -> Result<(), Errno>;
     /// Receive one datagram from the pf netlink socket into `buf` (cleared first).

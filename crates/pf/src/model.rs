@@ -86,6 +86,10 @@ pub struct PfModel {
     keys: HashMap<PfKey, KeyLists>,
     /// Labels of each rule, by rule number.
     rules: Vec<Vec<String>>,
+    /// The active main filter ruleset's ticket: a commit gives it a new one, as the kernel's
+    /// `pf_begin_rules` (`++inactive.ticket`) and `pf_commit_rules` (`active.ticket =
+    /// inactive.ticket`) do.
+    ruleset_ticket: u32,
     next_id: u64,
     live: usize,
     cost: Cost,
@@ -130,10 +134,25 @@ impl PfModel {
             by_id: HashMap::new(),
             keys: HashMap::new(),
             rules: Vec::new(),
+            // The ruleset loaded at boot (`pfctl -f /etc/pf.conf`): one commit.
+            ruleset_ticket: 1,
             next_id: 0,
             live: 0,
             cost: Cost::default(),
         }
+    }
+
+    /// The active main filter ruleset: `(rules, ticket)`, what `GETRULES` answers.
+    pub fn ruleset(&self) -> (u32, u32) {
+        (u32::try_from(self.rules.len()).unwrap_or(u32::MAX), self.ruleset_ticket)
+    }
+
+    /// Commit a new main filter ruleset with the same rules (what `pfctl -f` does when
+    /// pfSense or OPNsense reload the filter): the ruleset gets a new ticket, which is
+    /// returned. States keep their rule numbers (the model does not re-evaluate them).
+    pub fn commit_ruleset(&mut self) -> u32 {
+        self.ruleset_ticket = self.ruleset_ticket.wrapping_add(1);
+        self.ruleset_ticket
     }
 
     pub fn hostid(&self) -> u32 {

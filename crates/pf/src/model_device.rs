@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use statecull_netlink::{MsgBuilder, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR, NlMsgs};
 
-use crate::abi::{DIOCCLRSTATESNV, DIOCKILLSTATESNV, STATE_EXPORT_LEN, encode_export};
+use crate::abi::{
+    DIOCCLRSTATESNV, DIOCKILLSTATESNV, PFIOC_RULE_ANCHOR, PFIOC_RULE_LEN, PFIOC_RULE_NR,
+    PFIOC_RULE_RULE_ACTION, PFIOC_RULE_TICKET, STATE_EXPORT_LEN, encode_export,
+};
 use crate::device::{Errno, PfDevice, errno};
 use crate::model::PfModel;
 use crate::nl::{self, StateFilter, cmd, ctrl};
@@ -25,15 +28,37 @@ pub struct Release {
     pub nv_kill: bool,
     /// `DIOCGETSTATESV2` (13.x, 14.x; 15 only with `COMPAT_FREEBSD14`).
     pub v2_list: bool,
+    /// pf netlink `GETRULES` (15.0).
+    pub netlink_rules: bool,
+    /// `DIOCGETRULES` (every release).
+    pub ioctl_rules: bool,
 }
 
 impl Release {
-    pub const FREEBSD_13: Release =
-        Release { netlink_list: false, netlink_kill: false, nv_kill: true, v2_list: true };
-    pub const FREEBSD_14: Release =
-        Release { netlink_list: true, netlink_kill: false, nv_kill: true, v2_list: true };
-    pub const FREEBSD_15: Release =
-        Release { netlink_list: true, netlink_kill: true, nv_kill: true, v2_list: false };
+    pub const FREEBSD_13: Release = Release {
+        netlink_list: false,
+        netlink_kill: false,
+        nv_kill: true,
+        v2_list: true,
+        netlink_rules: false,
+        ioctl_rules: true,
+    };
+    pub const FREEBSD_14: Release = Release {
+        netlink_list: true,
+        netlink_kill: false,
+        nv_kill: true,
+        v2_list: true,
+        netlink_rules: false,
+        ioctl_rules: true,
+    };
+    pub const FREEBSD_15: Release = Release {
+        netlink_list: true,
+        netlink_kill: true,
+        nv_kill: true,
+        v2_list: false,
+        netlink_rules: true,
+        ioctl_rules: true,
+    };
 }
 
 /// The pf family id the model's netlink answers with.
@@ -138,6 +163,25 @@ impl ModelDevice {
                         self.ack(msg.seq, 0, raw);
                     }
                 }
+                cmd::GETRULES if self.release.netlink_rules => {
+                    let Ok((anchor, action)) = nl::parse_getrules_request(&msg) else {
+                        self.ack(msg.seq, errno::EINVAL, raw);
+                        continue;
+                    };
+                    // Only the main filter ruleset exists in the model: another anchor is
+                    // one `pf_find_kruleset` does not find, another ruleset is not modelled.
+                    if !anchor.is_empty() || action != nl::PF_PASS {
+                        self.ack(msg.seq, errno::EINVAL, raw);
+                        continue;
+                    }
+                    let (rules, ticket) = self.model().ruleset();
+                    let mut b = MsgBuilder::new();
+                    nl::getrules_reply(&mut b, MODEL_FAMILY_ID, msg.seq, rules, ticket);
+                    self.queue.push_back(b.as_bytes().to_vec());
+                    if msg.flags & NLM_F_ACK != 0 {
+                        self.ack(msg.seq, 0, raw);
+                    }
+                }
                 // An unknown command: "invalid cmd" (pf-kernel.md §4).
                 _ => self.ack(msg.seq, errno::EOPNOTSUPP, raw),
             }
@@ -192,6 +236,25 @@ impl PfDevice for ModelDevice {
             return Err(Errno(errno::ENOSPC));
         }
         Ok(reply)
+    }
+
+    fn get_rules(&mut self, pr: &mut [u8]) -> Result<(), Errno> {
+        if !self.release.ioctl_rules {
+            return Err(Errno(errno::ENOTTY));
+        }
+        if pr.len() != PFIOC_RULE_LEN {
+            // The ioctl number encodes the size: another size is another (unknown) ioctl.
+            return Err(Errno(errno::ENOTTY));
+        }
+        // Only the main filter ruleset exists in the model (`pf_find_kruleset` of another
+        // anchor fails; another action is another ruleset, not modelled).
+        if pr[PFIOC_RULE_ANCHOR] != 0 || pr[PFIOC_RULE_RULE_ACTION] != nl::PF_PASS {
+            return Err(Errno(errno::EINVAL));
+        }
+        let (rules, ticket) = self.model().ruleset();
+        pr[PFIOC_RULE_NR..PFIOC_RULE_NR + 4].copy_from_slice(&rules.to_ne_bytes());
+        pr[PFIOC_RULE_TICKET..PFIOC_RULE_TICKET + 4].copy_from_slice(&ticket.to_ne_bytes());
+        Ok(())
     }
 
     fn get_states_v2(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {

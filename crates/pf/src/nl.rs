@@ -552,6 +552,91 @@ pub fn parse_kill_reply(msg: &NlMsg<'_>) -> Result<Option<u32>, NlCodecError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// GETRULES: the active filter ruleset's ticket.
+
+/// `enum pf_getrules_type_t` (`pf_nl.h`).
+pub mod gr {
+    /// string: the anchor path ("" is the main ruleset).
+    pub const ANCHOR: u16 = 1;
+    /// u8: a rule action choosing the ruleset (`pf_get_ruleset_number`: `PF_PASS` = 0 is
+    /// the filter ruleset).
+    pub const ACTION: u16 = 2;
+    /// u32 (reply): rules in the ruleset (`tail->nr + 1`).
+    pub const NR: u16 = 3;
+    /// u32 (reply): the ruleset's active ticket.
+    pub const TICKET: u16 = 4;
+}
+
+/// `PF_PASS`: the action whose ruleset is the filter ruleset.
+pub const PF_PASS: u8 = 0;
+
+/// `MAXPATHLEN`: an anchor path's buffer in `struct pfioc_rule`.
+pub const MAXPATHLEN: usize = 1024;
+
+/// A GETRULES request for the main filter ruleset (anchor "", action `PF_PASS`), as
+/// libpfctl's `pfctl_get_rules_info` sends it, with `NLM_F_ACK`.
+pub fn getrules_request(b: &mut MsgBuilder, family: u16, seq: u32) {
+    let m = begin_genl(b, family, NLM_F_REQUEST | NLM_F_ACK, seq, cmd::GETRULES);
+    b.attr_str(gr::ANCHOR, "");
+    b.attr_u8(gr::ACTION, PF_PASS);
+    b.end(m);
+}
+
+/// The kernel's view of a GETRULES request (for the model): the anchor path and the action
+/// (`nla_p_getrules`; both optional, zero when absent).
+pub fn parse_getrules_request(msg: &NlMsg<'_>) -> Result<(String, u8), NlCodecError> {
+    const EXPECTED: &str = "a pf GETRULES request";
+    let (cmd, attrs) = genl(msg, EXPECTED)?;
+    if cmd != cmd::GETRULES {
+        return Err(unexpected_cmd(EXPECTED, msg, cmd));
+    }
+    let (mut anchor, mut action) = (String::new(), 0);
+    for a in attrs {
+        let (kind, v) = a?;
+        match kind {
+            gr::ANCHOR => anchor = chara(v, MAXPATHLEN, "PF_GR_ANCHOR")?,
+            gr::ACTION => action = get_u8(v, "PF_GR_ACTION")?,
+            _ => {}
+        }
+    }
+    Ok((anchor, action))
+}
+
+/// The kernel's reply to GETRULES (for the model): `PF_GR_NR` then `PF_GR_TICKET`.
+pub fn getrules_reply(b: &mut MsgBuilder, family: u16, seq: u32, nr: u32, ticket: u32) {
+    let m = begin_genl(b, family, 0, seq, cmd::GETRULES);
+    b.attr_u32(gr::NR, nr);
+    b.attr_u32(gr::TICKET, ticket);
+    b.end(m);
+}
+
+/// `Some((nr, ticket))` for a GETRULES reply carrying both; `None` for control messages
+/// and other commands. A GETRULES reply without its ticket is an error, never a ticket of 0.
+pub fn parse_getrules_reply(msg: &NlMsg<'_>) -> Result<Option<(u32, u32)>, NlCodecError> {
+    if msg.msg_type < NLMSG_MIN_TYPE {
+        return Ok(None);
+    }
+    let (cmd, attrs) = msg.genl_attrs()?;
+    if cmd != cmd::GETRULES {
+        return Ok(None);
+    }
+    let (mut nr, mut ticket) = (None, None);
+    for a in attrs {
+        let (kind, v) = a?;
+        match kind {
+            gr::NR => nr = Some(get_u32(v, "PF_GR_NR")?),
+            gr::TICKET => ticket = Some(get_u32(v, "PF_GR_TICKET")?),
+            _ => {}
+        }
+    }
+    match (nr, ticket) {
+        (Some(n), Some(t)) => Ok(Some((n, t))),
+        (_, None) => Err(NlCodecError::Missing("PF_GR_TICKET")),
+        (None, _) => Err(NlCodecError::Missing("PF_GR_NR")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // GETSTATES.
 
 /// The kernel-side filter of a GETSTATES dump (`nla_p_state`, pf-kernel.md §4.2). Every

@@ -10,7 +10,8 @@ use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use crate::abi::{
-    DIOCCLRSTATESNV, DIOCGETSTATESV2, DIOCKILLSTATESNV, PF_STATE_VERSION, PfiocNv, PfiocStatesV2,
+    DIOCCLRSTATESNV, DIOCGETRULES, DIOCGETSTATESV2, DIOCKILLSTATESNV, PF_STATE_VERSION,
+    PFIOC_RULE_LEN, PfiocNv, PfiocStatesV2,
 };
 use crate::device::{Errno, PfDevice};
 
@@ -24,11 +25,14 @@ const _: () = {
         nix::request_code_readwrite!(b'D', 93, size_of::<PfiocStatesV2>()) as u64
             == DIOCGETSTATESV2
     );
+    assert!(nix::request_code_readwrite!(b'D', 6, PFIOC_RULE_LEN) == DIOCGETRULES);
 };
 
 nix::ioctl_readwrite!(diockillstatesnv, b'D', 41, PfiocNv);
 nix::ioctl_readwrite!(diocclrstatesnv, b'D', 18, PfiocNv);
 nix::ioctl_readwrite!(diocgetstatesv2, b'D', 93, PfiocStatesV2);
+// The size comes from the buffer: `get_rules` refuses any but `PFIOC_RULE_LEN` bytes.
+nix::ioctl_readwrite_buf!(diocgetrules, b'D', 6, u8);
 
 /// FreeBSD's `AF_NETLINK` and `NETLINK_GENERIC` [pf-kernel.md §4: unverified values].
 const AF_NETLINK: libc::c_int = 38;
@@ -74,6 +78,7 @@ impl FreeBsdDevice {
             .allow(DIOCKILLSTATESNV as libc::u_long)
             .allow(DIOCCLRSTATESNV as libc::u_long)
             .allow(DIOCGETSTATESV2 as libc::u_long)
+            .allow(DIOCGETRULES as libc::u_long)
             .finalize()
             .limit(&self.pf)?;
         if let Some(nl) = &self.nl {
@@ -113,6 +118,16 @@ impl PfDevice for FreeBsdDevice {
         result.map_err(errno)?;
         buf.truncate(nv.len.min(buf.len()));
         Ok(buf)
+    }
+
+    fn get_rules(&mut self, pr: &mut [u8]) -> Result<(), Errno> {
+        if pr.len() != PFIOC_RULE_LEN {
+            return Err(Errno(crate::device::errno::EINVAL));
+        }
+        // SAFETY: `pr` is a live, exclusively borrowed buffer of exactly `PFIOC_RULE_LEN`
+        // bytes, the size the request number encodes; the kernel reads and writes only that.
+        unsafe { diocgetrules(self.pf.as_raw_fd(), pr) }.map_err(errno)?;
+        Ok(())
     }
 
     fn get_states_v2(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {

@@ -36,6 +36,10 @@ pub struct PfTable<D: PfDevice> {
     writer: Mutex<PfClient<D>>,
     /// Snapshots and counts.
     reader: Mutex<PfClient<D>>,
+    /// Ruleset tickets, on a handle of their own when one was given
+    /// ([`PfTable::with_ticket_lane`]): the engine polls them while it waits to kill, and a
+    /// poll must never queue behind a count's listing or another client's kill.
+    ticket: Option<Mutex<PfClient<D>>>,
     /// Id-hash rows of the kernel's state table.
     rows: u64,
     /// States seen by the last full listing (none yet: unknown).
@@ -149,8 +153,30 @@ impl<D: PfDevice> PfTable<D> {
         Self {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            ticket: None,
             rows,
             last_size: Mutex::new(None),
+        }
+    }
+
+    /// The same table with a third client (on its own handle) for ruleset tickets.
+    pub fn with_ticket_lane(mut self, ticket: PfClient<D>) -> Self {
+        self.ticket = Some(Mutex::new(ticket));
+        self
+    }
+
+    /// Whether the kernel answers ruleset tickets (probed at start-up).
+    pub fn has_ruleset_ticket(&self) -> bool {
+        let t = self.client().transports();
+        t.nl_rules || t.ioctl_rules
+    }
+
+    /// The active main filter ruleset: `(rules, ticket)` ([`PfClient::ruleset_ticket`]), on
+    /// the ticket lane (the kill lane when there is none).
+    pub fn ruleset_ticket(&self) -> Result<(u32, u32), PfError> {
+        match &self.ticket {
+            Some(lane) => lane.lock().unwrap_or_else(|p| p.into_inner()).ruleset_ticket(),
+            None => self.client().ruleset_ticket(),
         }
     }
 

@@ -61,7 +61,14 @@ fn probing_finds_each_releases_interfaces() {
     let mut c = client(Release::FREEBSD_15, 100);
     let n = c.device().model().len();
     assert_eq!(n, list_all(&mut c).len());
-    let none = Release { netlink_list: false, netlink_kill: false, nv_kill: false, v2_list: true };
+    let none = Release {
+        netlink_list: false,
+        netlink_kill: false,
+        nv_kill: false,
+        v2_list: true,
+        netlink_rules: false,
+        ioctl_rules: false,
+    };
     let g = router_table(&Spec::new(10, 1)).unwrap();
     assert!(matches!(
         PfClient::probe(ModelDevice::new(g.model, none)),
@@ -183,4 +190,48 @@ fn the_nat_flag_is_read_over_netlink_and_never_over_the_nvlist_ioctl() {
     let n = c.device().model().len();
     assert!(matches!(c.kill(&k), Err(PfError::Unsupported(_))));
     assert_eq!(c.device().model().len(), n);
+}
+
+/// The filter ruleset's ticket through the real GETRULES bytes: read-only, changed by a
+/// ruleset commit and by nothing else (kills, listings), on every handle of the kernel, over
+/// netlink GETRULES (15) or DIOCGETRULES (13, 14); a kernel with neither says so instead of
+/// answering a ticket.
+#[test]
+fn ruleset_ticket_changes_on_a_commit_and_only_then() {
+    let mut c = client(Release::FREEBSD_15, 2_000);
+    assert!(c.transports().nl_rules);
+    let (rules, t0) = c.ruleset_ticket().unwrap();
+    assert!(rules > 0, "the generated table has rules");
+    assert_eq!(c.ruleset_ticket().unwrap().1, t0, "reading does not change it");
+    let before = list_all(&mut c).len();
+    assert!(c.kill(&gateway1()).unwrap() > 0);
+    assert!(list_all(&mut c).len() < before);
+    assert_eq!(c.ruleset_ticket().unwrap().1, t0, "kills and listings do not change it");
+    let mut other = c.another().unwrap();
+    let t1 = c.device().model().commit_ruleset();
+    assert_ne!(t1, t0);
+    assert_eq!(c.ruleset_ticket().unwrap(), (rules, t1));
+    assert_eq!(other.ruleset_ticket().unwrap(), (rules, t1), "the same kernel on every handle");
+
+    // 13 and 14 have no netlink GETRULES: DIOCGETRULES answers the same ticket.
+    for release in [Release::FREEBSD_13, Release::FREEBSD_14] {
+        let mut old = client(release, 100);
+        let t = old.transports();
+        assert!(!t.nl_rules && t.ioctl_rules, "{release:?}: {t:?}");
+        let (rules, t0) = old.ruleset_ticket().unwrap();
+        assert!(rules > 0);
+        let t1 = old.device().model().commit_ruleset();
+        assert_ne!(t1, t0);
+        assert_eq!(old.ruleset_ticket().unwrap(), (rules, t1), "{release:?}");
+    }
+    // A kernel with neither says so instead of answering a ticket.
+    let g = router_table(&Spec::new(100, 5)).unwrap();
+    let bare = Release { netlink_rules: false, ioctl_rules: false, ..Release::FREEBSD_14 };
+    let mut c = PfClient::probe(ModelDevice::new(g.model, bare)).unwrap();
+    assert!(matches!(c.ruleset_ticket(), Err(PfError::Unsupported(_))));
+
+    // DIOCGETRULES takes exactly one struct pfioc_rule (its size is in the ioctl number).
+    let mut short = vec![0u8; statecull_pf::abi::PFIOC_RULE_LEN - 8];
+    let mut d = client(Release::FREEBSD_14, 10);
+    assert!(d.device_mut().get_rules(&mut short).is_err());
 }

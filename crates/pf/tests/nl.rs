@@ -1148,3 +1148,37 @@ proptest! {
         every_parser(&NlMsg { msg_type, flags: 0, seq: 1, payload: &payload });
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// GETRULES: the filter ruleset's ticket.
+
+#[test]
+fn golden_getrules_request_for_the_main_filter_ruleset() {
+    let got = built(|b| statecull_pf::nl::getrules_request(b, FAMILY, 1));
+    // PF_GR_ANCHOR = 1 (""), PF_GR_ACTION = 2 (PF_PASS), as pfctl_get_rules_info sends them.
+    let expect = pf(6, &[nla(1, b"\0"), nla(2, &[0])]);
+    assert_eq!(got, expect);
+    assert_eq!(got.len(), 36, "16 nlmsghdr + 4 genlmsghdr + 8 + 8");
+    let (anchor, action) = statecull_pf::nl::parse_getrules_request(&one(&got)).unwrap();
+    assert_eq!((anchor.as_str(), action), ("", 0));
+}
+
+#[test]
+fn getrules_reply_carries_the_ticket_and_refuses_one_without_it() {
+    // The kernel's reply: PF_GR_NR = 3, PF_GR_TICKET = 4, both u32.
+    let reply =
+        msg(FAMILY, 0, 9, 6, &[nla(3, &17u32.to_ne_bytes()), nla(4, &4242u32.to_ne_bytes())]);
+    assert_eq!(built(|b| statecull_pf::nl::getrules_reply(b, FAMILY, 9, 17, 4242)), reply);
+    assert_eq!(statecull_pf::nl::parse_getrules_reply(&one(&reply)).unwrap(), Some((17, 4242)));
+    let no_ticket = msg(FAMILY, 0, 9, 6, &[nla(3, &17u32.to_ne_bytes())]);
+    assert!(statecull_pf::nl::parse_getrules_reply(&one(&no_ticket)).is_err());
+    let short = msg(FAMILY, 0, 9, 6, &[nla(3, &17u32.to_ne_bytes()), nla(4, &[1, 2])]);
+    assert!(statecull_pf::nl::parse_getrules_reply(&one(&short)).is_err());
+    // Another command's reply is not a ticket.
+    let kill = msg(FAMILY, 0, 9, 9, &[nla(13, &3u32.to_ne_bytes())]);
+    assert_eq!(statecull_pf::nl::parse_getrules_reply(&one(&kill)).unwrap(), None);
+    // A request for another anchor is decoded as such (the model answers only the main one).
+    let other = pf(6, &[nla(1, b"userrules\0"), nla(2, &[0])]);
+    let (anchor, _) = statecull_pf::nl::parse_getrules_request(&one(&other)).unwrap();
+    assert_eq!(anchor, "userrules");
+}

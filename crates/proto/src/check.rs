@@ -365,6 +365,8 @@ pub enum Unsupported {
     Field(SelectorField),
     /// A flush limited to one interface.
     FlushByInterface,
+    /// Reading a filter ruleset's ticket (conntrack has no ruleset).
+    RulesetTicket,
 }
 
 impl std::fmt::Display for Unsupported {
@@ -372,6 +374,7 @@ impl std::fmt::Display for Unsupported {
         match self {
             Unsupported::Field(field) => write!(f, "selecting by {field}"),
             Unsupported::FlushByInterface => f.write_str("a flush limited to one interface"),
+            Unsupported::RulesetTicket => f.write_str("reading a filter ruleset's ticket"),
         }
     }
 }
@@ -388,6 +391,7 @@ impl Capabilities {
             listing_only: Vec::new(),
             match_opposite: true,
             flush_by_interface: true,
+            ruleset_ticket: true,
         }
     }
 
@@ -416,6 +420,7 @@ pub enum CheckedRequest {
     KillHandles { handles: Vec<CheckedHandle>, match_opposite: bool },
     KillMatching { selectors: Vec<CheckedSelector>, match_opposite: bool },
     Flush { interface: Option<CheckedIfName> },
+    RulesetTicket,
 }
 
 impl CheckedRequest {
@@ -427,6 +432,7 @@ impl CheckedRequest {
             CheckedRequest::KillHandles { .. } => Verb::KillHandles,
             CheckedRequest::KillMatching { .. } => Verb::KillMatching,
             CheckedRequest::Flush { .. } => Verb::Flush,
+            CheckedRequest::RulesetTicket => Verb::RulesetTicket,
         }
     }
 
@@ -524,6 +530,12 @@ impl Request {
                     None => None,
                 };
                 Ok(CheckedRequest::Flush { interface })
+            }
+            Request::RulesetTicket => {
+                if !caps.ruleset_ticket {
+                    return Err(caps.unsupported(Unsupported::RulesetTicket));
+                }
+                Ok(CheckedRequest::RulesetTicket)
             }
         }
     }

@@ -6,7 +6,8 @@
 //! * [`frame`]: length-prefixed bincode frames, bounded and strict;
 //! * [`listing`]: what every backend does with a listing (snapshot batches, per-selector
 //!   counts, protected-prefix checks), written once;
-//! * [`text`]: untrusted text clipped and escaped for messages and logs.
+//! * [`text`]: untrusted text clipped and escaped for messages and logs;
+//! * [`paths`]: default sockets and configuration files, per target OS.
 //!
 //! This crate does no I/O and contains no `unsafe`.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ mod error;
 pub mod frame;
 pub mod listing;
 pub mod model;
+pub mod paths;
 pub mod text;
 pub mod verbs;
 
@@ -29,14 +31,15 @@ pub use model::{
 };
 pub use verbs::{
     BackendInfo, BackendKind, Capabilities, CountReply, ErrorCode, ErrorReply, Hello, HelloReply,
-    KillPath, KillReport, Request, Response, SnapshotDone, Verb,
+    KillPath, KillReport, Request, Response, RulesetTicket, SnapshotDone, Verb,
 };
 
 /// Where the broker listens unless told otherwise (the broker's default and the clients').
-pub const DEFAULT_BROKER_SOCKET: &str = "/run/statecull/broker.sock";
+pub const DEFAULT_BROKER_SOCKET: &str = paths::BROKER_SOCKET;
 /// Version of this protocol; a broker refuses clients that announce another.
 /// 2: kill reports carry per-selector counts.
-/// 3: `KillHandles` carries `match_opposite`; capabilities list `listing_only` fields.
+/// 3: `KillHandles` carries `match_opposite`; capabilities list `listing_only` fields; the
+/// `RulesetTicket` verb and `Capabilities::ruleset_ticket`.
 pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes in a frame header (the big-endian payload length).
 pub const HEADER_LEN: usize = 4;

@@ -52,6 +52,10 @@ pub enum Request {
     Flush {
         interface: Option<IfName>,
     },
+    /// Read the ticket of the active main filter ruleset (pf: bumped by the kernel on every
+    /// ruleset commit, so a change means the ruleset was reloaded). Read-only; refused by
+    /// backends without rulesets (conntrack): see [`Capabilities::ruleset_ticket`].
+    RulesetTicket,
 }
 
 /// Names of the verbs, for logs and metrics.
@@ -64,6 +68,7 @@ pub enum Verb {
     KillHandles,
     KillMatching,
     Flush,
+    RulesetTicket,
 }
 
 impl Verb {
@@ -75,6 +80,7 @@ impl Verb {
             Verb::KillHandles => "kill-handles",
             Verb::KillMatching => "kill-matching",
             Verb::Flush => "flush",
+            Verb::RulesetTicket => "ruleset-ticket",
         }
     }
     /// Verbs that change the state table (and are audited).
@@ -98,6 +104,7 @@ impl Request {
             Request::KillHandles { .. } => Verb::KillHandles,
             Request::KillMatching { .. } => Verb::KillMatching,
             Request::Flush { .. } => Verb::Flush,
+            Request::RulesetTicket => Verb::RulesetTicket,
         }
     }
 }
@@ -148,6 +155,9 @@ pub struct Capabilities {
     pub match_opposite: bool,
     /// `Flush` can be limited to an interface.
     pub flush_by_interface: bool,
+    /// `RulesetTicket` is answered (pf: the kernel has a filter ruleset ticket to read;
+    /// conntrack has no ruleset).
+    pub ruleset_ticket: bool,
 }
 
 /// The backend, its kernel and its capabilities.
@@ -188,6 +198,17 @@ pub struct CountReply {
     /// States in the table.
     pub table_entries: u64,
     pub elapsed_us: u64,
+}
+
+/// Reply to `RulesetTicket`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesetTicket {
+    /// The active main filter ruleset's ticket (pf `pr.ticket` of `DIOCGETRULES` with an
+    /// empty anchor, or `PF_GR_TICKET` of netlink `GETRULES`). Only equality means anything:
+    /// a different value is a ruleset committed in between.
+    pub ticket: u32,
+    /// Rules in that ruleset (`pr.nr`), for logs.
+    pub rules: u32,
 }
 
 /// How a kill was carried out.
@@ -339,4 +360,5 @@ pub enum Response {
     Count(CountReply),
     Killed(KillReport),
     Error(ErrorReply),
+    RulesetTicket(RulesetTicket),
 }

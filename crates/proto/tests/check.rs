@@ -682,6 +682,7 @@ fn request_check_refuses_what_the_backend_lacks() {
             .filter(|f| !matches!(f, SelectorField::Gateway | SelectorField::Interface))
             .collect(),
         flush_by_interface: false,
+        ruleset_ticket: false,
         ..Capabilities::any()
     };
     let gw = Selector { gateway: Some(v4(198, 51, 100, 254)), ..Selector::default() };
@@ -696,6 +697,7 @@ fn request_check_refuses_what_the_backend_lacks() {
         ),
         (Request::Snapshot { selector: Some(gw) }, Unsupported::Field(SelectorField::Gateway)),
         (Request::Flush { interface: Some(IfName("igb1".into())) }, Unsupported::FlushByInterface),
+        (Request::RulesetTicket, Unsupported::RulesetTicket),
     ];
     for (req, what) in cases {
         let e = req.clone().check(&p, &conntrack_like).unwrap_err();

@@ -358,10 +358,12 @@ fn trailing_bytes_are_refused() {
 #[test]
 fn unknown_top_level_variant_is_malformed() {
     assert_malformed(decode_request(&[200]), "unknown variant");
-    assert_malformed(decode_request(&[6]), "unknown variant");
+    assert_malformed(decode_request(&[7]), "unknown variant");
+    // Variant 6 is `RulesetTicket` (protocol 3), a request without a body.
+    assert_eq!(decode_request(&[6]).unwrap(), Request::RulesetTicket);
     assert_malformed(decode_request(&[200, 0, 0, 0]), "unknown variant");
     assert_malformed(decode_response(&[200]), "unknown variant");
-    assert_malformed(decode_response(&[6, 0]), "unknown variant");
+    assert_malformed(decode_response(&[7, 0]), "unknown variant");
     // A variant index beyond one byte (varint marker 252 + u32 little-endian).
     assert_malformed(decode_request(&[252, 0xff, 0xff, 0xff, 0xff]), "unknown variant");
 }

@@ -134,8 +134,8 @@ fn strategies_cover_every_variant() {
             L4::None => 2,
         });
     }
-    assert_eq!(verbs.len(), 6, "verbs seen: {verbs:?}");
-    assert_eq!(responses.len(), 6, "responses seen: {responses:?}");
+    assert_eq!(verbs.len(), 7, "verbs seen: {verbs:?}");
+    assert_eq!(responses.len(), 7, "responses seen: {responses:?}");
     assert_eq!(fields_set.len(), 11, "fields set: {fields_set:?}");
     assert_eq!(fields_unset.len(), 11, "fields unset: {fields_unset:?}");
     assert_eq!(l4s.len(), 3);

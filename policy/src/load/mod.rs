@@ -43,13 +43,13 @@
 //!
 //! ```toml
 //! [engine]                        # optional
-//! broker_socket = "/run/statecull/broker.sock"   # absolute paths
+//! broker_socket = "/run/statecull/broker.sock"   # absolute paths (FreeBSD: /var/run/statecull/)
 //! control_socket = "/run/statecull/engine.sock"
 //! metrics_listen = "127.0.0.1:9771"              # ADDR:PORT; absent: no metrics listener
 //! readable_paths = []                            # absolute paths
 //!
 //! [routing]                       # optional
-//! confirm = "rtnetlink"           # rtnetlink (default) | signal | delay
+//! confirm = "rtnetlink"           # rtnetlink (default) | route-socket | pf-ruleset | signal | delay
 //! settle_timeout = "5s"           # default 5s; 1ms..=1h
 //! sweep_delay = "2s"              # default 2s; 0 disables the trailing sweep; at most 1h
 //!

@@ -27,12 +27,12 @@ impl Loader<'_> {
         let broker_socket = raw
             .broker_socket
             .as_ref()
-            .map(|s| self.path(s, "engine.broker_socket", "/run/statecull/broker.sock"))
+            .map(|s| self.path(s, "engine.broker_socket", statecull_proto::paths::BROKER_SOCKET))
             .transpose()?;
         let control_socket = raw
             .control_socket
             .as_ref()
-            .map(|s| self.path(s, "engine.control_socket", "/run/statecull/engine.sock"))
+            .map(|s| self.path(s, "engine.control_socket", statecull_proto::paths::CONTROL_SOCKET))
             .transpose()?;
         let metrics_listen = raw
             .metrics_listen
@@ -112,14 +112,18 @@ impl Loader<'_> {
                 "rtnetlink" => RoutingConfirm::Rtnetlink,
                 "signal" => RoutingConfirm::Signal,
                 "delay" => RoutingConfirm::Delay,
+                "route-socket" => RoutingConfirm::RouteSocket,
+                "pf-ruleset" => RoutingConfirm::PfRuleset,
                 other => {
                     return Err(self.err(
                         &c.span(),
                         "routing.confirm",
                         format!(
                             "unknown confirmation {other:?}; expected \"rtnetlink\" (Linux: watch \
-                             the routes), \"signal\" (wait for `statecull gateway NAME down \
-                             --routed`) or \"delay\" (wait settle_timeout)"
+                             the routes), \"route-socket\" (FreeBSD: watch the routes), \
+                             \"pf-ruleset\" (pf: wait for the firewall to reload its rules), \
+                             \"signal\" (wait for `statecull gateway NAME down --routed`) or \
+                             \"delay\" (wait settle_timeout)"
                         ),
                     ));
                 }

@@ -33,6 +33,7 @@ pub fn hello_reply() -> HelloReply {
                 listing_only: vec![],
                 match_opposite: true,
                 flush_by_interface: false,
+                ruleset_ticket: false,
             },
         },
         limits: Limits::PROTOCOL,
@@ -203,6 +204,12 @@ fn serve(mut s: UnixStream, mode: Mode, log: &Mutex<Vec<String>>) {
                 frame(&Response::Killed(report(handles.len() as u64)))
             }
             Request::Flush { .. } => frame(&Response::Killed(report(7))),
+            Request::RulesetTicket => {
+                frame(&Response::RulesetTicket(statecull_proto::RulesetTicket {
+                    ticket: 5,
+                    rules: 3,
+                }))
+            }
             Request::Snapshot { selector: Some(_) } => {
                 let mut out = frame(&Response::SnapshotBatch(records(0, 10)));
                 out.extend(frame(&Response::Error(refusal(ErrorCode::Backend))));

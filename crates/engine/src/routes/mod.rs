@@ -22,11 +22,79 @@
 //!
 //! On other systems [`RouteWatcher::open`] fails: there the executor relies on an explicit
 //! "routed" signal or a settle delay.
+//!
+//! FreeBSD (`confirm = "route-socket"`): the routing socket ([`RouteSocket`], `socket.rs`)
+//! asks `RTM_GET` for the default route through each gateway and listens for default-route
+//! changes; its messages are built and decoded by the pure `rtsock.rs`. [`Routes`] gives the
+//! executor one face for both, with the same meaning of "moved".
 
 mod parse;
+pub mod rtsock;
+mod socket;
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) mod testkit;
 mod watch;
 
+use std::net::IpAddr;
+
 pub use parse::{Route, default_routes_via, fuzzing, parse_routes};
+pub use socket::RouteSocket;
 pub use watch::RouteWatcher;
+
+use crate::error::EngineError;
+
+/// The kernel's main routing table (Linux).
+const RT_TABLE_MAIN: u32 = 254;
+
+/// Where the executor looks for routing to move.
+#[derive(Debug)]
+pub enum Routes {
+    /// Linux rtnetlink: the main table's default routes.
+    Netlink(RouteWatcher),
+    /// FreeBSD routing socket: the default routes of the engine's FIB.
+    Socket(RouteSocket),
+}
+
+impl Routes {
+    /// Has routing moved? No default route uses a gateway of `down` any more, and every
+    /// gateway of `up` is used by one again.
+    pub async fn moved(&mut self, down: &[IpAddr], up: &[IpAddr]) -> Result<bool, EngineError> {
+        match self {
+            Routes::Netlink(w) => {
+                // Only the main table: it is what a routing manager (mwan3, keepalived, the
+                // lab's stand-in) switches for forwarded traffic, while per-WAN tables
+                // (policy routing, the probes' own tables) keep their default route via
+                // their gateway for good.
+                let routes: Vec<_> = w
+                    .dump_defaults()
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.table == RT_TABLE_MAIN)
+                    .collect();
+                Ok(down.iter().all(|g| default_routes_via(&routes, *g).is_empty())
+                    && up.iter().all(|g| !default_routes_via(&routes, *g).is_empty()))
+            }
+            Routes::Socket(s) => {
+                let mut down_answers = Vec::with_capacity(down.len());
+                for g in down {
+                    down_answers.push((*g, s.get_default(*g).await?));
+                }
+                let mut up_answers = Vec::with_capacity(up.len());
+                for g in up {
+                    up_answers.push((*g, s.get_default(*g).await?));
+                }
+                rtsock::moved(&down_answers, &up_answers)
+                    .map_err(|e| EngineError::Routes(e.to_string()))
+            }
+        }
+    }
+
+    /// Resolve when routes changed since the last call (see [`RouteWatcher::changed`],
+    /// [`RouteSocket::changed`]). Cancel-safe.
+    pub async fn changed(&mut self) -> Result<(), EngineError> {
+        match self {
+            Routes::Netlink(w) => w.changed().await,
+            Routes::Socket(s) => s.changed().await,
+        }
+    }
+}

@@ -92,6 +92,8 @@ pub struct Shared {
     decisions: DecisionQueue,
     routed: RoutedSignals,
     metrics: watch::Sender<EngineMetrics>,
+    /// Background readings of pf's ruleset ticket (`confirm = "pf-ruleset"`).
+    tickets: std::sync::Mutex<crate::batch::TicketLog>,
 }
 
 impl Shared {
@@ -117,6 +119,7 @@ impl Shared {
             decisions,
             routed,
             metrics: mtx,
+            tickets: std::sync::Mutex::default(),
         };
         (shared, rx, mrx)
     }
@@ -144,6 +147,18 @@ impl Shared {
 
     pub fn routed(&self) -> &RoutedSignals {
         &self.routed
+    }
+
+    /// A reading of pf's ruleset ticket, now.
+    pub fn record_ticket(&self, ticket: u32) {
+        let now = self.now_ms();
+        self.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(now, ticket);
+    }
+
+    /// The first ticket for a wait whose decision was made at `decided` (see
+    /// [`crate::batch::TicketLog::baseline_for`]).
+    pub fn ticket_before(&self, decided: Millis) -> Option<u32> {
+        self.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).baseline_for(decided)
     }
 
     /// The pure code's clock: milliseconds since the engine started.

@@ -14,8 +14,8 @@ use proptest::sample::select;
 use statecull_proto::{
     AddressFamily, BackendInfo, BackendKind, Capabilities, CountReply, Counters, ErrorCode,
     ErrorReply, Hello, HelloReply, IfName, KillPath, KillReport, L4, Label, Limits, MarkMatch,
-    PortRange, Prefix, Request, Response, Selector, SelectorField, SnapshotDone, StateDetail,
-    StateHandle, StateKey, StateRecord,
+    PortRange, Prefix, Request, Response, RulesetTicket, Selector, SelectorField, SnapshotDone,
+    StateDetail, StateHandle, StateKey, StateRecord,
 };
 
 pub(crate) const ALL_ERROR_CODES: [ErrorCode; 11] = [
@@ -232,6 +232,7 @@ pub(crate) fn request() -> impl Strategy<Value = Request> {
             Request::KillMatching { selectors, match_opposite }
         }),
         option::of(if_name()).prop_map(|interface| Request::Flush { interface }),
+        Just(Request::RulesetTicket),
     ]
 }
 
@@ -248,6 +249,7 @@ pub(crate) fn capabilities() -> impl Strategy<Value = Capabilities> {
         vec(selector_field(), 0..3),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -258,6 +260,7 @@ pub(crate) fn capabilities() -> impl Strategy<Value = Capabilities> {
                 listing_only,
                 match_opposite,
                 flush_by_interface,
+                ruleset_ticket,
             )| Capabilities {
                 selector_fields,
                 kernel_mark_flush,
@@ -266,6 +269,7 @@ pub(crate) fn capabilities() -> impl Strategy<Value = Capabilities> {
                 listing_only,
                 match_opposite,
                 flush_by_interface,
+                ruleset_ticket,
             },
         )
 }
@@ -384,6 +388,8 @@ pub(crate) fn response() -> impl Strategy<Value = Response> {
         count_reply().prop_map(Response::Count),
         kill_report().prop_map(Response::Killed),
         error_reply().prop_map(Response::Error),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(ticket, rules)| Response::RulesetTicket(RulesetTicket { ticket, rules })),
     ]
 }
 
@@ -396,5 +402,6 @@ pub(crate) fn response_variant(r: &Response) -> usize {
         Response::Count(_) => 3,
         Response::Killed(_) => 4,
         Response::Error(_) => 5,
+        Response::RulesetTicket(_) => 6,
     }
 }
