@@ -14,6 +14,7 @@ mod demo;
 mod dist;
 mod fuzz;
 mod lab_task;
+mod man;
 mod tidy;
 mod util;
 
@@ -127,6 +128,13 @@ enum Task {
     /// tidy, cargo deny, the tests, the FreeBSD type-check, a release broker without the
     /// simulator, a short lab, the demo, the deployment profiles, benchmark and fuzz smoke runs
     Ci,
+    /// Man pages (statecull.8, statecull-engine.8, statecull-broker.8) and bash, zsh and
+    /// fish completions, generated from the programs' own definitions, under DIR
+    /// [default: target/man]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
     /// The tree's invariants: broker and engine dependencies, `unsafe` only in the FreeBSD
     /// layer, the code map's paths exist, no source file over 1,500 lines
     Tidy,
@@ -381,6 +389,7 @@ fn main() -> ExitCode {
             dist::dist_freebsd(no_build, out)
         }
         Task::Tidy => tidy::tidy(),
+        Task::Man { out } => man::generate(out.as_deref()),
         Task::Ci => ci::ci(),
     };
     match result {

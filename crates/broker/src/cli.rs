@@ -12,90 +12,6 @@ use crate::backend::Backend;
 use crate::config::{self, BackendChoice, Config, LogFormat, LogLevel};
 use crate::server::Server;
 use nix::sys::signal::{SigSet, Signal};
-use tracing::error;
-
-const HELP: &str = concat!(
-    "\
-statecull-broker: the privileged half of statecull.
-
-It owns the state table (Linux conntrack or FreeBSD pf) and only lists and kills states, for the
-unprivileged statecull-engine and for operators (`statecull broker ...`), over a Unix
-socket. It holds no policy: every request names exactly which states to kill.
-
-USAGE:
-    statecull-broker [OPTIONS]
-
-OPTIONS:
-    -c, --config FILE        TOML configuration (flags below override it)
-    -s, --socket PATH        listening socket [default: ",
-    statecull_proto::broker_socket!(),
-    "]
-        --socket-group GROUP group owning the socket (mode 0660), e.g. the engine's group
-        --allow-user USER    user (name or uid) allowed to connect; repeatable
-        --allow-group GROUP  primary group allowed to connect; repeatable
-                             (root is always allowed, for operators)
-        --protect PREFIX     never kill states touching PREFIX, whatever is asked;
-                             repeatable (e.g. --protect 192.0.2.0/28 for management)
-        --max-connections N  connection slots shared by all clients [default: 16];
-                             root and the engine's user each have one more, reserved
-        --max-connections-per-user N
-                             most shared slots one user may hold [default: half]
-        --engine-user USER   the engine's user (name or uid), which gets the reserved
-                             slot [default: the first --allow-user]
-        --backend NAME       state table: conntrack (Linux), pf (FreeBSD), or pf-model: an
-                             in-memory model of pf with a generated two-WAN router table,
-                             for simulation and tests [default: ",
-    crate::default_backend!(),
-    "]; pf-model exists
-                             only in builds with the cargo feature `model` (cargo build -p
-                             statecull-broker --features model), never in a package
-        --model-states N     pf-model: states in the generated table [default: 100000]
-        --model-seed N       pf-model: seed of the generated table [default: 1]
-        --model-release R    pf-model: FreeBSD release whose interfaces to emulate:
-                             13 (nvlist ioctls), 14 (+ netlink listing), 15 (netlink) [15]
-                             SIGUSR1 to a pf-model broker commits a new filter ruleset in
-                             the model (as `pfctl -f` would): its ticket changes
-        --log-format FORMAT  text or json [default: text]
-        --log-level LEVEL    error, warn, info, debug or trace [default: info]
-        --check              probe the backend, print what it supports, and exit
-        --user USER          after opening the state table and the socket, switch to USER
-                             (name or uid) with only CAP_NET_ADMIN, no_new_privs, no
-                             filesystem (Landlock) and a seccomp allow-list
-                             [default when started as root: statecull-broker]
-        --print-sandbox      start up, confine, print the confinement in force, and exit
-        --no-sandbox         DEVELOPMENT ONLY: no user switch, no confinement (a loud
-                             warning is logged at every start)
-    -h, --help               this text
-    -V, --version            version
-
-CONFIG FILE (all keys optional; the service scripts pass --config ",
-    statecull_proto::broker_config!(),
-    "):
-    socket = \"",
-    statecull_proto::broker_socket!(),
-    "\"
-    socket_group = \"statecull\"
-    allow_users = [\"statecull\"]        # or allow_uids = [998]
-    allow_groups = []                  # or allow_gids = []
-    protected = [\"192.0.2.0/28\", \"2001:db8:ffff::/48\"]
-    max_connections = 16
-    max_connections_per_user = 8
-    engine_user = \"statecull\"
-    backend = \"",
-    crate::default_backend!(),
-    "\"
-    log_format = \"json\"
-    log_level = \"info\"
-    user = \"statecull-broker\"
-
-Every kill is logged as one audit line (target statecull::audit): peer uid/gid/pid,
-verb, selector, killed/not found/spared counts, path taken and microseconds.
-SIGTERM, SIGINT or SIGQUIT: stop accepting, finish requests in flight (a kill is never cut
-short), exit 0 (a confined broker cannot remove its socket file; nothing listens there any more
-and the next start replaces it). Other signals that would end a process (SIGHUP, SIGUSR1,
-SIGUSR2, SIGALRM, real-time signals, ...) are logged and ignored.
-"
-);
 
 struct Args {
     config: Config,
@@ -104,123 +20,123 @@ struct Args {
     no_sandbox: bool,
 }
 
-fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>, String> {
-    use lexopt::prelude::*;
-    let mut parser = lexopt::Parser::from_args(argv);
-    let mut config_file: Option<PathBuf> = None;
-    // Flags are applied after the file, in order.
-    let mut flags: Vec<(String, String)> = Vec::new();
-    let mut check = false;
-    let mut print_sandbox = false;
-    let mut no_sandbox = false;
-    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
-        let value = |p: &mut lexopt::Parser| -> Result<String, String> {
-            p.value()
-                .map_err(|e| e.to_string())?
-                .into_string()
-                .map_err(|_| "argument is not UTF-8".to_owned())
-        };
-        match arg {
-            Short('h') | Long("help") => {
-                print!("{HELP}");
-                println!(
-                    "\nThis build: --backend pf-model is {}.",
-                    if cfg!(feature = "model") {
-                        "available"
-                    } else {
-                        "not available (no simulator in a production broker)"
-                    }
-                );
-                return Ok(None);
-            }
-            Short('V') | Long("version") => {
-                println!("statecull-broker {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            Short('c') | Long("config") => config_file = Some(PathBuf::from(value(&mut parser)?)),
-            Long("check") => check = true,
-            Long("print-sandbox") => print_sandbox = true,
-            Long("no-sandbox") => no_sandbox = true,
-            Short('s') => flags.push(("socket".into(), value(&mut parser)?)),
-            Long(
-                name @ ("socket"
-                | "socket-group"
-                | "allow-user"
-                | "allow-group"
-                | "protect"
-                | "max-connections"
-                | "max-connections-per-user"
-                | "engine-user"
-                | "backend"
-                | "log-format"
-                | "log-level"
-                | "model-states"
-                | "model-seed"
-                | "model-release"
-                | "user"),
-            ) => {
-                let name = name.to_owned();
-                flags.push((name, value(&mut parser)?));
-            }
-            other => return Err(format!("{}; see --help", other.unexpected())),
-        }
+/// What the command line asks for: run with these settings, or print something and exit.
+enum Parsed {
+    Run(Box<Args>),
+    Help,
+    Version,
+}
+
+/// The command line (without the program name) read into settings. The flags are found
+/// first (`flags::parse`), then applied over the configuration file in the table's order,
+/// not the command line's: `--model-states 10 --backend pf-model` means what
+/// `--backend pf-model --model-states 10` means.
+fn parse_args(argv: Vec<OsString>) -> Result<Parsed, String> {
+    use crate::flags::{self, FlagId, values};
+    let given = flags::parse(argv)?;
+    if flags::has(&given, FlagId::Help) {
+        return Ok(Parsed::Help);
     }
-    let mut config = match &config_file {
-        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+    if flags::has(&given, FlagId::Version) {
+        return Ok(Parsed::Version);
+    }
+    let mut config = match flags::last(&given, FlagId::Config) {
+        Some(p) => Config::from_file(std::path::Path::new(p)).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    for (name, v) in flags {
-        let bad = |m: String| format!("--{name} {v}: {m}");
-        match name.as_str() {
-            "socket" => config.socket = PathBuf::from(&v),
-            "socket-group" => config.socket_gid = Some(config::resolve_group(&v).map_err(bad)?),
-            "allow-user" => config.allowed_uids.push(config::resolve_user(&v).map_err(bad)?),
-            "allow-group" => config.allowed_gids.push(config::resolve_group(&v).map_err(bad)?),
-            "protect" => config
-                .protected
-                .push(v.parse().map_err(|e: statecull_proto::ProtoError| bad(e.why()))?),
-            "max-connections" => {
-                config.max_connections = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad("expected a number of at least 1".into()))?;
-            }
-            "max-connections-per-user" => {
-                config.max_connections_per_user = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| bad("expected a number of at least 1".into()))?,
-                );
-            }
-            "engine-user" => config.engine_uid = Some(config::resolve_user(&v).map_err(bad)?),
-            "backend" => config.backend = config::parse_backend(&v).map_err(bad)?,
-            "model-states" | "model-seed" | "model-release" => {
-                let BackendChoice::PfModel(spec) = &mut config.backend else {
-                    return Err(bad("needs --backend pf-model first".into()));
-                };
-                match name.as_str() {
-                    "model-states" => {
-                        spec.states =
-                            v.parse().map_err(|_| bad("expected a number of states".into()))?;
-                    }
-                    "model-seed" => {
-                        spec.seed = v.parse().map_err(|_| bad("expected a number".into()))?
-                    }
-                    _ => spec.release = config::parse_release(&v).map_err(bad)?,
+    let mut model_flags: Vec<(&str, &str)> = Vec::new();
+    for f in flags::FLAGS {
+        // Repeatable flags add up; of the others, each value replaces the one before, so
+        // the last counts.
+        for v in values(&given, f.id) {
+            let name = f.long;
+            let bad = |m: String| format!("--{name} {v}: {m}");
+            match f.id {
+                FlagId::Socket => config.socket = PathBuf::from(v),
+                FlagId::SocketGroup => {
+                    config.socket_gid = Some(config::resolve_group(v).map_err(bad)?)
                 }
+                FlagId::AllowUser => {
+                    config.allowed_uids.push(config::resolve_user(v).map_err(bad)?)
+                }
+                FlagId::AllowGroup => {
+                    config.allowed_gids.push(config::resolve_group(v).map_err(bad)?)
+                }
+                FlagId::Protect => config
+                    .protected
+                    .push(v.parse().map_err(|e: statecull_proto::ProtoError| bad(e.why()))?),
+                FlagId::MaxConnections => config.max_connections = at_least_one(v).map_err(bad)?,
+                FlagId::MaxConnectionsPerUser => {
+                    config.max_connections_per_user = Some(at_least_one(v).map_err(bad)?)
+                }
+                FlagId::EngineUser => {
+                    config.engine_uid = Some(config::resolve_user(v).map_err(bad)?)
+                }
+                FlagId::Backend => config.backend = config::parse_backend(v).map_err(bad)?,
+                FlagId::ModelStates | FlagId::ModelSeed | FlagId::ModelRelease => {
+                    model_flags.push((name, v));
+                    let BackendChoice::PfModel(spec) = &mut config.backend else {
+                        continue;
+                    };
+                    match f.id {
+                        FlagId::ModelStates => {
+                            spec.states =
+                                v.parse().map_err(|_| bad("expected a number of states".into()))?
+                        }
+                        FlagId::ModelSeed => {
+                            spec.seed = v.parse().map_err(|_| bad("expected a number".into()))?
+                        }
+                        _ => spec.release = config::parse_release(v).map_err(bad)?,
+                    }
+                }
+                FlagId::LogFormat => {
+                    config.log_format = config::parse_log_format(v).map_err(bad)?
+                }
+                FlagId::LogLevel => config.log_level = config::parse_log_level(v).map_err(bad)?,
+                FlagId::User => config.user = Some(v.to_owned()),
+                FlagId::Config
+                | FlagId::Check
+                | FlagId::PrintSandbox
+                | FlagId::NoSandbox
+                | FlagId::Help
+                | FlagId::Version => {}
             }
-            "log-format" => config.log_format = config::parse_log_format(&v).map_err(bad)?,
-            "log-level" => config.log_level = config::parse_log_level(&v).map_err(bad)?,
-            "user" => config.user = Some(v),
-            _ => {}
         }
     }
+    if let Some((name, v)) = model_flags.first()
+        && !matches!(config.backend, BackendChoice::PfModel(_))
+    {
+        return Err(format!(
+            "--{name} {v}: only for --backend pf-model (the backend is {})",
+            config.backend.name()
+        ));
+    }
+    let check = flags::has(&given, FlagId::Check);
+    let print_sandbox = flags::has(&given, FlagId::PrintSandbox);
+    let no_sandbox = flags::has(&given, FlagId::NoSandbox);
     if print_sandbox && no_sandbox {
         return Err("--print-sandbox and --no-sandbox contradict each other".into());
     }
-    Ok(Some(Args { config, check, print_sandbox, no_sandbox }))
+    Ok(Parsed::Run(Box::new(Args { config, check, print_sandbox, no_sandbox })))
+}
+
+fn at_least_one(v: &str) -> Result<usize, String> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| "expected a number of at least 1".to_owned())
+}
+
+fn print_help() {
+    print!("{}", crate::flags::help());
+    println!(
+        "\nThis build: --backend pf-model is {}.",
+        if cfg!(feature = "model") {
+            "available"
+        } else {
+            "not available (no simulator in a production broker)"
+        }
+    );
 }
 
 fn init_logging(format: LogFormat, level: LogLevel) {
@@ -603,49 +519,126 @@ fn run(args: Args) -> Result<(), BrokerError> {
 }
 
 /// Run the broker with these arguments (without the program name).
+///
+/// A broker that cannot start says why in one line, `statecull-broker: REASON`, on standard
+/// error, whether the reason is found before logging starts (command line, configuration)
+/// or after (the state table, the socket, confinement): exit status 2 for the command line
+/// and the configuration, 1 for the rest.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = match parse_args(args.into_iter().collect()) {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("statecull-broker: {e}");
-            return ExitCode::from(2);
+        Ok(Parsed::Run(a)) => *a,
+        Ok(Parsed::Help) => {
+            print_help();
+            return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Version) => {
+            println!("statecull-broker {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fatal(&e, 2),
     };
     init_logging(args.config.log_format, args.config.log_level);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e @ BrokerError::Config(_)) => fatal(&e, 2),
+        Err(e) => fatal(&e, 1),
     }
+}
+
+/// The one form of a fatal error.
+fn fatal(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("statecull-broker: {e}");
+    ExitCode::from(code)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::HELP;
+    use super::*;
+
+    fn parse(line: &str) -> Result<Args, String> {
+        match parse_args(line.split_whitespace().map(OsString::from).collect())? {
+            Parsed::Run(a) => Ok(*a),
+            Parsed::Help => Err("help".into()),
+            Parsed::Version => Err("version".into()),
+        }
+    }
 
     #[test]
-    fn help_shows_this_os_defaults() {
-        let socket =
-            format!("listening socket [default: {}]", statecull_proto::paths::BROKER_SOCKET);
-        assert!(HELP.contains(&socket), "{HELP}");
-        assert!(HELP.contains(&format!("--config {}", statecull_proto::paths::BROKER_CONFIG)));
-        let backend = if cfg!(target_os = "freebsd") { "pf" } else { "conntrack" };
-        assert!(HELP.contains(&format!("for simulation and tests [default: {backend}]")));
-        let other_os = if cfg!(target_os = "freebsd") {
-            statecull_proto::paths::LINUX
-        } else {
-            statecull_proto::paths::FREEBSD
-        };
-        // Quoted or bracketed: FreeBSD's /var/run/statecull contains Linux's /run/statecull.
-        for wrong in [
-            format!("[default: {}]", other_os.broker_socket),
-            format!("\"{}\"", other_os.broker_socket),
-            format!("--config {}", other_os.broker_config),
+    fn flags_override_the_file_wherever_they_stand() {
+        let dir = std::env::temp_dir().join(format!("statecull-broker-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("broker.toml");
+        std::fs::write(&file, "socket = \"/run/from-file.sock\"\nmax_connections = 4\n").unwrap();
+        let f = file.display();
+        for line in [
+            format!("-c {f} --socket /run/flag.sock"),
+            format!("--socket /run/flag.sock -c {f}"),
+            format!("--socket /run/flag.sock --config {f}"),
         ] {
-            assert!(!HELP.contains(&wrong), "{HELP}");
+            let a = parse(&line).unwrap();
+            assert_eq!(a.config.socket, PathBuf::from("/run/flag.sock"), "{line}");
+            assert_eq!(a.config.max_connections, 4, "{line}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn of_a_one_value_flag_given_twice_the_last_counts() {
+        // As rc.d appends statecull_broker_flags after its fixed flags.
+        let a = parse("--log-format json --socket /run/a.sock --log-format text -s /run/b.sock")
+            .unwrap();
+        assert_eq!(a.config.socket, PathBuf::from("/run/b.sock"));
+        assert_eq!(a.config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn repeatable_flags_add_up_in_order() {
+        let a =
+            parse("--protect 192.0.2.0/28 --socket /run/x.sock --protect 2001:db8::/48").unwrap();
+        let p: Vec<String> = a.config.protected.iter().map(|p| p.to_string()).collect();
+        assert_eq!(p, ["192.0.2.0/28", "2001:db8::/48"]);
+    }
+
+    #[test]
+    fn model_flags_without_the_model_backend_are_refused_whatever_the_order() {
+        for line in [
+            "--model-states 10",
+            "--model-states 10 --backend conntrack",
+            "--backend conntrack --model-seed 3",
+        ] {
+            let e = parse(line).err().unwrap();
+            assert!(
+                e.contains("only for --backend pf-model (the backend is conntrack)"),
+                "{line}: {e}"
+            );
+        }
+    }
+
+    #[cfg(feature = "model")]
+    #[test]
+    fn model_flags_work_before_or_after_the_backend() {
+        for line in [
+            "--model-states 10 --model-release 13 --backend pf-model --model-seed 7",
+            "--backend pf-model --model-states 10 --model-seed 7 --model-release 13",
+        ] {
+            let a = parse(line).unwrap();
+            let BackendChoice::PfModel(spec) = a.config.backend else { panic!("{line}") };
+            assert_eq!((spec.states, spec.seed, spec.release), (10, 7, 13), "{line}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        assert_eq!(
+            parse("--max-connections 0").err().unwrap(),
+            "--max-connections 0: expected a number of at least 1"
+        );
+        assert!(parse("--log-level loud").err().unwrap().starts_with("--log-level loud: "));
+        assert_eq!(
+            parse("--no-sandbox --print-sandbox").err().unwrap(),
+            "--print-sandbox and --no-sandbox contradict each other"
+        );
+        assert_eq!(parse("--check -h").err().unwrap(), "help");
+        assert_eq!(parse("-V").err().unwrap(), "version");
     }
 }

@@ -76,6 +76,17 @@ pub enum BackendChoice {
     PfModel(ModelSpec),
 }
 
+impl BackendChoice {
+    /// The name `--backend` and the configuration file use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendChoice::Conntrack => "conntrack",
+            BackendChoice::Pf => "pf",
+            BackendChoice::PfModel(_) => "pf-model",
+        }
+    }
+}
+
 /// The generated table behind the `pf-model` backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelSpec {

@@ -21,6 +21,7 @@ pub mod dispatch;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod flags;
 pub mod server;
 
 pub use error::BrokerError;

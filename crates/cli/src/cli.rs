@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::list_format::ListFormat;
 use crate::output::{Output, to_stderr};
 use crate::render;
 use crate::selector_args::SelectorArgs;
@@ -207,9 +208,21 @@ enum BrokerVerb {
     /// Show the broker's version, backend, kernel capabilities, limits and protected prefixes
     Hello,
     /// List states (all, or those matching the selector flags)
+    #[command(after_help = "FORMATS:\n  \
+        --format conntrack prints the line of `conntrack -L`, --format pfctl the line of \
+        `pfctl -ss`,\n  for the fields statecull's listing has, whatever the backend: the \
+        greps written for those\n  tools keep working. Left out: conntrack's use=, pfctl's \
+        state levels (ESTABLISHED:ESTABLISHED);\n  for pf states the mark and TCP state in \
+        the conntrack layout.\n\nEXAMPLES:\n  \
+        statecull broker list --format conntrack --proto udp --dport 5060\n  \
+        statecull broker list --format pfctl --gateway 198.51.100.254 | grep igb0")]
     List {
         #[command(flatten)]
         selector: SelectorArgs,
+        /// Line layout: text (statecull's), json (as --json), conntrack (`conntrack -L`),
+        /// pfctl (`pfctl -ss`)
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        format: ListFormat,
     },
     /// Count states (the whole table, or those matching the selector flags)
     Count {
@@ -308,7 +321,26 @@ fn ms(since: Instant) -> f64 {
 /// Connect with `--timeout` applied from the start, so it covers the `Hello` exchange too.
 fn connect(args: &BrokerArgs) -> Result<BrokerClient, CliError> {
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
-    Ok(BrokerClient::connect_with_timeout(&args.socket, "statecull cli", timeout)?)
+    BrokerClient::connect_with_timeout(&args.socket, "statecull cli", timeout)
+        .map_err(|e| not_the_broker(&args.socket, e))
+}
+
+/// A peer that answers the Hello with a JSON line (its first bytes read as a frame length
+/// starting with `{`) is the engine's control socket, given by mistake: say so.
+fn not_the_broker(path: &std::path::Path, e: ClientError) -> CliError {
+    match e {
+        ClientError::Protocol(ProtoError::FrameTooLarge { len, .. })
+            if u32::try_from(len).is_ok_and(|l| l >> 24 == u32::from(b'{')) =>
+        {
+            CliError::Engine(format!(
+                "{} answered in JSON lines: it is the engine's control socket; `statecull \
+                 broker` talks to the broker's socket, default {DEFAULT_BROKER_SOCKET} \
+                 (--socket, or STATECULL_BROKER_SOCKET)",
+                path.display()
+            ))
+        }
+        other => other.into(),
+    }
 }
 
 fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
@@ -325,8 +357,7 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
             }
         }
         BrokerVerb::Count { selector } => {
-            let sel = selector.to_selector();
-            check_selector(sel.as_ref())?;
+            let sel = checked_selector(selector)?;
             let mut client = connect(&args)?;
             let c = client.count(sel.iter().cloned().collect())?;
             let count = if sel.is_some() {
@@ -353,20 +384,25 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
                 writeln!(out, "{} states ({:.1} ms)", c.table_entries, ms(started))?;
             }
         }
-        BrokerVerb::List { selector } => {
-            let sel = selector.to_selector();
-            check_selector(sel.as_ref())?;
+        BrokerVerb::List { selector, format } => {
+            let format = match (args.json, *format) {
+                (false, f) => f,
+                (true, ListFormat::Text | ListFormat::Json) => ListFormat::Json,
+                (true, _) => {
+                    return Err(usage("--json and --format conntrack|pfctl contradict each other"));
+                }
+            };
+            let sel = checked_selector(selector)?;
             let mut client = connect(&args)?;
-            list(&mut client, sel, args.json, started, out)?;
+            list(&mut client, sel, format, started, out)?;
         }
         BrokerVerb::Kill { selector, opposite } => {
-            let Some(sel) = selector.to_selector() else {
+            let Some(sel) = checked_selector(selector)? else {
                 return Err(usage(
                     "kill needs at least one selector (--mark, --nat-addr, --src, ...); \
                      to kill every state use `statecull broker flush`",
                 ));
             };
-            check_selector(Some(&sel))?;
             let mut client = connect(&args)?;
             let report = client.kill_matching(vec![sel], *opposite)?;
             print_kill(&report, args.json, started, out)?;
@@ -405,12 +441,15 @@ fn broker(args: BrokerArgs, out: &mut Output) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Check a selector here too, so mistakes get a usage error before anything is sent.
-fn check_selector(sel: Option<&statecull_proto::Selector>) -> Result<(), CliError> {
-    if let Some(s) = sel {
+/// The selector of the flags, checked here too, so mistakes get a usage error (naming the
+/// flags where the command line can) before anything is sent.
+fn checked_selector(args: &SelectorArgs) -> Result<Option<statecull_proto::Selector>, CliError> {
+    args.check_flags().map_err(usage)?;
+    let sel = args.to_selector();
+    if let Some(s) = &sel {
         s.check().map_err(|e| usage(e.to_string()))?;
     }
-    Ok(())
+    Ok(sel)
 }
 
 /// A kill that may have left matching states alive is a failure (exit 1), after the report
@@ -455,10 +494,11 @@ fn print_kill(
 fn list(
     client: &mut BrokerClient,
     sel: Option<statecull_proto::Selector>,
-    json: bool,
+    format: ListFormat,
     started: Instant,
     out: &mut Output,
 ) -> Result<(), CliError> {
+    let json = format == ListFormat::Json;
     let progress = io::stderr().is_terminal();
     let mut last_progress = Instant::now();
     let mut n = 0u64;
@@ -472,7 +512,12 @@ fn list(
                 let sep = if n == 0 { "" } else { "," };
                 write!(out, "{sep}{}", render::record_json(r))
             } else {
-                writeln!(out, "{}", render::record_line(r))
+                let line = match format {
+                    ListFormat::Conntrack => crate::list_format::conntrack_line(r),
+                    ListFormat::Pfctl => crate::list_format::pfctl_line(r),
+                    ListFormat::Text | ListFormat::Json => render::record_line(r),
+                };
+                writeln!(out, "{line}")
             };
             if let Err(e) = res {
                 write_err = Some(e);
@@ -523,13 +568,37 @@ fn fail(e: &CliError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
+/// The `statecull` command line as clap describes it (for man pages and completions).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Run `statecull` with these arguments (including the program name, as clap expects).
 ///
 /// Every command writes through one [`Output`]: when the reader of standard output goes
 /// away, the command stops quietly and exits 0 unless it failed for another reason.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    // clap prints --help and --version itself and ignores write errors (no panic).
-    let cli = Cli::parse_from(args);
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(mut e) => {
+            // pfctl's `-k gateway -k IP` gets the statecull command that does the same.
+            if e.kind() == clap::error::ErrorKind::UnknownArgument {
+                let text: Vec<String> =
+                    args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+                if let Some(hint) = crate::pfctl_hint::pfctl_hint(&text) {
+                    e.insert(
+                        clap::error::ContextKind::Suggested,
+                        clap::error::ContextValue::StyledStrs(vec![hint.into()]),
+                    );
+                }
+            }
+            // --help and --version go to stdout, errors to stderr; a closed output is no
+            // reason to fail (nor to panic).
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let mut out = Output::stdout();
     let result = run(cli.command, &mut out).and_then(|()| Ok(out.flush()?));
     match result {

@@ -22,60 +22,151 @@ use statecull_policy::portability::{Finding, Level, TargetOs};
 pub struct ControlClient {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    path: PathBuf,
+    /// The command talking (`status`, ...), named when the socket turns out to be another's.
+    command: Option<&'static str>,
+    /// Whether the engine has answered once: until it has, a failure may mean the socket
+    /// is not the engine's at all, and is examined.
+    answered: bool,
 }
 
 fn engine_error(message: impl Into<String>) -> CliError {
     CliError::Engine(message.into())
 }
 
+/// Why connecting to the engine failed, once: the operator's reason where there is one
+/// (it says all the OS error would), the OS error otherwise.
+fn control_connect_error(path: &Path, e: &std::io::Error) -> CliError {
+    let why = if let Some(what) = statecull_client::not_a_socket(path) {
+        format!(
+            "it is {what}, not a socket; give the socket's own path (default {})",
+            statecull_control::DEFAULT_CONTROL_SOCKET
+        )
+    } else {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "no socket there; is statecull-engine running, and is --control right?".to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied; run as root or as a member of the socket's group".to_owned()
+            }
+            std::io::ErrorKind::ConnectionRefused => {
+                "nobody is listening (a stale socket from a stopped engine?)".to_owned()
+            }
+            _ => e.to_string(),
+        }
+    };
+    engine_error(format!("cannot connect to the engine at {}: {why}", path.display()))
+}
+
+/// Whether the statecull broker listens at `path`: it answers a broker Hello (or refuses
+/// one, which only a broker does in its framing).
+fn is_broker_socket(path: &Path) -> bool {
+    match crate::BrokerClient::connect_with_timeout(
+        path,
+        "statecull cli (is this the broker?)",
+        Some(Duration::from_secs(2)),
+    ) {
+        Ok(_) | Err(crate::ClientError::Refused(_)) => true,
+        Err(_) => false,
+    }
+}
+
 impl ControlClient {
+    /// Connect to the engine's control socket at `path`.
     pub fn connect(path: &Path, timeout: Option<Duration>) -> Result<Self, CliError> {
-        let stream = UnixStream::connect(path).map_err(|e| {
-            let hint = match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "no socket there; is statecull-engine running, and is --control right?"
-                }
-                std::io::ErrorKind::PermissionDenied => {
-                    "permission denied; run as root or as a member of the socket's group"
-                }
-                std::io::ErrorKind::ConnectionRefused => {
-                    "nobody is listening (a stale socket from a stopped engine?)"
-                }
-                _ => "",
+        Self::connect_inner(path, None, timeout)
+    }
+
+    /// Connect for the CLI command `command` (`"status"`), which messages name.
+    pub fn connect_for(
+        path: &Path,
+        command: &'static str,
+        timeout: Option<Duration>,
+    ) -> Result<Self, CliError> {
+        Self::connect_inner(path, Some(command), timeout)
+    }
+
+    fn connect_inner(
+        path: &Path,
+        command: Option<&'static str>,
+        timeout: Option<Duration>,
+    ) -> Result<Self, CliError> {
+        let stream = UnixStream::connect(path).map_err(|e| control_connect_error(path, &e))?;
+        let talk = |e: std::io::Error| {
+            engine_error(format!("talking to the engine at {}: {e}", path.display()))
+        };
+        stream.set_read_timeout(timeout).map_err(talk)?;
+        stream.set_write_timeout(timeout).map_err(talk)?;
+        let writer = stream.try_clone().map_err(talk)?;
+        Ok(ControlClient {
+            reader: BufReader::new(stream),
+            writer,
+            path: path.to_owned(),
+            command,
+            answered: false,
+        })
+    }
+
+    /// The error for a failed exchange: before the first answer, a peer that is not the
+    /// engine is named (the broker's socket, by mistake, above all).
+    fn failed(&self, why: String) -> CliError {
+        if !self.answered {
+            let path = self.path.display();
+            let who = match self.command {
+                Some(c) => format!("`statecull {c}` talks"),
+                None => "statecull status, plan, gateway and events talk".to_owned(),
             };
-            engine_error(format!("cannot connect to the engine at {}: {e}. {hint}", path.display()))
-        })?;
-        stream.set_read_timeout(timeout)?;
-        stream.set_write_timeout(timeout)?;
-        let writer = stream.try_clone()?;
-        Ok(ControlClient { reader: BufReader::new(stream), writer })
+            let hint = format!(
+                "{who} to the engine's control socket, default {} (--control, or \
+                 STATECULL_CONTROL_SOCKET)",
+                statecull_control::DEFAULT_CONTROL_SOCKET
+            );
+            if is_broker_socket(&self.path) {
+                return engine_error(format!("{path} is the broker's socket; {hint}"));
+            }
+            return engine_error(format!(
+                "{path} did not answer as statecull-engine does ({why}); {hint}"
+            ));
+        }
+        engine_error(format!("talking to the engine at {}: {why}", self.path.display()))
     }
 
     pub fn send(&mut self, req: &ControlRequest) -> Result<(), CliError> {
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
-        self.writer.write_all(&line)?;
-        Ok(())
+        match self.writer.write_all(&line) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(e.to_string())),
+        }
     }
 
     /// One line from the engine, as raw JSON text (None at end of stream).
     pub fn read_line(&mut self) -> Result<Option<String>, CliError> {
         let mut buf = Vec::new();
-        let n = (&mut self.reader).take(MAX_CONTROL_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+        let read = (&mut self.reader).take(MAX_CONTROL_LINE as u64 + 1).read_until(b'\n', &mut buf);
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => return Err(self.failed(e.to_string())),
+        };
         if n == 0 {
             return Ok(None);
         }
         if buf.last() != Some(&b'\n') {
-            return Err(engine_error("the engine sent an over-long or unterminated line"));
+            return Err(self.failed("an over-long or unterminated line".into()));
         }
-        String::from_utf8(buf).map(Some).map_err(|_| engine_error("the engine sent invalid UTF-8"))
+        String::from_utf8(buf).map(Some).map_err(|_| self.failed("invalid UTF-8".into()))
     }
 
     pub fn reply(&mut self) -> Result<ControlReply, CliError> {
-        let line =
-            self.read_line()?.ok_or_else(|| engine_error("the engine closed the connection"))?;
-        let reply: ControlReply = serde_json::from_str(&line)
-            .map_err(|e| engine_error(format!("cannot read the engine's answer: {e}")))?;
+        let Some(line) = self.read_line()? else {
+            return Err(self.failed("it closed the connection without answering".into()));
+        };
+        let reply: ControlReply = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => return Err(self.failed(format!("an answer that is not the engine's: {e}"))),
+        };
+        self.answered = true;
         if let ControlReply::Error { message } = reply {
             return Err(engine_error(format!("engine refused: {message}")));
         }
@@ -273,7 +364,7 @@ pub fn plan_text(p: &PlanReply) -> String {
 }
 
 pub fn status(path: &Path, json: bool, out: &mut Output) -> Result<(), CliError> {
-    let mut c = ControlClient::connect(path, Some(Duration::from_secs(30)))?;
+    let mut c = ControlClient::connect_for(path, "status", Some(Duration::from_secs(30)))?;
     match c.call(&ControlRequest::Status)? {
         ControlReply::Status(st) => {
             if json {
@@ -300,7 +391,7 @@ pub fn plan(
                 .into(),
         ));
     }
-    let mut c = ControlClient::connect(path, Some(Duration::from_secs(60)))?;
+    let mut c = ControlClient::connect_for(path, "plan", Some(Duration::from_secs(60)))?;
     match c.call(&ControlRequest::Plan { down, up })? {
         ControlReply::Plan(p) => {
             if json {
@@ -321,7 +412,7 @@ pub fn gateway(
     json: bool,
     out: &mut Output,
 ) -> Result<(), CliError> {
-    let mut c = ControlClient::connect(path, Some(Duration::from_secs(30)))?;
+    let mut c = ControlClient::connect_for(path, "gateway", Some(Duration::from_secs(30)))?;
     for &action in actions {
         match c.call(&ControlRequest::Gateway { name: name.clone(), action })? {
             ControlReply::Done { message } => {
@@ -393,8 +484,11 @@ pub fn events(
     exec: Option<String>,
     out: &mut Output,
 ) -> Result<(), CliError> {
-    let mut c =
-        ControlClient::connect(path, if follow { None } else { Some(Duration::from_secs(30)) })?;
+    let mut c = ControlClient::connect_for(
+        path,
+        "events",
+        if follow { None } else { Some(Duration::from_secs(30)) },
+    )?;
     c.send(&ControlRequest::Events { follow })?;
     let backlog = match c.reply()? {
         ControlReply::Events { events } => events,

@@ -6,7 +6,9 @@
 pub mod cli;
 pub mod engine_cmds;
 pub mod import_cmd;
+pub mod list_format;
 pub mod output;
+pub mod pfctl_hint;
 pub mod render;
 pub mod selector_args;
 

@@ -48,12 +48,37 @@ pub struct SelectorArgs {
     /// Destination port or range (needs --proto)
     #[arg(long, value_name = "PORT[-PORT]", value_parser = parse::<PortRange>)]
     pub dport: Option<PortRange>,
-    /// Address family: 4 or 6
+    /// Address family: 4 or 6 (also spelt ipv4 or inet, ipv6 or inet6)
     #[arg(long, value_name = "4|6", value_parser = parse::<AddressFamily>)]
     pub family: Option<AddressFamily>,
 }
 
 impl SelectorArgs {
+    /// Mistakes only the command line can name by their flags, found before the selector is
+    /// built (the selector's own check names its fields, not the flags).
+    pub fn check_flags(&self) -> Result<(), String> {
+        let port_flags: Vec<&str> = [("--sport", self.sport), ("--dport", self.dport)]
+            .into_iter()
+            .filter_map(|(flag, range)| range.map(|_| flag))
+            .collect();
+        if port_flags.is_empty() {
+            return Ok(());
+        }
+        let flags = port_flags.join(" and ");
+        match self.proto {
+            None => Err(format!(
+                "{flags} needs --proto: ports belong to a protocol (--proto tcp, udp, sctp, dccp \
+                 or udplite)"
+            )),
+            Some(p) if !ipproto::has_ports(p) => Err(format!(
+                "{flags} cannot match: --proto {} has no ports (tcp, udp, sctp, dccp and \
+                 udplite have)",
+                ipproto::name(p)
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// The selector, or `None` when no flag was given.
     pub fn to_selector(&self) -> Option<Selector> {
         let s = Selector {

@@ -46,9 +46,35 @@ impl ClientError {
     }
 }
 
+/// What the path is when it is not a socket at all ("a directory", "a regular file"), so a
+/// failed connect says that instead of guessing at a stale socket. `None` for a socket, a
+/// path that does not exist or cannot be examined.
+pub fn not_a_socket(path: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    if t.is_socket() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_file() {
+        Some("a regular file")
+    } else {
+        Some("not a socket")
+    }
+}
+
 /// Say why a connect failed, in the operator's terms (also for callers that connect the
 /// stream themselves and hand it to `handshake`, like the engine's dialer).
 pub fn connect_error(path: &std::path::Path, e: &io::Error) -> ClientError {
+    if let Some(what) = not_a_socket(path) {
+        return ClientError::Connect {
+            path: path.to_owned(),
+            hint: format!(
+                "it is {what}, not a socket; give the socket's own path (default {})",
+                crate::DEFAULT_BROKER_SOCKET
+            ),
+        };
+    }
     ClientError::Connect {
         path: path.to_owned(),
         hint: match e.kind() {

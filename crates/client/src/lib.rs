@@ -22,7 +22,7 @@ pub mod session;
 pub mod tokio_driver;
 
 pub use blocking::BrokerClient;
-pub use error::{ClientError, connect_error};
+pub use error::{ClientError, connect_error, not_a_socket};
 pub use exchange::{Connected, Exchange, IntoExchange};
 pub use session::Session;
 #[cfg(feature = "tokio")]

@@ -121,6 +121,11 @@ fn init_logging(format: LogFormat, level: tracing_subscriber::filter::LevelFilte
     }
 }
 
+/// The engine's command line as clap describes it (for man pages and completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = Args::parse_from(args);
     init_logging(args.log_format, args.log_level);

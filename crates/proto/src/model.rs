@@ -59,7 +59,11 @@ impl FromStr for AddressFamily {
         match s.to_ascii_lowercase().as_str() {
             "4" | "ipv4" | "inet" => Ok(Self::Ipv4),
             "6" | "ipv6" | "inet6" => Ok(Self::Ipv6),
-            _ => Err(ProtoError::parse("address family", s, "expected ipv4 or ipv6")),
+            _ => Err(ProtoError::parse(
+                "address family",
+                s,
+                "expected 4 or 6 (also spelt ipv4 or inet, ipv6 or inet6)",
+            )),
         }
     }
 }

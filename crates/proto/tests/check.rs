@@ -910,7 +910,7 @@ fn family_and_name_parsing() {
     expect(
         "ip4",
         "ip4".parse::<AddressFamily>(),
-        Want::Parse("address family", "expected ipv4 or ipv6"),
+        Want::Parse("address family", "expected 4 or 6 (also spelt ipv4 or inet, ipv6 or inet6)"),
     );
     assert_eq!("eth0".parse::<IfName>(), Ok(IfName("eth0".into())));
     expect("eth/0", "eth/0".parse::<IfName>(), Want::Parse("interface name", "'/'"));

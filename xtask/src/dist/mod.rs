@@ -341,12 +341,22 @@ pub fn check_paths(programs: &Programs) -> std::result::Result<(), String> {
                     || &data[i - unless_after.len()..i] != unless_after.as_bytes())
         })
     };
+    // The broker renders its help from its flag table at run time: what the binary holds
+    // are the table's texts, among them its configuration example and the --config line.
     for (name, data, help) in [
-        ("statecull-broker", &programs.broker, format!("[default: {}]", FREEBSD.broker_socket)),
-        ("statecull-engine", &programs.engine, format!("else {}]", FREEBSD.control_socket)),
-        ("statecull", &programs.cli, format!("check-policy {}", FREEBSD.policy_file)),
+        (
+            "statecull-broker",
+            &programs.broker,
+            vec![
+                format!("socket = \"{}\"", FREEBSD.broker_socket),
+                format!("pass --config {}", FREEBSD.broker_config),
+                "backend = \"pf\"".to_owned(),
+            ],
+        ),
+        ("statecull-engine", &programs.engine, vec![format!("else {}]", FREEBSD.control_socket)]),
+        ("statecull", &programs.cli, vec![format!("check-policy {}", FREEBSD.policy_file)]),
     ] {
-        if !contains(data, &help) {
+        if let Some(help) = help.iter().find(|h| !contains(data, h)) {
             return Err(format!("{name}: its help does not show {help:?}: not built for FreeBSD?"));
         }
         if foreign(data, "/run/statecull", "/var") || foreign(data, "/etc/statecull", "/usr/local")

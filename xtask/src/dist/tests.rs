@@ -306,7 +306,9 @@ fn samples_are_installed_once_and_removed_only_unchanged() {
 fn programs_must_carry_the_freebsd_defaults() {
     let with = |extra: &str| {
         let mut p = programs();
-        p.broker.extend_from_slice(b"socket [default: /var/run/statecull/broker.sock]");
+        p.broker.extend_from_slice(b"socket = \"/var/run/statecull/broker.sock\"\n");
+        p.broker.extend_from_slice(b"scripts pass --config /usr/local/etc/statecull/broker.toml");
+        p.broker.extend_from_slice(b"backend = \"pf\"");
         p.engine.extend_from_slice(b"else /var/run/statecull/engine.sock]");
         p.cli.extend_from_slice(b"check-policy /usr/local/etc/statecull/policy.toml");
         p.cli.extend_from_slice(extra.as_bytes());
@@ -317,4 +319,10 @@ fn programs_must_carry_the_freebsd_defaults() {
     let err = check_paths(&with("[default: /run/statecull/broker.sock]")).unwrap_err();
     assert!(err.contains("Linux default path"), "{err}");
     assert!(check_paths(&with(" /etc/statecull/policy.toml")).is_err());
+    // Each of the broker's help texts is required: a Linux-default backend is refused.
+    let mut linux_backend = with("");
+    let at = linux_backend.broker.windows(6).position(|w| w == b"= \"pf\"").unwrap();
+    linux_backend.broker[at + 3..at + 5].copy_from_slice(b"ct");
+    let err = check_paths(&linux_backend).unwrap_err();
+    assert!(err.contains("statecull-broker") && err.contains("backend"), "{err}");
 }
