@@ -109,7 +109,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             ControlRequest::Plan { down, up } => dry_run(policy, down, up, bits),
-            ControlRequest::Status | ControlRequest::Events { .. } => {}
+            ControlRequest::Status | ControlRequest::Events { .. } | ControlRequest::Reload => {}
         }
     }
 });

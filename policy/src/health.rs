@@ -407,6 +407,16 @@ impl GatewayHealth {
         }
     }
 
+    /// New thresholds and timers for a gateway kept across a policy reload: its state,
+    /// window (trimmed to the new size, newest kept), damping figure and held verdicts stay;
+    /// the new parameters judge from the next input or tick on.
+    pub fn set_params(&mut self, params: HealthParams) {
+        self.params = params;
+        while self.window.len() > self.capacity() {
+            self.window.pop_front();
+        }
+    }
+
     /// One probe result into the sliding window, then judge.
     pub fn record(&mut self, now: Millis, probe: Probe) -> Option<Transition> {
         let before = self.begin(now);

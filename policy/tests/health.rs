@@ -1297,3 +1297,40 @@ proptest! {
         }
     }
 }
+
+/// A policy reload keeps a gateway's machine with new parameters: the state and the newest
+/// results stay, the new thresholds judge from the next input on.
+#[test]
+fn new_parameters_keep_the_state_and_judge_from_the_next_input() {
+    let mut gh = GatewayHealth::new(base(), 0);
+    // 6 lost of 10: down (50 % threshold).
+    for (i, p) in "FFFFLLLLLL".chars().enumerate() {
+        let now = i as Millis * SEC;
+        let _ = gh.record(
+            now,
+            if p == 'L' { Probe::Lost } else { Probe::Reply { rtt: Duration::from_millis(20) } },
+        );
+    }
+    assert_eq!(gh.state(), Down);
+    // Down stays down across the reload, whatever the new thresholds.
+    gh.set_params(with(|p| {
+        p.window = 4;
+        p.min_samples = 2;
+        p.loss_down_pct = 100.0;
+        p.loss_degraded_pct = 90.0;
+        p.loss_up_pct = 80.0;
+        p.hold_down = Duration::ZERO;
+    }));
+    assert_eq!(gh.state(), Down);
+    assert_eq!(gh.evidence(10 * SEC).samples, 4, "the window is trimmed to the new size");
+    // The next result is judged by the new thresholds: 4 of the last 4 lost is 100 %.
+    assert!(gh.record(10 * SEC, Probe::Lost).is_none());
+    assert_eq!(gh.state(), Down);
+    // Replies: 75 %, then 50 % loss, at or below the new loss_up (80 %); with no hold-down
+    // the gateway is up once the healthy stretch has its minimum of fresh results.
+    let rtt = Duration::from_millis(20);
+    let t = [11, 12, 13].into_iter().find_map(|s| gh.record(s * SEC, Probe::Reply { rtt }));
+    assert_eq!(t.map(|t| t.to), Some(Up));
+    // Under the old thresholds (up at or below 10 %) it could not have come back.
+    assert!(gh.evidence(13 * SEC).loss_pct > 10.0);
+}

@@ -115,7 +115,7 @@ impl ControlClient {
             let path = self.path.display();
             let who = match self.command {
                 Some(c) => format!("`statecull {c}` talks"),
-                None => "statecull status, plan, gateway and events talk".to_owned(),
+                None => "statecull status, plan, gateway, events and reload talk".to_owned(),
             };
             let hint = format!(
                 "{who} to the engine's control socket, default {} (--control, or \
@@ -430,6 +430,23 @@ pub fn gateway(
         }
     }
     Ok(())
+}
+
+/// `statecull reload`: the engine reloads its policy file and answers once the new policy is
+/// in force (or why not); a plan in flight may make it wait up to 30 s.
+pub fn reload(path: &Path, json: bool, out: &mut Output) -> Result<(), CliError> {
+    let mut c = ControlClient::connect_for(path, "reload", Some(Duration::from_secs(60)))?;
+    match c.call(&ControlRequest::Reload)? {
+        ControlReply::Done { message } => {
+            if json {
+                writeln!(out, "{}", serde_json::json!({ "reloaded": true, "message": message }))?;
+            } else {
+                writeln!(out, "{message}")?;
+            }
+            Ok(())
+        }
+        other => Err(unexpected("reload", &other)),
+    }
 }
 
 /// Environment for `--exec`: every fact of the event as STATECULL_* variables.

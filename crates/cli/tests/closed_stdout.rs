@@ -174,6 +174,7 @@ fn serve_engine(conn: UnixStream) {
             Ok(ControlRequest::Gateway { name, .. }) => {
                 ControlReply::Done { message: format!("{name} forced down") }
             }
+            Ok(ControlRequest::Reload) => ControlReply::Done { message: "reloaded".into() },
             Ok(ControlRequest::Events { follow }) => {
                 let backlog = ControlReply::Events { events: (1..=5).map(event).collect() };
                 let mut text = serde_json::to_string(&backlog).unwrap();

@@ -44,6 +44,9 @@ pub enum ControlRequest {
         #[serde(default)]
         follow: bool,
     },
+    /// Read the policy file again and use it (as SIGHUP does). Answered with `Done` (what
+    /// changed) once the new policy is in force, or `Error` (why not: the old one stays).
+    Reload,
 }
 
 /// What `statecull gateway NAME ...` says.
@@ -229,6 +232,11 @@ pub enum EventKind {
     SweepDone,
     BrokerConnected,
     BrokerLost,
+    /// The policy was reloaded (SIGHUP or `statecull reload`); the message says what changed.
+    PolicyReloaded,
+    /// A reload was refused: the old policy stays; the message says why (file:line: field,
+    /// or the key that needs a restart).
+    PolicyReloadFailed,
 }
 
 impl EventKind {
@@ -247,6 +255,8 @@ impl EventKind {
             EventKind::SweepDone => "sweep-done",
             EventKind::BrokerConnected => "broker-connected",
             EventKind::BrokerLost => "broker-lost",
+            EventKind::PolicyReloaded => "policy-reloaded",
+            EventKind::PolicyReloadFailed => "policy-reload-failed",
         }
     }
 }

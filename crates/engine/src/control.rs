@@ -274,12 +274,12 @@ async fn follow_events(
     }
 }
 
-fn gateway_index(shared: &Shared, name: &str) -> Result<usize, EngineError> {
-    shared.policy().gateway_index(name).ok_or_else(|| {
+fn index_in(policy: &statecull_policy::Policy, name: &str) -> Result<usize, EngineError> {
+    policy.gateway_index(name).ok_or_else(|| {
         EngineError::Control(format!(
             "unknown gateway {} (the policy names: {})",
             statecull_proto::text::clip(name),
-            shared.policy().gateway_names()
+            policy.gateway_names()
         ))
     })
 }
@@ -290,8 +290,14 @@ async fn handle(shared: &Arc<Shared>, req: ControlRequest) -> Result<ControlRepl
         ControlRequest::Plan { down, up } => {
             Ok(ControlReply::Plan(dry_run(shared, &down, &up).await?))
         }
+        ControlRequest::Reload => match shared.reload("statecull reload").await {
+            Ok(message) => Ok(ControlReply::Done { message }),
+            Err(message) => Ok(ControlReply::Error { message }),
+        },
         ControlRequest::Gateway { name, action } => {
-            let g = gateway_index(shared, &name)?;
+            // Checked for the message; acted on by name (a reload may renumber gateways).
+            index_in(&shared.policy(), &name)?;
+            let g = name.as_str();
             let message = match action {
                 GatewayAction::Down => shared.force(g, false),
                 GatewayAction::Up => shared.force(g, true),
@@ -370,9 +376,8 @@ fn status(shared: &Arc<Shared>) -> StatusReply {
     let figure = shared.states().get();
     let age_ms = figure.age(now).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let link = shared.broker.state();
-    let facts = shared.gateway_facts();
-    let gateways = shared
-        .policy()
+    let (policy, facts) = shared.facts_now();
+    let gateways = policy
         .gateways
         .iter()
         .zip(facts)
@@ -407,7 +412,7 @@ fn status(shared: &Arc<Shared>) -> StatusReply {
         .collect();
     StatusReply {
         engine_version: env!("CARGO_PKG_VERSION").into(),
-        policy: shared.policy().source.clone(),
+        policy: policy.source.clone(),
         uptime_s: shared.clock().uptime().as_secs_f64(),
         broker: BrokerStatus {
             socket: shared.broker.path().display().to_string(),
@@ -436,13 +441,15 @@ async fn dry_run(
             "say what to simulate: --down NAME and/or --up NAME".into(),
         ));
     }
-    let down: Vec<usize> =
-        down.iter().map(|n| gateway_index(shared, n)).collect::<Result<_, _>>()?;
-    let up: Vec<usize> = up.iter().map(|n| gateway_index(shared, n)).collect::<Result<_, _>>()?;
+    // One policy for the whole dry run, with the usability under it (a reload may come
+    // meanwhile: this plan is of the policy it started with).
+    let (policy, mut usable) = shared.usable_now();
+    let down: Vec<usize> = down.iter().map(|n| index_in(&policy, n)).collect::<Result<_, _>>()?;
+    let up: Vec<usize> = up.iter().map(|n| index_in(&policy, n)).collect::<Result<_, _>>()?;
     if let Some(g) = down.iter().find(|g| up.contains(g)) {
         return Err(EngineError::Control(format!(
             "{} cannot go both down and up in one plan",
-            shared.gateway_name(*g)
+            policy.gateways.get(*g).map_or("?", |g| g.name.as_str())
         )));
     }
     let caps = caps(shared).await.ok_or_else(|| {
@@ -451,7 +458,6 @@ async fn dry_run(
             shared.broker.path().display()
         ))
     })?;
-    let mut usable = shared.usable();
     for &g in &down {
         if let Some(u) = usable.get_mut(g) {
             *u = false;
@@ -462,13 +468,8 @@ async fn dry_run(
             *u = true;
         }
     }
-    let input = PlanInput {
-        policy: shared.policy(),
-        usable: &usable,
-        went_down: &down,
-        came_up: &up,
-        caps: &caps,
-    };
+    let input =
+        PlanInput { policy: &policy, usable: &usable, went_down: &down, came_up: &up, caps: &caps };
     let plan = plan::plan(&input)?;
     let mut counts: Vec<Vec<u64>> = Vec::new();
     let mut steps = Vec::new();

@@ -137,6 +137,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let handled: nix::sys::signal::SigSet = crate::signals::STOP
         .iter()
         .map(|(n, _)| *n)
+        .chain(std::iter::once(crate::signals::RELOAD.0))
         .chain(crate::signals::ignored().into_iter().map(|(n, _)| n))
         .filter_map(|n| nix::sys::signal::Signal::try_from(n).ok())
         .collect();
@@ -301,6 +302,12 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
     let broker =
         BrokerLink::with_dialer(broker_socket, dialer.clone(), crate::broker::DEFAULT_IDLE_LIMIT);
     let (shared, decisions, metrics_rx) = Shared::new(policy, broker);
+    shared.set_start_up(crate::reload::StartUp {
+        policy_path: args.policy.clone(),
+        broker_socket_flag: args.broker_socket.is_some(),
+        control_socket_flag: args.control_socket.is_some(),
+        metrics_flag: args.metrics.is_some(),
+    });
     Ok(Opened {
         shared: Arc::new(shared),
         decisions,
@@ -344,7 +351,7 @@ async fn run(args: Args) -> Result<(), EngineError> {
     }
     let shared = Arc::clone(&opened.shared);
     if args.check {
-        println!("{}", statecull_policy::load::explain(shared.policy()));
+        println!("{}", statecull_policy::load::explain(&shared.policy()));
         match shared.broker.hello().await {
             Ok(h) => println!(
                 "broker at {}: {} on {}",
@@ -404,6 +411,7 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
             role: statecull_sandbox::Role::Engine,
             net_admin: false,
             user,
+            // The policy's own directory too, so that a reload can read it again.
             readable_paths: opened
                 .shared
                 .policy()
@@ -411,6 +419,7 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
                 .readable_paths
                 .iter()
                 .map(PathBuf::from)
+                .chain(crate::reload::policy_dirs(&args.policy))
                 .collect(),
         },
         no_sandbox: args.no_sandbox,
@@ -435,31 +444,37 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         control_limits,
         metrics,
         dialer,
-        signals,
+        mut signals,
     } = opened;
     let mut tasks = tokio::task::JoinSet::new();
+    // Gateways as start-up numbered them: probes and pollers name theirs, since a reload
+    // may renumber the gateways (`Shared::reload`).
+    let started = shared.policy();
 
     // Probes -> health machines.
     if let Some(prober) = prober {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let probe_tasks = prober.start(tx);
         let s = Arc::clone(&shared);
+        let names: Vec<String> = started.gateways.iter().map(|g| g.name.clone()).collect();
         tasks.spawn(async move {
             let _keep = probe_tasks;
             while let Some(r) = rx.recv().await {
                 let sent = crate::events::unix_ms()
                     .saturating_sub(u64::try_from(r.sent_at.elapsed().as_millis()).unwrap_or(0));
-                s.record_probe(r.gateway, r.probe, sent);
+                if let Some(name) = names.get(r.gateway) {
+                    s.record_probe(name.as_str(), r.probe, sent);
+                }
             }
         });
     }
     // dpinger status sockets.
-    for (i, g) in shared.policy().gateways.iter().enumerate() {
+    for g in &started.gateways {
         if let HealthSource::Dpinger { socket } = &g.source {
             tasks.spawn(crate::sources::poll_dpinger(
                 Arc::clone(&shared),
                 dialer.clone(),
-                i,
+                g.name.clone(),
                 PathBuf::from(socket),
                 g.probe_interval,
                 g.probe_timeout,
@@ -520,11 +535,20 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
             }
         });
     }
+    // SIGHUP: reload the policy (the same as `statecull reload`).
+    if let Some(mut hup) = signals.take_reload() {
+        let s = Arc::clone(&shared);
+        tasks.spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = s.reload("SIGHUP").await;
+            }
+        });
+    }
     tasks.spawn(crate::control::serve_with(control, Arc::clone(&shared), control_limits));
     if let Some(l) = metrics {
         tasks.spawn(crate::metrics::serve(l, metrics_rx));
     }
-    if shared.policy().routing.confirm == RoutingConfirm::PfRuleset {
+    if started.routing.confirm == RoutingConfirm::PfRuleset {
         tasks.spawn(crate::executor::watch_ruleset_ticket(Arc::clone(&shared)));
     }
     tasks.spawn(Executor::new(Arc::clone(&shared), decisions, routes).run());

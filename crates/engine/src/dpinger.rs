@@ -399,7 +399,7 @@ on_down = "gateway"
         let poll = tokio::spawn(crate::sources::poll_dpinger(
             std::sync::Arc::clone(&shared),
             direct(&path),
-            0,
+            "WAN1".to_owned(),
             path,
             Duration::from_millis(20),
             Duration::from_secs(2),

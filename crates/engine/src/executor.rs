@@ -281,8 +281,11 @@ impl Executor {
             return;
         }
         let d = batch.decision();
+        // No reload comes while a decision is pending (`Shared::reload` waits): the plan, its
+        // events and its sweep are of the policy the decisions were made under.
+        let policy = self.shared.policy();
         let input = PlanInput {
-            policy: self.shared.policy(),
+            policy: &policy,
             usable: &d.usable,
             went_down: &d.went_down,
             came_up: &d.came_up,
@@ -384,42 +387,54 @@ impl Executor {
                     .filter(|s| matches!(s.purpose, Purpose::GatewayDown { .. }))
                     .flat_map(|s| s.gateways.iter().copied())
                     .collect::<Vec<_>>();
-                self.sweep_later(sweep, gws, delay);
+                self.sweep_later(sweep, gws, delay, Arc::clone(&policy));
             }
         }
     }
 
     /// Schedule the trailing sweep; runs beside the next decisions.
-    fn sweep_later(&self, requests: Vec<SweepRequest>, gateways: Vec<usize>, delay: Duration) {
+    /// Scheduled under `policy` (its plan's), which a reload waits for.
+    fn sweep_later(
+        &self,
+        requests: Vec<SweepRequest>,
+        gateways: Vec<usize>,
+        delay: Duration,
+        policy: Arc<statecull_policy::Policy>,
+    ) {
         let shared = Arc::clone(&self.shared);
+        shared.counters().sweep_scheduled();
         tokio::spawn(async move {
+            /// The sweep has ended whichever way this task does.
+            struct Ended<'a>(&'a Shared);
+            impl Drop for Ended<'_> {
+                fn drop(&mut self) {
+                    self.0.counters().sweep_ended();
+                }
+            }
+            let _ended = Ended(&shared);
             tokio::time::sleep(delay).await;
             let t0 = Instant::now();
             // A gateway that came back during the delay has new, healthy states: the sweep
             // must not touch them. Sweep only gateways that are still down.
             let caps = shared.broker.state().hello.map(|h| h.backend.capabilities);
-            let (requests, gateways) = match batch::sweep(
-                shared.policy(),
-                requests,
-                &gateways,
-                &shared.usable(),
-                caps.as_ref(),
-            ) {
-                Sweep::Run { requests, gateways } => (requests, gateways),
-                Sweep::AllBack { back } => {
-                    let names: Vec<&str> = back.iter().map(|&g| shared.gateway_name(g)).collect();
-                    shared.bus().publish(
-                        NewEvent::new(
-                            EventKind::SweepDone,
-                            format!("trailing sweep skipped: {} back up", names.join(", ")),
-                        )
-                        .killed(0)
-                        .field("skipped", "true"),
-                    );
-                    return;
-                }
-                Sweep::Nothing => return,
-            };
+            let (requests, gateways) =
+                match batch::sweep(&policy, requests, &gateways, &shared.usable(), caps.as_ref()) {
+                    Sweep::Run { requests, gateways } => (requests, gateways),
+                    Sweep::AllBack { back } => {
+                        let names: Vec<String> =
+                            back.iter().map(|&g| shared.gateway_name(g)).collect();
+                        shared.bus().publish(
+                            NewEvent::new(
+                                EventKind::SweepDone,
+                                format!("trailing sweep skipped: {} back up", names.join(", ")),
+                            )
+                            .killed(0)
+                            .field("skipped", "true"),
+                        );
+                        return;
+                    }
+                    Sweep::Nothing => return,
+                };
             let mut result = Ok(StepOutcome {
                 killed: 0,
                 per_gateway: vec![],

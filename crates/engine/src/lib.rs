@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod probe;
 pub mod raw_probe;
 pub mod refresh;
+pub mod reload;
 pub mod routes;
 pub mod signals;
 pub mod sources;

@@ -4,12 +4,13 @@
 //! to terminate would otherwise stop failover without a trace. So every such catchable
 //! signal is either a stop request (SIGTERM, SIGINT, SIGQUIT: stop as on SIGTERM, exit 0) or
 //! caught and ignored with a log line, at most one per signal per [`LOG_EVERY`]:
-//! SIGHUP (reloading is not supported yet), SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF,
+//! SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF,
 //! SIGIO, SIGXCPU, SIGXFSZ (a write past the file size limit then fails with EFBIG instead
 //! of killing the engine) and, on Linux, SIGPWR, SIGSTKFLT and the real-time signals
 //! SIGRTMIN..=SIGRTMAX that tokio can register (glibc keeps the two below SIGRTMIN for
 //! itself). Synchronous fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS) and
-//! SIGABRT keep their default action: a process that faulted must not go on.
+//! SIGABRT keep their default action: a process that faulted must not go on. SIGHUP
+//! reloads the policy ([`RELOAD`], `Shared::reload`).
 //!
 //! [`Signals::install`] installs every handler; it runs before confinement, so `rt_sigaction`
 //! is never needed for it afterwards.
@@ -33,12 +34,14 @@ pub const STOP: [(c_int, &str); 3] = [
     (nix::libc::SIGQUIT, "SIGQUIT"),
 ];
 
+/// The signal that reloads the policy.
+pub const RELOAD: (c_int, &str) = (nix::libc::SIGHUP, "SIGHUP");
+
 /// The signals ignored (with a log line) instead of their default action, by number and name.
 pub fn ignored() -> Vec<(c_int, String)> {
     use nix::libc;
     #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut v: Vec<(c_int, String)> = [
-        (libc::SIGHUP, "SIGHUP"),
         (libc::SIGUSR1, "SIGUSR1"),
         (libc::SIGUSR2, "SIGUSR2"),
         (libc::SIGALRM, "SIGALRM"),
@@ -87,9 +90,6 @@ fn is_realtime(n: c_int) -> bool {
 /// What to say when an ignored signal arrives.
 fn ignored_text(name: &str) -> String {
     match name {
-        "SIGHUP" => "SIGHUP ignored: reloading the policy is not supported yet; restart the \
-                     engine to apply a new policy"
-            .to_owned(),
         "SIGXFSZ" => "SIGXFSZ ignored: a write past the file size limit fails with EFBIG \
                       instead of stopping the engine"
             .to_owned(),
@@ -102,6 +102,8 @@ fn ignored_text(name: &str) -> String {
 #[derive(Debug)]
 pub struct Signals {
     stop: Vec<(&'static str, Signal)>,
+    /// SIGHUP, until the daemon takes it ([`Signals::take_reload`]).
+    reload: Option<Signal>,
     ignored: Vec<(String, Signal)>,
 }
 
@@ -114,6 +116,10 @@ impl Signals {
                 .map_err(|e| EngineError::io(format!("installing the {name} handler"), e))?;
             stop.push((name, s));
         }
+        let reload = Some(
+            signal(SignalKind::from_raw(RELOAD.0))
+                .map_err(|e| EngineError::io(format!("installing the {} handler", RELOAD.1), e))?,
+        );
         let mut ignored = Vec::new();
         let mut missing = Vec::new();
         for (n, name) in self::ignored() {
@@ -131,7 +137,12 @@ impl Signals {
                 missing.join(", ")
             );
         }
-        Ok(Signals { stop, ignored })
+        Ok(Signals { stop, reload, ignored })
+    }
+
+    /// The SIGHUP stream (once): each signal asks for a reload.
+    pub fn take_reload(&mut self) -> Option<Signal> {
+        self.reload.take()
     }
 
     /// Log ignored signals (on tasks in `tasks`, which run until aborted) and return when a
@@ -174,8 +185,9 @@ mod tests {
         use nix::libc;
         let ign: Vec<c_int> = ignored().into_iter().map(|(n, _)| n).collect();
         let stop: Vec<c_int> = STOP.iter().map(|(n, _)| *n).collect();
+        assert_eq!(RELOAD.0, libc::SIGHUP);
+        assert!(!ign.contains(&libc::SIGHUP) && !stop.contains(&libc::SIGHUP));
         for n in [
-            libc::SIGHUP,
             libc::SIGUSR1,
             libc::SIGUSR2,
             libc::SIGALRM,
@@ -210,6 +222,6 @@ mod tests {
             assert!(!ign.contains(&(libc::SIGRTMIN() - 1)));
             assert!(ign.contains(&libc::SIGRTMIN()) && ign.contains(&libc::SIGRTMAX()));
         }
-        assert!(ignored_text("SIGHUP").contains("not supported yet"));
+        assert!(ignored_text("SIGXFSZ").contains("EFBIG"));
     }
 }

@@ -87,7 +87,7 @@ enum Failure {
     Identity(String),
 }
 
-/// Poll gateway `gateway`'s dpinger status socket at `path` (registered with `dialer`) every `every` (each exchange
+/// Poll gateway `name`'s dpinger status socket at `path` (registered with `dialer`) every `every` (each exchange
 /// bounded by `timeout`) and feed the reports to its health machine, forever.
 ///
 /// A report must carry the gateway's name as dpinger's identifier (`-i NAME`; pfSense and
@@ -98,12 +98,14 @@ enum Failure {
 pub async fn poll_dpinger(
     shared: Arc<Shared>,
     dialer: crate::dial::Dialer,
-    gateway: usize,
+    name: String,
     path: PathBuf,
     every: Duration,
     timeout: Duration,
 ) {
-    let name = shared.gateway_name(gateway).to_owned();
+    // By name: a reload may renumber the gateways (and one the policy in force no longer
+    // reads from this socket ignores its reports, see `Shared::record_summary`).
+    let gateway = name.as_str();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;

@@ -35,14 +35,15 @@ pub struct Counted {
 /// Count every gateway's states now, on the background lane (waiting while a plan is
 /// pending, abandoned for a kill). Also returns the broker's backend when a Hello said it.
 pub async fn count_now(shared: &Shared) -> (Option<BackendKind>, Result<Counted, EngineError>) {
-    let n = shared.policy().gateways.len();
+    let policy = shared.policy();
+    let n = policy.gateways.len();
     let hello = match shared.broker.hello().await {
         Ok(h) => h,
         Err(e) => return (None, Err(e)),
     };
     let kind = hello.backend.kind;
     let every: Vec<usize> = (0..n).collect();
-    let owned = plan::owned_selectors(shared.policy(), &every, &hello.backend.capabilities);
+    let owned = plan::owned_selectors(&policy, &every, &hello.backend.capabilities);
     if owned.selectors.is_empty() {
         // No gateway is recognisable on this backend: nothing to ask.
         return (Some(kind), Ok(Counted { per_gateway: vec![None; n], took: Duration::ZERO }));

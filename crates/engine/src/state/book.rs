@@ -31,6 +31,25 @@ struct GatewayRuntime {
     source_errors_total: u64,
 }
 
+impl GatewayRuntime {
+    /// A gateway as the engine first sees it: assumed healthy, no evidence.
+    fn new(g: &statecull_policy::model::Gateway, now: Millis, started: Instant) -> Self {
+        GatewayRuntime {
+            health: GatewayHealth::new(g.health.clone(), now),
+            forced: None,
+            last_change: started,
+            last_reason: None,
+            probes_total: 0,
+            probes_lost: 0,
+            first_loss_unix_ms: None,
+            kills_total: 0,
+            sweep_leftovers_total: 0,
+            source_error: None,
+            source_errors_total: 0,
+        }
+    }
+}
+
 /// A copy of one gateway's health facts.
 #[derive(Clone, Debug)]
 pub struct GatewayFacts {
@@ -99,24 +118,32 @@ pub struct GatewayBook {
 impl GatewayBook {
     /// One entry per gateway of `policy`, healthy machines started at time 0.
     pub fn new(policy: &Policy, started: Instant) -> Self {
-        let gateways = policy
+        let gateways = policy.gateways.iter().map(|g| GatewayRuntime::new(g, 0, started)).collect();
+        GatewayBook { gateways: Mutex::new(gateways) }
+    }
+
+    /// A reload: the book for `new`, where `carried[i]` is the index in the old book of new
+    /// gateway `i`'s namesake. A kept gateway keeps its machine (with `new`'s thresholds
+    /// from its next input on), forced verdict and counters; a new one starts as at
+    /// start-up (healthy until evidence says otherwise, at `now`); the rest are dropped.
+    pub fn reload(&self, new: &Policy, carried: &[Option<usize>], now: Millis) {
+        let mut gws = self.lock();
+        let mut old: Vec<Option<GatewayRuntime>> =
+            std::mem::take(&mut *gws).into_iter().map(Some).collect();
+        *gws = new
             .gateways
             .iter()
-            .map(|g| GatewayRuntime {
-                health: GatewayHealth::new(g.health.clone(), 0),
-                forced: None,
-                last_change: started,
-                last_reason: None,
-                probes_total: 0,
-                probes_lost: 0,
-                first_loss_unix_ms: None,
-                kills_total: 0,
-                sweep_leftovers_total: 0,
-                source_error: None,
-                source_errors_total: 0,
+            .zip(carried)
+            .map(|(g, from)| match from.and_then(|o| old.get_mut(o)).and_then(Option::take) {
+                Some(mut kept) => {
+                    if kept.health.params() != &g.health {
+                        kept.health.set_params(g.health.clone());
+                    }
+                    kept
+                }
+                None => GatewayRuntime::new(g, now, Instant::now()),
             })
             .collect();
-        GatewayBook { gateways: Mutex::new(gateways) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<GatewayRuntime>> {

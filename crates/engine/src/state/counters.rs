@@ -18,6 +18,9 @@ pub struct Counters {
     /// Shown by status; the broker link keeps its own count of them, for which background
     /// counts stand aside (`BrokerLink::plan_decided`).
     pending_plans: AtomicU32,
+    /// Trailing sweeps scheduled and not finished (a reload waits for them: they run
+    /// under the policy of their plan).
+    pending_sweeps: AtomicU32,
     stats: Mutex<PlanStats>,
 }
 
@@ -42,6 +45,23 @@ impl Counters {
     /// True while a plan is waiting or running.
     pub fn plan_pending(&self) -> bool {
         self.pending_plans() > 0
+    }
+
+    /// A trailing sweep was scheduled.
+    pub fn sweep_scheduled(&self) {
+        self.pending_sweeps.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A scheduled sweep ran (or was skipped).
+    pub fn sweep_ended(&self) {
+        let _ = self
+            .pending_sweeps
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(1)));
+    }
+
+    /// True while a plan is waiting or running, or its trailing sweep is scheduled.
+    pub fn busy(&self) -> bool {
+        self.plan_pending() || self.pending_sweeps.load(Ordering::SeqCst) > 0
     }
 
     /// A plan ran to its end, taking `duration_s`.

@@ -52,6 +52,18 @@ impl StatesBook {
         f.took = Some(took);
     }
 
+    /// A reload: each new gateway keeps its namesake's last count (`carried`, see
+    /// `GatewayBook::reload`); a new one has none until the next count.
+    pub fn reload(&self, carried: &[Option<usize>]) {
+        let mut f = self.figure.lock().unwrap_or_else(PoisonError::into_inner);
+        if f.per_gateway.is_empty() {
+            return;
+        }
+        let old = std::mem::take(&mut f.per_gateway);
+        f.per_gateway =
+            carried.iter().map(|from| from.and_then(|o| old.get(o).copied().flatten())).collect();
+    }
+
     /// The next count may start at `at` (`None`: not scheduled).
     pub fn next_at(&self, at: Option<Instant>) {
         self.figure.lock().unwrap_or_else(PoisonError::into_inner).next_at = at;

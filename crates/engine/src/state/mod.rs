@@ -1,6 +1,7 @@
 //! What the engine's tasks share, as owned parts with private fields:
 //!
-//! * the policy (read-only) and the [`Clock`] the pure machines are fed;
+//! * the policy in force (replaced as a whole by a reload, `crate::reload`) and the
+//!   [`Clock`] the pure machines are fed;
 //! * the [`GatewayBook`]: each gateway's health machine and runtime facts;
 //! * the [`Counters`]: pending plans, the last plan's and sweep's figures;
 //! * the [`StatesBook`]: the last background count of states per gateway;
@@ -17,11 +18,12 @@ mod channels;
 mod counters;
 mod figure;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use statecull_control::EventKind;
 use statecull_policy::health::{Health, Probe};
+use statecull_policy::model::HealthSource;
 use statecull_policy::{Millis, Policy};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -78,9 +80,30 @@ impl Default for Clock {
     }
 }
 
+/// A gateway named by its index in the policy in force, or by its name (what every task
+/// that outlives a reload uses: indices change when gateways are added or removed).
+pub trait GatewayRef {
+    /// The gateway's index in `policy`, if it has it.
+    fn resolve(&self, policy: &Policy) -> Option<usize>;
+}
+
+impl GatewayRef for usize {
+    fn resolve(&self, policy: &Policy) -> Option<usize> {
+        (*self < policy.gateways.len()).then_some(*self)
+    }
+}
+
+impl GatewayRef for &str {
+    fn resolve(&self, policy: &Policy) -> Option<usize> {
+        policy.gateway_index(self)
+    }
+}
+
 #[derive(Debug)]
 pub struct Shared {
-    policy: Policy,
+    /// The policy in force. Every health input holds the read lock from the book's update to
+    /// the decision it leads to; a reload swaps policy and book under the write lock.
+    policy: RwLock<Arc<Policy>>,
     clock: Clock,
     book: GatewayBook,
     counters: Counters,
@@ -94,6 +117,10 @@ pub struct Shared {
     metrics: watch::Sender<EngineMetrics>,
     /// Background readings of pf's ruleset ticket (`confirm = "pf-ruleset"`).
     tickets: std::sync::Mutex<crate::batch::TicketLog>,
+    /// What start-up fixed (set by the daemon; without it there is no file to reload).
+    start_up: std::sync::OnceLock<crate::reload::StartUp>,
+    /// One reload at a time (SIGHUP and `statecull reload` share it).
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -109,7 +136,7 @@ impl Shared {
         let (decisions, rx) = DecisionQueue::new();
         let (mtx, mrx) = watch::channel(EngineMetrics::default());
         let shared = Shared {
-            policy,
+            policy: RwLock::new(Arc::new(policy)),
             clock,
             book,
             counters: Counters::default(),
@@ -120,12 +147,20 @@ impl Shared {
             routed,
             metrics: mtx,
             tickets: std::sync::Mutex::default(),
+            start_up: std::sync::OnceLock::new(),
+            reloading: tokio::sync::Mutex::new(()),
         };
         (shared, rx, mrx)
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy in force now. A task that needs one policy for a whole piece of work
+    /// (the executor for a plan) keeps this `Arc`.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.live())
+    }
+
+    fn live(&self) -> RwLockReadGuard<'_, Arc<Policy>> {
+        self.policy.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn clock(&self) -> &Clock {
@@ -152,13 +187,13 @@ impl Shared {
     /// A reading of pf's ruleset ticket, now.
     pub fn record_ticket(&self, ticket: u32) {
         let now = self.now_ms();
-        self.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(now, ticket);
+        self.tickets.lock().unwrap_or_else(PoisonError::into_inner).record(now, ticket);
     }
 
     /// The first ticket for a wait whose decision was made at `decided` (see
     /// [`crate::batch::TicketLog::baseline_for`]).
     pub fn ticket_before(&self, decided: Millis) -> Option<u32> {
-        self.tickets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).baseline_for(decided)
+        self.tickets.lock().unwrap_or_else(PoisonError::into_inner).baseline_for(decided)
     }
 
     /// The pure code's clock: milliseconds since the engine started.
@@ -166,61 +201,103 @@ impl Shared {
         self.clock.now_ms()
     }
 
-    pub fn gateway_name(&self, index: usize) -> &str {
-        self.policy.gateways.get(index).map_or("?", |g| g.name.as_str())
+    /// The name of the gateway at `index` in the policy in force.
+    pub fn gateway_name(&self, index: usize) -> String {
+        name_of(&self.live(), index).to_owned()
     }
 
     /// Usability of every gateway now: not down and not failed by its groups' trigger
     /// levels (the policy decides, from each gateway's judgement).
     pub fn usable(&self) -> Vec<bool> {
-        self.book
-            .judgements()
-            .into_iter()
-            .enumerate()
-            .map(|(g, j)| self.policy.usable(g, j))
-            .collect()
+        self.usable_under(&self.live())
+    }
+
+    /// The policy in force and every gateway's usability under it, taken together (a
+    /// reload cannot come between them).
+    pub fn usable_now(&self) -> (Arc<Policy>, Vec<bool>) {
+        let policy = self.live();
+        (Arc::clone(&policy), self.usable_under(&policy))
+    }
+
+    /// The policy in force and the health facts of its gateways, taken together.
+    pub fn facts_now(&self) -> (Arc<Policy>, Vec<GatewayFacts>) {
+        let policy = self.live();
+        (Arc::clone(&policy), self.book.facts(self.now_ms()))
+    }
+
+    fn usable_under(&self, policy: &Policy) -> Vec<bool> {
+        self.book.judgements().into_iter().enumerate().map(|(g, j)| policy.usable(g, j)).collect()
     }
 
     /// One probe result (ICMP) for a gateway. Probes still count while a verdict is
-    /// forced, but cannot override it.
-    pub fn record_probe(&self, gateway: usize, probe: Probe, sent_unix_ms: u64) {
-        if let Some(o) = self.book.record_probe(gateway, self.now_ms(), probe, sent_unix_ms) {
-            self.apply(gateway, o);
+    /// forced, but cannot override it. Ignored for a gateway the policy in force does not
+    /// probe by ICMP (removed or changed by a reload).
+    pub fn record_probe(&self, gateway: impl GatewayRef, probe: Probe, sent_unix_ms: u64) {
+        let policy = self.live();
+        let Some(i) = gateway.resolve(&policy) else { return };
+        if policy.gateways.get(i).is_none_or(|g| g.source != HealthSource::Icmp) {
+            return;
+        }
+        if let Some(o) = self.book.record_probe(i, self.now_ms(), probe, sent_unix_ms) {
+            self.apply(&policy, i, o);
         }
     }
 
-    /// A dpinger summary for a gateway.
-    pub fn record_summary(&self, gateway: usize, loss_pct: f64, latency: Option<Duration>) {
-        if let Some(o) = self.book.record_summary(gateway, self.now_ms(), loss_pct, latency) {
-            self.apply(gateway, o);
+    /// A dpinger summary for a gateway (ignored for one the policy in force does not read
+    /// from dpinger).
+    pub fn record_summary(
+        &self,
+        gateway: impl GatewayRef,
+        loss_pct: f64,
+        latency: Option<Duration>,
+    ) {
+        let policy = self.live();
+        let Some(i) = gateway.resolve(&policy) else { return };
+        if policy.gateways.get(i).is_none_or(|g| !matches!(g.source, HealthSource::Dpinger { .. }))
+        {
+            return;
+        }
+        if let Some(o) = self.book.record_summary(i, self.now_ms(), loss_pct, latency) {
+            self.apply(&policy, i, o);
         }
     }
 
     /// The gateway's health source could not be read (or its report was refused): its
     /// health is not being updated. Shown by status and metrics until it answers again.
-    pub fn source_failed(&self, gateway: usize, message: &str) {
-        if self.book.source_failed(gateway, message) {
+    pub fn source_failed(&self, gateway: impl GatewayRef, message: &str) {
+        let failed = {
+            let policy = self.live();
+            gateway.resolve(&policy).is_some_and(|i| self.book.source_failed(i, message))
+        };
+        if failed {
             self.refresh_metrics();
         }
     }
 
     /// The gateway's health source answered.
-    pub fn source_ok(&self, gateway: usize) {
-        if self.book.source_ok(gateway) {
+    pub fn source_ok(&self, gateway: impl GatewayRef) {
+        let back = {
+            let policy = self.live();
+            gateway.resolve(&policy).is_some_and(|i| self.book.source_ok(i))
+        };
+        if back {
             self.refresh_metrics();
         }
     }
 
     /// Timers (hold-down, damping decay) of every gateway.
     pub fn tick(&self) {
+        let policy = self.live();
         for (i, o) in self.book.tick(self.now_ms()) {
-            self.apply(i, o);
+            self.apply(&policy, i, o);
         }
     }
 
     /// An external verdict (`statecull gateway NAME down|up`). Returns what changed.
-    pub fn force(&self, gateway: usize, up: bool) -> String {
-        let name = self.gateway_name(gateway).to_owned();
+    pub fn force(&self, gateway: impl GatewayRef, up: bool) -> String {
+        let policy = self.live();
+        let Some(gateway) = gateway.resolve(&policy) else { return "no such gateway".into() };
+        let name = name_of(&policy, gateway).to_owned();
         let o = match self.book.force(gateway, self.now_ms(), up) {
             Forced::NoSuchGateway => return "no such gateway".into(),
             Forced::Already => None,
@@ -241,7 +318,7 @@ impl Shared {
                     Some(t) => format!("{name} is now {} ({})", t.to.name(), t.reason),
                     None => format!("{name} is now {}", o.after),
                 };
-                self.apply(gateway, o);
+                self.apply(&policy, gateway, o);
                 msg
             }
             None => format!("{name} was already {}", if up { "up" } else { "down" }),
@@ -249,23 +326,28 @@ impl Shared {
     }
 
     /// Count a `routed` signal for a gateway.
-    pub fn signal_routed(&self, gateway: usize) {
-        self.routed.signal(gateway);
+    pub fn signal_routed(&self, gateway: impl GatewayRef) {
+        let policy = self.live();
+        if let Some(i) = gateway.resolve(&policy) {
+            self.routed.signal(i);
+        }
     }
 
     /// Publish a transition (or a change of what a degraded gateway is degraded by) and, if
     /// its usability changed (down, or failed by its groups' trigger levels), hand a
     /// decision to the executor.
-    fn apply(&self, gateway: usize, o: Outcome) {
+    ///
+    /// `policy` is the policy in force, whose read lock the caller holds (from the book's
+    /// update to here: a reload cannot renumber the gateways in between).
+    fn apply(&self, policy: &Policy, gateway: usize, o: Outcome) {
         if o.quiet() {
             return;
         }
-        let name = self.gateway_name(gateway).to_owned();
-        let was = self.policy.usable(gateway, o.before);
-        let is = self.policy.usable(gateway, o.after);
+        let name = name_of(policy, gateway).to_owned();
+        let was = policy.usable(gateway, o.before);
+        let is = policy.usable(gateway, o.after);
         // Which groups' trigger levels fail it now (evidence when that is what decides).
-        let failed_in: Vec<String> = self
-            .policy
+        let failed_in: Vec<String> = policy
             .groups_of(gateway)
             .filter(|g| !o.after.down && g.trigger.fails(o.after))
             .map(|g| format!("{} (trigger = {})", g.name, g.trigger.name()))
@@ -315,7 +397,7 @@ impl Shared {
                 let d = Decision {
                     went_down: if is { vec![] } else { vec![gateway] },
                     came_up: if is { vec![gateway] } else { vec![] },
-                    usable: self.usable(),
+                    usable: self.usable_under(policy),
                     routed_marks: self.routed.counts(),
                     at: self.now_ms(),
                 };
@@ -326,7 +408,114 @@ impl Shared {
                 d
             });
         }
-        self.refresh_metrics();
+        self.refresh_metrics_under(policy);
+    }
+
+    /// What start-up fixed: the policy's path and the flags that override its settings.
+    /// Set once by the daemon; an engine without it has no file to reload.
+    pub fn set_start_up(&self, start_up: crate::reload::StartUp) {
+        let _ = self.start_up.set(start_up);
+    }
+
+    /// Read the policy file again and put it in force (SIGHUP and `statecull reload`: this
+    /// is the one implementation; `crate::reload` says what it guarantees). `Ok`: what
+    /// changed; `Err`: why not, the old policy staying in force. Either is logged and
+    /// published (`policy-reloaded`, `policy-reload-failed`); `via` says who asked.
+    pub async fn reload(&self, via: &str) -> Result<String, String> {
+        let _one = self.reloading.lock().await;
+        let result = self.reload_once().await;
+        let (kind, message) = match &result {
+            Ok(m) => {
+                tracing::info!("{via}: {m}");
+                (EventKind::PolicyReloaded, m.clone())
+            }
+            Err(m) => {
+                tracing::warn!("{via}: {m}");
+                (EventKind::PolicyReloadFailed, m.clone())
+            }
+        };
+        self.bus.publish(NewEvent::new(kind, message).field("via", via));
+        result
+    }
+
+    async fn reload_once(&self) -> Result<String, String> {
+        let Some(start) = self.start_up.get() else {
+            return Err("this engine was not started from a policy file: nothing to reload".into());
+        };
+        let path = start.policy_path.display().to_string();
+        // Landlock keeps the policy's directory readable (see `reload::policy_dirs`).
+        let text = std::fs::read_to_string(&start.policy_path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (after start-up the engine runs as its own user: the file must be readable by it)"
+            } else {
+                ""
+            };
+            format!("{path} not reloaded (the policy in force stays): cannot read it: {e}{hint}")
+        })?;
+        let new = statecull_policy::load::parse(&text, &path)
+            .map_err(|e| format!("not reloaded (the policy in force stays): {e}"))?;
+        let refused = crate::reload::restart_only(&self.policy(), &new, start);
+        if !refused.is_empty() {
+            return Err(format!(
+                "{path} not reloaded (the policy in force stays): {}",
+                refused.join("; ")
+            ));
+        }
+        // A plan in flight (and its sweep) finishes under its own policy: wait for quiet.
+        let deadline = Instant::now() + crate::reload::QUIET_WAIT;
+        let mut new = Some(new);
+        loop {
+            if !self.counters.busy() {
+                let mut live = self.policy.write().unwrap_or_else(PoisonError::into_inner);
+                // Decisions are sent under the read lock: none can start now.
+                if !self.counters.busy() {
+                    let Some(new) = new.take() else { return Err("reload lost its policy".into()) };
+                    let summary = self.swap(&mut live, new);
+                    drop(live);
+                    self.refresh_metrics();
+                    return Ok(format!("{path} reloaded: {summary}"));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{path} not reloaded (the policy in force stays): a plan or its trailing sweep                      was still running after {} s; it finishes under the policy it started with.                      Reload again when it is done (`statecull status` shows pending plans)",
+                    crate::reload::QUIET_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Put `new` in force (write lock held, nothing in flight): gateways matched by name.
+    fn swap(&self, live: &mut Arc<Policy>, new: Policy) -> String {
+        let old = Arc::clone(live);
+        let carried = crate::reload::carried_over(&old, &new);
+        self.book.reload(&new, &carried, self.now_ms());
+        self.routed.reload(&carried);
+        self.states.reload(&carried);
+        fn names<'a>(p: &'a Policy, pick: &dyn Fn(&str) -> bool) -> Vec<&'a str> {
+            p.gateways.iter().map(|g| g.name.as_str()).filter(|n| pick(n)).collect()
+        }
+        let kept = names(&new, &|n| old.gateway_index(n).is_some());
+        let added = names(&new, &|n| old.gateway_index(n).is_none());
+        let dropped = names(&old, &|n| new.gateway_index(n).is_none());
+        let mut parts = vec![format!(
+            "{} gateway(s), {} group(s); kept with their health: {}",
+            new.gateways.len(),
+            new.groups.len(),
+            if kept.is_empty() { "none".to_owned() } else { kept.join(", ") }
+        )];
+        if !added.is_empty() {
+            parts.push(format!("new (assumed up until judged): {}", added.join(", ")));
+        }
+        if !dropped.is_empty() {
+            parts.push(format!("dropped: {}", dropped.join(", ")));
+        }
+        if *old == new {
+            parts.push("no change".into());
+        }
+        *live = Arc::new(new);
+        parts.join("; ")
     }
 
     /// True while a plan is waiting or running.
@@ -352,6 +541,10 @@ impl Shared {
 
     /// Publish fresh metrics (the states per gateway as last counted).
     pub fn refresh_metrics(&self) {
+        self.refresh_metrics_under(&self.live());
+    }
+
+    fn refresh_metrics_under(&self, policy: &Policy) {
         let facts = self.gateway_facts();
         let stats = self.counters.stats();
         let broker_connected = self.broker.state().connected;
@@ -361,7 +554,7 @@ impl Shared {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| GatewayMetrics {
-                    name: self.gateway_name(i).to_owned(),
+                    name: name_of(policy, i).to_owned(),
                     state: f.state.name().to_owned(),
                     suppressed: f.suppressed,
                     loss_pct: f.loss_pct,
@@ -383,4 +576,8 @@ impl Shared {
             m.states_count_seconds = states.took.map(|d| d.as_secs_f64());
         });
     }
+}
+
+fn name_of(policy: &Policy, index: usize) -> &str {
+    policy.gateways.get(index).map_or("?", |g| g.name.as_str())
 }
