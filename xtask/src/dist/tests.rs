@@ -188,6 +188,21 @@ fn service_scripts_use_the_compiled_in_paths() {
         FREEBSD.control_socket
     )));
     assert!(engine.contains("# REQUIRE: NETWORKING pf statecull_broker"));
+    // reload: SIGHUP to the engine, whose pid daemon(8) writes (-p), not to daemon(8).
+    for needle in [
+        "extra_commands=\"reload\"",
+        "sig_reload=\"HUP\"",
+        "reload_cmd=\"statecull_engine_reload\"",
+        "-p ${child_pidfile}",
+        "check_pidfile \"${child_pidfile}\" \"${statecull_engine_binary}\"",
+    ] {
+        assert!(engine.contains(needle), "statecull_engine: no {needle:?}");
+    }
+    assert!(
+        text("sandbox/profiles/systemd/statecull-engine.service")
+            .unwrap()
+            .contains("\nExecReload=/bin/kill -HUP $MAINPID\n")
+    );
     let units = text("sandbox/profiles/systemd/statecull-broker.service").unwrap()
         + &text("sandbox/profiles/systemd/statecull-engine.service").unwrap();
     for p in [LINUX.broker_config, LINUX.broker_socket, LINUX.policy_file, LINUX.control_socket] {
