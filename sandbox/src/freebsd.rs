@@ -88,6 +88,10 @@ pub enum FdUse {
     /// socket directory, dpinger's `/var/run`): `CAP_LOOKUP` and `CAP_CONNECTAT` only,
     /// so nothing in it can be opened, listed, created or removed.
     SocketDirectory,
+    /// A directory whose files are read later with [`read_file_at`] (the engine's policy
+    /// directory, for reloads): `CAP_LOOKUP`, `CAP_READ`, `CAP_FSTAT` and `CAP_SEEK` only;
+    /// a file opened through it gets no more (nothing can be written, created or removed).
+    ReadDirectory,
     /// stdout or stderr (log output): write, fstat, poll and `fcntl(F_GETFL)`.
     Output,
 }
@@ -102,6 +106,7 @@ impl FdUse {
             FdUse::Probe => "probe",
             FdUse::PfDevice { .. } => "pf device",
             FdUse::SocketDirectory => "socket directory",
+            FdUse::ReadDirectory => "read-only directory",
             FdUse::Output => "output",
         }
     }
@@ -148,6 +153,7 @@ impl FdUse {
             FdUse::Probe => &[Right::Read, Right::Write, Right::Event],
             FdUse::PfDevice { .. } => &[Right::Ioctl],
             FdUse::SocketDirectory => &[Right::Lookup, Right::Connectat],
+            FdUse::ReadDirectory => &[Right::Lookup, Right::Read, Right::Fstat, Right::Seek],
             FdUse::Output => &[Right::Write, Right::Fstat, Right::Event, Right::Fcntl],
         };
         for right in list {
@@ -166,7 +172,10 @@ impl FdUse {
             FdUse::Output => {
                 fcntls.allow(Fcntl::GetFL);
             }
-            FdUse::Probe | FdUse::PfDevice { .. } | FdUse::SocketDirectory => return None,
+            FdUse::Probe
+            | FdUse::PfDevice { .. }
+            | FdUse::SocketDirectory
+            | FdUse::ReadDirectory => return None,
         }
         Some(fcntls)
     }
@@ -257,6 +266,44 @@ pub fn open_socket_directory(path: &Path) -> Result<OwnedFd, SandboxError> {
         })?;
     limit(std::os::fd::AsFd::as_fd(&fd), &FdUse::SocketDirectory)?;
     Ok(fd)
+}
+
+/// Open `path`, a directory whose files the caller will read with [`read_file_at`] in
+/// capability mode, and limit it to [`FdUse::ReadDirectory`]. Call before
+/// [`enter_capability_mode`].
+pub fn open_read_directory(path: &Path) -> Result<OwnedFd, SandboxError> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    let fd = open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| FreeBsdError::OpenDirectory {
+            path: path.to_owned(),
+            source: io::Error::from(e),
+        })?;
+    limit(std::os::fd::AsFd::as_fd(&fd), &FdUse::ReadDirectory)?;
+    Ok(fd)
+}
+
+/// The whole of file `name` in the directory `dir` (from [`open_read_directory`]), read
+/// with `openat(2)`; works in capability mode. `name` must be a plain file name, as for
+/// [`connect_unix_at`]; a symbolic link is followed only if it stays inside `dir` (capability
+/// mode refuses absolute links and `..`).
+pub fn read_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') || bytes == b"." || bytes == b".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a plain file name", name.to_string_lossy()),
+        ));
+    }
+    let fd = openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(io::Error::from)?;
+    let mut data = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// A new blocking, close-on-exec `AF_UNIX` stream socket connected with `connectat(2)` to

@@ -303,7 +303,7 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         BrokerLink::with_dialer(broker_socket, dialer.clone(), crate::broker::DEFAULT_IDLE_LIMIT);
     let (shared, decisions, metrics_rx) = Shared::new(policy, broker);
     shared.set_start_up(crate::reload::StartUp {
-        policy_path: args.policy.clone(),
+        policy: crate::reload::PolicyFile::open(&args.policy)?,
         broker_socket_flag: args.broker_socket.is_some(),
         control_socket_flag: args.control_socket.is_some(),
         metrics_flag: args.metrics.is_some(),

@@ -28,12 +28,78 @@ use statecull_policy::model::{Gateway, HealthSource};
 /// How long a reload waits for a plan in flight (and its trailing sweep) to finish.
 pub const QUIET_WAIT: Duration = Duration::from_secs(30);
 
-/// What the engine's command line fixed at start-up: the policy's path, and which of the
+/// Where a reload reads the policy. On Linux by its path (Landlock keeps the policy's
+/// directory readable, [`policy_dirs`]); on FreeBSD, where capability mode opens no path,
+/// through the policy's directory, opened before confinement and limited to reading
+/// (`statecull_sandbox::freebsd::open_read_directory`): a file renamed over the old one is
+/// read, a symbolic link leading out of the directory is not.
+#[derive(Clone, Debug)]
+pub struct PolicyFile {
+    path: PathBuf,
+    #[cfg(target_os = "freebsd")]
+    dir: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl PolicyFile {
+    /// Read by path.
+    pub fn by_path(path: &Path) -> Self {
+        PolicyFile {
+            path: path.to_owned(),
+            #[cfg(target_os = "freebsd")]
+            dir: None,
+        }
+    }
+
+    /// The policy at `path`, as this system's confined engine can read it again: on
+    /// FreeBSD its directory is opened now (call before confinement).
+    pub fn open(path: &Path) -> Result<Self, crate::EngineError> {
+        #[cfg(target_os = "freebsd")]
+        {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let fd = statecull_sandbox::freebsd::open_read_directory(dir).map_err(|e| {
+                crate::EngineError::Config(format!(
+                    "opening the policy's directory for reloads: {e}"
+                ))
+            })?;
+            Ok(PolicyFile { path: path.to_owned(), dir: Some(std::sync::Arc::new(fd)) })
+        }
+        #[cfg(not(target_os = "freebsd"))]
+        Ok(Self::by_path(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's text now.
+    pub fn read(&self) -> std::io::Result<String> {
+        #[cfg(target_os = "freebsd")]
+        if let Some(dir) = &self.dir {
+            use std::os::fd::AsFd;
+            let name = self.path.file_name().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the policy path names no file",
+                )
+            })?;
+            let bytes = statecull_sandbox::freebsd::read_file_at(dir.as_fd(), name)?;
+            return String::from_utf8(bytes).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "the policy is not UTF-8")
+            });
+        }
+        std::fs::read_to_string(&self.path)
+    }
+}
+
+/// What the engine's command line fixed at start-up: the policy file, and which of the
 /// policy's restart-only settings a flag overrides (a flag's value wins, so the policy's
 /// may then change freely).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct StartUp {
-    pub policy_path: PathBuf,
+    pub policy: PolicyFile,
     pub broker_socket_flag: bool,
     pub control_socket_flag: bool,
     pub metrics_flag: bool,
@@ -250,7 +316,7 @@ members = [{ gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 }]
 
     fn start() -> StartUp {
         StartUp {
-            policy_path: PathBuf::from("/etc/statecull/policy.toml"),
+            policy: PolicyFile::by_path(Path::new("/etc/statecull/policy.toml")),
             broker_socket_flag: false,
             control_socket_flag: false,
             metrics_flag: false,

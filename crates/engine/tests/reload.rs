@@ -17,7 +17,7 @@ use common::{Behaviour, FakeBroker};
 use statecull_control::{ControlReply, ControlRequest, Event, EventKind, GatewayAction};
 use statecull_engine::broker::BrokerLink;
 use statecull_engine::executor::Executor;
-use statecull_engine::reload::StartUp;
+use statecull_engine::reload::{PolicyFile, StartUp};
 use statecull_engine::state::Shared;
 use statecull_testkit::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -78,7 +78,7 @@ fn engine(broker: &FakeBroker, dir: &TempDir, text: &str) -> Engine {
     let policy = statecull_policy::load::parse(text, &policy_path.display().to_string()).unwrap();
     let (shared, decisions, _metrics) = Shared::new(policy, BrokerLink::new(broker.path.clone()));
     shared.set_start_up(StartUp {
-        policy_path: policy_path.clone(),
+        policy: PolicyFile::by_path(&policy_path),
         broker_socket_flag: true,
         control_socket_flag: true,
         metrics_flag: false,

@@ -442,9 +442,8 @@ impl Shared {
         let Some(start) = self.start_up.get() else {
             return Err("this engine was not started from a policy file: nothing to reload".into());
         };
-        let path = start.policy_path.display().to_string();
-        // Landlock keeps the policy's directory readable (see `reload::policy_dirs`).
-        let text = std::fs::read_to_string(&start.policy_path).map_err(|e| {
+        let path = start.policy.path().display().to_string();
+        let text = start.policy.read().map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 " (after start-up the engine runs as its own user: the file must be readable by it)"
             } else {
