@@ -445,6 +445,7 @@ mod tests {
             "nvlist_unpack",
             "ct_entry",
             "rtnetlink_routes",
+            "rtnetlink_addrs",
             "dpinger_status",
             "control_line",
         ] {

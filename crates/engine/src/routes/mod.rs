@@ -32,6 +32,7 @@
 //! executor one face for both: "moved" is the rule and table walk on Linux, the default
 //! route via each gateway on FreeBSD (which has no ip rules; one FIB per engine).
 
+pub mod addrs;
 mod parse;
 pub mod rtsock;
 mod rules;
@@ -45,6 +46,8 @@ use statecull_policy::model::Gateway;
 pub use parse::{Route, RouteKind, default_routes_via, fuzzing, parse_routes};
 pub use rules::{Flow, Outcome, Rule, RuleAction, Snapshot};
 pub use socket::RouteSocket;
+#[cfg(target_os = "linux")]
+pub use watch::AddressWatcher;
 pub use watch::RouteWatcher;
 
 use crate::error::EngineError;

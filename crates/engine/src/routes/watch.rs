@@ -8,7 +8,7 @@
 //! new netlink sockets). On other systems [`RouteWatcher::open`] fails.
 
 #[cfg(target_os = "linux")]
-pub use linux::RouteWatcher;
+pub use linux::{AddressWatcher, RouteWatcher};
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -25,6 +25,10 @@ mod linux {
     use tokio::time::{Instant, timeout_at};
 
     use crate::error::EngineError;
+    use crate::routes::addrs::{
+        AddressBook, IFADDRMSG_LEN, IFINFOMSG_LEN, RTM_DELADDR, RTM_DELLINK, RTM_GETADDR,
+        RTM_NEWADDR, RTM_NEWLINK, decode, parse_addr, parse_link,
+    };
     use crate::routes::parse::{
         AF_INET, AF_INET6, AF_UNSPEC, Chunk, NHMSG_LEN, Parsed, RTM_GETNEXTHOP, RTM_GETROUTE,
         RTM_NEWNEXTHOP, RTM_NEWROUTE, RTMSG_LEN, Route, bad, default_routes_via, dump_request,
@@ -282,6 +286,102 @@ mod linux {
         true
     }
 
+    const RTNLGRP_LINK: u32 = 1;
+    const RTNLGRP_IPV4_IFADDR: u32 = 5;
+    const RTNLGRP_IPV6_IFADDR: u32 = 9;
+    const RTM_GETLINK: u16 = 18;
+
+    /// The firewall's interface addresses over rtnetlink, read-only (`nat_addr =
+    /// "interface"`): a dump of links and addresses (`RTM_GETLINK`, `RTM_GETADDR`), then the
+    /// link and address notifications, decoded by `addrs.rs` into an [`AddressBook`].
+    /// Opened before the engine confines itself, like the route watcher.
+    #[derive(Debug)]
+    pub struct AddressWatcher {
+        notify: NlSocket,
+        dumper: Dumper,
+        book: AddressBook,
+    }
+
+    impl AddressWatcher {
+        /// Open the sockets (notifications joined first, so no change falls between the
+        /// dump and them) and read every link and address now (at `now`, the caller's ms).
+        pub async fn open(now: u64) -> Result<AddressWatcher, EngineError> {
+            let notify =
+                NlSocket::open(&[RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR], &[])?;
+            let dump = NlSocket::open(&[], &[])?;
+            let mut w = AddressWatcher {
+                notify,
+                dumper: Dumper { sock: dump, seq: 0 },
+                book: AddressBook::default(),
+            };
+            w.reload(now).await?;
+            Ok(w)
+        }
+
+        /// Everything again (after an overflow lost notifications): links, then addresses.
+        async fn reload(&mut self, now: u64) -> Result<(), EngineError> {
+            let deadline = Instant::now() + DUMP_TIMEOUT;
+            let mut msgs = Vec::new();
+            let dumper = &mut self.dumper;
+            let both = async {
+                for _ in 0..DUMP_ATTEMPTS {
+                    msgs.clear();
+                    let mut interrupted = false;
+                    for (t, header) in [(RTM_GETLINK, IFINFOMSG_LEN), (RTM_GETADDR, IFADDRMSG_LEN)]
+                    {
+                        interrupted |= dumper
+                            .conversation(t, AF_UNSPEC, header, |t, payload| {
+                                let m = match t {
+                                    RTM_NEWLINK | RTM_DELLINK => parse_link(t, payload)?,
+                                    RTM_NEWADDR | RTM_DELADDR => parse_addr(t, payload)?,
+                                    _ => None,
+                                };
+                                msgs.extend(m);
+                                Ok(())
+                            })
+                            .await?;
+                    }
+                    if !interrupted {
+                        return Ok(());
+                    }
+                }
+                Err(bad(format!("addresses kept changing during {DUMP_ATTEMPTS} dumps")))
+            };
+            match timeout_at(deadline, both).await {
+                Ok(r) => r?,
+                Err(_) => return Err(bad(format!("address dump took more than {DUMP_TIMEOUT:?}"))),
+            }
+            let mut book = AddressBook::default();
+            for m in msgs {
+                book.apply(m, now);
+            }
+            book.keep_departures_of(&self.book, now);
+            self.book = book;
+            Ok(())
+        }
+
+        /// Wait for the next link or address change and apply it (every notification
+        /// already queued too); after an overflow, dump everything again. `now` gives the
+        /// caller's clock when the change is applied. Cancel-safe.
+        pub async fn changed(&mut self, now: impl Fn() -> u64) -> Result<(), EngineError> {
+            match self.notify.recv().await? {
+                Recv::Overflow => return self.reload(now()).await,
+                Recv::Data => {}
+            }
+            let (msgs, _) = decode(&self.notify.buf, None)?;
+            let at = now();
+            for m in msgs {
+                self.book.apply(m, at);
+            }
+            Ok(())
+        }
+
+        /// The addresses as last read.
+        pub fn book(&self) -> &AddressBook {
+            &self.book
+        }
+    }
+
     impl RouteWatcher {
         /// Open the two rtnetlink sockets: one subscribed to IPv4/IPv6 route and rule
         /// changes (and nexthop objects where the kernel has them), one for dumps. Needs no
@@ -455,6 +555,77 @@ mod live {
     }
 
     /// Everything against a real kernel, inside a private namespace.
+    #[test]
+    fn address_watcher_follows_a_renumbered_wan_and_a_pppoe_style_link() {
+        use crate::routes::addrs::RETAIN_MS;
+        let test = "routes::address_watcher_follows_a_renumbered_wan_and_a_pppoe_style_link";
+        if !is_root() {
+            skip(test, "needs root");
+            return;
+        }
+        let Some(ns) = Netns::create(test, "addr") else { return };
+        // veth pairs: this kernel has no dummy driver.
+        ns.ip(&["link", "add", "wan0", "type", "veth", "peer", "name", "isp0"]);
+        ns.ip(&["link", "set", "wan0", "up"]);
+        // As systemd's sysctl defaults: deleting the primary promotes the new address
+        // (without it the kernel deletes the secondaries of the subnet too).
+        ns.exec("sysctl", &["-qw", "net.ipv4.conf.wan0.promote_secondaries=1"]);
+        ns.ip(&["addr", "add", "198.51.100.20/24", "dev", "wan0"]);
+        ns.ip(&["-6", "addr", "add", "2001:db8:1::20/64", "dev", "wan0", "nodad"]);
+        ns.ip(&["link", "add", "wan1", "type", "veth", "peer", "name", "isp1"]);
+        ns.ip(&["link", "set", "wan1", "up"]);
+        // Point-to-point, as PPPoE: IFA_ADDRESS is the peer, IFA_LOCAL ours.
+        ns.ip(&["addr", "add", "203.0.113.77", "peer", "203.0.113.1", "dev", "wan1"]);
+        let name = ns.name.clone();
+        ns.run_in(move |rt| {
+            rt.block_on(async move {
+                let clock = Instant::now();
+                let now = move || u64::try_from(clock.elapsed().as_millis()).unwrap();
+                let mut w = super::AddressWatcher::open(now()).await.unwrap();
+                let b = w.book();
+                assert_eq!(b.current("wan0"), [ip("198.51.100.20"), ip("2001:db8:1::20")]);
+                assert_eq!(b.current("wan1"), [ip("203.0.113.77")]);
+                assert!(b.current("lo").is_empty(), "host scope is never a NAT address");
+                // DHCP renumbers wan0: the new address comes, the old one goes.
+                for args in [
+                    ["addr", "add", "198.51.100.21/24", "dev", "wan0"],
+                    ["addr", "del", "198.51.100.20/24", "dev", "wan0"],
+                ] {
+                    let ok = std::process::Command::new("ip")
+                        .args(["-n", &name])
+                        .args(args)
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    assert!(ok, "ip {args:?}");
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while w.book().current("wan0").contains(&ip("198.51.100.20")) {
+                    tokio::time::timeout_at(deadline, w.changed(now)).await.unwrap().unwrap();
+                }
+                let at = now();
+                assert_eq!(w.book().current("wan0"), [ip("2001:db8:1::20"), ip("198.51.100.21")]);
+                assert_eq!(
+                    w.book().selectable("wan0", at),
+                    [ip("2001:db8:1::20"), ip("198.51.100.21"), ip("198.51.100.20")],
+                    "the old address is still selectable"
+                );
+                assert!(
+                    !w.book().selectable("wan0", at + RETAIN_MS).contains(&ip("198.51.100.20"))
+                );
+                // The link goes (PPPoE down): its address is kept as departed.
+                let ok = std::process::Command::new("ip")
+                    .args(["-n", &name, "link", "del", "wan1"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok);
+                while !w.book().current("wan1").is_empty() {
+                    tokio::time::timeout_at(deadline, w.changed(now)).await.unwrap().unwrap();
+                }
+                assert_eq!(w.book().selectable("wan1", now()), [ip("203.0.113.77")]);
+            });
+        });
+    }
+
     #[test]
     fn watcher_in_a_namespace() {
         let test = "routes::watcher_in_a_namespace";
