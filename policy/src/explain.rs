@@ -132,7 +132,11 @@ fn warnings_with(policy: &Policy, memberships: &[Vec<(&Group, u8)>]) -> Vec<Stri
                 g.name, g.name
             ));
         }
-        if g.states.rt_addr.is_some() && g.states.nat_addr.is_empty() && g.states.mark.is_none() {
+        if g.states.rt_addr.is_some()
+            && g.states.nat_addr.is_empty()
+            && !g.states.nat_from_interface
+            && g.states.mark.is_none()
+        {
             w.push(format!(
                 "gateway {} is recognised by rt_addr only: states that left by the default route \
                  (no route-to) carry no rt_addr and will be missed; add nat_addr (and interface)",
@@ -478,6 +482,13 @@ fn explain_gateway(g: &Gateway, groups: &[(&Group, u8)], out: &mut String) -> st
     }
     if let Some(m) = s.mark {
         ways.push(format!("connection mark {m} (conntrack)"));
+    }
+    if s.nat_from_interface {
+        ways.push(format!(
+            "NAT address: whatever {} has (followed as it changes; one that left stays for {} \
+             minutes)",
+            g.interface, 5
+        ));
     }
     if !s.nat_addr.is_empty() {
         let addrs = s.nat_addr.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");

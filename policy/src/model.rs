@@ -148,8 +148,13 @@ pub struct StateMatch {
     pub rt_addr: Option<IpAddr>,
     /// conntrack: the connection mark the firewall sets per gateway.
     pub mark: Option<MarkMatch>,
-    /// The SNAT address(es) the firewall uses on this gateway (IPv4 and/or IPv6).
+    /// The SNAT address(es) the firewall uses on this gateway (IPv4 and/or IPv6). Empty in
+    /// a loaded policy with [`StateMatch::nat_from_interface`]; the engine fills it with the
+    /// interface's addresses when it plans ([`Policy::with_interface_addresses`]).
     pub nat_addr: Vec<IpAddr>,
+    /// `nat_addr = "interface"`: the NAT addresses are whatever the gateway's interface has
+    /// (a DHCP or PPPoE WAN), learnt by the engine at run time.
+    pub nat_from_interface: bool,
     /// pf: restrict NAT-address selectors to this interface (states with `rt_addr` 0 that
     /// left by the default route are found this way).
     pub interface: Option<IfName>,
@@ -445,6 +450,22 @@ impl Policy {
     /// Groups that have the gateway at `index` as a member.
     pub fn groups_of(&self, index: usize) -> impl Iterator<Item = &Group> {
         self.groups.iter().filter(move |g| g.members.iter().any(|m| m.gateway == index))
+    }
+
+    /// Whether any gateway takes its NAT addresses from its interface.
+    pub fn uses_interface_addresses(&self) -> bool {
+        self.gateways.iter().any(|g| g.states.nat_from_interface)
+    }
+
+    /// This policy with every `nat_addr = "interface"` gateway's NAT addresses set to
+    /// `addresses(interface)` (what the interface has now, and recently had): what a plan,
+    /// a count or a sweep is made from. Gateways with literal addresses are unchanged.
+    pub fn with_interface_addresses(&self, addresses: impl Fn(&IfName) -> Vec<IpAddr>) -> Policy {
+        let mut p = self.clone();
+        for g in p.gateways.iter_mut().filter(|g| g.states.nat_from_interface) {
+            g.states.nat_addr = addresses(&g.interface);
+        }
+        p
     }
 
     /// "WAN1, WAN2" — for error messages.

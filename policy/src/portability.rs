@@ -156,6 +156,16 @@ pub const RULES: &[Rule] = &[
         used_at: mark_only,
     },
     Rule {
+        feature: "[gateway.states] nat_addr = \"interface\"",
+        works_on: LINUX,
+        elsewhere: Level::Error,
+        reason: "the engine learns an interface's addresses over rtnetlink; the FreeBSD routing \
+                 socket's RTM_NEWADDR is not read yet, so these gateways would have no NAT \
+                 address: list the addresses (nat_addr = [\"...\"]) or recognise the states by \
+                 rt_addr.",
+        used_at: nat_from_interface,
+    },
+    Rule {
         feature: "[gateway.states] mark",
         works_on: LINUX,
         elsewhere: Level::Warning,
@@ -276,24 +286,33 @@ fn gateways_where(p: &Policy, f: impl Fn(&crate::model::Gateway) -> bool) -> Vec
     p.gateways.iter().filter(|g| f(g)).map(|g| format!("gateway {}", g.name)).collect()
 }
 
+fn nat_from_interface(p: &Policy) -> Vec<String> {
+    gateways_where(p, |g| g.states.nat_from_interface)
+}
+
+/// NAT addresses, listed or the interface's.
+fn has_nat(s: &crate::model::StateMatch) -> bool {
+    !s.nat_addr.is_empty() || s.nat_from_interface
+}
+
 fn mark_only(p: &Policy) -> Vec<String> {
     gateways_where(p, |g| {
         let s = &g.states;
-        s.mark.is_some() && s.rt_addr.is_none() && s.nat_addr.is_empty()
+        s.mark.is_some() && s.rt_addr.is_none() && !has_nat(s)
     })
 }
 
 fn mark_with_others(p: &Policy) -> Vec<String> {
     gateways_where(p, |g| {
         let s = &g.states;
-        s.mark.is_some() && (s.rt_addr.is_some() || !s.nat_addr.is_empty())
+        s.mark.is_some() && (s.rt_addr.is_some() || has_nat(s))
     })
 }
 
 fn rt_addr_only(p: &Policy) -> Vec<String> {
     gateways_where(p, |g| {
         let s = &g.states;
-        s.rt_addr.is_some() && s.mark.is_none() && s.nat_addr.is_empty()
+        s.rt_addr.is_some() && s.mark.is_none() && !has_nat(s)
     })
 }
 

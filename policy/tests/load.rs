@@ -206,6 +206,40 @@ fn case(
 fn cases() -> Vec<Case> {
     vec![
         case("base is valid", with(&[]), 0, "", ""),
+        case("nat_addr = interface", with(&[(9, "nat_addr = \"interface\"")]), 0, "", ""),
+        case(
+            "nat_addr = interface alone",
+            with(&[(8, ""), (9, "nat_addr = \"interface\""), (10, "")]),
+            0,
+            "",
+            "",
+        ),
+        case(
+            "nat_addr word other than interface",
+            with(&[(9, "nat_addr = \"dhcp\"")]),
+            9,
+            "gateway[1].states.nat_addr",
+            "expected a list of the gateway's SNAT addresses",
+        ),
+        case(
+            "nat_addr of another type",
+            with(&[(9, "nat_addr = 1")]),
+            9,
+            "gateway[1].states.nat_addr",
+            "a list of addresses, or \"interface\"",
+        ),
+        case(
+            "two gateways take the addresses of one interface",
+            with(&[
+                (9, "nat_addr = \"interface\""),
+                (14, "interface = \"em0\""),
+                (20, "nat_addr = \"interface\""),
+                (21, ""),
+            ]),
+            20,
+            "gateway[2].states.nat_addr",
+            "gateways WAN1 (line 9) and WAN2 both take their NAT addresses from interface em0",
+        ),
         // Unknown keys, at every level.
         case(
             "unknown top-level key",
@@ -1141,4 +1175,30 @@ fn a_trigger_on_an_external_only_member_is_warned_about() {
     );
     let p = parse(&text.replace("trigger = \"latency\"", "trigger = \"down\""), "<s>").unwrap();
     assert!(!warnings(&p).iter().any(|w| w.contains("trigger")));
+}
+
+/// `nat_addr = "interface"`: nothing listed in the loaded policy; the engine fills in the
+/// interface's addresses when it plans, for those gateways only.
+#[test]
+fn interface_nat_addresses_are_filled_in_when_planning() {
+    let p = parse(&with(&[(9, "nat_addr = \"interface\"")]), "t.toml").unwrap();
+    assert!(p.gateways[0].states.nat_from_interface && p.gateways[0].states.nat_addr.is_empty());
+    assert!(p.uses_interface_addresses());
+    let explained = flat(&explain(&p));
+    assert!(
+        explained.contains("NAT address: whatever em0 has (followed as it changes"),
+        "{explained}"
+    );
+    let filled = p.with_interface_addresses(|i| {
+        assert_eq!(i.to_string(), "em0", "asked for WAN1's interface only");
+        vec![ip("198.51.100.7"), ip("2001:db8:7::1")]
+    });
+    assert_eq!(filled.gateways[0].states.nat_addr, [ip("198.51.100.7"), ip("2001:db8:7::1")]);
+    assert_eq!(filled.gateways[1].states.nat_addr, [ip("203.0.113.1")]);
+    let findings =
+        statecull_policy::portability::check(&p, statecull_policy::portability::TargetOs::FreeBsd);
+    assert!(
+        findings.iter().any(|f| f.feature.contains("nat_addr = \"interface\"")),
+        "{findings:?}"
+    );
 }

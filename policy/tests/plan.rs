@@ -89,6 +89,7 @@ fn gw(n: u8) -> Gateway {
             rt_addr: Some(ip(&format!("192.0.2.{n}"))),
             mark: Some(MarkMatch { value: u32::from(n), mask: 0xff }),
             nat_addr: vec![ip(&format!("198.51.100.{n}"))],
+            nat_from_interface: false,
             interface: Some(IfName(format!("igb{n}"))),
         },
     )
@@ -1666,6 +1667,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                             rt_addr: Some(ip(&format!("192.0.2.{n}"))),
                             mark: marked.then_some(MarkMatch { value: u32::from(n), mask: 0xff }),
                             nat_addr: vec![nat],
+                            nat_from_interface: false,
                             interface: Some(IfName(format!("igb{}", nat_group.min(2)))),
                         },
                     )

@@ -210,6 +210,9 @@ struct Opened {
     dialer: crate::dial::Dialer,
     /// Installed before confinement (see `signals.rs`).
     signals: crate::signals::Signals,
+    /// `nat_addr = "interface"`: the interfaces' addresses (Linux).
+    #[cfg(target_os = "linux")]
+    addresses: Option<crate::routes::AddressWatcher>,
 }
 
 /// Raise the soft descriptor limit to the hard one: the soft limit (1024 by default) is
@@ -283,6 +286,13 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         },
         _ => None,
     };
+    // `nat_addr = "interface"`: the interfaces' addresses over rtnetlink (Linux).
+    #[cfg(target_os = "linux")]
+    let addresses = if policy.uses_interface_addresses() {
+        Some(crate::routes::AddressWatcher::open(0).await?)
+    } else {
+        None
+    };
     raise_nofile_limit();
     let signals = crate::signals::Signals::install()?;
     let control = crate::control::bind(&control_path)?;
@@ -302,6 +312,10 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
     let broker =
         BrokerLink::with_dialer(broker_socket, dialer.clone(), crate::broker::DEFAULT_IDLE_LIMIT);
     let (shared, decisions, metrics_rx) = Shared::new(policy, broker);
+    #[cfg(target_os = "linux")]
+    if let Some(w) = &addresses {
+        shared.set_addresses(w.book().clone());
+    }
     shared.set_start_up(crate::reload::StartUp {
         policy: crate::reload::PolicyFile::open(&args.policy)?,
         broker_socket_flag: args.broker_socket.is_some(),
@@ -320,6 +334,8 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         metrics,
         dialer,
         signals,
+        #[cfg(target_os = "linux")]
+        addresses,
     })
 }
 
@@ -445,6 +461,8 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         metrics,
         dialer,
         mut signals,
+        #[cfg(target_os = "linux")]
+        addresses,
     } = opened;
     let mut tasks = tokio::task::JoinSet::new();
     // Gateways as start-up numbered them: probes and pollers name theirs, since a reload
@@ -532,6 +550,26 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
                     was_connected = Some(link.connected);
                 }
                 tokio::time::sleep(LINK_CHECK).await;
+            }
+        });
+    }
+    // Interface addresses (`nat_addr = "interface"`), followed as they change.
+    #[cfg(target_os = "linux")]
+    if let Some(mut w) = addresses {
+        let s = Arc::clone(&shared);
+        tasks.spawn(async move {
+            loop {
+                match w.changed(|| s.now_ms()).await {
+                    Ok(()) => {
+                        let mut book = w.book().clone();
+                        book.expire(s.now_ms());
+                        s.set_addresses(book);
+                    }
+                    Err(e) => {
+                        tracing::warn!("interface addresses not followed for a second: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
             }
         });
     }

@@ -283,7 +283,8 @@ impl Executor {
         let d = batch.decision();
         // No reload comes while a decision is pending (`Shared::reload` waits): the plan, its
         // events and its sweep are of the policy the decisions were made under.
-        let policy = self.shared.policy();
+        // `nat_addr = "interface"`: the addresses known now (the sweep keeps them too).
+        let policy = self.shared.planning_policy();
         let input = PlanInput {
             policy: &policy,
             usable: &d.usable,

@@ -179,6 +179,14 @@ pub fn restart_only(old: &Policy, new: &Policy, start: &StartUp) -> Vec<String> 
             ),
         ));
     }
+    if new.uses_interface_addresses() && !old.uses_interface_addresses() {
+        let at = new.gateways.iter().position(|g| g.states.nat_from_interface).unwrap_or(0);
+        out.push(restart(
+            &format!("gateway[{}].states.nat_addr", at + 1),
+            "\"interface\" needs the address watcher, opened at start-up only when some \
+             gateway uses it",
+        ));
+    }
     for (i, g) in new.gateways.iter().enumerate() {
         let at = format!("gateway[{}]", i + 1);
         let was = old.gateway_index(&g.name).and_then(|o| old.gateways.get(o));

@@ -35,7 +35,7 @@ pub struct Counted {
 /// Count every gateway's states now, on the background lane (waiting while a plan is
 /// pending, abandoned for a kill). Also returns the broker's backend when a Hello said it.
 pub async fn count_now(shared: &Shared) -> (Option<BackendKind>, Result<Counted, EngineError>) {
-    let policy = shared.policy();
+    let policy = shared.planning_policy();
     let n = policy.gateways.len();
     let hello = match shared.broker.hello().await {
         Ok(h) => h,

@@ -17,7 +17,7 @@ use crate::model::{Gateway, HealthSource, StateMatch};
 
 use super::Loader;
 use super::duration::{Bounds, MINUTE, MS};
-use super::raw::RawGateway;
+use super::raw::{RawGateway, RawNatAddr};
 use super::words::{family_word, source_word};
 
 /// Highest FIB number a policy may name (FreeBSD's `RT_MAXFIBS` is 65536; the kernel refuses
@@ -38,6 +38,12 @@ pub(super) struct RecogniserSpans {
     pub(super) rt_addr: Option<(Range<usize>, String)>,
     pub(super) mark: Option<(Range<usize>, String)>,
     pub(super) nat_addr: Vec<(Range<usize>, String)>,
+    /// `nat_addr = "interface"`.
+    pub(super) nat_from_interface: Option<(Range<usize>, String)>,
+}
+
+fn raw_span<T>(v: &Option<Spanned<T>>) -> Range<usize> {
+    v.as_ref().map_or(0..0, Spanned::span)
 }
 
 impl Loader<'_> {
@@ -319,16 +325,37 @@ impl Loader<'_> {
             }
         };
         let mut nat_addr: Vec<IpAddr> = Vec::new();
+        let mut nat_from_interface = false;
         let mut seen = HashSet::new();
-        if let Some(list) = &s.nat_addr {
-            if list.get_ref().is_empty() {
-                return Err(self.err(
-                    &list.span(),
-                    &f("nat_addr"),
-                    "nat_addr is empty; list the gateway's SNAT addresses, or leave nat_addr out",
-                ));
-            }
-            for (k, a) in list.get_ref().iter().enumerate() {
+        if let Some(raw_nat) = &s.nat_addr {
+            let list = match raw_nat.get_ref() {
+                RawNatAddr::Word(w) if w == "interface" => {
+                    nat_from_interface = true;
+                    &Vec::new()
+                }
+                RawNatAddr::Word(w) => {
+                    return Err(self.err(
+                        &raw_nat.span(),
+                        &f("nat_addr"),
+                        format!(
+                            "nat_addr = {:?}: expected a list of the gateway's SNAT addresses \
+                             ([\"198.51.100.1\"]) or \"interface\" (its interface's addresses, \
+                             followed as they change: DHCP, PPPoE)",
+                            statecull_proto::text::clip(w)
+                        ),
+                    ));
+                }
+                RawNatAddr::List(l) if l.is_empty() => {
+                    return Err(self.err(
+                        &raw_nat.span(),
+                        &f("nat_addr"),
+                        "nat_addr is empty; list the gateway's SNAT addresses, write \
+                         \"interface\" for its interface's, or leave nat_addr out",
+                    ));
+                }
+                RawNatAddr::List(l) => l,
+            };
+            for (k, a) in list.iter().enumerate() {
                 let key = format!("{}[{}]", f("nat_addr"), k + 1);
                 let addr = self.host_addr(a, &key)?;
                 self.step(1);
@@ -346,7 +373,7 @@ impl Loader<'_> {
         let interface = match &s.interface {
             None => None,
             Some(i) => {
-                if nat_addr.is_empty() {
+                if nat_addr.is_empty() && !nat_from_interface {
                     return Err(self.err(
                         &i.span(),
                         &f("interface"),
@@ -357,7 +384,7 @@ impl Loader<'_> {
                 Some(self.ifname(i, &f("interface"))?)
             }
         };
-        if rt_addr.is_none() && mark.is_none() && nat_addr.is_empty() {
+        if rt_addr.is_none() && mark.is_none() && nat_addr.is_empty() && !nat_from_interface {
             return Err(self.err(
                 &raw.span(),
                 &field,
@@ -368,6 +395,9 @@ impl Loader<'_> {
                 ),
             ));
         }
-        Ok((StateMatch { rt_addr, mark, nat_addr, interface }, spans))
+        if nat_from_interface {
+            spans.nat_from_interface = Some((raw_span(&s.nat_addr), f("nat_addr")));
+        }
+        Ok((StateMatch { rt_addr, mark, nat_addr, nat_from_interface, interface }, spans))
     }
 }

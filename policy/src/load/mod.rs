@@ -87,7 +87,8 @@
 //! [gateway.states]                # required: at least one of rt_addr, mark, nat_addr
 //! rt_addr = "198.51.100.254"      # pf route-to gateway; same family as the gateway
 //! mark = "0x1/0xff"               # conntrack mark[/mask], decimal or 0x hex; or an integer
-//! nat_addr = ["198.51.100.1", "2001:db8:a::1"]   # SNAT addresses, either family
+//! nat_addr = ["198.51.100.1", "2001:db8:a::1"]   # SNAT addresses, either family, or
+//!                                 # "interface": the gateway interface's own (DHCP, PPPoE)
 //! interface = "em1"               # pf: narrows the nat_addr selectors; needs nat_addr
 //!
 //! [[group]]
@@ -231,10 +232,27 @@ impl Loader<'_> {
         let mut spans = Vec::with_capacity(raw.gateway.len());
         let mut names = Names::new("gateway");
         let mut recognisers = Recognisers::default();
+        // `nat_addr = "interface"`: one gateway per interface (same addresses otherwise).
+        let mut by_interface: HashMap<String, (String, usize)> = HashMap::new();
         for (i, g) in raw.gateway.iter().enumerate() {
             let (gateway, gs) = self.gateway(i, g)?;
             names.insert(self, &gateway.name, &gs.name, &format!("gateway[{}].name", i + 1))?;
             self.recogniser_conflicts(&gateway, &gs, &gateways, &spans, &mut recognisers)?;
+            if let Some((span, field)) = &gs.states.nat_from_interface {
+                let key = gateway.interface.to_string();
+                if let Some((other, line)) = by_interface.get(&key) {
+                    return Err(self.err(
+                        span,
+                        field,
+                        format!(
+                            "gateways {other} (line {line}) and {} both take their NAT addresses \
+                             from interface {key}: their states could not be told apart",
+                            gateway.name
+                        ),
+                    ));
+                }
+                by_interface.insert(key, (gateway.name.clone(), self.line(span.start)));
+            }
             gateways.push(gateway);
             spans.push(gs);
         }

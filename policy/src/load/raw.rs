@@ -85,8 +85,43 @@ pub(super) struct RawDamping {
 pub(super) struct RawStates {
     pub(super) rt_addr: Option<Spanned<String>>,
     pub(super) mark: Option<Spanned<Value>>,
-    pub(super) nat_addr: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) nat_addr: Option<Spanned<RawNatAddr>>,
     pub(super) interface: Option<Spanned<String>>,
+}
+
+/// `nat_addr`: a list of addresses, or a word (`"interface"`). Read by a visitor, not an
+/// untagged enum, so that each listed address keeps its span (toml's `Spanned` does not
+/// survive serde's buffering of untagged enums).
+#[derive(Debug)]
+pub(super) enum RawNatAddr {
+    List(Vec<Spanned<String>>),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for RawNatAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawNatAddr;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of addresses, or \"interface\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawNatAddr, E> {
+                Ok(RawNatAddr::Word(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawNatAddr, A::Error> {
+                let mut out = Vec::new();
+                while let Some(a) = seq.next_element::<Spanned<String>>()? {
+                    out.push(a);
+                }
+                Ok(RawNatAddr::List(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

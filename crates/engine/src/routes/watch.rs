@@ -373,6 +373,7 @@ mod linux {
             for m in msgs {
                 self.book.apply(m, at);
             }
+            self.book.expire(at);
             Ok(())
         }
 

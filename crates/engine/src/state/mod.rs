@@ -119,6 +119,8 @@ pub struct Shared {
     tickets: std::sync::Mutex<crate::batch::TicketLog>,
     /// What start-up fixed (set by the daemon; without it there is no file to reload).
     start_up: std::sync::OnceLock<crate::reload::StartUp>,
+    /// Interface addresses for `nat_addr = "interface"` (the address watcher's book).
+    addresses: std::sync::Mutex<crate::routes::addrs::AddressBook>,
     /// One reload at a time (SIGHUP and `statecull reload` share it).
     reloading: tokio::sync::Mutex<()>,
 }
@@ -148,6 +150,7 @@ impl Shared {
             metrics: mtx,
             tickets: std::sync::Mutex::default(),
             start_up: std::sync::OnceLock::new(),
+            addresses: std::sync::Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
         };
         (shared, rx, mrx)
@@ -157,6 +160,34 @@ impl Shared {
     /// (the executor for a plan) keeps this `Arc`.
     pub fn policy(&self) -> Arc<Policy> {
         Arc::clone(&self.live())
+    }
+
+    /// The policy a plan, a count or a sweep is made from: the policy in force with each
+    /// `nat_addr = "interface"` gateway's NAT addresses as known now (its interface's, and
+    /// those that left it within `routes::addrs::RETAIN_MS`). The same `Arc` when no
+    /// gateway takes its addresses from its interface.
+    pub fn planning_policy(&self) -> Arc<Policy> {
+        Self::planning(self.policy(), &self.addresses(), self.now_ms())
+    }
+
+    fn planning(
+        policy: Arc<Policy>,
+        book: &crate::routes::addrs::AddressBook,
+        now: Millis,
+    ) -> Arc<Policy> {
+        if !policy.uses_interface_addresses() {
+            return policy;
+        }
+        Arc::new(policy.with_interface_addresses(|i| book.selectable(&i.0, now)))
+    }
+
+    fn addresses(&self) -> std::sync::MutexGuard<'_, crate::routes::addrs::AddressBook> {
+        self.addresses.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The address watcher read the interfaces' addresses anew.
+    pub fn set_addresses(&self, book: crate::routes::addrs::AddressBook) {
+        *self.addresses() = book;
     }
 
     fn live(&self) -> RwLockReadGuard<'_, Arc<Policy>> {
@@ -212,11 +243,12 @@ impl Shared {
         self.usable_under(&self.live())
     }
 
-    /// The policy in force and every gateway's usability under it, taken together (a
-    /// reload cannot come between them).
+    /// The policy to plan with ([`Shared::planning_policy`]) and every gateway's
+    /// usability, taken together (a reload cannot come between them).
     pub fn usable_now(&self) -> (Arc<Policy>, Vec<bool>) {
         let policy = self.live();
-        (Arc::clone(&policy), self.usable_under(&policy))
+        let usable = self.usable_under(&policy);
+        (Self::planning(Arc::clone(&policy), &self.addresses(), self.now_ms()), usable)
     }
 
     /// The policy in force and the health facts of its gateways, taken together.
