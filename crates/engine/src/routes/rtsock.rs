@@ -402,6 +402,136 @@ fn put_sockaddr(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// `RTM_NEWADDR`: an address was added to an interface (`struct ifa_msghdr`).
+pub const RTM_NEWADDR: u8 = 0xc;
+/// `RTM_DELADDR`: an address was removed.
+pub const RTM_DELADDR: u8 = 0xd;
+/// `RTAX_IFP`: the interface's link-level sockaddr (`sockaddr_dl`, with its name).
+const RTAX_IFP: usize = 4;
+/// `RTAX_IFA`: the interface address itself.
+const RTAX_IFA: usize = 5;
+
+/// `struct ifa_msghdr` (`sys/net/if.h`), for the layout assertions.
+#[repr(C)]
+#[allow(dead_code)]
+struct IfaMsghdr {
+    ifam_msglen: u16,
+    ifam_version: u8,
+    ifam_type: u8,
+    ifam_addrs: i32,
+    ifam_flags: i32,
+    ifam_index: u16,
+    ifam_metric: i32,
+}
+
+const IFAM_ADDRS: usize = offset_of!(IfaMsghdr, ifam_addrs);
+const IFAM_INDEX: usize = offset_of!(IfaMsghdr, ifam_index);
+/// `sizeof(struct ifa_msghdr)`: where its sockaddrs start.
+pub const IFA_MSGHDR_LEN: usize = size_of::<IfaMsghdr>();
+/// `sdl_nlen` and `sdl_data` in `struct sockaddr_dl`.
+const SDL_NLEN: usize = 5;
+const SDL_DATA: usize = 8;
+
+const _: () = {
+    assert!(IFA_MSGHDR_LEN == 20);
+    assert!(IFAM_ADDRS == 4);
+    assert!(offset_of!(IfaMsghdr, ifam_flags) == 8);
+    assert!(IFAM_INDEX == 12);
+    assert!(offset_of!(IfaMsghdr, ifam_metric) == 16);
+};
+
+/// The address changes in `buf` (`RTM_NEWADDR`/`RTM_DELADDR`; every other message is
+/// skipped), for `nat_addr = "interface"` on FreeBSD: the interface address (`RTA_IFA`) of
+/// IPv4 and IPv6, IPv6 link-local ones left out (never a NAT address), with the interface's
+/// name from `RTA_IFP` when the kernel includes it. Pure; what the routing socket's reader
+/// gives the address book (`routes::addrs`).
+pub fn parse_addresses(mut buf: &[u8]) -> Result<Vec<crate::routes::addrs::AddrMsg>, RtsockError> {
+    use crate::routes::addrs::AddrMsg;
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        if buf.len() < 4 {
+            return Err(RtsockError::Truncated(format!("{} bytes left over", buf.len())));
+        }
+        let len = usize::from(ne_u16(buf, OFF_MSGLEN));
+        if len < 4 || len > buf.len() {
+            return Err(RtsockError::Truncated(format!(
+                "rtm_msglen {len} with {} bytes at hand",
+                buf.len()
+            )));
+        }
+        let (msg, rest) = buf.split_at(len);
+        buf = rest;
+        if msg[OFF_VERSION] != RTM_VERSION {
+            return Err(RtsockError::Version(msg[OFF_VERSION]));
+        }
+        let kind = msg[OFF_TYPE];
+        if kind != RTM_NEWADDR && kind != RTM_DELADDR {
+            continue;
+        }
+        if msg.len() < IFA_MSGHDR_LEN {
+            return Err(RtsockError::Truncated(format!(
+                "an address message of {} bytes, the header alone is {IFA_MSGHDR_LEN}",
+                msg.len()
+            )));
+        }
+        let addrs = ne_i32(msg, IFAM_ADDRS);
+        let ifindex = u32::from(ne_u16(msg, IFAM_INDEX));
+        let (mut address, mut name) = (None, None);
+        let mut at = IFA_MSGHDR_LEN;
+        for i in 0..RTAX_MAX {
+            if addrs & (1 << i) == 0 {
+                continue;
+            }
+            let Some(&sa_len) = msg.get(at) else {
+                return Err(RtsockError::Truncated(format!("sockaddr {i} missing at byte {at}")));
+            };
+            let size = sa_size(sa_len);
+            let Some(sa) = msg.get(at..at + size) else {
+                return Err(RtsockError::Truncated(format!(
+                    "sockaddr {i} of {size} bytes runs past the message ({} bytes)",
+                    msg.len()
+                )));
+            };
+            let sa = &sa[..usize::from(sa_len).min(size)];
+            match i {
+                RTAX_IFA => address = sockaddr_ip(sa)?,
+                RTAX_IFP if family(sa) == AF_LINK => name = link_name(sa)?,
+                _ => {}
+            }
+            at += size;
+        }
+        let Some(address) = address else { continue };
+        if let IpAddr::V6(a) = address
+            && a.segments()[0] & 0xffc0 == 0xfe80
+        {
+            continue;
+        }
+        out.push(if kind == RTM_NEWADDR {
+            AddrMsg::Added { ifindex, label: name, address }
+        } else {
+            AddrMsg::Removed { ifindex, address }
+        });
+    }
+    Ok(out)
+}
+
+/// The interface name of a `sockaddr_dl` (`sdl_nlen` bytes of `sdl_data`), if it has one.
+fn link_name(sa: &[u8]) -> Result<Option<String>, RtsockError> {
+    let n = usize::from(sa.get(SDL_NLEN).copied().unwrap_or(0));
+    if n == 0 {
+        return Ok(None);
+    }
+    let Some(bytes) = sa.get(SDL_DATA..SDL_DATA + n) else {
+        return Err(RtsockError::Invalid(format!("sockaddr_dl name of {n} bytes runs past it")));
+    };
+    if n > 15 {
+        return Err(RtsockError::Invalid(format!("an interface name of {n} bytes")));
+    }
+    String::from_utf8(bytes.to_vec())
+        .map(Some)
+        .map_err(|_| RtsockError::Invalid("interface name not UTF-8".into()))
+}
+
 /// `RTM_GET` of the default route of `gw`'s family via `gw`, exact match (`RTA_NETMASK` /0),
 /// as `route -n get -net default GW` asks: on a multipath default the kernel picks the
 /// path through `gw` (`select_nhop`) and answers `ESRCH` when none goes there; on a
@@ -545,6 +675,59 @@ mod tests {
         h[48..56].copy_from_slice(&1500u64.to_ne_bytes()); // rmx_mtu: rtm_rmx @40, + 8
         h.extend_from_slice(&body);
         h
+    }
+
+    /// An address message: the 20-byte `ifa_msghdr` at its literal offsets, then the
+    /// sockaddrs (as `rtsock_addrmsg` sends them: RTA_NETMASK, RTA_IFP, RTA_IFA, RTA_BRD).
+    fn ifa_msg(kind: u8, index: u16, addrs: i32, sas: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = sas.concat();
+        let len = 20 + body.len();
+        let mut h = vec![0u8; 20];
+        h[0..2].copy_from_slice(&u16::try_from(len).unwrap().to_ne_bytes());
+        h[2] = 5;
+        h[3] = kind;
+        h[4..8].copy_from_slice(&addrs.to_ne_bytes());
+        h[12..14].copy_from_slice(&index.to_ne_bytes());
+        h.extend_from_slice(&body);
+        h
+    }
+
+    #[test]
+    fn address_messages_give_the_interface_address_and_name() {
+        use crate::routes::addrs::AddrMsg;
+        // RTA_NETMASK | RTA_IFP | RTA_IFA | RTA_BRD: pppoe-like, the peer in RTA_BRD.
+        let nm = vec![8, AF_INET_, 0, 0, 255, 255, 255, 255];
+        let new = ifa_msg(
+            0xc,
+            2,
+            0x4 | 0x10 | 0x20 | 0x80,
+            &[nm, sdl(2), sin([203, 0, 113, 77]), sin([203, 0, 113, 1])],
+        );
+        let gone = ifa_msg(0xd, 2, 0x20, &[sin([203, 0, 113, 70])]);
+        let ll = ifa_msg(0xc, 2, 0x20, &[sin6("fe80::1".parse().unwrap())]);
+        let v6 = ifa_msg(0xc, 2, 0x20, &[sin6("2001:db8:1::77".parse().unwrap())]);
+        // A route message between them is skipped.
+        let route = msg(0x1, UGS, DGM, 0, 0, 0, &[sin([0; 4]), sin([203, 0, 113, 1]), vec![0; 8]]);
+        let all = [new, route, gone, ll, v6].concat();
+        assert_eq!(
+            parse_addresses(&all).unwrap(),
+            [
+                AddrMsg::Added {
+                    ifindex: 2,
+                    label: Some("igb1".into()),
+                    address: v4("203.0.113.77")
+                },
+                AddrMsg::Removed { ifindex: 2, address: v4("203.0.113.70") },
+                AddrMsg::Added {
+                    ifindex: 2,
+                    label: None,
+                    address: "2001:db8:1::77".parse().unwrap()
+                },
+            ]
+        );
+        // Truncated: an error, never a wrong address.
+        let short = ifa_msg(0xc, 2, 0x20, &[sin([203, 0, 113, 77])[..8].to_vec()]);
+        assert!(parse_addresses(&short).is_err());
     }
 
     const DGM: i32 = 0x1 | 0x2 | 0x4; // RTA_DST | RTA_GATEWAY | RTA_NETMASK
