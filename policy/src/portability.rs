@@ -158,11 +158,12 @@ pub const RULES: &[Rule] = &[
     Rule {
         feature: "[gateway.states] nat_addr = \"interface\"",
         works_on: LINUX,
-        elsewhere: Level::Error,
-        reason: "the engine learns an interface's addresses over rtnetlink; the FreeBSD routing \
-                 socket's RTM_NEWADDR is not read yet, so these gateways would have no NAT \
-                 address: list the addresses (nat_addr = [\"...\"]) or recognise the states by \
-                 rt_addr.",
+        elsewhere: Level::Warning,
+        reason: "on FreeBSD the engine reads the interfaces' addresses with getifaddrs at start \
+                 and follows the routing socket's RTM_NEWADDR/RTM_DELADDR (type-checked, never \
+                 run on FreeBSD); if the kernel drops routing messages (ENOBUFS) they stay \
+                 stale until the next change, since capability mode cannot read them all \
+                 again (a restart does). Route-to states are found by rt_addr regardless.",
         used_at: nat_from_interface,
     },
     Rule {

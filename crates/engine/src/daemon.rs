@@ -210,9 +210,8 @@ struct Opened {
     dialer: crate::dial::Dialer,
     /// Installed before confinement (see `signals.rs`).
     signals: crate::signals::Signals,
-    /// `nat_addr = "interface"`: the interfaces' addresses (Linux).
-    #[cfg(target_os = "linux")]
-    addresses: Option<crate::routes::AddressWatcher>,
+    /// `nat_addr = "interface"`: the interfaces' addresses.
+    addresses: Option<crate::routes::Addresses>,
 }
 
 /// Raise the soft descriptor limit to the hard one: the soft limit (1024 by default) is
@@ -286,10 +285,9 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         },
         _ => None,
     };
-    // `nat_addr = "interface"`: the interfaces' addresses over rtnetlink (Linux).
-    #[cfg(target_os = "linux")]
+    // `nat_addr = "interface"`: the interfaces' addresses (rtnetlink, routing socket).
     let addresses = if policy.uses_interface_addresses() {
-        Some(crate::routes::AddressWatcher::open(0).await?)
+        Some(crate::routes::Addresses::open(0).await?)
     } else {
         None
     };
@@ -312,7 +310,6 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
     let broker =
         BrokerLink::with_dialer(broker_socket, dialer.clone(), crate::broker::DEFAULT_IDLE_LIMIT);
     let (shared, decisions, metrics_rx) = Shared::new(policy, broker);
-    #[cfg(target_os = "linux")]
     if let Some(w) = &addresses {
         shared.set_addresses(w.book().clone());
     }
@@ -334,7 +331,6 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         metrics,
         dialer,
         signals,
-        #[cfg(target_os = "linux")]
         addresses,
     })
 }
@@ -461,7 +457,6 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         metrics,
         dialer,
         mut signals,
-        #[cfg(target_os = "linux")]
         addresses,
     } = opened;
     let mut tasks = tokio::task::JoinSet::new();
@@ -554,7 +549,6 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         });
     }
     // Interface addresses (`nat_addr = "interface"`), followed as they change.
-    #[cfg(target_os = "linux")]
     if let Some(mut w) = addresses {
         let s = Arc::clone(&shared);
         tasks.spawn(async move {

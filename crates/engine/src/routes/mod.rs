@@ -32,6 +32,7 @@
 //! executor one face for both: "moved" is the rule and table walk on Linux, the default
 //! route via each gateway on FreeBSD (which has no ip rules; one FIB per engine).
 
+mod addr_socket;
 pub mod addrs;
 mod parse;
 pub mod rtsock;
@@ -43,12 +44,63 @@ mod watch;
 
 use statecull_policy::model::Gateway;
 
+#[cfg(target_os = "freebsd")]
+pub use addr_socket::AddressSocket;
 pub use parse::{Route, RouteKind, default_routes_via, fuzzing, parse_routes};
 pub use rules::{Flow, Outcome, Rule, RuleAction, Snapshot};
 pub use socket::RouteSocket;
 #[cfg(target_os = "linux")]
 pub use watch::AddressWatcher;
 pub use watch::RouteWatcher;
+
+/// The interfaces' addresses for `nat_addr = "interface"`: rtnetlink on Linux, the routing
+/// socket on FreeBSD (type-checked only), one face for the daemon.
+#[derive(Debug)]
+pub enum Addresses {
+    #[cfg(target_os = "linux")]
+    Netlink(AddressWatcher),
+    #[cfg(target_os = "freebsd")]
+    Socket(AddressSocket),
+}
+
+impl Addresses {
+    /// Open the watcher of this system and read every address now (`now`: the caller's
+    /// ms). Inside the runtime, before confinement.
+    pub async fn open(now: u64) -> Result<Addresses, EngineError> {
+        #[cfg(target_os = "linux")]
+        return Ok(Addresses::Netlink(AddressWatcher::open(now).await?));
+        #[cfg(target_os = "freebsd")]
+        return Ok(Addresses::Socket(AddressSocket::open(now)?));
+        #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+        {
+            let _ = now;
+            Err(EngineError::Routes(
+                "nat_addr = \"interface\" needs Linux rtnetlink or the FreeBSD routing socket"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Wait for the next change and apply it (see each watcher).
+    pub async fn changed(&mut self, now: impl Fn() -> u64) -> Result<(), EngineError> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Addresses::Netlink(w) => w.changed(now).await,
+            #[cfg(target_os = "freebsd")]
+            Addresses::Socket(s) => s.changed(now).await,
+        }
+    }
+
+    /// The addresses as last read.
+    pub fn book(&self) -> &addrs::AddressBook {
+        match self {
+            #[cfg(target_os = "linux")]
+            Addresses::Netlink(w) => w.book(),
+            #[cfg(target_os = "freebsd")]
+            Addresses::Socket(s) => s.book(),
+        }
+    }
+}
 
 use crate::error::EngineError;
 
