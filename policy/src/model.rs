@@ -148,9 +148,9 @@ pub struct StateMatch {
     pub rt_addr: Option<IpAddr>,
     /// conntrack: the connection mark the firewall sets per gateway.
     pub mark: Option<MarkMatch>,
-    /// The SNAT address(es) the firewall uses on this gateway (IPv4 and/or IPv6). Empty in
-    /// a loaded policy with [`StateMatch::nat_from_interface`]; the engine fills it with the
-    /// interface's addresses when it plans ([`Policy::with_interface_addresses`]).
+    /// The SNAT address(es) the firewall uses on this gateway (IPv4 and/or IPv6). With
+    /// [`StateMatch::nat_from_interface`] only those listed beside `"interface"`; the engine
+    /// adds the interface's addresses when it plans ([`Policy::with_interface_addresses`]).
     pub nat_addr: Vec<IpAddr>,
     /// `nat_addr = "interface"`: the NAT addresses are whatever the gateway's interface has
     /// (a DHCP or PPPoE WAN), learnt by the engine at run time.
@@ -458,12 +458,39 @@ impl Policy {
     }
 
     /// This policy with every `nat_addr = "interface"` gateway's NAT addresses set to
-    /// `addresses(interface)` (what the interface has now, and recently had): what a plan,
-    /// a count or a sweep is made from. Gateways with literal addresses are unchanged.
+    /// `addresses(interface)` (what the interface has now, and recently had), of the
+    /// gateway's own family only when another such gateway of the other family shares the
+    /// interface: what a plan, a count or a sweep is made from. Gateways with literal
+    /// addresses only are unchanged.
     pub fn with_interface_addresses(&self, addresses: impl Fn(&IfName) -> Vec<IpAddr>) -> Policy {
         let mut p = self.clone();
-        for g in p.gateways.iter_mut().filter(|g| g.states.nat_from_interface) {
-            g.states.nat_addr = addresses(&g.interface);
+        // A dual-stack WAN with one gateway per family (pfSense's WAN_DHCP and WAN_DHCP6):
+        // each takes the interface's addresses of its own family only.
+        let split: Vec<bool> = self
+            .gateways
+            .iter()
+            .map(|g| {
+                self.gateways.iter().any(|h| {
+                    h.states.nat_from_interface
+                        && h.interface == g.interface
+                        && h.family != g.family
+                })
+            })
+            .collect();
+        for (g, split) in
+            p.gateways.iter_mut().zip(split).filter(|(g, _)| g.states.nat_from_interface)
+        {
+            // The interface's first, then those listed beside "interface".
+            let mut all = addresses(&g.interface);
+            if split {
+                all.retain(|a| AddressFamily::of(a) == g.family);
+            }
+            for a in std::mem::take(&mut g.states.nat_addr) {
+                if !all.contains(&a) {
+                    all.push(a);
+                }
+            }
+            g.states.nat_addr = all;
         }
         p
     }

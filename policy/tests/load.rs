@@ -215,6 +215,20 @@ fn cases() -> Vec<Case> {
             "",
         ),
         case(
+            "nat_addr = [interface, address]",
+            with(&[(9, "nat_addr = [\"interface\", \"198.51.100.9\"]")]),
+            0,
+            "",
+            "",
+        ),
+        case(
+            "interface listed twice",
+            with(&[(9, "nat_addr = [\"interface\", \"interface\"]")]),
+            9,
+            "gateway[1].states.nat_addr[2]",
+            "\"interface\" is listed twice",
+        ),
+        case(
             "nat_addr word other than interface",
             with(&[(9, "nat_addr = \"dhcp\"")]),
             9,
@@ -1195,6 +1209,20 @@ fn interface_nat_addresses_are_filled_in_when_planning() {
     });
     assert_eq!(filled.gateways[0].states.nat_addr, [ip("198.51.100.7"), ip("2001:db8:7::1")]);
     assert_eq!(filled.gateways[1].states.nat_addr, [ip("203.0.113.1")]);
+    // A dual-stack WAN, one gateway per family: each takes its own family's addresses.
+    let dual = format!(
+        "{}\n[[gateway]]\nname = \"WAN1v6\"\ninterface = \"em0\"\naddress = \"2001:db8::fe\"\n\
+         health_source = \"external\"\n[gateway.states]\nnat_addr = \"interface\"\n",
+        with(&[(9, "nat_addr = \"interface\"")])
+    );
+    let p = parse(&dual, "t.toml").unwrap();
+    let filled = p.with_interface_addresses(|_| vec![ip("198.51.100.7"), ip("2001:db8::7")]);
+    assert_eq!(filled.gateways[0].states.nat_addr, [ip("198.51.100.7")]);
+    assert_eq!(filled.gateways[2].states.nat_addr, [ip("2001:db8::7")]);
+    // Listed beside "interface": kept after the interface's.
+    let p = parse(&with(&[(9, "nat_addr = [\"interface\", \"198.51.100.9\"]")]), "t.toml").unwrap();
+    let filled = p.with_interface_addresses(|_| vec![ip("198.51.100.7")]);
+    assert_eq!(filled.gateways[0].states.nat_addr, [ip("198.51.100.7"), ip("198.51.100.9")]);
     let findings =
         statecull_policy::portability::check(&p, statecull_policy::portability::TargetOs::FreeBsd);
     assert!(

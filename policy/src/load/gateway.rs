@@ -357,6 +357,14 @@ impl Loader<'_> {
             };
             for (k, a) in list.iter().enumerate() {
                 let key = format!("{}[{}]", f("nat_addr"), k + 1);
+                // ["interface", "203.0.113.9"]: the interface's addresses and listed ones.
+                if a.get_ref() == "interface" {
+                    if nat_from_interface {
+                        return Err(self.err(&a.span(), &key, "\"interface\" is listed twice"));
+                    }
+                    nat_from_interface = true;
+                    continue;
+                }
                 let addr = self.host_addr(a, &key)?;
                 self.step(1);
                 if !seen.insert(addr) {

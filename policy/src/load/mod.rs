@@ -136,6 +136,8 @@ pub(crate) mod words;
 
 use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
+
+use statecull_proto::AddressFamily;
 use std::ops::Range;
 
 use crate::PolicyError;
@@ -232,22 +234,23 @@ impl Loader<'_> {
         let mut spans = Vec::with_capacity(raw.gateway.len());
         let mut names = Names::new("gateway");
         let mut recognisers = Recognisers::default();
-        // `nat_addr = "interface"`: one gateway per interface (same addresses otherwise).
-        let mut by_interface: HashMap<String, (String, usize)> = HashMap::new();
+        // `nat_addr = "interface"`: one gateway per interface and family (the same addresses
+        // otherwise; two families split the interface's addresses between them).
+        let mut by_interface: HashMap<(String, AddressFamily), (String, usize)> = HashMap::new();
         for (i, g) in raw.gateway.iter().enumerate() {
             let (gateway, gs) = self.gateway(i, g)?;
             names.insert(self, &gateway.name, &gs.name, &format!("gateway[{}].name", i + 1))?;
             self.recogniser_conflicts(&gateway, &gs, &gateways, &spans, &mut recognisers)?;
             if let Some((span, field)) = &gs.states.nat_from_interface {
-                let key = gateway.interface.to_string();
+                let key = (gateway.interface.to_string(), gateway.family);
                 if let Some((other, line)) = by_interface.get(&key) {
                     return Err(self.err(
                         span,
                         field,
                         format!(
                             "gateways {other} (line {line}) and {} both take their NAT addresses \
-                             from interface {key}: their states could not be told apart",
-                            gateway.name
+                             from interface {}: their states could not be told apart",
+                            gateway.name, key.0
                         ),
                     ));
                 }
