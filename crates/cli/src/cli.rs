@@ -129,7 +129,8 @@ enum Command {
             WAN's NAT addresses (interface address, virtual IPs, outbound NAT targets) and the\n\
             system's own state-killing settings are translated. Whatever does not translate is a\n\
             warning on standard error naming the XML element (and listed in the policy's header).\n\
-            Dynamic WANs (DHCP, PPPoE, DHCPv6) get PLACEHOLDER addresses to replace by hand.\n\
+            Dynamic WANs (DHCP, PPPoE, DHCPv6) get nat_addr = \"interface\" (followed by the\n\
+            engine) and a PLACEHOLDER next hop to replace by hand.\n\
             The policy is checked to load before it is written.",
         after_help = "EXAMPLES:\n  \
             statecull import pfsense /cf/conf/config.xml                 # policy on stdout\n  \

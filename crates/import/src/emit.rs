@@ -187,18 +187,28 @@ pub(crate) fn emit(out: &Out, system: System, source_name: &str) -> String {
             t.push_str("# States of policy-routing rules (route-to) carry the gateway:\n");
             let _ = writeln!(t, "rt_addr = {}{}", addr(rt), mark(rt));
         }
-        if !g.nat.is_empty() {
+        if !g.nat.is_empty() || g.nat_from_interface {
             t.push_str("# States that left by the default route are found by the WAN's NAT addresses on its device:\n");
-            if g.nat.iter().any(|a| a.placeholder) {
-                let list: Vec<String> = g.nat.iter().map(addr).collect();
-                let _ = writeln!(
-                    t,
-                    "nat_addr = [{}]   # PLACEHOLDER: replace with the current address",
-                    list.join(", ")
-                );
-            } else {
-                let list: Vec<String> = g.nat.iter().map(addr).collect();
-                let _ = writeln!(t, "nat_addr = [{}]", list.join(", "));
+            let list: Vec<String> = g.nat.iter().map(addr).collect();
+            match (g.nat_from_interface, list.is_empty()) {
+                (true, true) => {
+                    let _ = writeln!(
+                        t,
+                        "nat_addr = \"interface\"   # {}'s addresses, followed as they change",
+                        g.interface
+                    );
+                }
+                (true, false) => {
+                    let _ = writeln!(
+                        t,
+                        "nat_addr = [\"interface\", {}]   # {}'s addresses, followed as they change, and these",
+                        list.join(", "),
+                        g.interface
+                    );
+                }
+                (false, _) => {
+                    let _ = writeln!(t, "nat_addr = [{}]", list.join(", "));
+                }
             }
             let _ = writeln!(t, "interface = {}", quote(&g.interface));
         }

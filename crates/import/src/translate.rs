@@ -38,6 +38,9 @@ pub(crate) struct GatewayOut {
     pub(crate) losshigh: u32,
     pub(crate) rt_addr: Option<Addr>,
     pub(crate) nat: Vec<Addr>,
+    /// `nat_addr = "interface"`: the WAN learns its address at run time (DHCP, PPPoE), so
+    /// the engine follows the interface's addresses instead of a listed one.
+    pub(crate) nat_from_interface: bool,
     pub(crate) comments: Vec<String>,
 }
 
@@ -454,21 +457,33 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
         };
         if address.placeholder {
             let local = placeholder(cx.placeholder_no(key, family), family, false).ip;
+            // pfSense names the dpinger socket after the interface's address too.
+            let named = if cx.cfg.system == System::PfSense {
+                format!(
+                    "placeholders {} (next hop: address and rt_addr, which the policy needs \
+                     literally) and {local} (the interface's address in the name of pfSense's \
+                     dpinger socket); replace them",
+                    address.ip
+                )
+            } else {
+                format!(
+                    "placeholder {} (next hop: address and rt_addr, which the policy needs \
+                     literally); replace it",
+                    address.ip
+                )
+            };
             cx.warn(
                 path_of(g.node, "gateway"),
                 format!(
-                    "gateway {} on {key} ({device}, {}) is dynamic: its next hop and the \
-                     interface's address are learnt at run time, so the policy holds the \
-                     placeholders {} (next hop) and {} (interface address); replace them with \
-                     the current ones and again whenever they change (a later statecull follows \
-                     them itself)",
+                    "gateway {} on {key} ({device}, {}) is dynamic: its next hop is learnt at run \
+                     time, so the policy holds the {named} with the current one and again \
+                     whenever it changes. Its NAT addresses need no hand: nat_addr = \
+                     \"interface\" follows them",
                     g.name,
                     match iface.addr(family) {
                         IfAddr::Dynamic(k) => k.as_str(),
                         _ => "no static address",
                     },
-                    address.ip,
-                    local
                 ),
             );
         }
@@ -558,19 +573,20 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
 
         // States: route-to states carry the gateway (rt_addr); default-route states are
         // found by the WAN's NAT addresses on its device.
-        let nat = nat_addresses(&mut cx, iface, family, &device);
-        if !address.placeholder
-            && let Some(a) = nat.iter().find(|a| a.placeholder)
-        {
-            cx.warn(
+        let mut nat = nat_addresses(&mut cx, iface, family, &device);
+        // A dynamic interface address: the engine follows the interface's addresses
+        // (`nat_addr = "interface"`) instead of a placeholder to replace by hand.
+        let nat_from_interface = nat.iter().any(|a| a.placeholder);
+        if nat_from_interface {
+            nat.retain(|a| !a.placeholder);
+            cx.note(
                 path(iface.node),
                 format!(
-                    "interface {key} ({device}) of gateway {} learns its {} address at run time, \
-                     so nat_addr holds the placeholder {}; replace it with the current address and \
-                     again whenever it changes",
+                    "interface {key} ({device}) of gateway {} learns its {} address at run time: \
+                     nat_addr = \"interface\" has the engine follow {device}'s addresses (Linux: \
+                     rtnetlink; FreeBSD: the routing socket, type-checked only)",
                     g.name,
                     family.word(),
-                    a.ip
                 ),
             );
         }
@@ -588,6 +604,7 @@ pub(crate) fn translate(cfg: &Config<'_, '_>) -> Result<Out, Fatal> {
             losshigh,
             rt_addr,
             nat,
+            nat_from_interface,
             comments,
         });
         items.push(g);
@@ -738,6 +755,7 @@ fn resolve_conflicts(
 ) {
     let mut rt: HashMap<IpAddr, String> = HashMap::new();
     let mut nat: HashMap<(IpAddr, String), String> = HashMap::new();
+    let mut by_interface: HashMap<(String, Family), String> = HashMap::new();
     let mut i = 0;
     while i < gateways.len() {
         let g = &mut gateways[i];
@@ -764,7 +782,16 @@ fn resolve_conflicts(
             }
         }
         g.nat = kept;
-        if g.rt_addr.is_none() && g.nat.is_empty() {
+        if g.nat_from_interface {
+            let key = (g.interface.clone(), Family::of(&g.address.ip));
+            if let Some(first) = by_interface.get(&key) {
+                cx.warn(g.from.clone(), format!("gateway {first} already takes its NAT addresses from {}: not used for gateway {} (two gateways of one family on one interface cannot be told apart by them)", g.interface, g.name));
+                g.nat_from_interface = false;
+            } else {
+                by_interface.insert(key, g.name.clone());
+            }
+        }
+        if g.rt_addr.is_none() && g.nat.is_empty() && !g.nat_from_interface {
             cx.warn(
                 g.from.clone(),
                 format!(

@@ -176,12 +176,17 @@ fn pfsense_dhcp_and_pppoe_wans_get_placeholders_and_warnings() {
     let (out, p) = run(System::PfSense, "dhcp-pppoe.xml");
     let cable = gw(&p, "CABLE_DHCP");
     assert_eq!(cable.address, ip("240.0.1.254"));
-    assert_eq!(cable.states.nat_addr, ips(&["240.0.1.1"]));
+    // The NAT address is the interface's, followed at run time; the next hop stays a
+    // placeholder (the policy needs a literal address).
+    assert!(cable.states.nat_from_interface && cable.states.nat_addr.is_empty());
+    assert!(out.policy.contains("nat_addr = \"interface\"   # igb0's addresses"), "{}", out.policy);
+    assert!(has_warning(&out, "gateway_item/gateway", "nat_addr = \"interface\" follows them"));
     assert_eq!(dpinger(cable), "/var/run/dpinger_CABLE_DHCP~240.0.1.1~240.0.1.254.sock");
     // No gateway item for the PPPoE WAN: pfSense makes DSL_PPPOE, on the ppp device.
     let dsl = gw(&p, "DSL_PPPOE");
     assert_eq!(dsl.interface.to_string(), "pppoe0");
     assert_eq!(dsl.states.rt_addr, Some(ip("240.0.2.254")));
+    assert!(dsl.states.nat_from_interface && dsl.states.nat_addr.is_empty());
     assert_eq!(members(&p, "failover"), pairs(&[("CABLE_DHCP", 1), ("DSL_PPPOE", 2)]));
     assert!(has_warning(&out, "gateway_item/gateway", "placeholders 240.0.1.254"));
     assert!(has_warning(&out, "/pfsense/interfaces/opt1", "placeholders 240.0.2.254"));
@@ -286,7 +291,7 @@ fn opnsense_ipv6_with_a_dhcp6_wan() {
     assert_eq!(members(&p, "v6"), pairs(&[("WAN1_GWV6", 1), ("WAN2_DHCP6", 2)]));
     let d6 = gw(&p, "WAN2_DHCP6");
     assert_eq!(d6.address, ip("100::1:fe"));
-    assert_eq!(d6.states.nat_addr, ips(&["100::1:1"]));
+    assert!(d6.states.nat_from_interface && d6.states.nat_addr.is_empty());
     assert_eq!(gw(&p, "WAN1_GWV6").states.nat_addr, ips(&["2001:db8:a::1"]));
     assert!(has_warning(&out, "/opnsense/interfaces/opt1", "dhcp6"));
 }

@@ -285,7 +285,7 @@ fn a_device_name_statecull_cannot_use_skips_the_gateway() {
 }
 
 #[test]
-fn a_static_next_hop_on_a_dhcp_interface_still_warns_about_the_address() {
+fn a_static_next_hop_on_a_dhcp_interface_takes_the_interfaces_nat_addresses() {
     let xml = format!(
         "<opnsense><interfaces><wan><enable>1</enable><if>igb0</if><ipaddr>dhcp</ipaddr></wan>\
          </interfaces><gateways>{}</gateways></opnsense>",
@@ -294,11 +294,16 @@ fn a_static_next_hop_on_a_dhcp_interface_still_warns_about_the_address() {
     let out = import(System::OpnSense, &xml, "config.xml").unwrap();
     let p = statecull_policy::load::parse(&out.policy, "out.toml").unwrap();
     assert_eq!(p.gateways[0].address, "198.51.100.254".parse::<std::net::IpAddr>().unwrap());
-    assert_eq!(
-        p.gateways[0].states.nat_addr,
-        vec!["240.0.1.1".parse::<std::net::IpAddr>().unwrap()]
+    // No placeholder to replace: the engine follows igb0's addresses; a note says so.
+    assert!(p.gateways[0].states.nat_from_interface && p.gateways[0].states.nat_addr.is_empty());
+    assert!(!out.policy.contains("nat_addr = [\"240."), "{}", out.policy);
+    assert!(
+        out.warnings.iter().any(|w| w.path.contains("/opnsense/interfaces/wan")
+            && w.message
+                .contains("nat_addr = \"interface\" has the engine follow igb0's addresses")),
+        "{:?}",
+        out.warnings
     );
-    warned(&out, "/opnsense/interfaces/wan", "placeholder 240.0.1.1");
 }
 
 #[test]

@@ -136,9 +136,9 @@ pub(crate) mod words;
 
 use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
+use std::ops::Range;
 
 use statecull_proto::AddressFamily;
-use std::ops::Range;
 
 use crate::PolicyError;
 use crate::model::Policy;
