@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(current.iter().all(|a| selectable.contains(a)));
         let later = book.selectable(name, RETAIN_MS);
-        assert!(later.iter().all(|a| current.contains(a)), "{name}: a departure outlived the retention");
+        assert!(
+            later.iter().all(|a| current.contains(a)),
+            "{name}: a departure outlived the retention"
+        );
     }
 });
