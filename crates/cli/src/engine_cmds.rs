@@ -45,13 +45,13 @@ fn control_connect_error(path: &Path, e: &std::io::Error) -> CliError {
         )
     } else {
         match e.kind() {
-            std::io::ErrorKind::NotFound => {
+            ErrorKind::NotFound => {
                 "no socket there; is statecull-engine running, and is --control right?".to_owned()
             }
-            std::io::ErrorKind::PermissionDenied => {
+            ErrorKind::PermissionDenied => {
                 "permission denied; run as root or as a member of the socket's group".to_owned()
             }
-            std::io::ErrorKind::ConnectionRefused => {
+            ErrorKind::ConnectionRefused => {
                 "nobody is listening (a stale socket from a stopped engine?)".to_owned()
             }
             _ => e.to_string(),
