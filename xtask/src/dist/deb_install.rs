@@ -135,6 +135,37 @@ fn check_installed(before: &[bool]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The administrator's edit of the conffile survives installing the packages again (the
+/// path of an upgrade's scripts: `configure` with the old version), and the accounts are
+/// not recorded twice.
+fn reinstall_keeps_changes(debs: &[PathBuf]) -> std::result::Result<(), String> {
+    let conf = "/etc/statecull/broker.toml";
+    let edit = "max_connections = 12 # the administrator's\n";
+    let mut text = std::fs::read_to_string(conf).map_err(|e| format!("{conf}: {e}"))?;
+    text.push_str(edit);
+    std::fs::write(conf, &text).map_err(|e| format!("{conf}: {e}"))?;
+    output(
+        Command::new("unshare")
+            .args(["--net", "dpkg", "-i", "--force-confold"])
+            .args(debs)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let after = std::fs::read_to_string(conf).map_err(|e| format!("{conf}: {e}"))?;
+    if !after.ends_with(edit) {
+        return Err(format!("reinstalling replaced the edited {conf}"));
+    }
+    let created = "/var/lib/statecull/accounts-created";
+    let list = std::fs::read_to_string(created).unwrap_or_default();
+    let mut lines: Vec<&str> = list.lines().collect();
+    let n = lines.len();
+    lines.sort_unstable();
+    lines.dedup();
+    if lines.len() != n {
+        return Err(format!("{created} lists an account twice: {list:?}"));
+    }
+    Ok(())
+}
+
 /// Install, check, purge, check again. Refuses to run where statecull is installed or its
 /// side files exist (an operator's installation is never touched).
 pub fn install_check(debs: &[PathBuf]) -> Result<()> {
@@ -165,7 +196,9 @@ pub fn install_check(debs: &[PathBuf]) -> Result<()> {
         .flat_map(|l| l.lines().map(str::to_owned).collect::<Vec<_>>())
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()))
         .collect();
-    let checked = installed_ok.and_then(|_| check_installed(&before));
+    let checked = installed_ok
+        .and_then(|_| check_installed(&before))
+        .and_then(|()| reinstall_keeps_changes(debs));
     let mut purge = Command::new("unshare");
     purge.args(["--net", "dpkg", "--purge"]).args(PACKAGES);
     let purged = output(&mut purge);
