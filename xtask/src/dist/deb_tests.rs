@@ -304,3 +304,88 @@ fn the_changelog_date_is_rfc_2822() {
     assert_eq!(rfc2822(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 +0000");
     assert_eq!(rfc2822(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
 }
+
+/// The engine's postinst and postrm with the sysctl paths redirected into a scratch
+/// directory, `getent` answering gid 995 for statecull, and `sysctl`/`deb-systemd-helper`
+/// logging their arguments.
+fn run_engine(script: &[u8], arg: &str, root: &Path, range: &str) -> (String, String) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(root.join("sysctl.d")).unwrap();
+    let log = root.join("log");
+    std::fs::write(root.join("range"), format!("{range}\n")).unwrap();
+    for (name, body) in [
+        (
+            "getent",
+            "#!/bin/sh\n[ \"$1 $2\" = \"group statecull\" ] && echo statecull:x:995:\n".to_owned(),
+        ),
+        ("sysctl", format!("#!/bin/sh\necho \"sysctl $*\" >> '{}'\n", log.display())),
+        ("deb-systemd-helper", format!("#!/bin/sh\necho \"dsh $*\" >> '{}'\n", log.display())),
+    ] {
+        let p = bin.join(name);
+        std::fs::write(&p, body).unwrap();
+        Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+    }
+    let conf = root.join("sysctl.d/60-statecull-ping.conf");
+    let template = util::root().join("sandbox/profiles/sysctl.d/60-statecull-ping.conf");
+    let text = String::from_utf8(script.to_vec())
+        .unwrap()
+        .replace("/etc/sysctl.d/60-statecull-ping.conf", &conf.display().to_string())
+        .replace(
+            "/usr/share/statecull/sysctl.d/60-statecull-ping.conf.in",
+            &template.display().to_string(),
+        )
+        .replace("/proc/sys/net/ipv4/ping_group_range", &root.join("range").display().to_string());
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&text)
+        .arg("script")
+        .arg(arg)
+        .env("PATH", path)
+        .env_remove("DPKG_ROOT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_engine_allows_its_group_to_ping_only_where_nobody_may() {
+    let engine = &all()[2];
+    let (post, postrm) = (&engine.scripts["postinst"], &engine.scripts["postrm"]);
+    // Debian's default "1 0": the drop-in is written for gid 995 and loaded.
+    let root = scratch("ping-empty");
+    let conf = root.join("sysctl.d/60-statecull-ping.conf");
+    let (log, _) = run_engine(post, "configure", &root, "1\t0");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.starts_with("# Written by statecull-engine's postinst"), "{text}");
+    assert!(text.contains("\nnet.ipv4.ping_group_range = 995 995\n"), "{text}");
+    assert!(log.contains(&format!("sysctl -q -p {}", conf.display())), "{log}");
+    assert!(log.contains("dsh enable statecull-engine.service"), "{log}");
+    // Configured again (an upgrade): the file is the administrator's to change; kept.
+    std::fs::write(&conf, "# edited\n").unwrap();
+    run_engine(post, "configure", &root, "995 995");
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "# edited\n");
+    // Purge removes only the file postinst wrote.
+    run_engine(postrm, "purge", &root, "1 0");
+    assert!(conf.exists(), "an edited drop-in without the first line is not the package's");
+    run_engine(post, "configure", &root, "1 0");
+    std::fs::remove_file(&conf).unwrap();
+    run_engine(post, "configure", &root, "1 0");
+    run_engine(postrm, "purge", &root, "1 0");
+    assert!(!conf.exists());
+    std::fs::remove_dir_all(&root).unwrap();
+    // A range that covers the gid needs nothing; another one is reported, not narrowed.
+    let root = scratch("ping-set");
+    let conf = root.join("sysctl.d/60-statecull-ping.conf");
+    let (log, err) = run_engine(post, "configure", &root, "0 2147483647");
+    assert!(!conf.exists() && !log.contains("sysctl") && err.is_empty(), "{log} {err}");
+    let (log, err) = run_engine(post, "configure", &root, "100 200");
+    assert!(!conf.exists() && !log.contains("sysctl"), "{log}");
+    assert!(err.contains("\"100 200\", without the statecull gid 995"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
