@@ -14,8 +14,12 @@ use std::process::Command;
 use crate::util::{self, Result, msg};
 
 const PACKAGES: [&str; 3] = ["statecull-engine", "statecull-broker", "statecull"];
-const ACCOUNTS: [(&str, &str); 3] =
-    [("passwd", "statecull"), ("passwd", "statecull-broker"), ("group", "statecull")];
+const ACCOUNTS: [(&str, &str); 4] = [
+    ("passwd", "statecull"),
+    ("passwd", "statecull-broker"),
+    ("group", "statecull"),
+    ("group", "statecull-broker"),
+];
 const PING_CONF: &str = "/etc/sysctl.d/60-statecull-ping.conf";
 
 fn output(cmd: &mut Command) -> std::result::Result<String, String> {

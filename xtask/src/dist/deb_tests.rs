@@ -208,7 +208,7 @@ fn run(script: &[u8], arg: &str, root: &Path) -> String {
         (
             "systemd-sysusers",
             format!(
-                "#!/bin/sh\necho \"sysusers $*\" >> '{l}'\nfor a in passwd:statecull-broker passwd:statecull group:statecull; do grep -qx $a '{d}' || echo $a >> '{d}'; done\n",
+                "#!/bin/sh\necho \"sysusers $*\" >> '{l}'\nfor a in passwd:statecull-broker passwd:statecull group:statecull-broker group:statecull; do grep -qx $a '{d}' || echo $a >> '{d}'; done\n",
                 l = log.display(),
                 d = db.display()
             ),
@@ -264,7 +264,10 @@ fn purge_removes_only_the_accounts_the_installation_created() {
     let log = run(post, "configure", &root);
     assert!(log.contains("sysusers statecull.conf"), "{log}");
     let created = std::fs::read_to_string(root.join("var/lib/statecull/accounts-created")).unwrap();
-    assert_eq!(created, "passwd:statecull-broker\npasswd:statecull\ngroup:statecull\n");
+    assert_eq!(
+        created,
+        "passwd:statecull-broker\npasswd:statecull\ngroup:statecull-broker\ngroup:statecull\n"
+    );
     // An upgrade's configure records nothing twice.
     run(post, "configure", &root);
     assert_eq!(
@@ -275,7 +278,10 @@ fn purge_removes_only_the_accounts_the_installation_created() {
     assert!(root.join("var/lib/statecull/accounts-created").exists(), "remove is not purge");
     let log = run(postrm, "purge", &root);
     assert!(
-        log.contains("userdel statecull-broker\nuserdel statecull\ngroupdel statecull\n"),
+        log.contains(
+            "userdel statecull-broker\nuserdel statecull\ngroupdel statecull-broker\ngroupdel \
+             statecull\n"
+        ),
         "{log}"
     );
     assert_eq!(std::fs::read_to_string(root.join("accounts")).unwrap(), "");
@@ -290,11 +296,20 @@ fn purge_removes_only_the_accounts_the_installation_created() {
         log.contains("userdel statecull-broker") && !log.contains("userdel statecull\n"),
         "{log}"
     );
-    assert!(!log.contains("groupdel"), "{log}");
+    assert!(log.contains("groupdel statecull-broker") && !log.contains("groupdel statecull\n"));
     assert_eq!(
         std::fs::read_to_string(root.join("accounts")).unwrap(),
         "group:statecull\npasswd:statecull\n"
     );
+    std::fs::remove_dir_all(&root).unwrap();
+    // Only the group was there: the engine's user is kept too, since userdel would take
+    // the administrator's group with it.
+    let root = scratch("group-kept");
+    std::fs::write(root.join("accounts"), "group:statecull\n").unwrap();
+    run(post, "configure", &root);
+    let log = run(postrm, "purge", &root);
+    assert!(!log.contains("userdel statecull\n") && !log.contains("groupdel statecull\n"));
+    assert!(log.contains("userdel statecull-broker\n"), "{log}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 
