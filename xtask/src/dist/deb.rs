@@ -515,8 +515,11 @@ pub fn verify(deb: &Path, expected: &DebPackage) -> std::result::Result<String, 
         return Err(format!("files {files:?}, expected {want:?}"));
     }
     // The control tarball, extracted.
+    // Unique per call: tests verify the same package from several threads.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "statecull-deb-verify-{}-{}",
+        "statecull-deb-verify-{}-{call}-{}",
         std::process::id(),
         expected.name
     ));
