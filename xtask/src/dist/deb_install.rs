@@ -109,6 +109,35 @@ fn check_installed(before: &[bool]) -> std::result::Result<(), String> {
             }
         }
     }
+    // systemd accepts the installed units with the engine's drop-in (verify prints nothing
+    // when all is well; its debug dump names every drop-in it loaded).
+    let units = [
+        "/lib/systemd/system/statecull-broker.service",
+        "/lib/systemd/system/statecull-engine.service",
+    ];
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(units)
+        .output()
+        .map_err(|e| format!("systemd-analyze: {e}"))?;
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || !said.trim().is_empty() {
+        return Err(format!("systemd-analyze verify of the installed units: {said}"));
+    }
+    let debug = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", units[1]])
+        .env("SYSTEMD_LOG_LEVEL", "debug")
+        .output()
+        .map_err(|e| format!("systemd-analyze: {e}"))?;
+    let dump = format!(
+        "{}{}",
+        String::from_utf8_lossy(&debug.stdout),
+        String::from_utf8_lossy(&debug.stderr)
+    );
+    if !dump.contains("statecull-engine.service.d/debian-policy.conf") {
+        return Err("systemd does not load statecull-engine.service.d/debian-policy.conf".into());
+    }
     // The programs work as installed: the broker probes conntrack (in a namespace of its
     // own), the CLI checks an installed example.
     let check = output(Command::new("unshare").args([
