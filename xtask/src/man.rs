@@ -122,7 +122,10 @@ fn man_page(cmd: clap::Command) -> Result<Vec<u8>> {
         page.push_str(&roff_text(&after.to_string()));
         page.push_str(".fi\n");
     }
-    page.push_str(".SH \"SEE ALSO\"\n.BR statecull\\-engine (8),\n.BR statecull\\-broker (8)\n");
+    page.push_str(
+        ".SH \"SEE ALSO\"\n.BR statecull\\-engine (8),\n.BR statecull\\-broker (8),\n\
+         .BR statecull\\-policy (5),\n.BR statecull\\-broker.toml (5)\n",
+    );
     Ok(page.into_bytes())
 }
 
