@@ -404,3 +404,75 @@ fn the_engine_allows_its_group_to_ping_only_where_nobody_may() {
     assert!(err.contains("\"100 200\", without the statecull gid 995"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A unit script run as on a machine where systemd is PID 1 (`/run/systemd/system` is a
+/// scratch directory), with deb-systemd-helper, deb-systemd-invoke, systemctl and sysctl
+/// logging their arguments; `/etc/statecull/policy.toml` is `policy` in the scratch root.
+fn run_unit_script(script: &[u8], args: &[&str], root: &Path) -> (String, String) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(root.join("run-systemd")).unwrap();
+    let log = root.join("log");
+    let _ = std::fs::remove_file(&log);
+    for name in ["deb-systemd-helper", "deb-systemd-invoke", "systemctl", "sysctl"] {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\n", log.display()))
+            .unwrap();
+        Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+    }
+    let text = String::from_utf8(script.to_vec())
+        .unwrap()
+        .replace("/run/systemd/system", &root.join("run-systemd").display().to_string())
+        .replace("/etc/statecull/policy.toml", &root.join("policy").display().to_string())
+        .replace(
+            "/usr/bin/deb-systemd-helper",
+            &bin.join("deb-systemd-helper").display().to_string(),
+        )
+        // Not the sysctl part (its own test covers it).
+        .replace("/proc/sys/net/ipv4/ping_group_range", "/nonexistent");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&text)
+        .arg("script")
+        .args(args)
+        .env("PATH", path)
+        .env_remove("DPKG_ROOT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_broker_starts_at_once_and_the_engine_only_with_a_policy() {
+    let all = all();
+    let root = scratch("units");
+    let (broker, engine) = (&all[1].scripts, &all[2].scripts);
+    // First installation: the broker is enabled and started.
+    let (log, _) = run_unit_script(&broker["postinst"], &["configure"], &root);
+    assert!(log.contains("deb-systemd-helper enable statecull-broker.service"), "{log}");
+    assert!(log.contains("deb-systemd-invoke start statecull-broker.service"), "{log}");
+    // The engine without a policy: enabled, not started, and the operator is told what to do.
+    let (log, err) = run_unit_script(&engine["postinst"], &["configure"], &root);
+    assert!(log.contains("deb-systemd-helper enable statecull-engine.service"), "{log}");
+    assert!(!log.contains("deb-systemd-invoke"), "{log}");
+    assert!(err.contains("enabled, not started: write "), "{err}");
+    // With a policy: started on installation, restarted on upgrade.
+    std::fs::write(root.join("policy"), "").unwrap();
+    let (log, _) = run_unit_script(&engine["postinst"], &["configure"], &root);
+    assert!(log.contains("deb-systemd-invoke start statecull-engine.service"), "{log}");
+    let (log, _) = run_unit_script(&engine["postinst"], &["configure", "0.0.9-1"], &root);
+    assert!(log.contains("deb-systemd-invoke restart statecull-engine.service"), "{log}");
+    // Removal stops; an upgrade's prerm does not.
+    let (log, _) = run_unit_script(&engine["prerm"], &["upgrade", "0.2.0-1"], &root);
+    assert!(log.is_empty(), "{log}");
+    let (log, _) = run_unit_script(&engine["prerm"], &["remove"], &root);
+    assert_eq!(log, "deb-systemd-invoke stop statecull-engine.service\n");
+    let (log, _) = run_unit_script(&broker["postrm"], &["purge"], &root);
+    assert!(log.contains("deb-systemd-helper purge statecull-broker.service"), "{log}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
