@@ -354,9 +354,11 @@ pub fn packages(
         let (owner, path, compress) = generated_path(rel)
             .ok_or_else(|| msg(format!("xtask man wrote {}: which package?", rel.display())))?;
         let data = if compress { gzip(data)? } else { data.clone() };
-        if let Some(pkg) = all.iter_mut().find(|p| p.name == owner) {
-            pkg.files.push(file(&path, 0o644, data));
-        }
+        let pkg = all
+            .iter_mut()
+            .find(|p| p.name == owner)
+            .ok_or_else(|| msg(format!("{}: no package {owner}", rel.display())))?;
+        pkg.files.push(file(&path, 0o644, data));
     }
     let overrides = util::root().join("dist/debian/lintian-overrides");
     for pkg in &mut all {
