@@ -23,6 +23,7 @@ pub enum FlagId {
     ModelRelease,
     LogFormat,
     LogLevel,
+    LogTarget,
     Check,
     User,
     PrintSandbox,
@@ -181,6 +182,17 @@ pub const FLAGS: &[Flag] = &[
     flag(FlagId::LogFormat, "log-format", Some("FORMAT"), "text or json.").default("text"),
     flag(FlagId::LogLevel, "log-level", Some("LEVEL"), "error, warn, info, debug or trace.")
         .default("info"),
+    flag(
+        FlagId::LogTarget,
+        "log-target",
+        Some("TARGET"),
+        "stderr or syslog. On stderr, each line starts with its syslog priority (<3> error \
+         ... <7> debug) when stderr is the journal (JOURNAL_STREAM), for journalctl -p. \
+         syslog: one message per event to the local syslog socket (/var/run/log on FreeBSD, \
+         /dev/log on Linux), facility daemon, tag statecull-broker, with its priority; for \
+         rc.d, instead of daemon(8) forwarding every line at one severity.",
+    )
+    .default("stderr"),
     flag(FlagId::Check, "check", None, "Probe the backend, print what it supports, and exit."),
     flag(
         FlagId::User,

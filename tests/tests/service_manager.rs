@@ -1,0 +1,286 @@
+//! Both daemons and their service manager, as processes (no root needed; as root they
+//! switch to `nobody`): `READY=1` on a fake `NOTIFY_SOCKET` (a datagram socket the test
+//! binds, by path and abstract name) once they serve, confined, and `STOPPING=1` on SIGTERM;
+//! log lines with the sd-daemon `<N>` priority prefix when `JOURNAL_STREAM` names their
+//! standard error, and without it otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)] // test code
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use statecull_tests::TempDir;
+
+/// A daemon that is SIGKILLed if the test ends without stopping it.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.0.as_ref().unwrap().id() as i32)
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.0.as_mut().unwrap().try_wait() {
+                self.0 = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The fake service manager's socket.
+struct FakeManager {
+    socket: UnixDatagram,
+    /// `NOTIFY_SOCKET`'s value for it.
+    address: String,
+}
+
+impl FakeManager {
+    fn by_path(dir: &Path) -> Self {
+        let path = dir.join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        // As root the daemon connects before switching user; otherwise it is our user.
+        Self { socket, address: path.display().to_string() }
+    }
+
+    fn abstract_name(tag: &str) -> Self {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("statecull-test-notify-{tag}-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        Self { socket: UnixDatagram::bind_addr(&addr).unwrap(), address: format!("@{name}") }
+    }
+
+    /// The next notification, within `within`.
+    fn next(&self, within: Duration, log: &Path) -> String {
+        self.socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => String::from_utf8(buf[..n].to_vec()).unwrap(),
+            Err(e) => panic!(
+                "no notification within {within:?} ({e}); log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+fn broker_command(socket: &Path, log: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_itest-broker"));
+    c.args(["--backend", "pf-model", "--model-states", "200", "--socket"])
+        .arg(socket)
+        .args(statecull_tests::broker_test_args())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    c
+}
+
+const EXTERNAL_POLICY: &str = r#"
+[routing]
+confirm = "signal"
+settle_timeout = "60s"
+
+[[gateway]]
+name = "WAN1"
+interface = "igb1"
+address = "198.51.100.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "198.51.100.254"
+nat_addr = ["198.51.100.1"]
+interface = "igb1"
+
+[[gateway]]
+name = "WAN2"
+interface = "igb2"
+address = "203.0.113.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "203.0.113.254"
+nat_addr = ["203.0.113.1"]
+interface = "igb2"
+
+[[group]]
+name = "failover"
+members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 } ]
+on_down = "gateway"
+"#;
+
+fn engine_command(dir: &Path, broker: &Path, log: &Path) -> (Command, PathBuf) {
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, EXTERNAL_POLICY).unwrap();
+    let control = dir.join("engine.sock");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_itest-engine"));
+    c.arg("--policy")
+        .arg(&policy)
+        .arg("--broker-socket")
+        .arg(broker)
+        .arg("--control-socket")
+        .arg(&control)
+        .args(statecull_tests::daemon_user_args())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    (c, control)
+}
+
+/// READY=1 arrives once the daemon serves (its socket accepts), STOPPING=1 on SIGTERM, then
+/// a clean exit.
+fn ready_then_stopping(mut cmd: Command, manager: &FakeManager, socket: &Path, log: &Path) {
+    let mut p = Proc(Some(cmd.env("NOTIFY_SOCKET", &manager.address).spawn().unwrap()));
+    let ready = manager.next(Duration::from_secs(60), log);
+    assert!(ready.starts_with("READY=1\nSTATUS="), "{ready:?}");
+    assert!(UnixStream::connect(socket).is_ok(), "READY=1 before {} serves", socket.display());
+    let log_text = std::fs::read_to_string(log).unwrap();
+    assert!(log_text.contains("confined"), "READY=1 before confinement: {log_text}");
+    kill(p.pid(), Signal::SIGTERM).unwrap();
+    let stopping = manager.next(Duration::from_secs(30), log);
+    assert!(stopping.starts_with("STOPPING=1\nSTATUS=stopping"), "{stopping:?}");
+    let status = p.wait_exit(Duration::from_secs(60)).expect("did not exit after SIGTERM");
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(log).unwrap());
+}
+
+#[test]
+fn the_broker_notifies_ready_and_stopping() {
+    let dir = TempDir::with_mode("notify-broker", 0o755).unwrap();
+    let socket = dir.path().join("broker.sock");
+    let log = dir.path().join("broker.log");
+    let manager = FakeManager::by_path(dir.path());
+    ready_then_stopping(broker_command(&socket, &log), &manager, &socket, &log);
+    let manager = FakeManager::abstract_name("broker");
+    ready_then_stopping(broker_command(&socket, &log), &manager, &socket, &log);
+}
+
+#[test]
+fn the_engine_notifies_ready_and_stopping() {
+    let dir = TempDir::with_mode("notify-engine", 0o755).unwrap();
+    let broker_socket = dir.path().join("broker.sock");
+    let broker_log = dir.path().join("broker.log");
+    let mut broker = Proc(Some(broker_command(&broker_socket, &broker_log).spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&broker_socket).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = dir.path().join("engine.log");
+    for manager in [FakeManager::by_path(dir.path()), FakeManager::abstract_name("engine")] {
+        let (cmd, control) = engine_command(dir.path(), &broker_socket, &log);
+        ready_then_stopping(cmd, &manager, &control, &log);
+    }
+    // The READY status says the broker was reached.
+    let manager = FakeManager::abstract_name("engine-status");
+    let (mut cmd, _) = engine_command(dir.path(), &broker_socket, &log);
+    let mut p = Proc(Some(cmd.env("NOTIFY_SOCKET", &manager.address).spawn().unwrap()));
+    let ready = manager.next(Duration::from_secs(60), &log);
+    assert!(ready.contains("watching 2 gateway(s); broker connected (pf-model"), "{ready:?}");
+    drop(p.0.take().map(|mut c| c.kill()));
+    kill(broker.pid(), Signal::SIGTERM).unwrap();
+    broker.wait_exit(Duration::from_secs(60));
+}
+
+#[test]
+fn an_unusable_notify_socket_stops_the_start_with_a_reason() {
+    let dir = TempDir::with_mode("notify-bad", 0o755).unwrap();
+    let socket = dir.path().join("broker.sock");
+    let log = dir.path().join("broker.log");
+    let missing = dir.path().join("no-such-notify");
+    let status = broker_command(&socket, &log).env("NOTIFY_SOCKET", &missing).status().unwrap();
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("NOTIFY_SOCKET=") && text.contains("cannot connect"), "{text}");
+}
+
+/// `JOURNAL_STREAM` as systemd sets it for a stream whose far end is `file`.
+fn journal_stream_of(file: &Path) -> String {
+    let m = std::fs::metadata(file).unwrap();
+    format!("{}:{}", m.dev(), m.ino())
+}
+
+/// Start the confined engine against a broker that is not there, at debug level, until it
+/// has logged its start; its log.
+fn engine_log_with(journal_stream: Option<&str>, tag: &str) -> String {
+    let dir = TempDir::with_mode(tag, 0o755).unwrap();
+    let log = dir.path().join("engine.log");
+    let (mut cmd, control) = engine_command(dir.path(), &dir.path().join("absent.sock"), &log);
+    cmd.args(["--log-level", "debug"]);
+    if let Some(v) = journal_stream {
+        let v = if v == "match" { journal_stream_of(&log) } else { v.to_owned() };
+        cmd.env("JOURNAL_STREAM", v);
+    }
+    let mut p = Proc(Some(cmd.spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&control).is_err() {
+        assert!(Instant::now() < deadline, "engine did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kill(p.pid(), Signal::SIGTERM).unwrap();
+    p.wait_exit(Duration::from_secs(30)).expect("engine did not stop");
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn log_lines_carry_their_priority_when_stderr_is_the_journal() {
+    let text = engine_log_with(Some("match"), "journal-on");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 3, "{text}");
+    for line in &lines {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].iter().any(|p| line.starts_with(p)),
+            "a line without its priority: {line:?}\n{text}"
+        );
+    }
+    let has =
+        |prefix: &str, what: &str| lines.iter().any(|l| l.starts_with(prefix) && l.contains(what));
+    assert!(has("<6>", "confined"), "{text}");
+    assert!(has("<6>", "stopping"), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("<7>")), "no debug line: {text}");
+    assert!(has("<4>", "broker"), "the unreachable broker is a warning: {text}");
+}
+
+#[test]
+fn log_lines_are_unchanged_without_the_journal() {
+    for (stream, tag) in [(None, "journal-off"), (Some("1:2"), "journal-other")] {
+        let text = engine_log_with(stream, tag);
+        assert!(text.lines().count() > 3, "{text}");
+        for line in text.lines() {
+            assert!(!line.starts_with('<'), "{stream:?}: {line:?}");
+        }
+    }
+}
+
+#[test]
+fn a_fatal_error_on_the_journal_is_at_priority_error() {
+    let dir = TempDir::with_mode("journal-fatal", 0o755).unwrap();
+    let log = dir.path().join("broker.log");
+    let status = broker_command(&dir.path().join("b.sock"), &log)
+        .env("JOURNAL_STREAM", journal_stream_of(&log))
+        .args(["--log-level", "loud"])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("<3>statecull-broker: --log-level loud: "), "{text:?}");
+}
