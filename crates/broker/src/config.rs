@@ -388,6 +388,7 @@ allow_gids = [2000]
 protected = ["192.0.2.0/28", "2001:db8:ffff::/48"]
 max_connections = 4
 log_format = "json"
+log_target = "syslog"
 "#,
             "t.toml",
         )
@@ -398,6 +399,9 @@ log_format = "json"
         assert_eq!(c.protected.len(), 2);
         assert_eq!(c.max_connections, 4);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_target, LogTarget::Syslog);
+        let e = Config::from_toml("log_target = \"journal\"\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("unknown log target \"journal\" (stderr or syslog)"), "{e}");
     }
 
     #[test]

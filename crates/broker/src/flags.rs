@@ -312,6 +312,7 @@ backend = \"",
     "\"
 log_format = \"json\"
 log_level = \"info\"
+log_target = \"stderr\"
 user = \"statecull-broker\""
 );
 
@@ -324,6 +325,10 @@ pub const NOTES: &[&str] = &[
      there any more and the next start replaces it). Other signals that would end a process \
      (SIGHUP, SIGUSR1 except to a pf-model broker, SIGUSR2, SIGALRM, real-time signals, ...) are \
      logged and ignored.",
+    "Under systemd (NOTIFY_SOCKET, Type=notify) the broker sends READY=1 once its socket is \
+     bound, it is confined and it takes signals, and STOPPING=1 when it begins to stop. Log \
+     lines on the journal's stream (JOURNAL_STREAM) start with their syslog priority, <3> \
+     error to <7> debug.",
     "Flags may come in any order and override the configuration file; of a flag that takes \
      one value and is given twice, the last counts. A broker that cannot \
      start prints one line, statecull-broker: followed by the reason, on standard error and \
