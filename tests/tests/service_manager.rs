@@ -284,3 +284,96 @@ fn a_fatal_error_on_the_journal_is_at_priority_error() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.starts_with("<3>statecull-broker: --log-level loud: "), "{text:?}");
 }
+
+/// Run `cmd` in a private mount namespace whose `/dev` is an empty tmpfs with `/dev/log` a
+/// link to `syslog`: the daemons' real syslog path, without touching the host's `/dev`.
+fn with_dev_log(cmd: &Command, syslog: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /dev && ln -s \"$0\" /dev/log && exec \"$@\"")
+        .arg(syslog)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+/// Syslog messages until one contains `until`.
+fn syslog_until(server: &UnixDatagram, until: &str, log: &Path) -> Vec<String> {
+    server.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = server.recv(&mut buf).unwrap_or_else(|e| {
+            panic!("{e}; got {got:?}; stderr: {}", std::fs::read_to_string(log).unwrap_or_default())
+        });
+        let m = String::from_utf8(buf[..n].to_vec()).unwrap();
+        let done = m.contains(until);
+        got.push(m);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// `--log-target syslog`: each event one datagram `<PRI>TAG[PID]: ...`, facility daemon, at
+/// its priority, also after confinement (the broker's seccomp list kills on anything not
+/// allowed) and on the way out; nothing on standard error.
+#[test]
+fn both_daemons_log_to_syslog_with_a_priority_per_message() {
+    if statecull_tests::skip_unless_root("both_daemons_log_to_syslog_with_a_priority_per_message") {
+        return;
+    }
+    let dir = TempDir::with_mode("syslog", 0o755).unwrap();
+    let syslog = dir.path().join("log");
+    let server = UnixDatagram::bind(&syslog).unwrap();
+    let broker_socket = dir.path().join("broker.sock");
+    let broker_log = dir.path().join("broker.log");
+    let mut cmd = broker_command(&broker_socket, &broker_log);
+    cmd.args(["--log-target", "syslog"]);
+    let mut broker = Proc(Some(
+        with_dev_log(&cmd, &syslog)
+            .stderr(std::fs::File::create(&broker_log).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    let got = syslog_until(&server, "broker listening", &broker_log);
+    let pid = broker.pid();
+    for m in &got {
+        assert!(m.starts_with("<30>statecull-broker["), "{m:?}");
+        assert!(!m.ends_with('\n'), "{m:?}");
+    }
+    assert!(got.iter().any(|m| m.contains("confined")), "{got:?}");
+
+    let log = dir.path().join("engine.log");
+    let (cmd, control) = engine_command(dir.path(), &dir.path().join("absent.sock"), &log);
+    let mut cmd = with_dev_log(&cmd, &syslog);
+    cmd.args(["--log-target", "syslog"]).stderr(std::fs::File::create(&log).unwrap());
+    let mut engine = Proc(Some(cmd.spawn().unwrap()));
+    let got = syslog_until(&server, "broker-lost", &log);
+    assert!(
+        got.iter().any(|m| m.starts_with("<28>statecull-engine[") && m.contains("unreachable")),
+        "the lost broker is daemon.warning: {got:?}"
+    );
+    assert!(got.iter().any(|m| m.starts_with("<30>statecull-engine[")), "{got:?}");
+    assert!(UnixStream::connect(&control).is_ok());
+    kill(engine.pid(), Signal::SIGTERM).unwrap();
+    let got = syslog_until(&server, "stopping", &log);
+    assert!(got.last().unwrap().starts_with("<30>statecull-engine["), "{got:?}");
+    assert!(engine.wait_exit(Duration::from_secs(30)).unwrap().success());
+
+    // The broker, confined (seccomp: kill-process), still logs its stop to syslog.
+    kill(pid, Signal::SIGTERM).unwrap();
+    let got = syslog_until(&server, "stop requested", &broker_log);
+    assert!(got.last().unwrap().starts_with("<30>statecull-broker["), "{got:?}");
+    assert!(broker.wait_exit(Duration::from_secs(60)).unwrap().success());
+    for f in [&broker_log, &log] {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(!text.contains("INFO"), "log lines on stderr: {text}");
+    }
+}
