@@ -494,8 +494,12 @@ fn run(args: Args) -> Result<(), BrokerError> {
     }
     let user = args.config.user.clone();
     // The service manager's socket (Type=notify), connected while sockets may be created.
-    let notifier = statecull_service::notify::Notifier::from_env()
-        .map_err(|e| BrokerError::Config(e.to_string()))?;
+    let notifier = if args.print_sandbox {
+        statecull_service::notify::Notifier::none()
+    } else {
+        statecull_service::notify::Notifier::from_env()
+            .map_err(|e| BrokerError::Config(e.to_string()))?
+    };
     let serving =
         format!("serving on {} ({} backend)", args.config.socket.display(), backend.info().kind);
     let server = Server::bind(args.config, backend)?;
