@@ -377,3 +377,33 @@ fn both_daemons_log_to_syslog_with_a_priority_per_message() {
         assert!(!text.contains("INFO"), "log lines on stderr: {text}");
     }
 }
+
+/// What a daemon writes straight to standard error (the loud `--no-sandbox` warning) is
+/// filed at its priority too, like the log lines.
+#[test]
+fn the_no_sandbox_warning_on_the_journal_is_a_warning() {
+    let dir = TempDir::with_mode("journal-nosandbox", 0o755).unwrap();
+    let socket = dir.path().join("b.sock");
+    let log = dir.path().join("broker.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_itest-broker"));
+    cmd.args(["--backend", "pf-model", "--model-states", "10", "--no-sandbox", "--socket"])
+        .arg(&socket)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    cmd.env("JOURNAL_STREAM", journal_stream_of(&log));
+    let mut p = Proc(Some(cmd.spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(p.pid(), Signal::SIGTERM).unwrap();
+    assert!(p.wait_exit(Duration::from_secs(60)).unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("<4>statecull-broker: *** --no-sandbox")), "{text}");
+    for line in text.lines() {
+        assert!(line.starts_with('<'), "a line without its priority: {line:?}\n{text}");
+    }
+}
