@@ -40,7 +40,7 @@ enum LogFormat {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogTarget {
-    /// Standard error; each line starts with its syslog priority (<3> error … <7> debug)
+    /// Standard error; each line starts with its syslog priority (<3> error to <7> debug)
     /// when standard error is the journal (JOURNAL_STREAM), for `journalctl -p`
     Stderr,
     /// The local syslog socket (/var/run/log on FreeBSD, /dev/log on Linux), one message per
