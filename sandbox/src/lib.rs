@@ -281,14 +281,19 @@ pub struct DaemonConfinement<'a> {
 /// every weakness of the result on stderr and in the log, and one log line with the report.
 /// Returns the report (None with `--no-sandbox`), e.g. for `--print-sandbox`.
 pub fn confine_daemon(d: &DaemonConfinement<'_>) -> Result<Option<Report>, SandboxError> {
+    // Straight to stderr too, at warning priority when that is the journal.
+    let loud = |w: String| {
+        use statecull_service::log::{Priority, stderr_line};
+        eprintln!("{}", stderr_line(Priority::WARNING, &w));
+    };
     if d.no_sandbox {
-        eprintln!("{}: {NO_SANDBOX_WARNING}", d.program);
+        loud(format!("{}: {NO_SANDBOX_WARNING}", d.program));
         tracing::warn!("{NO_SANDBOX_WARNING}");
         return Ok(None);
     }
     let report = confine(&d.plan)?;
     for w in report.weaknesses() {
-        eprintln!("{}: WARNING: sandbox: {w}", d.program);
+        loud(format!("{}: WARNING: sandbox: {w}", d.program));
         tracing::warn!("sandbox: {w}");
     }
     tracing::info!(sandbox = %report.to_string().replace('\n', "; "), "confined");

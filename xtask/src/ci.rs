@@ -5,7 +5,8 @@
 //! Steps: formatting, clippy, the tidy rules, `cargo deny` (bans, licenses, sources; the
 //! advisory database too when it can be fetched), the README's test command, the FreeBSD
 //! binaries and packages (`dist freebsd`; without cargo-zigbuild, loudly, only a FreeBSD
-//! type-check), a release broker without the simulator, a short lab, the demo, the
+//! type-check), a release broker without the simulator, the Debian packages (`dist deb`:
+//! lintian, then installed with dpkg, checked, purged, nothing left), a short lab, the demo, the
 //! deployment profiles, benchmark smoke runs (the engine's with its goals reported, not
 //! enforced: timing on a small table on a shared machine is not what CI checks), a fuzz
 //! smoke run, and no namespace left behind.
@@ -144,6 +145,10 @@ pub fn ci() -> Result<()> {
     }
     step("the release broker has no simulator");
     release_broker_has_no_simulator()?;
+    step("Debian packages: build, lintian, install, check, purge, nothing left");
+    let debs = crate::dist::deb::dist_deb(true, None)?;
+    crate::dist::deb::lintian(&debs)?;
+    crate::dist::deb_install::install_check(&debs)?;
     step("the README's main command, short");
     crate::lab_task::lab(&statecull_tests::failover::LabOptions {
         duration: std::time::Duration::from_secs(15),

@@ -115,7 +115,8 @@ enum Task {
     },
     /// Type-check the crates that must build on FreeBSD
     CheckFreebsd,
-    /// Packages for an OS: `dist freebsd` links the three programs for
+    /// Packages for an OS: `dist deb` builds Debian packages (see `dist deb --help`);
+    /// `dist freebsd` links the three programs for
     /// x86_64-unknown-freebsd with cargo-zigbuild (zig's FreeBSD 14 libc stubs) and writes
     /// pkg(8) packages statecull-broker, statecull-engine and statecull (tar + zstd, +MANIFEST
     /// with sha256 sums, rc.d scripts, pw(8) user creation) and the port skeleton, then reads
@@ -126,10 +127,11 @@ enum Task {
     },
     /// Everything CI checks (what `.ci/run` runs after installing packages): fmt, clippy,
     /// tidy, cargo deny, the tests, the FreeBSD type-check, a release broker without the
-    /// simulator, a short lab, the demo, the deployment profiles, benchmark and fuzz smoke runs
+    /// simulator, the Debian packages (lintian, installed, purged), a short lab, the demo, the deployment profiles, benchmark and fuzz smoke runs
     Ci,
     /// Man pages (statecull.8, statecull-engine.8, statecull-broker.8) and bash, zsh and
-    /// fish completions, generated from the programs' own definitions, under DIR
+    /// fish completions, generated from the programs' own definitions, with the hand-written
+    /// statecull-policy.5 and statecull-broker.toml.5 of docs/man, under DIR
     /// [default: target/man]
     Man {
         #[arg(long, value_name = "DIR")]
@@ -160,6 +162,25 @@ enum DistWhat {
         /// Output directory [default: target/dist/freebsd]
         #[arg(long, value_name = "DIR")]
         out: Option<std::path::PathBuf>,
+    },
+    /// Debian 12 amd64 packages statecull, statecull-broker and statecull-engine, built
+    /// with dpkg-deb from staged trees (units, sysusers, conffile broker.toml, man pages,
+    /// completions, maintainer scripts from dist/debian/), each read back and checked, in
+    /// target/dist/deb unless --out. Needs dpkg-dev (dpkg-shlibdeps) and binutils (strip)
+    Deb {
+        /// Package the binaries already in target/release
+        #[arg(long)]
+        no_build: bool,
+        /// Output directory [default: target/dist/deb]
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+        /// Also run lintian on them (fails on an error or warning not overridden)
+        #[arg(long)]
+        lintian: bool,
+        /// Then (root) install them here with dpkg, check them, purge them and check that
+        /// nothing is left; refuses where statecull is installed
+        #[arg(long)]
+        install_check: bool,
     },
 }
 
@@ -387,6 +408,14 @@ fn main() -> ExitCode {
         Task::CheckFreebsd => check_freebsd(),
         Task::Dist { what: DistWhat::Freebsd { no_build, out } } => {
             dist::dist_freebsd(no_build, out)
+        }
+        Task::Dist { what: DistWhat::Deb { no_build, out, lintian, install_check } } => {
+            dist::deb::dist_deb(no_build, out).and_then(|debs| {
+                if lintian {
+                    dist::deb::lintian(&debs)?;
+                }
+                if install_check { dist::deb_install::install_check(&debs) } else { Ok(()) }
+            })
         }
         Task::Tidy => tidy::tidy(),
         Task::Man { out } => man::generate(out.as_deref()),

@@ -2,7 +2,9 @@
 //! the programs' own definitions: `statecull.8` and `statecull-engine.8` from their clap
 //! commands (clap_mangen), `statecull-broker.8` from the broker's flag table (the broker has
 //! no clap), bash, zsh and fish completions for `statecull` and `statecull-engine`
-//! (clap_complete).
+//! (clap_complete), and the two hand-written file-format pages of `docs/man/`,
+//! `statecull-policy.5` and `statecull-broker.toml.5` (checked here with `groff -ww` and
+//! against the keys the loaders accept).
 
 use std::path::{Path, PathBuf};
 
@@ -120,7 +122,10 @@ fn man_page(cmd: clap::Command) -> Result<Vec<u8>> {
         page.push_str(&roff_text(&after.to_string()));
         page.push_str(".fi\n");
     }
-    page.push_str(".SH \"SEE ALSO\"\n.BR statecull\\-engine (8),\n.BR statecull\\-broker (8)\n");
+    page.push_str(
+        ".SH \"SEE ALSO\"\n.BR statecull\\-engine (8),\n.BR statecull\\-broker (8),\n\
+         .BR statecull\\-policy (5),\n.BR statecull\\-broker.toml (5)\n",
+    );
     Ok(page.into_bytes())
 }
 
@@ -130,6 +135,9 @@ fn completion(shell: Shell, mut cmd: clap::Command) -> Vec<u8> {
     clap_complete::generate(shell, &mut cmd, name, &mut out);
     out
 }
+
+/// The hand-written pages of file formats (section 5), in `docs/man/`.
+pub const FORMAT_PAGES: [&str; 2] = ["statecull-policy.5", "statecull-broker.toml.5"];
 
 /// Every page and completion script, as (path relative to the output, contents).
 pub fn render() -> Result<Vec<(PathBuf, Vec<u8>)>> {
@@ -149,6 +157,11 @@ pub fn render() -> Result<Vec<(PathBuf, Vec<u8>)>> {
         PathBuf::from("man8/statecull-broker.8"),
         statecull_broker::flags::man_page().into_bytes(),
     ));
+    for page in FORMAT_PAGES {
+        let path = crate::util::root().join("docs/man").join(page);
+        let text = std::fs::read(&path).context(format!("reading {}", path.display()))?;
+        files.push((PathBuf::from("man5").join(page), text));
+    }
     Ok(files)
 }
 
@@ -181,6 +194,8 @@ mod tests {
         "completions/statecull-engine.bash",
         "completions/_statecull-engine",
         "completions/statecull-engine.fish",
+        "man5/statecull-policy.5",
+        "man5/statecull-broker.toml.5",
     ];
 
     #[test]
@@ -263,5 +278,153 @@ mod tests {
                 assert!(!page.contains(&wrong), "{wrong} in {page}");
             }
         }
+    }
+
+    /// groff's own warnings (`-ww`: all of them) on every page, generated or hand-written:
+    /// a page that renders with a warning fails. Without groff (Debian: groff-base) the
+    /// test says so and fails, since CI has it.
+    #[test]
+    fn every_page_renders_without_groff_warnings() {
+        for (path, contents) in render().unwrap() {
+            if !path.starts_with("man5") && !path.starts_with("man8") {
+                continue;
+            }
+            let mut child = std::process::Command::new("groff")
+                .args(["-ww", "-man", "-z", "-Tutf8"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("groff (Debian: groff-base) must be installed");
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), &contents).unwrap();
+            drop(child.stdin.take());
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && err.trim().is_empty(), "{}: {err}", path.display());
+        }
+    }
+
+    /// Field names of the structs in a Rust source file whose names are given (the serde
+    /// shapes of the configuration files): what the hand-written pages must document.
+    fn struct_fields(rel: &str, structs: &[&str]) -> Vec<String> {
+        let src = std::fs::read_to_string(crate::util::root().join(rel)).unwrap();
+        let mut fields = Vec::new();
+        let mut inside = false;
+        for line in src.lines() {
+            let l = line.trim();
+            if structs.iter().any(|s| l.contains(&format!("struct {s} {{"))) {
+                inside = true;
+            } else if inside && l == "}" {
+                inside = false;
+            } else if inside && !l.starts_with("#[") && !l.starts_with("//") {
+                let l = l.trim_start_matches("pub(super) ").trim_start_matches("pub ");
+                if let Some((name, _)) = l.split_once(':') {
+                    fields.push(name.trim().to_owned());
+                }
+            }
+        }
+        assert!(fields.len() > 10, "{rel}: found only {fields:?}");
+        fields
+    }
+
+    fn page(name: &str) -> String {
+        let files = render().unwrap();
+        let (_, c) = files.iter().find(|(p, _)| p.ends_with(name)).unwrap();
+        String::from_utf8(c.clone()).unwrap().replace("\\-", "-")
+    }
+
+    /// Each key of each table is named in bold (`.B key` or within `.BR`) on the policy
+    /// page: a key added to the loader without a line on the page fails.
+    #[test]
+    fn the_policy_page_documents_every_key_and_its_defaults() {
+        let text = page("statecull-policy.5");
+        let fields = struct_fields(
+            "policy/src/load/raw.rs",
+            &[
+                "RawEngine",
+                "RawRouting",
+                "RawGateway",
+                "RawDamping",
+                "RawStates",
+                "RawGroup",
+                "RawProtect",
+            ],
+        );
+        for f in fields {
+            let bold = text.lines().any(|l| {
+                (l.starts_with(".B ") || l.starts_with(".BR "))
+                    && l.split([' ', ',', '"']).any(|w| w == f)
+            });
+            let table = ["damping", "states"].contains(&f.as_str())
+                && text.contains(&format!("[gateway.{f}]"));
+            assert!(bold || table, "statecull-policy.5 does not document {f}");
+        }
+        let h = statecull_policy::model::HealthParams::default();
+        let r = statecull_policy::model::Routing::default();
+        for (key, default) in [
+            ("window", h.window.to_string()),
+            ("min_samples", h.min_samples.to_string()),
+            ("loss_down", format!("{}%", h.loss_down_pct)),
+            ("loss_degraded", format!("{}%", h.loss_degraded_pct)),
+            ("loss_up", format!("{}%", h.loss_up_pct)),
+            ("latency_degraded", format!("{}ms", h.latency_degraded.as_millis())),
+            ("latency_up", format!("{}ms", h.latency_up.as_millis())),
+            ("hold_down", format!("{}s", h.hold_down.as_secs())),
+            ("penalty", h.damping.penalty.to_string()),
+            ("suppress_above", h.damping.suppress_above.to_string()),
+            ("reuse_below", h.damping.reuse_below.to_string()),
+            ("max_penalty", h.damping.max_penalty.to_string()),
+            ("half_life", format!("{}m", h.damping.half_life.as_secs() / 60)),
+            ("settle_timeout", format!("{}s", r.settle_timeout.as_secs())),
+            ("sweep_delay", format!("{}s", r.sweep_delay.as_secs())),
+            (
+                "probe_interval",
+                format!(
+                    "{}ms",
+                    statecull_policy::model::Gateway::DEFAULT_PROBE_INTERVAL.as_millis()
+                ),
+            ),
+            (
+                "probe_timeout",
+                format!("{}s", statecull_policy::model::Gateway::DEFAULT_PROBE_TIMEOUT.as_secs()),
+            ),
+        ] {
+            let at =
+                text.find(&format!(".TP\n.B {key}\n")).unwrap_or_else(|| panic!("no .B {key}"));
+            let entry = &text[at..];
+            let end = ["\n.TP", "\n.S"].iter().filter_map(|m| entry[4..].find(m)).min();
+            let entry = &entry[..end.map_or(entry.len(), |e| e + 4)];
+            assert!(entry.contains(&format!("Default: {default}")), "{key}: {entry}");
+        }
+    }
+
+    /// The page's example is a policy the loader accepts.
+    #[test]
+    fn the_policy_pages_example_loads() {
+        let text = page("statecull-policy.5");
+        let example = text.split(".SH EXAMPLE\n.nf\n").nth(1).unwrap();
+        let example = example.split("\n.fi\n").next().unwrap();
+        let p = statecull_policy::load::parse(example, "statecull-policy.5").unwrap();
+        assert_eq!(p.gateways.len(), 2);
+    }
+
+    #[test]
+    fn the_broker_toml_page_documents_every_key() {
+        let text = page("statecull-broker.toml.5");
+        for f in struct_fields("crates/broker/src/config.rs", &["FileConfig"]) {
+            assert!(
+                text.lines().any(|l| (l.starts_with(".B ") || l.starts_with(".BR "))
+                    && l.split([' ', ',', '"']).any(|w| w == f)),
+                "statecull-broker.toml.5 does not document {f}"
+            );
+        }
+        assert!(
+            text.contains(&format!(
+                "Default: {}.",
+                statecull_broker::config::DEFAULT_MAX_CONNECTIONS
+            ))
+        );
+        let example = text.split(".SH EXAMPLE\n.nf\n").nth(1).unwrap();
+        let example = example.split("\n.fi\n").next().unwrap();
+        statecull_broker::config::Config::from_toml(example, "statecull-broker.toml.5").unwrap();
     }
 }

@@ -93,6 +93,9 @@ fn parse_args(argv: Vec<OsString>) -> Result<Parsed, String> {
                     config.log_format = config::parse_log_format(v).map_err(bad)?
                 }
                 FlagId::LogLevel => config.log_level = config::parse_log_level(v).map_err(bad)?,
+                FlagId::LogTarget => {
+                    config.log_target = config::parse_log_target(v).map_err(bad)?
+                }
                 FlagId::User => config.user = Some(v.to_owned()),
                 FlagId::Config
                 | FlagId::Check
@@ -139,23 +142,28 @@ fn print_help() {
     );
 }
 
-fn init_logging(format: LogFormat, level: LogLevel) {
+/// Logging as configured (`statecull_service::log`: journald priorities, syslog).
+fn init_logging(config: &Config) -> Result<(), statecull_service::ServiceError> {
+    use statecull_service::log::{Format, Settings};
     use tracing_subscriber::filter::LevelFilter;
-    let level = match level {
+    let level = match config.log_level {
         LogLevel::Error => LevelFilter::ERROR,
         LogLevel::Warn => LevelFilter::WARN,
         LogLevel::Info => LevelFilter::INFO,
         LogLevel::Debug => LevelFilter::DEBUG,
         LogLevel::Trace => LevelFilter::TRACE,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let format = match config.log_format {
+        LogFormat::Json => Format::Json,
+        LogFormat::Text => Format::Text,
+    };
+    statecull_service::log::init(&Settings {
+        program: "statecull-broker",
+        format,
+        level,
+        target: config.log_target,
+    })
+    .map(drop)
 }
 
 fn open_backend(choice: BackendChoice) -> Result<Box<dyn Backend>, BrokerError> {
@@ -396,7 +404,11 @@ impl SignalSource {
 /// Take signals on a thread of its own (all of them are blocked in every thread): a stop
 /// signal writes to `stop` and ends the thread; the others are logged (once a minute per
 /// signal at most) and otherwise ignored.
-fn signal_thread(mut source: SignalSource, stop: std::os::fd::OwnedFd) -> std::io::Result<()> {
+fn signal_thread(
+    mut source: SignalSource,
+    stop: std::os::fd::OwnedFd,
+    notifier: std::sync::Arc<statecull_service::notify::Notifier>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -405,6 +417,11 @@ fn signal_thread(mut source: SignalSource, stop: std::os::fd::OwnedFd) -> std::i
             while let Some((n, name)) = source.next() {
                 if STOP_SIGNALS.iter().any(|s| *s as i32 == n) {
                     tracing::info!(signal = %name, "stop requested");
+                    if let Err(e) = notifier
+                        .stopping(&format!("stopping ({name}): finishing requests in flight"))
+                    {
+                        tracing::warn!("{e}");
+                    }
                     let _ = nix::unistd::write(&stop, b"x");
                     return;
                 }
@@ -476,6 +493,15 @@ fn run(args: Args) -> Result<(), BrokerError> {
         return Ok(());
     }
     let user = args.config.user.clone();
+    // The service manager's socket (Type=notify), connected while sockets may be created.
+    let notifier = if args.print_sandbox {
+        statecull_service::notify::Notifier::none()
+    } else {
+        statecull_service::notify::Notifier::from_env()
+            .map_err(|e| BrokerError::Config(e.to_string()))?
+    };
+    let serving =
+        format!("serving on {} ({} backend)", args.config.socket.display(), backend.info().kind);
     let server = Server::bind(args.config, backend)?;
     // Everything privileged is open (state table, socket): confine before the first client,
     // and before the signal thread exists (confinement applies per thread).
@@ -489,6 +515,10 @@ fn run(args: Args) -> Result<(), BrokerError> {
         limit(server.listener_fd(), &FdUse::Listener).map_err(e)?;
         limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
         limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;
+        // Notifications and syslog messages: sends on connected sockets.
+        for fd in notifier.fd().into_iter().chain(statecull_service::log::syslog_fd()) {
+            limit(fd, &FdUse::Output).map_err(e)?;
+        }
     }
     let confinement = statecull_sandbox::DaemonConfinement {
         program: "statecull-broker",
@@ -513,8 +543,14 @@ fn run(args: Args) -> Result<(), BrokerError> {
     }
     let (stop_read, stop_write) =
         nix::unistd::pipe().map_err(|e| BrokerError::io("pipe", e.into()))?;
-    signal_thread(signal_source, stop_write)
+    let notifier = std::sync::Arc::new(notifier);
+    signal_thread(signal_source, stop_write, std::sync::Arc::clone(&notifier))
         .map_err(|e| BrokerError::io("start the signal thread", e))?;
+    // Bound, confined, signals taken: clients that connect now are served (the listener's
+    // backlog holds them until the accept loop runs).
+    if let Err(e) = notifier.ready(&serving) {
+        tracing::error!("{e}");
+    }
     server.run(stop_read)
 }
 
@@ -537,7 +573,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
         Err(e) => return fatal(&e, 2),
     };
-    init_logging(args.config.log_format, args.config.log_level);
+    if let Err(e) = init_logging(&args.config) {
+        return fatal(&e, 1);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ BrokerError::Config(_)) => fatal(&e, 2),
@@ -547,7 +585,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 
 /// The one form of a fatal error.
 fn fatal(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
-    eprintln!("statecull-broker: {e}");
+    use statecull_service::log::{Priority, stderr_line};
+    eprintln!("{}", stderr_line(Priority::ERR, &format!("statecull-broker: {e}")));
     ExitCode::from(code)
 }
 

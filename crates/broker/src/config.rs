@@ -53,6 +53,17 @@ pub enum LogLevel {
     Trace,
 }
 
+/// Where log lines go (`statecull_service::log` decides what each means).
+pub use statecull_service::log::Target as LogTarget;
+
+pub fn parse_log_target(s: &str) -> Result<LogTarget, String> {
+    match s {
+        "stderr" => Ok(LogTarget::Stderr),
+        "syslog" => Ok(LogTarget::Syslog),
+        other => Err(format!("unknown log target {other:?} (stderr or syslog)")),
+    }
+}
+
 pub fn parse_log_level(s: &str) -> Result<LogLevel, String> {
     match s {
         "error" => Ok(LogLevel::Error),
@@ -126,6 +137,8 @@ pub struct Config {
     pub backend: BackendChoice,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
+    /// Standard error (with journald priorities when it is the journal) or syslog.
+    pub log_target: LogTarget,
     /// The user to switch to after opening the state table and the socket (name or uid);
     /// when started as root without one, [`DEFAULT_USER`].
     pub user: Option<String>,
@@ -149,6 +162,7 @@ impl Default for Config {
             backend: DEFAULT_BACKEND,
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
+            log_target: LogTarget::Stderr,
             user: None,
         }
     }
@@ -175,6 +189,7 @@ struct FileConfig {
     backend: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
+    log_target: Option<String>,
     model_states: Option<usize>,
     model_seed: Option<u64>,
     model_release: Option<String>,
@@ -321,6 +336,9 @@ impl Config {
         if let Some(l) = &file.log_level {
             c.log_level = parse_log_level(l).map_err(|m| err(1, m))?;
         }
+        if let Some(t) = &file.log_target {
+            c.log_target = parse_log_target(t).map_err(|m| err(1, m))?;
+        }
         Ok(c)
     }
 
@@ -370,6 +388,7 @@ allow_gids = [2000]
 protected = ["192.0.2.0/28", "2001:db8:ffff::/48"]
 max_connections = 4
 log_format = "json"
+log_target = "syslog"
 "#,
             "t.toml",
         )
@@ -380,6 +399,9 @@ log_format = "json"
         assert_eq!(c.protected.len(), 2);
         assert_eq!(c.max_connections, 4);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_target, LogTarget::Syslog);
+        let e = Config::from_toml("log_target = \"journal\"\n", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("unknown log target \"journal\" (stderr or syslog)"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub enum FlagId {
     ModelRelease,
     LogFormat,
     LogLevel,
+    LogTarget,
     Check,
     User,
     PrintSandbox,
@@ -181,6 +182,17 @@ pub const FLAGS: &[Flag] = &[
     flag(FlagId::LogFormat, "log-format", Some("FORMAT"), "text or json.").default("text"),
     flag(FlagId::LogLevel, "log-level", Some("LEVEL"), "error, warn, info, debug or trace.")
         .default("info"),
+    flag(
+        FlagId::LogTarget,
+        "log-target",
+        Some("TARGET"),
+        "stderr or syslog. On stderr, each line starts with its syslog priority (<3> error \
+         ... <7> debug) when stderr is the journal (JOURNAL_STREAM), for journalctl -p. \
+         syslog: one message per event to the local syslog socket (/var/run/log on FreeBSD, \
+         /dev/log on Linux), facility daemon, tag statecull-broker, with its priority; for \
+         rc.d, instead of daemon(8) forwarding every line at one severity.",
+    )
+    .default("stderr"),
     flag(FlagId::Check, "check", None, "Probe the backend, print what it supports, and exit."),
     flag(
         FlagId::User,
@@ -300,6 +312,7 @@ backend = \"",
     "\"
 log_format = \"json\"
 log_level = \"info\"
+log_target = \"stderr\"
 user = \"statecull-broker\""
 );
 
@@ -312,6 +325,10 @@ pub const NOTES: &[&str] = &[
      there any more and the next start replaces it). Other signals that would end a process \
      (SIGHUP, SIGUSR1 except to a pf-model broker, SIGUSR2, SIGALRM, real-time signals, ...) are \
      logged and ignored.",
+    "Under systemd (NOTIFY_SOCKET, Type=notify) the broker sends READY=1 once its socket is \
+     bound, it is confined and it takes signals, and STOPPING=1 when it begins to stop. Log \
+     lines on the journal's stream (JOURNAL_STREAM) start with their syslog priority, <3> \
+     error to <7> debug.",
     "Flags may come in any order and override the configuration file; of a flag that takes \
      one value and is given twice, the last counts. A broker that cannot \
      start prints one line, statecull-broker: followed by the reason, on standard error and \

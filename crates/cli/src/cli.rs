@@ -100,7 +100,7 @@ enum Command {
         kept by name keep their health; new ones start as at start-up; removed ones are dropped.\n\
         Exit status 0: reloaded; 1: refused (the answer says why).\n\n\
         EXAMPLES:\n  statecull check-policy /etc/statecull/policy.toml && statecull reload\n  \
-        systemctl reload statecull-engine      # the same, by SIGHUP"
+        systemctl reload statecull-engine      # the unit runs statecull reload"
     )]
     Reload(EngineArgs),
     /// Print the engine's events: the recent ones, and with --follow every new one

@@ -2,6 +2,7 @@
 //! the engine's control socket (JSON lines, `statecull_control`), and the offline
 //! policy check.
 
+use std::io::ErrorKind;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -44,13 +45,13 @@ fn control_connect_error(path: &Path, e: &std::io::Error) -> CliError {
         )
     } else {
         match e.kind() {
-            std::io::ErrorKind::NotFound => {
+            ErrorKind::NotFound => {
                 "no socket there; is statecull-engine running, and is --control right?".to_owned()
             }
-            std::io::ErrorKind::PermissionDenied => {
+            ErrorKind::PermissionDenied => {
                 "permission denied; run as root or as a member of the socket's group".to_owned()
             }
-            std::io::ErrorKind::ConnectionRefused => {
+            ErrorKind::ConnectionRefused => {
                 "nobody is listening (a stale socket from a stopped engine?)".to_owned()
             }
             _ => e.to_string(),
@@ -147,6 +148,11 @@ impl ControlClient {
         let read = (&mut self.reader).take(MAX_CONTROL_LINE as u64 + 1).read_until(b'\n', &mut buf);
         let n = match read {
             Ok(n) => n,
+            // A read timeout is the caller's to judge (an event follower polls with one);
+            // `reply` names a peer that never answered.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(CliError::Output(e));
+            }
             Err(e) => return Err(self.failed(e.to_string())),
         };
         if n == 0 {
@@ -159,8 +165,13 @@ impl ControlClient {
     }
 
     pub fn reply(&mut self) -> Result<ControlReply, CliError> {
-        let Some(line) = self.read_line()? else {
-            return Err(self.failed("it closed the connection without answering".into()));
+        let line = match self.read_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                return Err(self.failed("it closed the connection without answering".into()));
+            }
+            Err(CliError::Output(e)) if !self.answered => return Err(self.failed(e.to_string())),
+            Err(e) => return Err(e),
         };
         let reply: ControlReply = match serde_json::from_str(&line) {
             Ok(r) => r,

@@ -276,3 +276,42 @@ fn broker_commands_on_the_engines_socket_say_so() {
         )
     );
 }
+
+/// An engine that answers the Events request with an empty backlog, then stays silent.
+fn serve_like_a_quiet_engine(conn: UnixStream) {
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if std::io::BufRead::read_line(&mut reader, &mut line).is_ok() {
+        let mut w = conn;
+        let _ = w.write_all(b"{\"events\":{\"events\":[]}}\n");
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+}
+
+/// An event follower polls with a read timeout (the lab's routing manager does): a quiet
+/// engine is a timeout the caller sees as such, not "did not answer as statecull-engine does".
+#[test]
+fn a_quiet_event_stream_is_a_timeout_not_a_foreign_peer() {
+    let dir = Scratch::new("quiet");
+    let path = dir.0.join("engine.sock");
+    listen(&path, serve_like_a_quiet_engine);
+    let mut c = statecull_cli::engine_cmds::ControlClient::connect(
+        &path,
+        Some(std::time::Duration::from_millis(200)),
+    )
+    .unwrap();
+    c.send(&statecull_control::ControlRequest::Events { follow: true }).unwrap();
+    let reply = c.reply();
+    assert!(
+        matches!(reply, Ok(statecull_control::ControlReply::Events { .. })),
+        "{:?}",
+        reply.err().map(|e| e.to_string())
+    );
+    match c.read_line() {
+        Err(statecull_cli::CliError::Output(e)) => assert!(
+            matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            "{e}"
+        ),
+        other => panic!("expected a read timeout, got {:?}", other.map_err(|e| e.to_string())),
+    }
+}

@@ -38,6 +38,16 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogTarget {
+    /// Standard error; each line starts with its syslog priority (<3> error to <7> debug)
+    /// when standard error is the journal (JOURNAL_STREAM), for `journalctl -p`
+    Stderr,
+    /// The local syslog socket (/var/run/log on FreeBSD, /dev/log on Linux), one message per
+    /// event, facility daemon, tag statecull-engine, with its priority
+    Syslog,
+}
+
 /// statecull-engine: watches gateways and, when one fails, has the broker kill exactly the
 /// connection states that went through it, after routing has moved off it.
 ///
@@ -86,6 +96,9 @@ struct Args {
     /// Log level: error, warn, info, debug, trace
     #[arg(long, default_value = "info")]
     log_level: tracing_subscriber::filter::LevelFilter,
+    /// Where log lines go (rc.d: syslog, so each line keeps its priority)
+    #[arg(long, value_enum, default_value = "stderr")]
+    log_target: LogTarget,
     /// Check the policy and open every socket, print what would run, and exit
     #[arg(long)]
     check: bool,
@@ -110,15 +123,22 @@ struct Args {
 /// The engine's own user (see sandbox/profiles/systemd/statecull.sysusers).
 pub const DEFAULT_USER: &str = "statecull";
 
-fn init_logging(format: LogFormat, level: tracing_subscriber::filter::LevelFilter) {
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-        LogFormat::Text => builder.init(),
-    }
+/// Logging as asked (`statecull_service::log`: journald priorities, syslog).
+fn init_logging(args: &Args) -> Result<(), statecull_service::ServiceError> {
+    use statecull_service::log::{Format, Settings, Target};
+    statecull_service::log::init(&Settings {
+        program: "statecull-engine",
+        format: match args.log_format {
+            LogFormat::Text => Format::Text,
+            LogFormat::Json => Format::Json,
+        },
+        level: args.log_level,
+        target: match args.log_target {
+            LogTarget::Stderr => Target::Stderr,
+            LogTarget::Syslog => Target::Syslog,
+        },
+    })
+    .map(drop)
 }
 
 /// The engine's command line as clap describes it (for man pages and completions).
@@ -128,7 +148,9 @@ pub fn command() -> clap::Command {
 
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let args = Args::parse_from(args);
-    init_logging(args.log_format, args.log_level);
+    if let Err(e) = init_logging(&args) {
+        return fatal(&e);
+    }
     // A parent may have left signals blocked (a supervisor that waits for signals with
     // sigwait does); the mask is inherited across exec, and blocked signals never reach
     // tokio's handlers. Unblock the ones the engine handles before any thread exists, so
@@ -142,8 +164,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         .filter_map(|n| nix::sys::signal::Signal::try_from(n).ok())
         .collect();
     if let Err(e) = handled.thread_unblock() {
-        eprintln!("statecull-engine: cannot unblock the signals it handles: {e}");
-        return ExitCode::FAILURE;
+        return fatal(&format!("cannot unblock the signals it handles: {e}"));
     }
     // One thread until confinement: Landlock and capability changes apply per thread, so
     // `confine` refuses to run with more. Broker calls run on this thread (the tokio
@@ -156,17 +177,21 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("statecull-engine: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return fatal(&format!("cannot start the runtime: {e}"));
         }
     };
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("statecull-engine: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fatal(&e),
     }
+}
+
+/// The one form of a fatal error: `statecull-engine: REASON` on standard error (at priority
+/// error when that is the journal), exit status 1.
+fn fatal(e: &dyn std::fmt::Display) -> ExitCode {
+    use statecull_service::log::{Priority, stderr_line};
+    eprintln!("{}", stderr_line(Priority::ERR, &format!("statecull-engine: {e}")));
+    ExitCode::FAILURE
 }
 
 /// The engine's ICMP prober: datagram sockets on Linux (no privilege), raw sockets opened
@@ -212,6 +237,8 @@ struct Opened {
     signals: crate::signals::Signals,
     /// `nat_addr = "interface"`: the interfaces' addresses.
     addresses: Option<crate::routes::Addresses>,
+    /// The service manager's socket (`NOTIFY_SOCKET`), connected before confinement.
+    notifier: statecull_service::notify::Notifier,
 }
 
 /// Raise the soft descriptor limit to the hard one: the soft limit (1024 by default) is
@@ -307,6 +334,12 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         None => None,
     };
     let dialer = crate::dial::Dialer::open(dial_targets(&policy, &broker_socket))?;
+    let notifier = if args.check || args.print_sandbox {
+        statecull_service::notify::Notifier::none()
+    } else {
+        statecull_service::notify::Notifier::from_env()
+            .map_err(|e| EngineError::Config(e.to_string()))?
+    };
     let broker =
         BrokerLink::with_dialer(broker_socket, dialer.clone(), crate::broker::DEFAULT_IDLE_LIMIT);
     let (shared, decisions, metrics_rx) = Shared::new(policy, broker);
@@ -332,6 +365,7 @@ async fn open(args: &Args) -> Result<Opened, EngineError> {
         dialer,
         signals,
         addresses,
+        notifier,
     })
 }
 
@@ -416,6 +450,10 @@ fn confine(args: &Args, opened: &Opened) -> Result<(), EngineError> {
         }
         limit(std::io::stdout().as_fd(), &FdUse::Output).map_err(e)?;
         limit(std::io::stderr().as_fd(), &FdUse::Output).map_err(e)?;
+        // Notifications and syslog messages: sends on connected sockets.
+        for fd in opened.notifier.fd().into_iter().chain(statecull_service::log::syslog_fd()) {
+            limit(fd, &FdUse::Output).map_err(e)?;
+        }
     }
     let confinement = statecull_sandbox::DaemonConfinement {
         program: "statecull-engine",
@@ -458,6 +496,7 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         dialer,
         mut signals,
         addresses,
+        notifier,
     } = opened;
     let mut tasks = tokio::task::JoinSet::new();
     // Gateways as start-up numbered them: probes and pollers name theirs, since a reload
@@ -567,6 +606,40 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
             }
         });
     }
+    // `systemctl status` shows the last reload's outcome (STATUS=); the unit's
+    // ExecReload (`statecull reload`) already waits for it and fails on a refusal.
+    let notifier = Arc::new(notifier);
+    if notifier.active() {
+        let (_, mut rx) = shared.bus().subscribe_with_backlog();
+        let n = Arc::clone(&notifier);
+        tasks.spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        let status = match e.kind {
+                            EventKind::PolicyReloaded => format!("policy reloaded: {}", e.message),
+                            EventKind::PolicyReloadFailed => {
+                                format!(
+                                    "policy reload refused, the previous policy stays: {}",
+                                    e.message
+                                )
+                            }
+                            _ => continue,
+                        };
+                        if let Err(e) = n.status(&status) {
+                            tracing::warn!("{e}");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        // The bus lives as long as `shared`: parked, not ended (an ended
+                        // task stops the engine).
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        });
+    }
     // SIGHUP: reload the policy (the same as `statecull reload`).
     if let Some(mut hup) = signals.take_reload() {
         let s = Arc::clone(&shared);
@@ -599,10 +672,30 @@ async fn work(opened: Opened) -> Result<(), EngineError> {
         .field("pid", std::process::id()),
     );
 
-    // Loggers of ignored signals: they run until the engine stops.
+    // Ready: every task runs, the control socket serves, the engine is confined, and the
+    // broker has been tried once (reached, or not within LINK_CHECK_TIMEOUT: the engine
+    // works without it and keeps trying, so its absence does not hold readiness back).
     let mut quiet = tokio::task::JoinSet::new();
+    let first_contact = tokio::time::timeout(LINK_CHECK_TIMEOUT, shared.broker.hello()).await;
+    let broker_said = match first_contact {
+        Ok(Ok(h)) => format!("broker connected ({} on {})", h.backend.kind, h.backend.kernel),
+        Ok(Err(e)) => format!("broker not reachable yet: {e}"),
+        Err(_) => "broker not answering yet".to_owned(),
+    };
+    if let Err(e) = notifier
+        .ready(&format!("watching {} gateway(s); {broker_said}", shared.policy().gateways.len()))
+    {
+        tracing::error!("{e}");
+    }
+
+    // Loggers of ignored signals: they run until the engine stops.
     tokio::select! {
-        name = signals.run(&mut quiet) => tracing::info!("{name}: stopping"),
+        name = signals.run(&mut quiet) => {
+            tracing::info!("{name}: stopping");
+            if let Err(e) = notifier.stopping(&format!("stopping ({name})")) {
+                tracing::warn!("{e}");
+            }
+        }
         Some(r) = tasks.join_next() => {
             // Every task runs for the engine's lifetime: one that ends is a failure, and
             // the exit status must say so (systemd's Restart=on-failure).

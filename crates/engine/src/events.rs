@@ -108,17 +108,7 @@ impl EventBus {
         // (see `subscribe_with_backlog`) sees every event exactly once.
         let _ = self.tx.send(event.clone());
         drop(inner);
-        tracing::info!(
-            target: "statecull::event",
-            seq = event.seq,
-            kind = event.kind.name(),
-            gateway = event.gateway.as_deref().unwrap_or(""),
-            killed = event.killed,
-            elapsed_ms = event.elapsed_ms,
-            fields = %fields_json(&event.fields),
-            "{}",
-            event.message
-        );
+        log_event(&event);
         event
     }
 
@@ -143,9 +133,57 @@ fn fields_json(fields: &[(String, String)]) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
+/// How serious an event is in the log, and so in `journalctl -p` or syslog: a failed plan
+/// is an error (states that should have died did not); a gateway down or degraded and a
+/// lost broker are warnings; the rest is information.
+pub fn level_of(kind: EventKind) -> tracing::Level {
+    match kind {
+        EventKind::PlanFailed => tracing::Level::ERROR,
+        EventKind::GatewayDown | EventKind::GatewayDegraded | EventKind::BrokerLost => {
+            tracing::Level::WARN
+        }
+        _ => tracing::Level::INFO,
+    }
+}
+
+/// One log line per event, at [`level_of`] its kind (JSON with `--log-format json`).
+fn log_event(event: &Event) {
+    macro_rules! line {
+        ($mac:ident) => {
+            tracing::$mac!(
+                target: "statecull::event",
+                seq = event.seq,
+                kind = event.kind.name(),
+                gateway = event.gateway.as_deref().unwrap_or(""),
+                killed = event.killed,
+                elapsed_ms = event.elapsed_ms,
+                fields = %fields_json(&event.fields),
+                "{}",
+                event.message
+            )
+        };
+    }
+    match level_of(event.kind) {
+        tracing::Level::ERROR => line!(error),
+        tracing::Level::WARN => line!(warn),
+        _ => line!(info),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_errors_and_losses_warnings_in_the_log() {
+        assert_eq!(level_of(EventKind::PlanFailed), tracing::Level::ERROR);
+        for k in [EventKind::GatewayDown, EventKind::GatewayDegraded, EventKind::BrokerLost] {
+            assert_eq!(level_of(k), tracing::Level::WARN, "{k}");
+        }
+        for k in [EventKind::GatewayUp, EventKind::PlanDone, EventKind::BrokerConnected] {
+            assert_eq!(level_of(k), tracing::Level::INFO, "{k}");
+        }
+    }
 
     #[test]
     fn numbers_keeps_and_broadcasts() {

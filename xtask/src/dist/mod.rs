@@ -13,6 +13,8 @@
 //! Every package is read back ([`read`]) and checked before the task succeeds: manifests,
 //! sums, sizes, the rc.d scripts byte for byte, and FreeBSD ELF programs.
 
+pub mod deb;
+pub mod deb_install;
 pub mod pkg;
 pub mod read;
 

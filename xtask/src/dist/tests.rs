@@ -199,9 +199,9 @@ fn service_scripts_use_the_compiled_in_paths() {
         assert!(engine.contains(needle), "statecull_engine: no {needle:?}");
     }
     assert!(
-        text("sandbox/profiles/systemd/statecull-engine.service")
-            .unwrap()
-            .contains("\nExecReload=/bin/kill -HUP $MAINPID\n")
+        text("sandbox/profiles/systemd/statecull-engine.service").unwrap().contains(
+            "\nExecReload=/usr/bin/statecull reload --control /run/statecull/engine.sock\n"
+        )
     );
     let units = text("sandbox/profiles/systemd/statecull-broker.service").unwrap()
         + &text("sandbox/profiles/systemd/statecull-engine.service").unwrap();

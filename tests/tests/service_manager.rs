@@ -1,0 +1,424 @@
+//! Both daemons and their service manager, as processes (no root needed; as root they
+//! switch to `nobody`): `READY=1` on a fake `NOTIFY_SOCKET` (a datagram socket the test
+//! binds, by path and abstract name) once they serve, confined, and `STOPPING=1` on SIGTERM;
+//! log lines with the sd-daemon `<N>` priority prefix when `JOURNAL_STREAM` names their
+//! standard error, and without it otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)] // test code
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use statecull_tests::TempDir;
+
+/// A daemon that is SIGKILLed if the test ends without stopping it.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.0.as_ref().unwrap().id() as i32)
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.0.as_mut().unwrap().try_wait() {
+                self.0 = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The fake service manager's socket.
+struct FakeManager {
+    socket: UnixDatagram,
+    /// `NOTIFY_SOCKET`'s value for it.
+    address: String,
+}
+
+impl FakeManager {
+    fn by_path(dir: &Path) -> Self {
+        let path = dir.join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        // As root the daemon connects before switching user; otherwise it is our user.
+        Self { socket, address: path.display().to_string() }
+    }
+
+    fn abstract_name(tag: &str) -> Self {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("statecull-test-notify-{tag}-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        Self { socket: UnixDatagram::bind_addr(&addr).unwrap(), address: format!("@{name}") }
+    }
+
+    /// The next notification, within `within`.
+    fn next(&self, within: Duration, log: &Path) -> String {
+        self.socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => String::from_utf8(buf[..n].to_vec()).unwrap(),
+            Err(e) => panic!(
+                "no notification within {within:?} ({e}); log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+fn broker_command(socket: &Path, log: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_itest-broker"));
+    c.args(["--backend", "pf-model", "--model-states", "200", "--socket"])
+        .arg(socket)
+        .args(statecull_tests::broker_test_args())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    c
+}
+
+const EXTERNAL_POLICY: &str = r#"
+[routing]
+confirm = "signal"
+settle_timeout = "60s"
+
+[[gateway]]
+name = "WAN1"
+interface = "igb1"
+address = "198.51.100.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "198.51.100.254"
+nat_addr = ["198.51.100.1"]
+interface = "igb1"
+
+[[gateway]]
+name = "WAN2"
+interface = "igb2"
+address = "203.0.113.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "203.0.113.254"
+nat_addr = ["203.0.113.1"]
+interface = "igb2"
+
+[[group]]
+name = "failover"
+members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 } ]
+on_down = "gateway"
+"#;
+
+fn engine_command(dir: &Path, broker: &Path, log: &Path) -> (Command, PathBuf) {
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, EXTERNAL_POLICY).unwrap();
+    let control = dir.join("engine.sock");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_itest-engine"));
+    c.arg("--policy")
+        .arg(&policy)
+        .arg("--broker-socket")
+        .arg(broker)
+        .arg("--control-socket")
+        .arg(&control)
+        .args(statecull_tests::daemon_user_args())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    (c, control)
+}
+
+/// READY=1 arrives once the daemon serves (its socket accepts), STOPPING=1 on SIGTERM, then
+/// a clean exit.
+fn ready_then_stopping(mut cmd: Command, manager: &FakeManager, socket: &Path, log: &Path) {
+    let mut p = Proc(Some(cmd.env("NOTIFY_SOCKET", &manager.address).spawn().unwrap()));
+    let ready = manager.next(Duration::from_secs(60), log);
+    assert!(ready.starts_with("READY=1\nSTATUS="), "{ready:?}");
+    assert!(UnixStream::connect(socket).is_ok(), "READY=1 before {} serves", socket.display());
+    let log_text = std::fs::read_to_string(log).unwrap();
+    assert!(log_text.contains("confined"), "READY=1 before confinement: {log_text}");
+    kill(p.pid(), Signal::SIGTERM).unwrap();
+    let stopping = manager.next(Duration::from_secs(30), log);
+    assert!(stopping.starts_with("STOPPING=1\nSTATUS=stopping"), "{stopping:?}");
+    let status = p.wait_exit(Duration::from_secs(60)).expect("did not exit after SIGTERM");
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(log).unwrap());
+}
+
+#[test]
+fn the_broker_notifies_ready_and_stopping() {
+    let dir = TempDir::with_mode("notify-broker", 0o755).unwrap();
+    let socket = dir.path().join("broker.sock");
+    let log = dir.path().join("broker.log");
+    let manager = FakeManager::by_path(dir.path());
+    ready_then_stopping(broker_command(&socket, &log), &manager, &socket, &log);
+    let manager = FakeManager::abstract_name("broker");
+    ready_then_stopping(broker_command(&socket, &log), &manager, &socket, &log);
+}
+
+#[test]
+fn the_engine_notifies_ready_and_stopping() {
+    let dir = TempDir::with_mode("notify-engine", 0o755).unwrap();
+    let broker_socket = dir.path().join("broker.sock");
+    let broker_log = dir.path().join("broker.log");
+    let mut broker = Proc(Some(broker_command(&broker_socket, &broker_log).spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&broker_socket).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = dir.path().join("engine.log");
+    for manager in [FakeManager::by_path(dir.path()), FakeManager::abstract_name("engine")] {
+        let (cmd, control) = engine_command(dir.path(), &broker_socket, &log);
+        ready_then_stopping(cmd, &manager, &control, &log);
+    }
+    // The READY status says the broker was reached.
+    let manager = FakeManager::abstract_name("engine-status");
+    let (mut cmd, _) = engine_command(dir.path(), &broker_socket, &log);
+    let mut p = Proc(Some(cmd.env("NOTIFY_SOCKET", &manager.address).spawn().unwrap()));
+    let ready = manager.next(Duration::from_secs(60), &log);
+    assert!(ready.contains("watching 2 gateway(s); broker connected (pf-model"), "{ready:?}");
+    // A reload's outcome is the status `systemctl status` shows: a refused policy, then
+    // a good one.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, EXTERNAL_POLICY.replace("[[group]]", "[[group]]\nbogus = 1")).unwrap();
+    kill(p.pid(), Signal::SIGHUP).unwrap();
+    let refused = manager.next(Duration::from_secs(60), &log);
+    assert!(
+        refused.starts_with("STATUS=policy reload refused, the previous policy stays: ")
+            && refused.contains("bogus"),
+        "{refused:?}"
+    );
+    std::fs::write(&policy, EXTERNAL_POLICY).unwrap();
+    kill(p.pid(), Signal::SIGHUP).unwrap();
+    let reloaded = manager.next(Duration::from_secs(60), &log);
+    assert!(reloaded.starts_with("STATUS=policy reloaded: "), "{reloaded:?}");
+    drop(p.0.take().map(|mut c| c.kill()));
+    kill(broker.pid(), Signal::SIGTERM).unwrap();
+    broker.wait_exit(Duration::from_secs(60));
+}
+
+#[test]
+fn an_unusable_notify_socket_stops_the_start_with_a_reason() {
+    let dir = TempDir::with_mode("notify-bad", 0o755).unwrap();
+    let socket = dir.path().join("broker.sock");
+    let log = dir.path().join("broker.log");
+    let missing = dir.path().join("no-such-notify");
+    let status = broker_command(&socket, &log).env("NOTIFY_SOCKET", &missing).status().unwrap();
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("NOTIFY_SOCKET=") && text.contains("cannot connect"), "{text}");
+}
+
+/// `JOURNAL_STREAM` as systemd sets it for a stream whose far end is `file`.
+fn journal_stream_of(file: &Path) -> String {
+    let m = std::fs::metadata(file).unwrap();
+    format!("{}:{}", m.dev(), m.ino())
+}
+
+/// Start the confined engine against a broker that is not there, at debug level, until it
+/// has logged its start; its log.
+fn engine_log_with(journal_stream: Option<&str>, tag: &str) -> String {
+    let dir = TempDir::with_mode(tag, 0o755).unwrap();
+    let log = dir.path().join("engine.log");
+    let (mut cmd, control) = engine_command(dir.path(), &dir.path().join("absent.sock"), &log);
+    cmd.args(["--log-level", "debug"]);
+    if let Some(v) = journal_stream {
+        let v = if v == "match" { journal_stream_of(&log) } else { v.to_owned() };
+        cmd.env("JOURNAL_STREAM", v);
+    }
+    let mut p = Proc(Some(cmd.spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&control).is_err() {
+        assert!(Instant::now() < deadline, "engine did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kill(p.pid(), Signal::SIGTERM).unwrap();
+    p.wait_exit(Duration::from_secs(30)).expect("engine did not stop");
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn log_lines_carry_their_priority_when_stderr_is_the_journal() {
+    let text = engine_log_with(Some("match"), "journal-on");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 3, "{text}");
+    for line in &lines {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].iter().any(|p| line.starts_with(p)),
+            "a line without its priority: {line:?}\n{text}"
+        );
+    }
+    let has =
+        |prefix: &str, what: &str| lines.iter().any(|l| l.starts_with(prefix) && l.contains(what));
+    assert!(has("<6>", "confined"), "{text}");
+    assert!(has("<6>", "stopping"), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("<7>")), "no debug line: {text}");
+    assert!(has("<4>", "broker"), "the unreachable broker is a warning: {text}");
+}
+
+#[test]
+fn log_lines_are_unchanged_without_the_journal() {
+    for (stream, tag) in [(None, "journal-off"), (Some("1:2"), "journal-other")] {
+        let text = engine_log_with(stream, tag);
+        assert!(text.lines().count() > 3, "{text}");
+        for line in text.lines() {
+            assert!(!line.starts_with('<'), "{stream:?}: {line:?}");
+        }
+    }
+}
+
+#[test]
+fn a_fatal_error_on_the_journal_is_at_priority_error() {
+    let dir = TempDir::with_mode("journal-fatal", 0o755).unwrap();
+    let log = dir.path().join("broker.log");
+    let status = broker_command(&dir.path().join("b.sock"), &log)
+        .env("JOURNAL_STREAM", journal_stream_of(&log))
+        .args(["--log-level", "loud"])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("<3>statecull-broker: --log-level loud: "), "{text:?}");
+}
+
+/// Run `cmd` in a private mount namespace whose `/dev` is an empty tmpfs with `/dev/log` a
+/// link to `syslog`: the daemons' real syslog path, without touching the host's `/dev`.
+fn with_dev_log(cmd: &Command, syslog: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /dev && ln -s \"$0\" /dev/log && exec \"$@\"")
+        .arg(syslog)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+/// Syslog messages until one contains `until`.
+fn syslog_until(server: &UnixDatagram, until: &str, log: &Path) -> Vec<String> {
+    server.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = server.recv(&mut buf).unwrap_or_else(|e| {
+            panic!("{e}; got {got:?}; stderr: {}", std::fs::read_to_string(log).unwrap_or_default())
+        });
+        let m = String::from_utf8(buf[..n].to_vec()).unwrap();
+        let done = m.contains(until);
+        got.push(m);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// `--log-target syslog`: each event one datagram `<PRI>TAG[PID]: ...`, facility daemon, at
+/// its priority, also after confinement (the broker's seccomp list kills on anything not
+/// allowed) and on the way out; nothing on standard error.
+#[test]
+fn both_daemons_log_to_syslog_with_a_priority_per_message() {
+    if statecull_tests::skip_unless_root("both_daemons_log_to_syslog_with_a_priority_per_message") {
+        return;
+    }
+    let dir = TempDir::with_mode("syslog", 0o755).unwrap();
+    let syslog = dir.path().join("log");
+    let server = UnixDatagram::bind(&syslog).unwrap();
+    let broker_socket = dir.path().join("broker.sock");
+    let broker_log = dir.path().join("broker.log");
+    let mut cmd = broker_command(&broker_socket, &broker_log);
+    cmd.args(["--log-target", "syslog"]);
+    let mut broker = Proc(Some(
+        with_dev_log(&cmd, &syslog)
+            .stderr(std::fs::File::create(&broker_log).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    let got = syslog_until(&server, "broker listening", &broker_log);
+    let pid = broker.pid();
+    for m in &got {
+        assert!(m.starts_with("<30>statecull-broker["), "{m:?}");
+        assert!(!m.ends_with('\n'), "{m:?}");
+    }
+    assert!(got.iter().any(|m| m.contains("confined")), "{got:?}");
+
+    let log = dir.path().join("engine.log");
+    let (cmd, control) = engine_command(dir.path(), &dir.path().join("absent.sock"), &log);
+    let mut cmd = with_dev_log(&cmd, &syslog);
+    cmd.args(["--log-target", "syslog"]).stderr(std::fs::File::create(&log).unwrap());
+    let mut engine = Proc(Some(cmd.spawn().unwrap()));
+    let got = syslog_until(&server, "broker-lost", &log);
+    assert!(
+        got.iter().any(|m| m.starts_with("<28>statecull-engine[") && m.contains("unreachable")),
+        "the lost broker is daemon.warning: {got:?}"
+    );
+    assert!(got.iter().any(|m| m.starts_with("<30>statecull-engine[")), "{got:?}");
+    assert!(UnixStream::connect(&control).is_ok());
+    kill(engine.pid(), Signal::SIGTERM).unwrap();
+    let got = syslog_until(&server, "stopping", &log);
+    assert!(got.last().unwrap().starts_with("<30>statecull-engine["), "{got:?}");
+    assert!(engine.wait_exit(Duration::from_secs(30)).unwrap().success());
+
+    // The broker, confined (seccomp: kill-process), still logs its stop to syslog.
+    kill(pid, Signal::SIGTERM).unwrap();
+    let got = syslog_until(&server, "stop requested", &broker_log);
+    assert!(got.last().unwrap().starts_with("<30>statecull-broker["), "{got:?}");
+    assert!(broker.wait_exit(Duration::from_secs(60)).unwrap().success());
+    for f in [&broker_log, &log] {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(!text.contains("INFO"), "log lines on stderr: {text}");
+    }
+}
+
+/// What a daemon writes straight to standard error (the loud `--no-sandbox` warning) is
+/// filed at its priority too, like the log lines.
+#[test]
+fn the_no_sandbox_warning_on_the_journal_is_a_warning() {
+    let dir = TempDir::with_mode("journal-nosandbox", 0o755).unwrap();
+    let socket = dir.path().join("b.sock");
+    let log = dir.path().join("broker.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_itest-broker"));
+    cmd.args(["--backend", "pf-model", "--model-states", "10", "--no-sandbox", "--socket"])
+        .arg(&socket)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    cmd.env("JOURNAL_STREAM", journal_stream_of(&log));
+    let mut p = Proc(Some(cmd.spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(p.pid(), Signal::SIGTERM).unwrap();
+    assert!(p.wait_exit(Duration::from_secs(60)).unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("<4>statecull-broker: *** --no-sandbox")), "{text}");
+    for line in text.lines() {
+        assert!(line.starts_with('<'), "a line without its priority: {line:?}\n{text}");
+    }
+}
