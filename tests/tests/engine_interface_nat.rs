@@ -126,6 +126,7 @@ fn the_engine_follows_a_renumbered_wan_and_kills_the_states_of_its_new_address()
 
     // Before: WAN1 has 198.51.100.1, which no state is NAT'd to.
     let before = planned(&control);
+    eprintln!("before the new lease, statecull plan --down WAN1: {before:?}");
     assert_eq!(before, [("nat-addr 198.51.100.1".to_owned(), Some(0))], "{}", engine.log_text());
 
     // The new lease: the new address comes, the old one goes (promoted, as systemd sets it).
@@ -155,6 +156,9 @@ fn the_engine_follows_a_renumbered_wan_and_kills_the_states_of_its_new_address()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    eprintln!(
+        "after `ip addr add 198.51.100.77/24; ip addr del 198.51.100.1/24` on wan1: {after:?}"
+    );
     // The new address, and the old one kept for five minutes.
     assert_eq!(
         after,
@@ -180,7 +184,16 @@ fn the_engine_follows_a_renumbered_wan_and_kills_the_states_of_its_new_address()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    eprintln!(
+        "statecull gateway WAN1 down --routed: {}: {} (killed {:?})",
+        done.kind, done.message, done.killed
+    );
     assert_eq!(done.killed, Some(wan1_states), "{done:?}");
-    assert_eq!(counts(broker.socket()), (0, wan2_states), "WAN1's gone, WAN2's untouched");
+    let left = counts(broker.socket());
+    eprintln!(
+        "left: NAT'd to 198.51.100.77 {}, to WAN2's 203.0.113.1 {} (of {wan2_states})",
+        left.0, left.1
+    );
+    assert_eq!(left, (0, wan2_states), "WAN1's gone, WAN2's untouched");
     assert!(engine.running());
 }

@@ -422,3 +422,128 @@ fn the_no_sandbox_warning_on_the_journal_is_a_warning() {
         assert!(line.starts_with('<'), "a line without its priority: {line:?}\n{text}");
     }
 }
+
+/// The engine under a real journald, started in a private mount namespace over its own
+/// tmpfs `/run` (volatile storage, no kernel messages, nothing forwarded), its standard
+/// error given to the journal by `systemd-cat` with `JOURNAL_STREAM` set as systemd sets
+/// it. The script runs as root; it leaves nothing behind (the namespace dies with it).
+const UNDER_JOURNALD: &str = r#"
+set -eu
+out=$1; shift
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/systemd/journal /run/systemd/journald.conf.d
+printf '[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\nForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\n' \
+    > /run/systemd/journald.conf.d/test.conf
+engine=
+"$JOURNALD" </dev/null >/dev/null 2>&1 & journald=$!
+# Whatever happens, neither outlives the script (they would hold the test's pipes).
+trap 'kill $engine $journald 2>/dev/null || true' EXIT
+i=0; while [ ! -S /run/systemd/journal/stdout ]; do i=$((i+1)); [ $i -lt 100 ]; sleep 0.1; done
+# systemd-cat execs the engine with both output streams on one journal stream.
+systemd-cat -t statecull-engine sh -c \
+    'JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); export JOURNAL_STREAM; exec "$@"' \
+    engine "$@" </dev/null >/dev/null 2>&1 & engine=$!
+i=0; while ! "$CLI" status --control "$CONTROL" >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 300 ]; sleep 0.1; done
+# Routed at once: the plan runs now, so the reloads do not wait for it.
+"$CLI" gateway WAN1 down --routed --control "$CONTROL"
+cp "$POLICY" "$POLICY.good"
+sed 's/^\[\[group\]\]$/[[group]]\nbogus = 1/' "$POLICY.good" > "$POLICY"
+if "$CLI" reload --control "$CONTROL"; then echo "a bad policy was reloaded"; exit 1; fi
+cp "$POLICY.good" "$POLICY"
+"$CLI" reload --control "$CONTROL"
+kill "$engine"; wait "$engine" || true; engine=
+journalctl -D /run/log/journal -t statecull-engine -p warning -o json > "$out/warning"
+journalctl -D /run/log/journal -t statecull-engine -o json > "$out/all"
+kill "$journald"; wait "$journald" || true; journald=
+"#;
+
+/// `journalctl -p warning` shows the engine's warnings and nothing less serious: journald
+/// itself reads the `<N>` prefixes (the other tests check the prefixes; this one checks
+/// that journald takes them as meant). Root only, and only where systemd-journald exists.
+#[test]
+fn journalctl_p_warning_shows_the_engines_warnings_and_nothing_less() {
+    let test = "journalctl_p_warning_shows_the_engines_warnings_and_nothing_less";
+    if statecull_tests::skip_unless_root(test) {
+        return;
+    }
+    let Some(journald) = ["/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
+        eprintln!("SKIP {test}: no systemd-journald on this machine");
+        return;
+    };
+    let dir = TempDir::with_mode("journald", 0o755).unwrap();
+    let broker_socket = dir.path().join("broker.sock");
+    let broker_log = dir.path().join("broker.log");
+    let mut broker = Proc(Some(broker_command(&broker_socket, &broker_log).spawn().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&broker_socket).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = dir.path().join("engine.log");
+    let (engine, control) = engine_command(dir.path(), &broker_socket, &log);
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", UNDER_JOURNALD, "sh"])
+        .arg(dir.path())
+        .arg(engine.get_program())
+        .args(engine.get_args())
+        .args(["--log-format", "json"])
+        .env("JOURNALD", journald)
+        .env("CLI", env!("CARGO_BIN_EXE_itest-statecull"))
+        .env("CONTROL", &control)
+        .env("POLICY", dir.path().join("policy.toml"))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    kill(broker.pid(), Signal::SIGTERM).unwrap();
+    broker.wait_exit(Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each record: journald's PRIORITY and the engine's JSON line in MESSAGE.
+    let records = |file: &str| -> Vec<(u8, serde_json::Value)> {
+        std::fs::read_to_string(dir.path().join(file))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                let priority = r["PRIORITY"].as_str().unwrap().parse().unwrap();
+                let message = r["MESSAGE"].as_str().unwrap();
+                (priority, serde_json::from_str(message).unwrap_or(message.into()))
+            })
+            .collect()
+    };
+    let all = records("all");
+    let warnings = records("warning");
+    let shown = |rs: &[(u8, serde_json::Value)]| {
+        rs.iter().map(|(p, m)| format!("<{p}> {m}")).collect::<Vec<_>>().join("\n")
+    };
+    let kind = |m: &serde_json::Value| m["kind"].as_str().unwrap_or("").to_owned();
+    // Everything was there at its level: the start at info, the reloads, the gateway down.
+    assert!(all.iter().any(|(p, m)| *p == 6 && kind(m) == "engine-started"), "{}", shown(&all));
+    assert!(all.iter().any(|(p, m)| *p == 6 && kind(m) == "policy-reloaded"), "{}", shown(&all));
+    for (p, m) in &all {
+        let level = m["level"].as_str().unwrap_or("");
+        let expected = match level {
+            "ERROR" => 3,
+            "WARN" => 4,
+            "INFO" => 6,
+            _ => 7,
+        };
+        assert_eq!(*p, expected, "{m}");
+    }
+    // -p warning: the gateway down and the refused reload, and nothing at info or below.
+    let kinds: Vec<String> = warnings.iter().map(|(_, m)| kind(m)).collect();
+    assert!(kinds.iter().any(|k| k == "gateway-down"), "{}", shown(&warnings));
+    assert!(kinds.iter().any(|k| k == "policy-reload-failed"), "{}", shown(&warnings));
+    assert!(warnings.iter().all(|(p, _)| *p <= 4), "{}", shown(&warnings));
+    assert!(warnings.len() < all.len(), "{}", shown(&warnings));
+    eprintln!("journalctl -t statecull-engine -p warning:\n{}", shown(&warnings));
+}

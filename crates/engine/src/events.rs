@@ -134,14 +134,16 @@ fn fields_json(fields: &[(String, String)]) -> String {
 }
 
 /// How serious an event is in the log, and so in `journalctl -p` or syslog: a failed plan
-/// is an error (states that should have died did not); a gateway down or degraded and a
-/// lost broker are warnings; the rest is information.
+/// is an error (states that should have died did not); a gateway down or degraded, a lost
+/// broker and a refused reload (the operator's change is not in force) are warnings; the
+/// rest is information.
 pub fn level_of(kind: EventKind) -> tracing::Level {
     match kind {
         EventKind::PlanFailed => tracing::Level::ERROR,
-        EventKind::GatewayDown | EventKind::GatewayDegraded | EventKind::BrokerLost => {
-            tracing::Level::WARN
-        }
+        EventKind::GatewayDown
+        | EventKind::GatewayDegraded
+        | EventKind::BrokerLost
+        | EventKind::PolicyReloadFailed => tracing::Level::WARN,
         _ => tracing::Level::INFO,
     }
 }
@@ -177,10 +179,20 @@ mod tests {
     #[test]
     fn failures_are_errors_and_losses_warnings_in_the_log() {
         assert_eq!(level_of(EventKind::PlanFailed), tracing::Level::ERROR);
-        for k in [EventKind::GatewayDown, EventKind::GatewayDegraded, EventKind::BrokerLost] {
+        for k in [
+            EventKind::GatewayDown,
+            EventKind::GatewayDegraded,
+            EventKind::BrokerLost,
+            EventKind::PolicyReloadFailed,
+        ] {
             assert_eq!(level_of(k), tracing::Level::WARN, "{k}");
         }
-        for k in [EventKind::GatewayUp, EventKind::PlanDone, EventKind::BrokerConnected] {
+        for k in [
+            EventKind::GatewayUp,
+            EventKind::PlanDone,
+            EventKind::BrokerConnected,
+            EventKind::PolicyReloaded,
+        ] {
             assert_eq!(level_of(k), tracing::Level::INFO, "{k}");
         }
     }

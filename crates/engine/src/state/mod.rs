@@ -509,7 +509,10 @@ impl Shared {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "{path} not reloaded (the policy in force stays): a plan or its trailing sweep                      was still running after {} s; it finishes under the policy it started with.                      Reload again when it is done (`statecull status` shows pending plans)",
+                    "{path} not reloaded (the policy in force stays): a plan or its trailing sweep \
+                     was still running after {} s; it finishes under the policy it started \
+                     with. Reload again when it is done (`statecull status` shows pending \
+                     plans)",
                     crate::reload::QUIET_WAIT.as_secs()
                 ));
             }
