@@ -3,8 +3,9 @@
 # installed (CI):
 #
 #   1. `systemd-analyze verify` on both units. verify insists that ExecStart binaries
-#      exist, so the units are copied to a temporary directory with /usr/sbin/ rewritten
-#      to the freshly built binaries; nothing else is changed. Any output fails the check:
+#      exist, so the units are copied to a temporary directory with /usr/sbin/ (and the
+#      engine's ExecReload, /usr/bin/statecull) rewritten to the freshly built binaries;
+#      nothing else is changed. Any output fails the check:
 #      verify exits 0 on unknown keys and other warnings, printing them.
 #   2. statecull.sysusers: systemd-sysusers creates the users and group in a scratch root.
 #   3. sysctl.d/60-statecull-ping.conf: the template renders to one valid range; as root,
@@ -14,8 +15,9 @@
 #   4. rc.d scripts: `sh -n` (syntax only; rc.subr exists only on FreeBSD).
 #
 # Usage: sandbox/profiles/verify-units.sh [BINDIR]
-#   BINDIR holds statecull-broker and statecull-engine [default: target/debug of this
-#   workspace]; build them first: cargo build -p statecull-broker -p statecull-engine
+#   BINDIR holds statecull-broker, statecull-engine and statecull [default: target/debug
+#   of this workspace]; build them first:
+#   cargo build -p statecull-broker -p statecull-engine -p statecull-cli
 # Needs systemd-analyze and systemd-sysusers (Debian/Ubuntu: apt-get install systemd).
 set -eu
 
@@ -29,9 +31,9 @@ fail() {
     exit 1
 }
 
-for bin in statecull-broker statecull-engine; do
+for bin in statecull-broker statecull-engine statecull; do
     [ -x "$bindir/$bin" ] ||
-        fail "$bindir/$bin is missing: cargo build -p statecull-broker -p statecull-engine"
+        fail "$bindir/$bin is missing: cargo build -p statecull-broker -p statecull-engine -p statecull-cli"
 done
 command -v systemd-analyze >/dev/null || fail "systemd-analyze not found (apt-get install systemd)"
 
@@ -43,7 +45,10 @@ mkdir "$tmp/units"
 for unit in "$here"/systemd/*.service; do
     name=$(basename "$unit")
     grep -q '^ExecStart=/usr/sbin/statecull-' "$unit" || fail "$name: ExecStart is not /usr/sbin/statecull-*"
-    sed "s#^ExecStart=/usr/sbin/#ExecStart=$bindir/#" "$unit" >"$tmp/units/$name"
+    # ExecReload (the engine's) runs the CLI, /usr/bin/statecull once installed.
+    sed -e "s#^ExecStart=/usr/sbin/#ExecStart=$bindir/#" \
+        -e "s#^ExecReload=/usr/bin/statecull #ExecReload=$bindir/statecull #" \
+        "$unit" >"$tmp/units/$name"
 done
 echo "+ systemd-analyze verify --man=no $tmp/units/*.service"
 status=0

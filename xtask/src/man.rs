@@ -198,6 +198,36 @@ mod tests {
         "man5/statecull-broker.toml.5",
     ];
 
+    /// The units' `Documentation=man:PAGE(N)` name pages the packages install (lintian's
+    /// systemd-service-file-missing-documentation-key; `systemctl help` opens them).
+    #[test]
+    fn the_units_document_themselves_with_pages_we_ship() {
+        let shipped: Vec<PathBuf> = render().unwrap().into_iter().map(|(p, _)| p).collect();
+        for unit in ["statecull-broker.service", "statecull-engine.service"] {
+            let path = crate::util::root().join("sandbox/profiles/systemd").join(unit);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let pages: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("Documentation="))
+                .flat_map(str::split_whitespace)
+                .collect();
+            assert!(!pages.is_empty(), "{unit}: no Documentation=");
+            for page in pages {
+                let (name, section) = page
+                    .strip_prefix("man:")
+                    .and_then(|p| p.strip_suffix(')'))
+                    .and_then(|p| p.split_once('('))
+                    .unwrap_or_else(|| panic!("{unit}: {page} is not man:NAME(N)"));
+                let want = PathBuf::from(format!("man{section}/{name}.{section}"));
+                assert!(
+                    shipped.contains(&want),
+                    "{unit}: {page}: {} is not rendered",
+                    want.display()
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_file_is_rendered_once_and_says_something() {
         let files = render().unwrap();
