@@ -102,11 +102,6 @@ fn commands(cmd: &clap::Command, path: &str, out: &mut String) -> Result<()> {
 fn man_page(cmd: clap::Command) -> Result<Vec<u8>> {
     let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
-    if !cmd.has_subcommands() {
-        let mut out = Vec::new();
-        man(cmd).render(&mut out).context("rendering a man page")?;
-        return Ok(out);
-    }
     let mut page = String::new();
     let mut title = Vec::new();
     man(cmd.clone()).render_title(&mut title).context("rendering a man page")?;
@@ -115,17 +110,34 @@ fn man_page(cmd: clap::Command) -> Result<Vec<u8>> {
     page.push_str(&section(&cmd, clap_mangen::Man::render_synopsis_section)?);
     page.push_str(&section(&cmd, clap_mangen::Man::render_description_section)?);
     page.push_str(&section(&cmd, clap_mangen::Man::render_options_section)?);
-    page.push_str(".SH COMMANDS\n");
-    commands(&cmd, cmd.get_name(), &mut page)?;
+    if cmd.has_subcommands() {
+        page.push_str(".SH COMMANDS\n");
+        commands(&cmd, cmd.get_name(), &mut page)?;
+    }
+    // The text after --help, laid out as --help shows it (clap_mangen's EXTRA section
+    // would fill it into one paragraph).
     if let Some(after) = cmd.get_after_long_help().or_else(|| cmd.get_after_help()) {
-        page.push_str(".SH \"EXAMPLES AND EXIT STATUS\"\n.nf\n");
+        let heading = if cmd.has_subcommands() {
+            "EXAMPLES AND EXIT STATUS"
+        } else {
+            "SIGNALS AND EXIT STATUS"
+        };
+        page.push_str(&format!(".SH \"{heading}\"\n.nf\n"));
         page.push_str(&roff_text(&after.to_string()));
         page.push_str(".fi\n");
     }
-    page.push_str(
-        ".SH \"SEE ALSO\"\n.BR statecull\\-engine (8),\n.BR statecull\\-broker (8),\n\
-         .BR statecull\\-policy (5),\n.BR statecull\\-broker.toml (5)\n",
-    );
+    let see_also: Vec<String> = [
+        ("statecull", "8"),
+        ("statecull-engine", "8"),
+        ("statecull-broker", "8"),
+        ("statecull-policy", "5"),
+        ("statecull-broker.toml", "5"),
+    ]
+    .into_iter()
+    .filter(|(name, _)| *name != cmd.get_name())
+    .map(|(name, section)| format!(".BR {} ({section})", name.replace('-', "\\-")))
+    .collect();
+    page.push_str(&format!(".SH \"SEE ALSO\"\n{}\n", see_also.join(",\n")));
     Ok(page.into_bytes())
 }
 

@@ -59,7 +59,27 @@ enum LogTarget {
 /// started as root with --user: it opens raw ICMP sockets and the socket directories of the
 /// broker and dpinger, then drops to the user and enters Capsicum capability mode.
 #[derive(Debug, Parser)]
-#[command(name = "statecull-engine", version, max_term_width = 100)]
+#[command(
+    name = "statecull-engine",
+    version,
+    max_term_width = 100,
+    after_long_help = concat!(
+        "SIGNALS:\n",
+        "  SIGHUP     read the policy file again and put it in force, or refuse it and keep\n",
+        "             the one in force (a refusal is logged at warning). `statecull reload`\n",
+        "             does the same and waits for the answer; `systemctl reload` runs it.\n",
+        "  SIGTERM, SIGINT, SIGQUIT\n",
+        "             stop (systemd: STOPPING=1).\n",
+        "  others     logged and ignored.\n",
+        "\n",
+        "EXIT STATUS:\n",
+        "  0  stopped by a signal, or --check / --print-sandbox done\n",
+        "  1  a start-up error (a policy that does not load, a socket that cannot be opened,\n",
+        "     confinement that fails) or an engine task that failed (systemd's\n",
+        "     Restart=on-failure restarts it)\n",
+        "  2  bad flags",
+    )
+)]
 struct Args {
     /// The policy file
     #[arg(long, short = 'p', value_name = "FILE", env = "STATECULL_POLICY")]
