@@ -179,7 +179,8 @@ pub(crate) fn emit(out: &Out, system: System, source_name: &str) -> String {
         let _ = writeln!(t, "latency_up = \"{lat_up}ms\"");
         let _ = writeln!(
             t,
-            "# {sys} also calls it down above latencyhigh {} ms; statecull does not (loss only).",
+            "# {sys} also calls it down above latencyhigh {} ms; statecull does not (loss only; \
+             a group's trigger = \"latency\" fails over on latency_degraded).",
             g.latencyhigh
         );
         t.push_str("\n[gateway.states]\n");

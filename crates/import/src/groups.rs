@@ -317,7 +317,7 @@ pub(crate) fn global_settings(
         );
     }
     if items.iter().any(|i| i.latencyhigh.is_none()) && !gateways.is_empty() {
-        cx.note(String::new(), format!("{} also calls a gateway down above latencyhigh (default {LATENCY_HIGH} ms); statecull judges down by loss only, latency makes a gateway degraded", cfg.system.name()));
+        cx.note(String::new(), format!("{} also calls a gateway down above latencyhigh (default {LATENCY_HIGH} ms); statecull judges down by loss only, latency makes a gateway degraded (a group's trigger = \"latency\" or \"loss-or-latency\" fails over on it)", cfg.system.name()));
     }
 }
 

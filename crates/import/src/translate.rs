@@ -294,7 +294,8 @@ fn thresholds(
             p.clone(),
             format!(
                 "{} calls gateway {} down above {lathigh} ms latency; statecull judges down by \
-                 loss only (latency makes it degraded), so this level is not translated",
+                 loss only (latency makes it degraded, which a group's trigger = \"latency\" or \
+                 \"loss-or-latency\" fails over on), so this level is not translated",
                 cx.sys(),
                 g.name
             ),
