@@ -221,17 +221,19 @@ fn thousands(n: u64) -> String {
 }
 
 /// A gateway's states as status shows them: the last background count and its age
-/// ("12,345, 3 min ago"), "never counted", or "off". An engine that predates the age
+/// ("12,345, 3 min ago"), "not counted yet" (a gateway a reload added after the last
+/// count), "never counted", or "off". An engine that predates the age
 /// (no `states_refresh` in its reply) counted at each status: its figure is shown bare.
 fn states_cell(g: &GatewayStatus, refresh: Option<&StatesRefreshStatus>) -> String {
     let Some(refresh) = refresh else { return count_text(g.states) };
     match (g.states_age_ms, refresh.enabled) {
         (None, false) => "off".to_owned(),
         (None, true) => "never counted".to_owned(),
-        (Some(age), _) => {
-            let n = g.states.map_or_else(|| "?".to_owned(), thousands);
-            format!("{n}, {} ago", ms_text(age))
-        }
+        (Some(age), _) => match g.states {
+            Some(n) => format!("{}, {} ago", thousands(n), ms_text(age)),
+            // Not in the last count (a gateway a reload added): its age is not this one's.
+            None => "not counted yet".to_owned(),
+        },
     }
 }
 
@@ -712,7 +714,7 @@ mod tests {
         let cases = [
             (gateway(Some(12_345), Some(180_000)), Some(&on), "12,345, 3 min ago"),
             (gateway(Some(7), Some(850)), Some(&on), "7, 850 ms ago"),
-            (gateway(None, Some(180_000)), Some(&on), "?, 3 min ago"),
+            (gateway(None, Some(180_000)), Some(&on), "not counted yet"),
             (gateway(None, None), Some(&refresh(true, None)), "never counted"),
             (gateway(None, None), Some(&refresh(false, None)), "off"),
             // An engine from before the age: its figure as it sent it.
