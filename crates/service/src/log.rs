@@ -203,6 +203,14 @@ where
     let ansi = ansi && header == Header::None;
     let builder = tracing_subscriber::fmt().with_max_level(level).with_ansi(ansi);
     match format {
+        // The journal and syslog stamp each line themselves: a second time in the text
+        // would only push the message right (JSON keeps its field, for who parses it).
+        Format::Text if header != Header::None => {
+            let inner = tracing_subscriber::fmt::format().with_ansi(ansi).without_time();
+            Box::new(
+                builder.event_format(WithPriority { inner, header }).with_writer(writer).finish(),
+            )
+        }
         Format::Text => {
             let inner = tracing_subscriber::fmt::format().with_ansi(ansi);
             Box::new(
@@ -313,6 +321,25 @@ mod tests {
                 assert!(line.contains(msg), "{format:?}: {line}");
                 assert!(!line[3..].contains('<'), "one prefix only: {line}");
             }
+        }
+    }
+
+    /// journald and syslog stamp lines themselves; text carries no second time, and a
+    /// terminal or file keeps it.
+    #[test]
+    fn text_has_no_timestamp_only_where_the_sink_stamps_lines() {
+        let levels = ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"];
+        for header in [Header::Journal, Header::Syslog { tag: "statecull-engine", pid: 1 }] {
+            let got = lines(Format::Text, header.clone());
+            assert_eq!(got.len(), 5, "{got:?}");
+            for (line, level) in got.iter().zip(levels) {
+                // What follows `<N>` (journal) or `<N>tag[pid]: ` (syslog) is the level.
+                let body = line.split_once("]: ").map_or(&line[3..], |(_, b)| b);
+                assert!(body.trim_start().starts_with(level), "{header:?}: {line}");
+            }
+        }
+        for line in lines(Format::Text, Header::None) {
+            assert!(line.starts_with(|c: char| c.is_ascii_digit()), "no timestamp: {line}");
         }
     }
 
