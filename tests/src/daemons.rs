@@ -1,12 +1,14 @@
 //! The daemons as the end-to-end tests run them outside a namespace (no root needed; as root
 //! they switch to the test user): their command lines, ready for a test's own flags and
-//! for [`ChildGuard::spawn_serving`](crate::ChildGuard::spawn_serving), and a policy for
-//! an engine whose gateways the test declares up and down.
+//! for [`ChildGuard::spawn_serving`](crate::ChildGuard::spawn_serving), a policy for an
+//! engine whose gateways the test declares up and down, and the CLI talking to an engine.
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use statecull_control::Event;
 
 /// Two WANs with external health (the test says up and down), recognised the pf way (route,
 /// NAT address, interface): WAN1 tier 1, WAN2 tier 2, `on_down = "gateway"`; routing
@@ -82,4 +84,25 @@ pub fn engine_command(
         .stdout(Stdio::null())
         .stderr(File::create(log)?);
     Ok(cmd)
+}
+
+/// `statecull ARGS --control CONTROL`, run with the CLI `bin`; its output.
+pub fn statecull(bin: &Path, control: &Path, args: &[&str]) -> io::Result<Output> {
+    Command::new(bin).args(args).arg("--control").arg(control).output()
+}
+
+/// The engine's recent events, as `statecull events --json` (the CLI `bin`) lists them; a
+/// failure carries what the CLI said.
+pub fn events(bin: &Path, control: &Path) -> io::Result<Vec<Event>> {
+    let out = statecull(bin, control, &["events", "--json"])?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "statecull events: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| io::Error::other(format!("{e}: {l}"))))
+        .collect()
 }

@@ -109,7 +109,8 @@ fn statecull(control: &Path, args: &[&str]) -> String {
 }
 
 fn events(control: &Path) -> Vec<Event> {
-    statecull(control, &["events"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let cli = Path::new(env!("CARGO_BIN_EXE_itest-statecull"));
+    statecull_tests::daemons::events(cli, control).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn count(evs: &[Event], kind: EventKind) -> usize {

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use statecull_tests::daemons::{EXTERNAL_POLICY, engine_command};
+use statecull_tests::daemons::{self, EXTERNAL_POLICY, engine_command};
 use statecull_tests::{ChildGuard, TempDir};
 
 const LTE: &str = r#"
@@ -62,12 +62,7 @@ fn write_policy(path: &Path, text: &str) {
 }
 
 fn statecull(control: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_itest-statecull"))
-        .args(args)
-        .arg("--control")
-        .arg(control)
-        .output()
-        .unwrap()
+    daemons::statecull(Path::new(env!("CARGO_BIN_EXE_itest-statecull")), control, args).unwrap()
 }
 
 fn text(o: &Output) -> String {
