@@ -11,15 +11,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
-use crate::{Netns, TempDir, run};
+use crate::{ChildGuard, Netns, TempDir, run};
 
 /// One WAN link of the lab: device in `fw`, the firewall's address, the gateway's.
 #[derive(Clone, Copy, Debug)]
@@ -80,7 +76,7 @@ impl TwoWanLab {
 /// on drop.
 #[derive(Debug)]
 pub struct EngineProcess {
-    child: Option<Child>,
+    child: ChildGuard,
     control: PathBuf,
     log: PathBuf,
     _dir: TempDir,
@@ -94,35 +90,23 @@ impl EngineProcess {
         std::fs::write(&policy_path, policy)?;
         let control = dir.path().join("engine.sock");
         let log = dir.path().join("engine.log");
-        let child = ns
-            .command(bin)
-            .arg("--policy")
-            .arg(&policy_path)
-            .arg("--control-socket")
-            .arg(&control)
-            .args(crate::daemon_user_args())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(File::create(&log)?)
-            .stderr(File::create(&log)?)
-            .spawn()?;
-        let mut e = Self { child: Some(child), control, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&e.control).is_err() {
-            if let Some(c) = e.child.as_mut()
-                && let Some(status) = c.try_wait()?
-            {
-                return Err(io::Error::other(format!(
-                    "engine exited ({status}): {}",
-                    e.log_text()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!("engine did not start: {}", e.log_text())));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(e)
+        let child = ChildGuard::spawn_serving(
+            ns.command(bin)
+                .arg("--policy")
+                .arg(&policy_path)
+                .arg("--control-socket")
+                .arg(&control)
+                .args(crate::daemon_user_args())
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(File::create(&log)?)
+                .stderr(File::create(&log)?),
+            &control,
+            Duration::from_secs(30),
+            &log,
+        )?
+        .terminate_on_drop(Duration::from_secs(10));
+        Ok(Self { child, control, log, _dir: dir })
     }
 
     pub fn control(&self) -> &Path {
@@ -135,23 +119,7 @@ impl EngineProcess {
 
     /// Whether the engine is still running.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.running()
     }
 }
 

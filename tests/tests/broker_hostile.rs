@@ -28,7 +28,8 @@ use statecull_proto::{
     BackendKind, ErrorCode, Hello, IfName, Label, PROTOCOL_VERSION, Prefix, Request, Response,
     Selector, StateHandle,
 };
-use statecull_tests::TempDir;
+use statecull_tests::daemons::model_broker_command;
+use statecull_tests::{ChildGuard, TempDir};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -959,36 +960,16 @@ fn a_refused_peer_flood_is_logged_briefly_told_nothing_and_starves_no_one() {
 // Signals (issue 9, item 8): the broker binary, pf model, no root needed
 
 /// A confined pf-model broker process (seccomp and all, as deployed), its socket and log.
-fn model_broker_process(
-    states: usize,
-    extra: &[&str],
-) -> (std::process::Child, PathBuf, PathBuf, TempDir) {
+fn model_broker_process(states: usize, extra: &[&str]) -> (ChildGuard, PathBuf, PathBuf, TempDir) {
     let dir = TempDir::new("hostile-proc").unwrap();
     let socket = dir.path().join("broker.sock");
     let log = dir.path().join("broker.log");
     let me = nix::unistd::geteuid().as_raw().to_string();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_itest-broker"))
-        .args(["--backend", "pf-model", "--model-states", &states.to_string(), "--socket"])
-        .arg(&socket)
-        .args(statecull_tests::broker_test_args())
-        .args(["--allow-user", &me])
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "the broker did not start");
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the broker exited at start ({status}):\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_itest-broker"));
+    let mut cmd = model_broker_command(bin, states, &socket, &log).unwrap();
+    cmd.args(["--allow-user", &me]).args(extra);
+    let child = ChildGuard::spawn_serving(&mut cmd, &socket, Duration::from_secs(120), &log)
+        .unwrap_or_else(|e| panic!("the broker did not start: {e}"));
     (child, socket, log, dir)
 }
 
@@ -1026,18 +1007,15 @@ fn a_confined_broker_turns_peers_away_and_keeps_serving() {
     }
     let busy = (0..2).filter(|_| attempt().is_err()).count();
     assert_eq!((held.len(), busy), (2, 2));
-    assert!(child.try_wait().unwrap().is_none(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(child.running(), "{}", std::fs::read_to_string(&log).unwrap());
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
     let mut s = UnixStream::connect(&socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     say_hello(&mut s);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    child.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait_exit(Duration::from_secs(120)).expect("no exit after SIGTERM");
+    assert!(status.success(), "{status}");
 }
 
 /// SIGHUP, SIGUSR1, SIGUSR2, SIGALRM and real-time signals killed the broker with the
@@ -1045,13 +1023,7 @@ fn a_confined_broker_turns_peers_away_and_keeps_serving() {
 #[test]
 fn stray_signals_neither_stop_the_broker_nor_cut_a_kill_short() {
     let (mut child, socket, log, _dir) = model_broker_process(400_000, &[]);
-    let pid = child.id().to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "the broker did not start");
-        assert!(child.try_wait().unwrap().is_none(), "the broker exited at start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pid = child.pid().to_string();
     // Names, or numbers for the real-time signals (procps' kill names no RTMIN+n).
     let signal = |name: &str| {
         let ok = std::process::Command::new("kill")
@@ -1069,7 +1041,7 @@ fn stray_signals_neither_stop_the_broker_nor_cut_a_kill_short() {
         signal(s);
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "a stray signal stopped the idle broker");
+    assert!(child.running(), "a stray signal stopped the idle broker");
     // During a kill: signals keep arriving until the answer is in.
     let mut c = UnixStream::connect(&socket).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
@@ -1114,10 +1086,10 @@ fn stray_signals_neither_stop_the_broker_nor_cut_a_kill_short() {
     let (k, _) = killed(&reply.expect("the kill's answer never came"));
     assert!(k > 100_000, "killed {k}");
     assert!(sent > 0);
-    assert!(child.try_wait().unwrap().is_none(), "a stray signal stopped the broker");
+    assert!(child.running(), "a stray signal stopped the broker");
     // SIGQUIT stops it like SIGTERM: drained, exit 0.
     signal("QUIT");
-    let status = child.wait().unwrap();
+    let status = child.wait_exit(Duration::from_secs(120)).expect("no exit after SIGQUIT");
     assert!(status.success(), "{status:?}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("states killed"), "no audit line:\n{text}");

@@ -4,62 +4,36 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_possible_truncation)] // test code
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use statecull_cli::BrokerClient;
 use statecull_pf::table_gen::{Kind, ROUTER, Spec, router_table};
 use statecull_proto::{KillPath, Prefix, Selector, StateHandle, StateRecord};
-use statecull_tests::TempDir;
+use statecull_tests::daemons::model_broker_command;
+use statecull_tests::{ChildGuard, TempDir};
 
 const STATES: usize = 20_000;
 const SEED: u64 = 1;
 
+/// The broker process, stopped with SIGTERM (SIGKILL after a minute) when dropped.
 struct ModelBroker {
-    child: Child,
+    child: ChildGuard,
     socket: PathBuf,
     _dir: TempDir,
-}
-
-impl Drop for ModelBroker {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
 }
 
 fn broker(extra: &[&str]) -> ModelBroker {
     let dir = TempDir::new("pfmodel").unwrap();
     let socket = dir.path().join("broker.sock");
-    let states = STATES.to_string();
-    let seed = SEED.to_string();
-    let child = Command::new(env!("CARGO_BIN_EXE_itest-broker"))
-        .args([
-            "--backend",
-            "pf-model",
-            "--model-states",
-            &states,
-            "--model-seed",
-            &seed,
-            "--socket",
-        ])
-        .arg(&socket)
-        .args(statecull_tests::broker_test_args())
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "pf-model broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let log = dir.path().join("broker.log");
+    let bin = Path::new(env!("CARGO_BIN_EXE_itest-broker"));
+    let mut cmd = model_broker_command(bin, STATES, &socket, &log).unwrap();
+    cmd.args(["--model-seed", &SEED.to_string()]).args(extra);
+    let child = ChildGuard::spawn_serving(&mut cmd, &socket, Duration::from_secs(60), &log)
+        .unwrap_or_else(|e| panic!("pf-model broker did not start: {e}"))
+        .terminate_on_drop(Duration::from_secs(60));
     ModelBroker { child, socket, _dir: dir }
 }
 
@@ -325,7 +299,7 @@ fn kill_handles_with_twins_takes_the_lan_half_of_default_route_connections() {
 /// model's stand-in for `pfctl -f`).
 #[test]
 fn ruleset_ticket_changes_only_when_a_ruleset_is_committed() {
-    let b = broker(&[]);
+    let mut b = broker(&[]);
     let mut c = client(&b);
     assert!(c.hello().backend.capabilities.ruleset_ticket);
     let t0 = c.ruleset_ticket().unwrap();
@@ -333,11 +307,7 @@ fn ruleset_ticket_changes_only_when_a_ruleset_is_committed() {
     c.kill_matching(vec![gw(0)], true).unwrap();
     snapshot(&mut c, None);
     assert_eq!(c.ruleset_ticket().unwrap(), t0);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(b.child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .unwrap();
+    b.child.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let t1 = loop {
         let t = c.ruleset_ticket().unwrap();

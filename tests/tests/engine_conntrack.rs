@@ -27,17 +27,8 @@ fn counts(socket: &Path) -> (u64, u64) {
 }
 
 fn events(control: &Path) -> Vec<Event> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_itest-statecull"))
-        .args(["events", "--json", "--control"])
-        .arg(control)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let cli = Path::new(env!("CARGO_BIN_EXE_itest-statecull"));
+    statecull_tests::daemons::events(cli, control).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -9,98 +9,50 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use statecull_tests::TempDir;
+use nix::sys::signal::Signal;
+use statecull_tests::daemons::{EXTERNAL_POLICY, engine_command, model_broker_command};
+use statecull_tests::{ChildGuard, TempDir};
 
-/// A daemon that is SIGKILLed if the test ends without stopping it.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.as_ref().unwrap().id() as i32)
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.0.as_mut().unwrap().try_wait(), Ok(None))
-    }
-
-    /// Wait up to `within` for the process to exit.
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.0.as_mut().unwrap().try_wait() {
-                self.0 = None;
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn signal(&self, sig: i32) {
-        // Real-time signals have no `Signal` variant: send them with kill(1).
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{sig} failed");
-    }
+/// Send `sig` (a number: real-time signals have no `Signal` variant) with kill(1).
+fn send_signal(p: &mut ChildGuard, sig: i32) {
+    assert!(p.running(), "the process has exited; signal {sig} not sent");
+    let status =
+        Command::new("kill").arg(format!("-{sig}")).arg(p.pid().to_string()).status().unwrap();
+    assert!(status.success(), "kill -{sig} failed");
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Spawn the daemon `cmd` and wait for its socket; fails with its log.
+fn serving(cmd: &mut Command, socket: &Path, log: &Path) -> ChildGuard {
+    ChildGuard::spawn_serving(cmd, socket, Duration::from_secs(60), log)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn wait_for_socket(path: &Path, what: &str, p: &mut Proc, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while UnixStream::connect(path).is_err() {
-        assert!(
-            p.alive(),
-            "{what} exited early: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_broker(dir: &Path) -> (Proc, PathBuf) {
+fn start_broker(dir: &Path) -> (ChildGuard, PathBuf) {
     let socket = dir.join("broker.sock");
     let log = dir.join("broker.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_itest-broker"))
-        .args(["--backend", "pf-model", "--model-states", "2000", "--socket"])
-        .arg(&socket)
-        .args(statecull_tests::broker_test_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut p = Proc(Some(child));
-    wait_for_socket(&socket, "pf-model broker", &mut p, &log);
+    let bin = Path::new(env!("CARGO_BIN_EXE_itest-broker"));
+    let p = serving(&mut model_broker_command(bin, 2000, &socket, &log).unwrap(), &socket, &log);
     (p, socket)
 }
 
 /// Start the confined engine with `policy`, optionally under a descriptor limit (soft and
 /// hard, so it cannot raise it).
-fn start_engine(dir: &Path, policy: &str, nofile: Option<u32>, extra: &[&str]) -> (Proc, PathBuf) {
+fn start_engine(
+    dir: &Path,
+    policy: &str,
+    nofile: Option<u32>,
+    extra: &[&str],
+) -> (ChildGuard, PathBuf) {
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, policy).unwrap();
     let control = dir.join("engine.sock");
     let log = dir.join("engine.log");
-    let mut cmd = match nofile {
+    let runner = match nofile {
         Some(n) => {
             let mut c = Command::new("sh");
             c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""));
@@ -109,24 +61,10 @@ fn start_engine(dir: &Path, policy: &str, nofile: Option<u32>, extra: &[&str]) -
         }
         None => Command::new(env!("CARGO_BIN_EXE_itest-engine")),
     };
-    let child = cmd
-        .arg("--policy")
-        .arg(&policy_path)
-        .arg("--broker-socket")
-        .arg(dir.join("broker.sock"))
-        .arg("--control-socket")
-        .arg(&control)
-        .args(["--log-format", "json"])
-        .args(statecull_tests::daemon_user_args())
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut p = Proc(Some(child));
-    wait_for_socket(&control, "engine", &mut p, &log);
-    (p, control)
+    let broker = dir.join("broker.sock");
+    let mut cmd = engine_command(runner, &policy_path, &broker, &control, &log).unwrap();
+    cmd.args(["--log-format", "json"]).args(extra);
+    (serving(&mut cmd, &control, &log), control)
 }
 
 /// One request on a fresh connection; the answer's first line.
@@ -144,37 +82,6 @@ fn status_ok(control: &Path) -> bool {
     ask(control, "\"status\"").starts_with("{\"status\"")
 }
 
-const EXTERNAL_POLICY: &str = r#"
-[routing]
-confirm = "signal"
-settle_timeout = "60s"
-
-[[gateway]]
-name = "WAN1"
-interface = "igb1"
-address = "198.51.100.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "198.51.100.254"
-nat_addr = ["198.51.100.1"]
-interface = "igb1"
-
-[[gateway]]
-name = "WAN2"
-interface = "igb2"
-address = "203.0.113.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "203.0.113.254"
-nat_addr = ["203.0.113.1"]
-interface = "igb2"
-
-[[group]]
-name = "failover"
-members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 } ]
-on_down = "gateway"
-"#;
-
 /// Issue 8: SIGHUP, SIGUSR1/2, SIGALRM, ... and the real-time signals used to stop the
 /// engine with their default action. Each must be survived (the engine still answers), and
 /// SIGTERM must still stop it with exit status 0.
@@ -187,25 +94,25 @@ fn terminating_signals_are_survived_and_sigterm_still_stops_cleanly() {
     let signals = statecull_engine::signals::ignored();
     assert!(signals.len() > 20, "real-time signals included: {signals:?}");
     for (n, name) in &signals {
-        engine.signal(*n);
+        send_signal(&mut engine, *n);
         // Twice: the second one inside the log rate limit.
-        engine.signal(*n);
+        send_signal(&mut engine, *n);
         std::thread::sleep(Duration::from_millis(30));
-        assert!(engine.alive(), "{name} stopped the engine");
+        assert!(engine.running(), "{name} stopped the engine");
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert!(engine.alive(), "a signal stopped the engine");
+    assert!(engine.running(), "a signal stopped the engine");
     assert!(status_ok(&control), "the engine no longer answers");
     let log = std::fs::read_to_string(dir.path().join("engine.log")).unwrap();
     let usr1 = log.lines().filter(|l| l.contains("SIGUSR1 ignored")).count();
     assert_eq!(usr1, 1, "one line per signal per minute: {log}");
     // SIGHUP reloads the policy (tests/tests/engine_reload.rs); a reload of the same file
     // does not stop the engine either.
-    engine.signal(nix::libc::SIGHUP);
+    send_signal(&mut engine, nix::libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(engine.alive(), "SIGHUP stopped the engine");
+    assert!(engine.running(), "SIGHUP stopped the engine");
 
-    kill(engine.pid(), Signal::SIGTERM).unwrap();
+    engine.signal(Signal::SIGTERM).unwrap();
     let status = engine.wait_exit(Duration::from_secs(10)).expect("SIGTERM stops the engine");
     assert_eq!(status.code(), Some(0), "{status}");
 }
@@ -217,7 +124,7 @@ fn sigquit_and_sigint_stop_it_like_sigterm() {
         let dir = TempDir::new("engine-quit").unwrap();
         let (mut engine, control) = start_engine(dir.path(), EXTERNAL_POLICY, None, &[]);
         assert!(status_ok(&control));
-        kill(engine.pid(), sig).unwrap();
+        engine.signal(sig).unwrap();
         let status = engine.wait_exit(Duration::from_secs(10)).expect("the engine stops");
         assert_eq!(status.code(), Some(0), "{sig}: {status}");
     }
@@ -308,7 +215,7 @@ fn idle_control_connections_cannot_starve_health_polling() {
     std::thread::sleep(Duration::from_millis(1000));
     let during = polls.load(Ordering::SeqCst) - before;
     assert!(during >= 3, "only {during} dpinger polls in 1 s with the connections open");
-    assert!(engine.alive());
+    assert!(engine.running());
 
     // The excess was refused at once with a reason; the rest were held until the idle
     // timeout, then told and closed.
@@ -332,7 +239,7 @@ fn idle_control_connections_cannot_starve_health_polling() {
     wait_polls(&polls, before + 3);
     let log = std::fs::read_to_string(dir.path().join("engine.log")).unwrap();
     assert!(!log.contains("OUT OF FILE DESCRIPTORS"), "{log}");
-    assert!(engine.alive());
+    assert!(engine.running());
 }
 
 /// When descriptors run out anyway (a limit below what the caps allow), a dpinger poll that

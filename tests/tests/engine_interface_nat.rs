@@ -7,7 +7,6 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use statecull_cli::BrokerClient;
@@ -15,8 +14,9 @@ use statecull_conntrack::fill::{TableSpec, WAN2, Wan};
 use statecull_control::{Event, EventKind};
 use statecull_proto::Selector;
 use statecull_tests::lab::{EngineProcess, TwoWanLab};
-use statecull_tests::{BrokerProcess, skip_unless_root};
+use statecull_tests::{BrokerProcess, daemons, skip_unless_root};
 
+const CLI: &str = env!("CARGO_BIN_EXE_itest-statecull");
 const ENTRIES: u64 = 4_000;
 /// WAN1's address after the "new lease".
 const NEW_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
@@ -32,22 +32,11 @@ fn counts(socket: &Path) -> (u64, u64) {
 }
 
 fn statecull(control: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_itest-statecull"))
-        .args(args)
-        .arg("--control")
-        .arg(control)
-        .output()
-        .unwrap()
+    daemons::statecull(Path::new(CLI), control, args).unwrap()
 }
 
 fn events(control: &Path) -> Vec<Event> {
-    let out = statecull(control, &["events", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    daemons::events(Path::new(CLI), control).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What `statecull plan --down WAN1` would kill: each selector with its count.

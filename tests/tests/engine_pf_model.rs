@@ -6,72 +6,35 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use statecull_cli::BrokerClient;
 use statecull_control::{Event, EventKind};
 use statecull_pf::table_gen::{Kind, Spec, router_table};
 use statecull_proto::{StateHandle, StateRecord};
-use statecull_tests::TempDir;
+use statecull_tests::daemons::{engine_command, model_broker_command};
+use statecull_tests::{ChildGuard, TempDir};
 
 const STATES: usize = 20_000;
 const SEED: u64 = 7;
 
-/// Stops the child when dropped, also when the test fails: SIGTERM, and SIGKILL if it has
-/// not exited within 10 s (then the test fails: a daemon must stop on SIGTERM).
-struct Proc(Child);
-
-impl Proc {
-    fn stop(&mut self) -> bool {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        false
-    }
+/// Spawn the daemon `cmd` and wait for its socket (failing with its log), under a guard
+/// that stops it as a service manager would when the test ends, also when it fails:
+/// SIGTERM, and SIGKILL if it has not exited within 10 s.
+fn serving(cmd: &mut Command, socket: &Path, log: &Path) -> ChildGuard {
+    ChildGuard::spawn_serving(cmd, socket, Duration::from_secs(60), log)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .terminate_on_drop(Duration::from_secs(10))
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn wait_for_socket(path: &Path, what: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_broker(dir: &Path) -> (Proc, PathBuf) {
+fn start_broker(dir: &Path) -> (ChildGuard, PathBuf) {
     let socket = dir.join("broker.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_itest-broker"))
-        .args(["--backend", "pf-model", "--model-states", &STATES.to_string()])
-        .args(["--model-seed", &SEED.to_string(), "--socket"])
-        .arg(&socket)
-        .args(statecull_tests::broker_test_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&socket, "pf-model broker", &mut child);
-    (Proc(child), socket)
+    let log = dir.join("broker.log");
+    let bin = Path::new(env!("CARGO_BIN_EXE_itest-broker"));
+    let mut cmd = model_broker_command(bin, STATES, &socket, &log).unwrap();
+    cmd.args(["--model-seed", &SEED.to_string()]);
+    (serving(&mut cmd, &socket, &log), socket)
 }
 
 /// The model's two gateways, with external health sources (the tests say up and down; no
@@ -118,31 +81,19 @@ on_recovery = "keep"
     )
 }
 
-fn start_engine(dir: &Path, broker: &Path) -> (Proc, PathBuf) {
+fn start_engine(dir: &Path, broker: &Path) -> (ChildGuard, PathBuf) {
     start_engine_with(dir, broker, &policy())
 }
 
-fn start_engine_with(dir: &Path, broker: &Path, policy_text: &str) -> (Proc, PathBuf) {
+fn start_engine_with(dir: &Path, broker: &Path, policy_text: &str) -> (ChildGuard, PathBuf) {
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, policy_text).unwrap();
     let control = dir.join("engine.sock");
-    let log = std::fs::File::create(dir.join("engine.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_itest-engine"))
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--broker-socket")
-        .arg(broker)
-        .arg("--control-socket")
-        .arg(&control)
-        .args(["--log-format", "json"])
-        .args(statecull_tests::daemon_user_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for_socket(&control, "engine", &mut child);
-    (Proc(child), control)
+    let log = dir.join("engine.log");
+    let bin = Command::new(env!("CARGO_BIN_EXE_itest-engine"));
+    let mut cmd = engine_command(bin, &policy, broker, &control, &log).unwrap();
+    cmd.args(["--log-format", "json"]);
+    (serving(&mut cmd, &control, &log), control)
 }
 
 fn statecull(control: &Path, args: &[&str]) -> String {
@@ -158,7 +109,8 @@ fn statecull(control: &Path, args: &[&str]) -> String {
 }
 
 fn events(control: &Path) -> Vec<Event> {
-    statecull(control, &["events"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let cli = Path::new(env!("CARGO_BIN_EXE_itest-statecull"));
+    statecull_tests::daemons::events(cli, control).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn count(evs: &[Event], kind: EventKind) -> usize {
@@ -259,7 +211,8 @@ fn scripted_failure_one_plan_after_the_routing_signal_then_one_sweep() {
         }
     }
     assert!(wan1 > 100, "the table has WAN1 connections to kill ({wan1})");
-    assert!(engine.stop(), "the engine did not stop on SIGTERM");
+    let stopped = engine.terminate(Duration::from_secs(10)).unwrap();
+    assert!(stopped.is_some(), "the engine did not stop on SIGTERM");
     // Confined, it cannot remove its socket file (no filesystem access); nothing listens
     // there any more, and the next start replaces it.
     assert!(std::os::unix::net::UnixStream::connect(&control).is_err(), "nothing listens");
@@ -628,7 +581,7 @@ fn wait_for(control: &Path, kind: EventKind, within: Duration) -> Vec<Event> {
 #[test]
 fn pf_ruleset_confirmation_kills_right_after_the_ruleset_commit_and_not_before() {
     let dir = TempDir::new("engine-pf-ruleset").unwrap();
-    let (broker, broker_sock) = start_broker(dir.path());
+    let (mut broker, broker_sock) = start_broker(dir.path());
     let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("60s"));
     let before = ids(&snapshot(&broker_sock));
 
@@ -645,11 +598,7 @@ fn pf_ruleset_confirmation_kills_right_after_the_ruleset_commit_and_not_before()
     let committed_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
             as u64;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(broker.0.id() as i32),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .unwrap();
+    broker.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
     let evs = wait_for(&control, EventKind::PlanDone, Duration::from_secs(30));
     let took = committed.elapsed();
     eprintln!("ruleset commit -> plan-done seen by the test: {took:?}");
@@ -696,15 +645,11 @@ fn pf_ruleset_confirmation_times_out_and_kills_unconfirmed() {
 #[test]
 fn pf_ruleset_reload_just_before_the_decision_confirms_at_once() {
     let dir = TempDir::new("engine-pf-ruleset-early").unwrap();
-    let (broker, broker_sock) = start_broker(dir.path());
+    let (mut broker, broker_sock) = start_broker(dir.path());
     let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &ruleset_policy("60s"));
     // Let the background readings cover more than the lookback (2 s) before the reload.
     std::thread::sleep(Duration::from_millis(3500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(broker.0.id() as i32),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .unwrap();
+    broker.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let decided = Instant::now();
     statecull(&control, &["gateway", "WAN1", "down"]);
@@ -785,7 +730,7 @@ fn an_imported_pfsense_configuration_fails_over_against_the_model() {
         std::sync::Arc::clone(&wan2),
     );
 
-    let (broker, broker_sock) = start_broker(dir.path());
+    let (mut broker, broker_sock) = start_broker(dir.path());
     let (_engine, control) = start_engine_with(dir.path(), &broker_sock, &policy);
     let before = ids(&snapshot(&broker_sock));
 
@@ -813,11 +758,7 @@ fn an_imported_pfsense_configuration_fails_over_against_the_model() {
     assert_eq!(ids(&snapshot(&broker_sock)), before, "nothing killed before the reload");
 
     // pfSense's alarm hook reloads the ruleset (the model's stand-in for `pfctl -f`).
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(broker.0.id() as i32),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .unwrap();
+    broker.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
     let evs = wait_for(&control, EventKind::SweepDone, Duration::from_secs(60));
     assert_eq!(count(&evs, EventKind::PlanDone), 1, "{evs:#?}");
     assert_eq!(count(&evs, EventKind::PlanFailed), 0, "{evs:#?}");

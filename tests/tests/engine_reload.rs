@@ -11,60 +11,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use statecull_tests::TempDir;
-
-/// The engine, SIGKILLed if the test ends without stopping it.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.as_ref().unwrap().id() as i32)
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.0.as_mut().unwrap().try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-const POLICY: &str = r#"
-[routing]
-confirm = "signal"
-settle_timeout = "60s"
-
-[[gateway]]
-name = "WAN1"
-interface = "igb1"
-address = "198.51.100.254"
-health_source = "external"
-[gateway.states]
-nat_addr = ["198.51.100.1"]
-
-[[gateway]]
-name = "WAN2"
-interface = "igb2"
-address = "203.0.113.254"
-health_source = "external"
-[gateway.states]
-nat_addr = ["203.0.113.1"]
-
-[[group]]
-name = "failover"
-members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 } ]
-"#;
+use nix::sys::signal::Signal;
+use statecull_tests::daemons::{self, EXTERNAL_POLICY, engine_command};
+use statecull_tests::{ChildGuard, TempDir};
 
 const LTE: &str = r#"
 [[gateway]]
@@ -78,36 +30,26 @@ nat_addr = ["192.0.2.10"]
 
 /// Start the confined engine with its policy in `dir/etc/policy.toml` (readable by all, as
 /// a packaged policy is by the engine's group).
-fn start_engine(dir: &Path) -> (Proc, PathBuf, PathBuf) {
+fn start_engine(dir: &Path) -> (ChildGuard, PathBuf, PathBuf) {
     let etc = dir.join("etc");
     std::fs::create_dir(&etc).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
     let policy = etc.join("policy.toml");
-    write_policy(&policy, POLICY);
+    write_policy(&policy, EXTERNAL_POLICY);
     let control = dir.join("engine.sock");
     let log = dir.join("engine.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_itest-engine"))
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--broker-socket")
-        .arg(dir.join("broker.sock"))
-        .arg("--control-socket")
-        .arg(&control)
-        .args(["--log-format", "json"])
-        .args(statecull_tests::daemon_user_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut p = Proc(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while UnixStream::connect(&control).is_err() {
-        assert!(p.alive(), "engine exited early: {}", std::fs::read_to_string(&log).unwrap());
-        assert!(Instant::now() < deadline, "engine did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut cmd = engine_command(
+        Command::new(env!("CARGO_BIN_EXE_itest-engine")),
+        &policy,
+        &dir.join("broker.sock"),
+        &control,
+        &log,
+    )
+    .unwrap();
+    cmd.args(["--log-format", "json"]);
+    let p = ChildGuard::spawn_serving(&mut cmd, &control, Duration::from_secs(60), &log)
+        .unwrap_or_else(|e| panic!("{e}"));
     (p, control, policy)
 }
 
@@ -120,12 +62,7 @@ fn write_policy(path: &Path, text: &str) {
 }
 
 fn statecull(control: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_itest-statecull"))
-        .args(args)
-        .arg("--control")
-        .arg(control)
-        .output()
-        .unwrap()
+    daemons::statecull(Path::new(env!("CARGO_BIN_EXE_itest-statecull")), control, args).unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -166,7 +103,7 @@ fn the_confined_engine_reloads_on_sighup_and_on_statecull_reload() {
     let (mut engine, control, policy) = start_engine(dir.path());
 
     // `statecull reload` with a new gateway: answered once in force.
-    write_policy(&policy, &format!("{POLICY}{LTE}"));
+    write_policy(&policy, &format!("{EXTERNAL_POLICY}{LTE}"));
     let out = statecull(&control, &["reload"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
@@ -175,7 +112,7 @@ fn the_confined_engine_reloads_on_sighup_and_on_statecull_reload() {
     assert_eq!(gateways(&control), ["WAN1", "WAN2", "LTE"]);
 
     // A bad file: exit status 1, file:line: field, the engine keeps the old policy.
-    write_policy(&policy, &format!("{POLICY}{LTE}").replace("192.0.2.1\"", "192.0.2.x\""));
+    write_policy(&policy, &format!("{EXTERNAL_POLICY}{LTE}").replace("192.0.2.1\"", "192.0.2.x\""));
     let out = statecull(&control, &["reload"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
@@ -185,8 +122,8 @@ fn the_confined_engine_reloads_on_sighup_and_on_statecull_reload() {
     assert_eq!(gateways(&control), ["WAN1", "WAN2", "LTE"]);
 
     // SIGHUP, after another rename: LTE dropped.
-    write_policy(&policy, POLICY);
-    kill(engine.pid(), Signal::SIGHUP).unwrap();
+    write_policy(&policy, EXTERNAL_POLICY);
+    engine.signal(Signal::SIGHUP).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let reloaded = loop {
         let r = of_kind(&control, "policy-reloaded");
@@ -201,7 +138,7 @@ fn the_confined_engine_reloads_on_sighup_and_on_statecull_reload() {
     assert!(last["fields"].to_string().contains("SIGHUP"), "{last}");
     assert_eq!(of_kind(&control, "policy-reload-failed").len(), 1);
     assert_eq!(gateways(&control), ["WAN1", "WAN2"]);
-    assert!(engine.alive());
+    assert!(engine.running());
 
     // A file the engine's user cannot read: refused with the reason, engine alive.
     if nix::unistd::geteuid().is_root() {
@@ -210,6 +147,6 @@ fn the_confined_engine_reloads_on_sighup_and_on_statecull_reload() {
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).contains("cannot read it: Permission denied"), "{}", text(&out));
         assert!(text(&out).contains("must be readable by it"), "{}", text(&out));
-        assert!(engine.alive());
+        assert!(engine.running());
     }
 }

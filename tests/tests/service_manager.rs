@@ -9,41 +9,17 @@
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use statecull_tests::TempDir;
+use nix::sys::signal::Signal;
+use statecull_tests::daemons::{self, EXTERNAL_POLICY};
+use statecull_tests::{ChildGuard, TempDir};
 
-/// A daemon that is SIGKILLed if the test ends without stopping it.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.as_ref().unwrap().id() as i32)
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.0.as_mut().unwrap().try_wait() {
-                self.0 = None;
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Spawn the daemon `cmd` and wait for its socket; fails with its log.
+fn serving(cmd: &mut Command, socket: &Path, log: &Path) -> ChildGuard {
+    ChildGuard::spawn_serving(cmd, socket, Duration::from_secs(60), log)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The fake service manager's socket.
@@ -82,80 +58,37 @@ impl FakeManager {
     }
 }
 
+/// A pf-model broker with neither `NOTIFY_SOCKET` nor `JOURNAL_STREAM` from the test's
+/// environment.
 fn broker_command(socket: &Path, log: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_itest-broker"));
-    c.args(["--backend", "pf-model", "--model-states", "200", "--socket"])
-        .arg(socket)
-        .args(statecull_tests::broker_test_args())
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
+    let bin = Path::new(env!("CARGO_BIN_EXE_itest-broker"));
+    let mut c = daemons::model_broker_command(bin, 200, socket, log).unwrap();
+    c.env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM");
     c
 }
 
-const EXTERNAL_POLICY: &str = r#"
-[routing]
-confirm = "signal"
-settle_timeout = "60s"
-
-[[gateway]]
-name = "WAN1"
-interface = "igb1"
-address = "198.51.100.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "198.51.100.254"
-nat_addr = ["198.51.100.1"]
-interface = "igb1"
-
-[[gateway]]
-name = "WAN2"
-interface = "igb2"
-address = "203.0.113.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "203.0.113.254"
-nat_addr = ["203.0.113.1"]
-interface = "igb2"
-
-[[group]]
-name = "failover"
-members = [ { gateway = "WAN1", tier = 1 }, { gateway = "WAN2", tier = 2 } ]
-on_down = "gateway"
-"#;
-
+/// The engine with [`EXTERNAL_POLICY`] in `dir`, neither `NOTIFY_SOCKET` nor
+/// `JOURNAL_STREAM` from the test's environment; its control socket.
 fn engine_command(dir: &Path, broker: &Path, log: &Path) -> (Command, PathBuf) {
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, EXTERNAL_POLICY).unwrap();
     let control = dir.join("engine.sock");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_itest-engine"));
-    c.arg("--policy")
-        .arg(&policy)
-        .arg("--broker-socket")
-        .arg(broker)
-        .arg("--control-socket")
-        .arg(&control)
-        .args(statecull_tests::daemon_user_args())
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
+    let bin = Command::new(env!("CARGO_BIN_EXE_itest-engine"));
+    let mut c = daemons::engine_command(bin, &policy, broker, &control, log).unwrap();
+    c.env_remove("NOTIFY_SOCKET").env_remove("JOURNAL_STREAM");
     (c, control)
 }
 
 /// READY=1 arrives once the daemon serves (its socket accepts), STOPPING=1 on SIGTERM, then
 /// a clean exit.
 fn ready_then_stopping(mut cmd: Command, manager: &FakeManager, socket: &Path, log: &Path) {
-    let mut p = Proc(Some(cmd.env("NOTIFY_SOCKET", &manager.address).spawn().unwrap()));
+    let mut p = ChildGuard::spawn(cmd.env("NOTIFY_SOCKET", &manager.address)).unwrap();
     let ready = manager.next(Duration::from_secs(60), log);
     assert!(ready.starts_with("READY=1\nSTATUS="), "{ready:?}");
     assert!(UnixStream::connect(socket).is_ok(), "READY=1 before {} serves", socket.display());
     let log_text = std::fs::read_to_string(log).unwrap();
     assert!(log_text.contains("confined"), "READY=1 before confinement: {log_text}");
-    kill(p.pid(), Signal::SIGTERM).unwrap();
+    p.signal(Signal::SIGTERM).unwrap();
     let stopping = manager.next(Duration::from_secs(30), log);
     assert!(stopping.starts_with("STOPPING=1\nSTATUS=stopping"), "{stopping:?}");
     let status = p.wait_exit(Duration::from_secs(60)).expect("did not exit after SIGTERM");
@@ -178,12 +111,8 @@ fn the_engine_notifies_ready_and_stopping() {
     let dir = TempDir::with_mode("notify-engine", 0o755).unwrap();
     let broker_socket = dir.path().join("broker.sock");
     let broker_log = dir.path().join("broker.log");
-    let mut broker = Proc(Some(broker_command(&broker_socket, &broker_log).spawn().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while UnixStream::connect(&broker_socket).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut broker =
+        serving(&mut broker_command(&broker_socket, &broker_log), &broker_socket, &broker_log);
     let log = dir.path().join("engine.log");
     for manager in [FakeManager::by_path(dir.path()), FakeManager::abstract_name("engine")] {
         let (cmd, control) = engine_command(dir.path(), &broker_socket, &log);
@@ -192,14 +121,14 @@ fn the_engine_notifies_ready_and_stopping() {
     // The READY status says the broker was reached.
     let manager = FakeManager::abstract_name("engine-status");
     let (mut cmd, _) = engine_command(dir.path(), &broker_socket, &log);
-    let mut p = Proc(Some(cmd.env("NOTIFY_SOCKET", &manager.address).spawn().unwrap()));
+    let mut p = ChildGuard::spawn(cmd.env("NOTIFY_SOCKET", &manager.address)).unwrap();
     let ready = manager.next(Duration::from_secs(60), &log);
     assert!(ready.contains("watching 2 gateway(s); broker connected (pf-model"), "{ready:?}");
     // A reload's outcome is the status `systemctl status` shows: a refused policy, then
     // a good one.
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, EXTERNAL_POLICY.replace("[[group]]", "[[group]]\nbogus = 1")).unwrap();
-    kill(p.pid(), Signal::SIGHUP).unwrap();
+    p.signal(Signal::SIGHUP).unwrap();
     let refused = manager.next(Duration::from_secs(60), &log);
     assert!(
         refused.starts_with("STATUS=policy reload refused, the previous policy stays: ")
@@ -207,11 +136,11 @@ fn the_engine_notifies_ready_and_stopping() {
         "{refused:?}"
     );
     std::fs::write(&policy, EXTERNAL_POLICY).unwrap();
-    kill(p.pid(), Signal::SIGHUP).unwrap();
+    p.signal(Signal::SIGHUP).unwrap();
     let reloaded = manager.next(Duration::from_secs(60), &log);
     assert!(reloaded.starts_with("STATUS=policy reloaded: "), "{reloaded:?}");
-    drop(p.0.take().map(|mut c| c.kill()));
-    kill(broker.pid(), Signal::SIGTERM).unwrap();
+    drop(p);
+    broker.signal(Signal::SIGTERM).unwrap();
     broker.wait_exit(Duration::from_secs(60));
 }
 
@@ -244,14 +173,9 @@ fn engine_log_with(journal_stream: Option<&str>, tag: &str) -> String {
         let v = if v == "match" { journal_stream_of(&log) } else { v.to_owned() };
         cmd.env("JOURNAL_STREAM", v);
     }
-    let mut p = Proc(Some(cmd.spawn().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while UnixStream::connect(&control).is_err() {
-        assert!(Instant::now() < deadline, "engine did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut p = serving(&mut cmd, &control, &log);
     std::thread::sleep(Duration::from_millis(500));
-    kill(p.pid(), Signal::SIGTERM).unwrap();
+    p.signal(Signal::SIGTERM).unwrap();
     p.wait_exit(Duration::from_secs(30)).expect("engine did not stop");
     std::fs::read_to_string(&log).unwrap()
 }
@@ -351,14 +275,11 @@ fn both_daemons_log_to_syslog_with_a_priority_per_message() {
     let broker_log = dir.path().join("broker.log");
     let mut cmd = broker_command(&broker_socket, &broker_log);
     cmd.args(["--log-target", "syslog"]);
-    let mut broker = Proc(Some(
-        with_dev_log(&cmd, &syslog)
-            .stderr(std::fs::File::create(&broker_log).unwrap())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut broker = ChildGuard::spawn(
+        with_dev_log(&cmd, &syslog).stderr(std::fs::File::create(&broker_log).unwrap()),
+    )
+    .unwrap();
     let got = syslog_until(&server, "broker listening", &broker_log);
-    let pid = broker.pid();
     for m in &got {
         assert!(m.starts_with("<30>statecull-broker["), "{m:?}");
         assert!(!m.ends_with('\n'), "{m:?}");
@@ -369,7 +290,7 @@ fn both_daemons_log_to_syslog_with_a_priority_per_message() {
     let (cmd, control) = engine_command(dir.path(), &dir.path().join("absent.sock"), &log);
     let mut cmd = with_dev_log(&cmd, &syslog);
     cmd.args(["--log-target", "syslog"]).stderr(std::fs::File::create(&log).unwrap());
-    let mut engine = Proc(Some(cmd.spawn().unwrap()));
+    let mut engine = ChildGuard::spawn(&mut cmd).unwrap();
     let got = syslog_until(&server, "broker-lost", &log);
     assert!(
         got.iter().any(|m| m.starts_with("<28>statecull-engine[") && m.contains("unreachable")),
@@ -377,13 +298,13 @@ fn both_daemons_log_to_syslog_with_a_priority_per_message() {
     );
     assert!(got.iter().any(|m| m.starts_with("<30>statecull-engine[")), "{got:?}");
     assert!(UnixStream::connect(&control).is_ok());
-    kill(engine.pid(), Signal::SIGTERM).unwrap();
+    engine.signal(Signal::SIGTERM).unwrap();
     let got = syslog_until(&server, "stopping", &log);
     assert!(got.last().unwrap().starts_with("<30>statecull-engine["), "{got:?}");
     assert!(engine.wait_exit(Duration::from_secs(30)).unwrap().success());
 
     // The broker, confined (seccomp: kill-process), still logs its stop to syslog.
-    kill(pid, Signal::SIGTERM).unwrap();
+    broker.signal(Signal::SIGTERM).unwrap();
     let got = syslog_until(&server, "stop requested", &broker_log);
     assert!(got.last().unwrap().starts_with("<30>statecull-broker["), "{got:?}");
     assert!(broker.wait_exit(Duration::from_secs(60)).unwrap().success());
@@ -408,13 +329,8 @@ fn the_no_sandbox_warning_on_the_journal_is_a_warning() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     cmd.env("JOURNAL_STREAM", journal_stream_of(&log));
-    let mut p = Proc(Some(cmd.spawn().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    kill(p.pid(), Signal::SIGTERM).unwrap();
+    let mut p = serving(&mut cmd, &socket, &log);
+    p.signal(Signal::SIGTERM).unwrap();
     assert!(p.wait_exit(Duration::from_secs(60)).unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.lines().any(|l| l.starts_with("<4>statecull-broker: *** --no-sandbox")), "{text}");
@@ -477,12 +393,8 @@ fn journalctl_p_warning_shows_the_engines_warnings_and_nothing_less() {
     let dir = TempDir::with_mode("journald", 0o755).unwrap();
     let broker_socket = dir.path().join("broker.sock");
     let broker_log = dir.path().join("broker.log");
-    let mut broker = Proc(Some(broker_command(&broker_socket, &broker_log).spawn().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while UnixStream::connect(&broker_socket).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut broker =
+        serving(&mut broker_command(&broker_socket, &broker_log), &broker_socket, &broker_log);
     let log = dir.path().join("engine.log");
     let (engine, control) = engine_command(dir.path(), &broker_socket, &log);
     let out = Command::new("unshare")
@@ -499,7 +411,7 @@ fn journalctl_p_warning_shows_the_engines_warnings_and_nothing_less() {
         .env_remove("JOURNAL_STREAM")
         .output()
         .unwrap();
-    kill(broker.pid(), Signal::SIGTERM).unwrap();
+    broker.signal(Signal::SIGTERM).unwrap();
     broker.wait_exit(Duration::from_secs(60));
     assert!(
         out.status.success(),

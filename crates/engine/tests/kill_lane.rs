@@ -11,16 +11,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Behaviour, FakeBroker, killed_by_selector};
+use common::{Behaviour, FakeBroker, ask_line, field, killed_by_selector, serve_control};
 use statecull_control::{ControlReply, Event, EventKind};
 use statecull_engine::EngineError;
 use statecull_engine::broker::BrokerLink;
-use statecull_engine::executor::Executor;
 use statecull_engine::state::Shared;
 use statecull_proto::Selector;
 use statecull_testkit::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 /// A count that would take this long unless abandoned: far longer than any test waits.
 const SLOW: Duration = Duration::from_secs(30);
@@ -78,11 +75,7 @@ on_down = "gateway"
 
 /// The engine's shared state against `broker`, with its executor running.
 fn engine(broker: &FakeBroker, refresh: &str, confirm: Confirm) -> Arc<Shared> {
-    let policy = statecull_policy::load::parse(&policy(refresh, confirm), "test policy").unwrap();
-    let (shared, decisions, _metrics) = Shared::new(policy, BrokerLink::new(broker.path.clone()));
-    let shared = Arc::new(shared);
-    tokio::spawn(Executor::new(Arc::clone(&shared), decisions, None).run());
-    shared
+    common::engine(broker, &policy(refresh, confirm))
 }
 
 async fn wait_event(rx: &mut tokio::sync::broadcast::Receiver<Event>, kind: EventKind) -> Event {
@@ -96,10 +89,6 @@ async fn wait_event(rx: &mut tokio::sync::broadcast::Receiver<Event>, kind: Even
         }
     };
     tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the event in time")
-}
-
-fn field<'e>(e: &'e Event, name: &str) -> Option<&'e str> {
-    e.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 fn selector() -> Selector {
@@ -234,24 +223,6 @@ async fn a_kill_covering_several_gateways_sends_no_count_and_credits_each() {
     assert_eq!([facts[0].kills_total, facts[1].kills_total, facts[2].kills_total], [wan1, wan2, 0]);
 }
 
-async fn ask(path: &std::path::Path, line: &str) -> ControlReply {
-    let mut s = BufReader::new(UnixStream::connect(path).await.unwrap());
-    s.get_mut().write_all(format!("{line}\n").as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_line(&mut answer))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    serde_json::from_str(&answer).unwrap()
-}
-
-fn control(shared: &Arc<Shared>, dir: &TempDir) -> std::path::PathBuf {
-    let path = dir.path().join("engine.sock");
-    let listener = statecull_engine::control::bind(&path).unwrap();
-    tokio::spawn(statecull_engine::control::serve(listener, Arc::clone(shared)));
-    path
-}
-
 /// `status` answers from the last figure, with its age, without a single request to the
 /// broker: before any count, and while a count is in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,9 +230,9 @@ async fn status_answers_without_asking_the_broker() {
     let broker = FakeBroker::start(Behaviour { count_delay: SLOW, ..Behaviour::default() });
     let shared = engine(&broker, "auto", Confirm::Delay);
     let dir = TempDir::with_mode("ctl", 0o750).unwrap();
-    let path = control(&shared, &dir);
+    let path = serve_control(&shared, &dir);
 
-    let ControlReply::Status(st) = ask(&path, "\"status\"").await else { panic!("status") };
+    let ControlReply::Status(st) = ask_line(&path, "\"status\"").await else { panic!("status") };
     assert_eq!(broker.connections(), 0, "status reached the broker: {:?}", broker.log());
     let refresh = st.states_refresh.unwrap();
     assert!(refresh.enabled && refresh.age_ms.is_none(), "{refresh:?}");
@@ -278,7 +249,7 @@ async fn status_answers_without_asking_the_broker() {
     let hanging = tokio::spawn(async move { link.call_background(|c| c.count(vec![])).await });
     broker.wait_for("count:0#").await;
     let before = broker.log();
-    let ControlReply::Status(st) = ask(&path, "\"status\"").await else { panic!("status") };
+    let ControlReply::Status(st) = ask_line(&path, "\"status\"").await else { panic!("status") };
     assert_eq!(broker.log(), before, "status asked the broker");
     assert!(broker.position("count-answered").is_none());
     let states: Vec<_> = st.gateways.iter().map(|g| g.states).collect();
@@ -298,10 +269,10 @@ async fn a_dry_run_count_yields_to_a_decision() {
     let shared = engine(&broker, "off", Confirm::Signal);
     let (_, mut events) = shared.bus().subscribe_with_backlog();
     let dir = TempDir::with_mode("ctl", 0o750).unwrap();
-    let path = control(&shared, &dir);
+    let path = serve_control(&shared, &dir);
     let dry_run = {
         let path = path.clone();
-        tokio::spawn(async move { ask(&path, r#"{"plan":{"down":["WAN2"]}}"#).await })
+        tokio::spawn(async move { ask_line(&path, r#"{"plan":{"down":["WAN2"]}}"#).await })
     };
     broker.wait_for("count:2#").await;
     shared.force(0, false);
@@ -334,8 +305,8 @@ async fn the_refresher_counts_within_its_budget() {
     assert!(gap >= took * 100 && gap <= took * 100 + Duration::from_millis(1), "{gap:?} {took:?}");
 
     let dir = TempDir::with_mode("ctl", 0o750).unwrap();
-    let path = control(&shared, &dir);
-    let ControlReply::Status(st) = ask(&path, "\"status\"").await else { panic!("status") };
+    let path = serve_control(&shared, &dir);
+    let ControlReply::Status(st) = ask_line(&path, "\"status\"").await else { panic!("status") };
     let r = st.states_refresh.unwrap();
     assert_eq!(r.setting, "1s");
     assert!(r.age_ms.unwrap() >= 2000, "{r:?}");

@@ -13,52 +13,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Behaviour, FakeBroker};
+use common::{Behaviour, FakeBroker, TwoWans, verdict};
 use statecull_control::{ControlReply, ControlRequest, Event, EventKind, GatewayAction};
 use statecull_engine::broker::BrokerLink;
-use statecull_engine::executor::Executor;
 use statecull_engine::reload::{PolicyFile, StartUp};
 use statecull_engine::state::Shared;
 use statecull_testkit::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
-/// WAN1 (tier 1) and WAN2 (tier 2), external health; routing confirmed by `routed` signals
-/// (so a test can hold a plan in flight), no sweep. `extra` goes at the end.
-fn policy(wan1_states: &str, extra: &str) -> String {
-    format!(
-        r#"
-[engine]
-states_refresh = "off"
-
-[routing]
-confirm = "signal"
-settle_timeout = "20s"
-sweep_delay = "0s"
-
-[[gateway]]
-name = "WAN1"
-interface = "igb1"
-address = "198.51.100.254"
-health_source = "external"
-hold_down = "0s"
-[gateway.states]
-{wan1_states}
-
-[[gateway]]
-name = "WAN2"
-interface = "igb2"
-address = "203.0.113.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "203.0.113.254"
-
-[[group]]
-name = "failover"
-members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
-on_down = "gateway"
-{extra}"#
-    )
+/// The two WANs (`common::TwoWans`), external health; routing confirmed by `routed` signals
+/// (so a test can hold a plan in flight), WAN1 without hold-down, recognised by
+/// `wan1_states`.
+fn policy(wan1_states: &str) -> String {
+    TwoWans {
+        routing: "confirm = \"signal\"\nsettle_timeout = \"20s\"",
+        wan1: "health_source = \"external\"\nhold_down = \"0s\"",
+        wan1_states,
+        group: "",
+    }
+    .policy()
 }
 
 const ONE_SELECTOR: &str = r#"rt_addr = "198.51.100.254""#;
@@ -70,54 +42,26 @@ struct Engine {
     policy_path: PathBuf,
 }
 
-/// The engine's shared state started from `text` written to `dir/policy.toml`, with its
-/// executor, timer and control socket.
+/// The engine started from `text` written to `dir/policy.toml`, with its executor, timer and
+/// control socket.
 fn engine(broker: &FakeBroker, dir: &TempDir, text: &str) -> Engine {
     let policy_path = dir.path().join("policy.toml");
     std::fs::write(&policy_path, text).unwrap();
-    let policy = statecull_policy::load::parse(text, &policy_path.display().to_string()).unwrap();
-    let (shared, decisions, _metrics) = Shared::new(policy, BrokerLink::new(broker.path.clone()));
+    let shared = common::engine(broker, text);
     shared.set_start_up(StartUp {
         policy: PolicyFile::by_path(&policy_path),
         broker_socket_flag: true,
         control_socket_flag: true,
         metrics_flag: false,
     });
-    let shared = Arc::new(shared);
-    tokio::spawn(Executor::new(Arc::clone(&shared), decisions, None).run());
-    let s = Arc::clone(&shared);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            s.tick();
-        }
-    });
-    let control = dir.path().join("engine.sock");
-    let listener = statecull_engine::control::bind(&control).unwrap();
-    tokio::spawn(statecull_engine::control::serve(listener, Arc::clone(&shared)));
+    common::run_timer(&shared);
+    let control = common::serve_control(&shared, dir);
     Engine { shared, control, policy_path }
 }
 
-/// One request as the CLI sends it; the engine's answer.
+/// One request as the CLI sends it; the engine's answer (a reload may wait for a plan).
 async fn ask(path: &Path, req: &ControlRequest) -> ControlReply {
-    let mut s = BufReader::new(UnixStream::connect(path).await.unwrap());
-    let line = serde_json::to_string(req).unwrap();
-    s.get_mut().write_all(format!("{line}\n").as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(40), s.read_line(&mut answer))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    serde_json::from_str(&answer).unwrap()
-}
-
-async fn verdict(path: &Path, name: &str, action: GatewayAction) {
-    let req = ControlRequest::Gateway { name: name.into(), action };
-    match ask(path, &req).await {
-        ControlReply::Done { .. } => {}
-        other => panic!("{other:?}"),
-    }
+    common::ask_within(path, &serde_json::to_string(req).unwrap(), Duration::from_secs(40)).await
 }
 
 fn events_of(shared: &Shared, kind: EventKind) -> Vec<Event> {
@@ -137,7 +81,7 @@ fn state_of(shared: &Shared, name: &str) -> String {
 async fn a_good_policy_is_put_in_force_and_kept_gateways_keep_their_health() {
     let broker = FakeBroker::start(Behaviour::default());
     let dir = TempDir::new("engine-reload-good").unwrap();
-    let e = engine(&broker, &dir, &policy(ONE_SELECTOR, ""));
+    let e = engine(&broker, &dir, &policy(ONE_SELECTOR));
     verdict(&e.control, "WAN1", GatewayAction::Down).await;
     verdict(&e.control, "WAN1", GatewayAction::Routed).await;
     broker.wait_for("kill").await;
@@ -196,15 +140,8 @@ members = [ { gateway = "WAN1", tier = 1 }, { gateway = "LTE", tier = 2 } ]
 
     // Verdicts by name reach WAN1 at its new index: its up now waits for the new 5 s
     // hold-down (the old one was 0 s).
-    let up = ask(
-        &e.control,
-        &ControlRequest::Gateway { name: "WAN1".into(), action: GatewayAction::Up },
-    )
-    .await;
-    match up {
-        ControlReply::Done { message } => assert!(message.contains("hold-down 5 s"), "{message}"),
-        other => panic!("{other:?}"),
-    }
+    let up = verdict(&e.control, "WAN1", GatewayAction::Up).await;
+    assert!(up.contains("hold-down 5 s"), "{up}");
     assert_eq!(state_of(&e.shared, "WAN1"), "down");
 }
 
@@ -215,7 +152,7 @@ members = [ { gateway = "WAN1", tier = 1 }, { gateway = "LTE", tier = 2 } ]
 async fn a_bad_policy_is_refused_and_the_old_one_stays() {
     let broker = FakeBroker::start(Behaviour::default());
     let dir = TempDir::new("engine-reload-bad").unwrap();
-    let good = policy(ONE_SELECTOR, "");
+    let good = policy(ONE_SELECTOR);
     let e = engine(&broker, &dir, &good);
     let before = e.shared.policy();
 
@@ -254,11 +191,11 @@ async fn a_bad_policy_is_refused_and_the_old_one_stays() {
 async fn a_plan_in_flight_finishes_under_the_policy_it_started_with() {
     let broker = FakeBroker::start(Behaviour::default());
     let dir = TempDir::new("engine-reload-inflight").unwrap();
-    let e = engine(&broker, &dir, &policy(ONE_SELECTOR, ""));
+    let e = engine(&broker, &dir, &policy(ONE_SELECTOR));
     verdict(&e.control, "WAN1", GatewayAction::Down).await;
     assert!(e.shared.plan_pending(), "the plan waits for a routed signal");
 
-    std::fs::write(&e.policy_path, policy(TWO_SELECTORS, "")).unwrap();
+    std::fs::write(&e.policy_path, policy(TWO_SELECTORS)).unwrap();
     let control = e.control.clone();
     let reload = tokio::spawn(async move { ask(&control, &ControlRequest::Reload).await });
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -270,7 +207,7 @@ async fn a_plan_in_flight_finishes_under_the_policy_it_started_with() {
         ControlReply::Done { message } => assert!(message.contains("reloaded"), "{message}"),
         other => panic!("{other:?}"),
     }
-    let kills: Vec<String> = broker.log().into_iter().filter(|l| l.starts_with("kill")).collect();
+    let kills = broker.entries("kill");
     assert_eq!(kills.len(), 1, "{kills:?}");
     assert!(kills[0].starts_with("kill:1#"), "the old policy's one selector: {kills:?}");
     assert_eq!(e.shared.policy().gateways[0].states.nat_addr.len(), 1);
@@ -288,7 +225,7 @@ async fn a_plan_in_flight_finishes_under_the_policy_it_started_with() {
     verdict(&e.control, "WAN1", GatewayAction::Down).await;
     verdict(&e.control, "WAN1", GatewayAction::Routed).await;
     tokio::time::timeout(Duration::from_secs(10), async {
-        while broker.log().iter().filter(|l| l.starts_with("kill")).count() < 2 {
+        while broker.kills() < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -298,7 +235,7 @@ async fn a_plan_in_flight_finishes_under_the_policy_it_started_with() {
             e.shared.bus().backlog().iter().map(|e| format!("{} {}", e.kind, e.message)).collect();
         panic!("no second kill: {ev:#?}")
     });
-    let kills: Vec<String> = broker.log().into_iter().filter(|l| l.starts_with("kill")).collect();
+    let kills = broker.entries("kill");
     assert!(kills[1].starts_with("kill:2#"), "the new policy's two selectors: {kills:?}");
 }
 
@@ -306,7 +243,7 @@ async fn a_plan_in_flight_finishes_under_the_policy_it_started_with() {
 #[tokio::test]
 async fn an_engine_without_a_policy_file_has_nothing_to_reload() {
     let dir = TempDir::new("engine-reload-none").unwrap();
-    let policy = statecull_policy::load::parse(&policy(ONE_SELECTOR, ""), "x").unwrap();
+    let policy = statecull_policy::load::parse(&policy(ONE_SELECTOR), "x").unwrap();
     let (shared, _d, _m) = Shared::new(policy, BrokerLink::new(dir.path().join("no.sock")));
     let why = shared.reload("SIGHUP").await.unwrap_err();
     assert!(why.contains("nothing to reload"), "{why}");

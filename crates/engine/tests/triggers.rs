@@ -9,68 +9,28 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Behaviour, FakeBroker};
+use common::{Behaviour, CONFIRM_DELAY_50MS, FakeBroker, TwoWans, field};
 use statecull_control::{Event, EventKind};
-use statecull_engine::broker::BrokerLink;
-use statecull_engine::executor::Executor;
 use statecull_engine::state::Shared;
 
-/// WAN1 (tier 1, dpinger) and WAN2 (tier 2), routing confirmed after 50 ms, no sweep.
+/// The two WANs (`common::TwoWans`), WAN1 judged by dpinger (no hold-down, one sample
+/// enough), routing confirmed after 50 ms, the group's `trigger` as given and fail-back
+/// killing; the engine's shared state and executor.
 fn engine(broker: &FakeBroker, trigger: &str) -> Arc<Shared> {
-    let text = format!(
-        r#"
-[engine]
-states_refresh = "off"
-
-[routing]
-confirm = "delay"
-settle_timeout = "50ms"
-sweep_delay = "0s"
-
-[[gateway]]
-name = "WAN1"
-interface = "igb1"
-address = "198.51.100.254"
-health_source = "dpinger"
-dpinger_socket = "/nonexistent/dpinger_WAN1.sock"
-hold_down = "0s"
-min_samples = 1
-[gateway.states]
-rt_addr = "198.51.100.254"
-
-[[gateway]]
-name = "WAN2"
-interface = "igb2"
-address = "203.0.113.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "203.0.113.254"
-
-[[group]]
-name = "failover"
-members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
-on_down = "gateway"
-on_recovery = "kill"
-trigger = "{trigger}"
-"#
-    );
-    let policy = statecull_policy::load::parse(&text, "test policy").unwrap();
-    let (shared, decisions, _metrics) = Shared::new(policy, BrokerLink::new(broker.path.clone()));
-    let shared = Arc::new(shared);
-    tokio::spawn(Executor::new(Arc::clone(&shared), decisions, None).run());
-    shared
-}
-
-fn kills(broker: &FakeBroker) -> usize {
-    broker.log().iter().filter(|e| e.starts_with("kill")).count()
+    let policy = TwoWans {
+        routing: CONFIRM_DELAY_50MS,
+        wan1: "health_source = \"dpinger\"\n\
+               dpinger_socket = \"/nonexistent/dpinger_WAN1.sock\"\n\
+               hold_down = \"0s\"\n\
+               min_samples = 1",
+        wan1_states: r#"rt_addr = "198.51.100.254""#,
+        group: &format!("on_recovery = \"kill\"\ntrigger = \"{trigger}\"\n"),
+    };
+    common::engine(broker, &policy.policy())
 }
 
 fn find(events: &[Event], kind: EventKind) -> Option<&Event> {
     events.iter().find(|e| e.kind == kind)
-}
-
-fn field<'e>(e: &'e Event, name: &str) -> Option<&'e str> {
-    e.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 /// Slow (800 ms, the default latency_degraded is 500 ms) for a while, then fast again.
@@ -99,7 +59,7 @@ async fn a_latency_group_kills_a_slow_member_once_and_fails_back() {
         "{degraded:?}"
     );
     // One kill of WAN1's states, then one fail-back kill of WAN2's when WAN1 is fast again.
-    assert_eq!(kills(&broker), 2, "{:?}", broker.log());
+    assert_eq!(broker.kills(), 2, "{:?}", broker.log());
     let plans: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::PlanDone).collect();
     assert_eq!(plans.len(), 2, "{events:#?}");
     assert!(shared.usable()[0]);
@@ -114,6 +74,6 @@ async fn a_down_group_keeps_a_slow_member() {
     let degraded = find(&events, EventKind::GatewayDegraded).expect("a degraded event");
     assert_eq!(field(degraded, "usable"), Some("true"), "{degraded:?}");
     assert_eq!(field(degraded, "failed_by_trigger"), None, "{degraded:?}");
-    assert_eq!(kills(&broker), 0, "{:?}", broker.log());
+    assert_eq!(broker.kills(), 0, "{:?}", broker.log());
     assert!(find(&events, EventKind::PlanStarted).is_none(), "{events:#?}");
 }

@@ -8,95 +8,33 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Behaviour, FakeBroker};
-use statecull_control::{ControlReply, ControlRequest, Event, EventKind, GatewayAction};
-use statecull_engine::broker::BrokerLink;
-use statecull_engine::executor::Executor;
+use common::{Behaviour, CONFIRM_DELAY_50MS, FakeBroker, TwoWans, verdict};
+use statecull_control::{Event, EventKind, GatewayAction};
 use statecull_engine::state::Shared;
 use statecull_testkit::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
-/// WAN1 (tier 1) and WAN2 (tier 2), external health, routing confirmed after 50 ms, no
-/// sweep; WAN1's `hold_down` as given (damping: the defaults).
+/// The two WANs (`common::TwoWans`), external health, routing confirmed after 50 ms;
+/// WAN1's `hold_down` as given (damping: the defaults), recognised by its route.
 fn policy(hold_down: &str) -> String {
-    format!(
-        r#"
-[engine]
-states_refresh = "off"
-
-[routing]
-confirm = "delay"
-settle_timeout = "50ms"
-sweep_delay = "0s"
-
-[[gateway]]
-name = "WAN1"
-interface = "igb1"
-address = "198.51.100.254"
-health_source = "external"
-hold_down = "{hold_down}"
-[gateway.states]
-rt_addr = "198.51.100.254"
-
-[[gateway]]
-name = "WAN2"
-interface = "igb2"
-address = "203.0.113.254"
-health_source = "external"
-[gateway.states]
-rt_addr = "203.0.113.254"
-
-[[group]]
-name = "failover"
-members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
-on_down = "gateway"
-"#
-    )
+    TwoWans {
+        routing: CONFIRM_DELAY_50MS,
+        wan1: &format!("health_source = \"external\"\nhold_down = \"{hold_down}\""),
+        wan1_states: r#"rt_addr = "198.51.100.254""#,
+        group: "",
+    }
+    .policy()
 }
 
 /// The engine's shared state, executor, timer (as the daemon ticks) and control socket.
-fn engine(
-    broker: &FakeBroker,
-    dir: &TempDir,
-    hold_down: &str,
-) -> (Arc<Shared>, std::path::PathBuf) {
-    let policy = statecull_policy::load::parse(&policy(hold_down), "test policy").unwrap();
-    let (shared, decisions, _metrics) = Shared::new(policy, BrokerLink::new(broker.path.clone()));
-    let shared = Arc::new(shared);
-    tokio::spawn(Executor::new(Arc::clone(&shared), decisions, None).run());
-    let s = Arc::clone(&shared);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            s.tick();
-        }
-    });
-    let path = dir.path().join("engine.sock");
-    let listener = statecull_engine::control::bind(&path).unwrap();
-    tokio::spawn(statecull_engine::control::serve(listener, Arc::clone(&shared)));
+fn engine(broker: &FakeBroker, dir: &TempDir, hold_down: &str) -> (Arc<Shared>, PathBuf) {
+    let shared = common::engine(broker, &policy(hold_down));
+    common::run_timer(&shared);
+    let path = common::serve_control(&shared, dir);
     (shared, path)
-}
-
-/// `statecull gateway WAN1 down|up` as the CLI sends it; the engine's answer.
-async fn verdict(path: &std::path::Path, action: GatewayAction) -> String {
-    let req = ControlRequest::Gateway { name: "WAN1".into(), action };
-    let mut s = BufReader::new(UnixStream::connect(path).await.unwrap());
-    let line = serde_json::to_string(&req).unwrap();
-    s.get_mut().write_all(format!("{line}\n").as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_line(&mut answer))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    match serde_json::from_str(&answer).unwrap() {
-        ControlReply::Done { message } => message,
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Every event from now on, kept (the bus's backlog keeps only the last 64).
@@ -110,10 +48,6 @@ fn collect(shared: &Shared) -> Arc<std::sync::Mutex<Vec<Event>>> {
         }
     });
     all
-}
-
-fn kills(broker: &FakeBroker) -> usize {
-    broker.log().iter().filter(|e| e.starts_with("kill")).count()
 }
 
 fn of_kind(events: &[Event], kind: EventKind) -> Vec<&Event> {
@@ -131,17 +65,17 @@ async fn a_flapping_hook_kills_once() {
     let all = collect(&shared);
     let mut last_up = String::new();
     for i in 0..40 {
-        let down = verdict(&path, GatewayAction::Down).await;
+        let down = verdict(&path, "WAN1", GatewayAction::Down).await;
         if i == 0 {
             assert!(down.contains("external down: down at once"), "{down}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
-        last_up = verdict(&path, GatewayAction::Up).await;
+        last_up = verdict(&path, "WAN1", GatewayAction::Up).await;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // Let any plan that was wrongly decided run.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(kills(&broker), 1, "one kill for the whole flapping: {:?}", broker.log());
+    assert_eq!(broker.kills(), 1, "one kill for the whole flapping: {:?}", broker.log());
     let events = all.lock().unwrap().clone();
     assert_eq!(of_kind(&events, EventKind::PlanDone).len(), 1, "{events:#?}");
     assert_eq!(of_kind(&events, EventKind::GatewayDown).len(), 1, "{events:#?}");
@@ -164,14 +98,14 @@ async fn damping_alone_stops_a_flapping_hook_at_the_third_flap() {
     let dir = TempDir::new("engine-verdicts-damping").unwrap();
     let (shared, path) = engine(&broker, &dir, "0s");
     for _ in 0..20 {
-        verdict(&path, GatewayAction::Down).await;
+        verdict(&path, "WAN1", GatewayAction::Down).await;
         // Past the 50 ms routing wait, so that each kill that is decided runs.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        verdict(&path, GatewayAction::Up).await;
+        verdict(&path, "WAN1", GatewayAction::Up).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(kills(&broker), 3, "{:?}", broker.log());
+    assert_eq!(broker.kills(), 3, "{:?}", broker.log());
     assert!(!shared.usable()[0]);
 }
 
@@ -183,9 +117,9 @@ async fn a_single_down_up_acts_at_once_and_returns_after_the_hold_down() {
     let dir = TempDir::new("engine-verdicts-clean").unwrap();
     let (shared, path) = engine(&broker, &dir, "300ms");
     let (_, mut rx) = shared.bus().subscribe_with_backlog();
-    verdict(&path, GatewayAction::Down).await;
+    verdict(&path, "WAN1", GatewayAction::Down).await;
     broker.wait_for("kill").await;
-    let up = verdict(&path, GatewayAction::Up).await;
+    let up = verdict(&path, "WAN1", GatewayAction::Up).await;
     assert!(up.contains("hold-down 300 ms"), "{up}");
     let back = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -199,5 +133,5 @@ async fn a_single_down_up_acts_at_once_and_returns_after_the_hold_down() {
     .expect("WAN1 back after its hold-down");
     assert!(back.message.contains("the external up stood for"), "{back:?}");
     assert!(shared.usable()[0]);
-    assert_eq!(kills(&broker), 1, "{:?}", broker.log());
+    assert_eq!(broker.kills(), 1, "{:?}", broker.log());
 }

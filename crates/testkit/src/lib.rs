@@ -1,6 +1,7 @@
 //! statecull's test kit, one place for what tests in every crate need: scratch directories,
 //! private network namespaces (with big conntrack tables loaded into them, feature
-//! `conntrack`), daemons spawned inside them, root-only tests that skip loudly (or fail under
+//! `conntrack`), daemons spawned inside them, child processes that never outlive a test
+//! ([`ChildGuard`], [`wait_for_socket`]), root-only tests that skip loudly (or fail under
 //! `STATECULL_REQUIRE_ROOT_TESTS=1`), and cleanup that also runs on Ctrl-C. Used by the
 //! crates' tests, the end-to-end tests (`statecull-tests`) and `cargo xtask`.
 //!
@@ -14,7 +15,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -250,50 +251,196 @@ impl Drop for TempDir {
     }
 }
 
+/// A child process (a daemon a test started) that never outlives the test: on drop, also
+/// when the test panics, it is killed with SIGKILL and reaped, or, after
+/// [`terminate_on_drop`](Self::terminate_on_drop), sent SIGTERM first and given a grace
+/// period to stop as it would under a service manager.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Child,
+    pid: Pid,
+    /// On drop: SIGTERM and this long to exit before SIGKILL; `None`: SIGKILL at once.
+    term_grace: Option<Duration>,
+}
+
+impl ChildGuard {
+    /// Spawn `cmd` under a guard.
+    pub fn spawn(cmd: &mut Command) -> io::Result<Self> {
+        Self::new(cmd.spawn()?)
+    }
+
+    /// Spawn `cmd`, a daemon writing its standard error to `log`, and wait up to `within`
+    /// until it serves on `socket` (see [`wait_for_socket`]).
+    pub fn spawn_serving(
+        cmd: &mut Command,
+        socket: &Path,
+        within: Duration,
+        log: &Path,
+    ) -> io::Result<Self> {
+        let mut child = Self::spawn(cmd)?;
+        wait_for_socket(socket, within, &mut child, log)?;
+        Ok(child)
+    }
+
+    /// Guard a child already spawned.
+    pub fn new(mut child: Child) -> io::Result<Self> {
+        match i32::try_from(child.id()) {
+            Ok(pid) => Ok(Self { child, pid: Pid::from_raw(pid), term_grace: None }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(io::Error::other(format!("pid {} out of range: {e}", child.id())))
+            }
+        }
+    }
+
+    /// On drop, send SIGTERM and wait up to `grace` before SIGKILL.
+    #[must_use]
+    pub fn terminate_on_drop(mut self, grace: Duration) -> Self {
+        self.term_grace = Some(grace);
+        self
+    }
+
+    /// The child's process id (also after it exited; see [`signal`](Self::signal) for a
+    /// safe way to signal it).
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Whether the child still runs (it has not exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Wait up to `within` for the child to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send `sig` to the child; refused once it has exited (its pid may be another
+    /// process's by then).
+    pub fn signal(&mut self, sig: Signal) -> io::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "pid {} already exited ({status}), not sent {sig}",
+                self.pid
+            )));
+        }
+        kill(self.pid, sig).map_err(io::Error::from)
+    }
+
+    /// Send SIGTERM and wait up to `within` for the exit; its status, or `None` if the
+    /// child still runs (then [`kill`](Self::kill) it, or let the guard drop). The status
+    /// at once if it had exited already.
+    pub fn terminate(&mut self, within: Duration) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(Some(status));
+        }
+        kill(self.pid, Signal::SIGTERM).map_err(io::Error::from)?;
+        Ok(self.wait_exit(within))
+    }
+
+    /// SIGKILL, unless the child has exited, and reap it; its exit status.
+    pub fn kill(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.child.kill()?;
+        self.child.wait()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(grace) = self.term_grace
+            && matches!(self.terminate(grace), Ok(Some(_)))
+        {
+            return;
+        }
+        let _ = self.kill();
+    }
+}
+
+/// Wait up to `within` until `path` accepts connections, as a daemon's socket does once it
+/// serves. Fails at once if `child` exits meanwhile, and at the deadline; either way with
+/// what the daemon wrote to `log` (its standard error).
+pub fn wait_for_socket(
+    path: &Path,
+    within: Duration,
+    child: &mut ChildGuard,
+    log: &Path,
+) -> io::Result<()> {
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + within;
+    while UnixStream::connect(path).is_err() {
+        if let Some(status) = child.child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "pid {} exited ({status}) before {} accepted connections; its log {}:\n{}",
+                child.pid,
+                path.display(),
+                log.display(),
+                log_text()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "nothing accepted connections at {} within {within:?} (pid {} runs); its log \
+                 {}:\n{}",
+                path.display(),
+                child.pid,
+                log.display(),
+                log_text()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// A broker process inside a namespace, stopped with SIGTERM (then SIGKILL) on drop.
 #[derive(Debug)]
 pub struct BrokerProcess {
-    child: Option<Child>,
+    child: ChildGuard,
     socket: PathBuf,
     log: PathBuf,
     _dir: TempDir,
 }
 
 impl BrokerProcess {
+    /// How long the broker has to stop on SIGTERM before it is killed.
+    const STOP_GRACE: Duration = Duration::from_secs(20);
+
     /// Start `bin` (a broker binary) in `ns` with a fresh socket and extra flags, and wait
     /// until it accepts connections.
     pub fn start(bin: &Path, ns: &Netns, extra: &[&str]) -> io::Result<Self> {
         let dir = TempDir::new("broker")?;
         let socket = dir.path().join("broker.sock");
         let log = dir.path().join("broker.log");
-        let child = ns
-            .command(bin)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--log-level", "debug"])
-            .args(broker_test_args())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(File::create(&log)?)
-            .stderr(File::create(&log)?)
-            .spawn()?;
-        let mut b = Self { child: Some(child), socket, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&b.socket).is_err() {
-            if let Some(c) = b.child.as_mut()
-                && let Some(status) = c.try_wait()?
-            {
-                return Err(io::Error::other(format!(
-                    "broker exited ({status}): {}",
-                    b.log_text()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!("broker did not start: {}", b.log_text())));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(b)
+        let child = ChildGuard::spawn_serving(
+            ns.command(bin)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--log-level", "debug"])
+                .args(broker_test_args())
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(File::create(&log)?)
+                .stderr(File::create(&log)?),
+            &socket,
+            Duration::from_secs(20),
+            &log,
+        )?
+        .terminate_on_drop(Self::STOP_GRACE);
+        Ok(Self { child, socket, log, _dir: dir })
     }
 
     pub fn socket(&self) -> &Path {
@@ -301,7 +448,7 @@ impl BrokerProcess {
     }
 
     pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+        Some(self.child.pid().as_raw())
     }
 
     /// What the broker logged so far.
@@ -311,33 +458,14 @@ impl BrokerProcess {
 
     /// Open file descriptors of the broker process.
     pub fn open_fds(&self) -> io::Result<usize> {
-        let pid = self.pid().ok_or_else(|| io::Error::other("broker not running"))?;
-        Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.pid()))?.count())
     }
 
-    /// Send SIGTERM and wait for the exit status.
-    pub fn stop(&mut self) -> io::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| io::Error::other("already stopped"))?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.stop();
+    /// Send SIGTERM and wait for the exit status (SIGKILL after 20 s).
+    pub fn stop(&mut self) -> io::Result<ExitStatus> {
+        match self.child.terminate(Self::STOP_GRACE)? {
+            Some(status) => Ok(status),
+            None => self.child.kill(),
         }
     }
 }
@@ -463,5 +591,90 @@ pub mod cleanup {
             std::process::exit(130);
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sh -c script` under a guard, its standard error to `log`.
+    fn sh(script: &str, log: &Path) -> ChildGuard {
+        ChildGuard::spawn(
+            Command::new("sh")
+                .args(["-c", script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(log).unwrap()),
+        )
+        .unwrap()
+    }
+
+    /// Neither running nor a zombie waiting to be reaped.
+    fn gone(pid: Pid) -> bool {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_dropped_guard_kills_and_reaps_its_child() {
+        let dir = TempDir::new("guard-drop").unwrap();
+        let mut p = sh("exec sleep 60", &dir.path().join("log"));
+        let pid = p.pid();
+        assert!(p.running());
+        drop(p);
+        // Reaped too: no zombie is left under our pid.
+        assert!(gone(pid), "pid {pid} still there");
+    }
+
+    #[test]
+    fn terminate_gives_the_status_or_none_when_sigterm_is_ignored() {
+        let dir = TempDir::new("guard-term").unwrap();
+        let log = dir.path().join("log");
+        let mut p = sh("exec sleep 60", &log);
+        let status = p.terminate(Duration::from_secs(10)).unwrap().expect("sleep stops on SIGTERM");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(15));
+        assert!(p.signal(Signal::SIGTERM).is_err(), "a signal to an exited child is refused");
+
+        // Ignores SIGTERM, says so, then waits.
+        let mut p = sh("trap '' TERM; echo trapped >&2; while :; do sleep 0.05; done", &log);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log).unwrap().contains("trapped") {
+            assert!(Instant::now() < deadline, "the shell never set its trap");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(p.terminate(Duration::from_millis(300)).unwrap(), None);
+        assert!(p.running());
+        let pid = p.pid();
+        // With a grace period the drop still ends it (SIGKILL after the grace).
+        drop(p.terminate_on_drop(Duration::from_millis(100)));
+        assert!(gone(pid), "pid {pid} still there");
+    }
+
+    #[test]
+    fn wait_for_socket_fails_with_the_log_of_a_daemon_that_exited() {
+        let dir = TempDir::new("guard-exit").unwrap();
+        let log = dir.path().join("log");
+        let socket = dir.path().join("never.sock");
+        let mut p = sh("echo 'cannot bind: reason here' >&2; exit 3", &log);
+        let e = wait_for_socket(&socket, Duration::from_secs(30), &mut p, &log).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("exit status: 3") && e.contains("cannot bind: reason here"), "{e}");
+        assert_eq!(p.wait_exit(Duration::ZERO).and_then(|s| s.code()), Some(3));
+    }
+
+    #[test]
+    fn wait_for_socket_gives_up_at_the_deadline_and_returns_once_the_socket_serves() {
+        let dir = TempDir::new("guard-socket").unwrap();
+        let log = dir.path().join("log");
+        let socket = dir.path().join("s.sock");
+        let mut p = sh("echo still starting >&2; exec sleep 60", &log);
+        let started = Instant::now();
+        let e = wait_for_socket(&socket, Duration::from_millis(200), &mut p, &log).unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(e.to_string().contains("nothing accepted connections"), "{e}");
+        assert!(e.to_string().contains("still starting"), "{e}");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        wait_for_socket(&socket, Duration::from_secs(10), &mut p, &log).unwrap();
+        assert!(p.running());
     }
 }

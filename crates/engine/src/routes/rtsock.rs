@@ -239,25 +239,72 @@ fn ne_i32(b: &[u8], at: usize) -> i32 {
     i32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// Every message in `buf` (a `read` of a routing socket brings one; a sysctl dump many).
-pub fn parse(mut buf: &[u8]) -> Result<Vec<Message>, RtsockError> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        if buf.len() < 4 {
-            return Err(RtsockError::Truncated(format!("{} bytes left over", buf.len())));
+/// The messages in `buf` one by one, each cut to its `rtm_msglen` and of our
+/// `RTM_VERSION`; after the first error, nothing more.
+fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<&[u8], RtsockError>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let at_hand = buf.len();
+        if at_hand < 4 {
+            buf = &[];
+            return Some(Err(RtsockError::Truncated(format!("{at_hand} bytes left over"))));
         }
         let len = usize::from(ne_u16(buf, OFF_MSGLEN));
-        if len < 4 || len > buf.len() {
-            return Err(RtsockError::Truncated(format!(
-                "rtm_msglen {len} with {} bytes at hand",
-                buf.len()
-            )));
+        if len < 4 || len > at_hand {
+            buf = &[];
+            return Some(Err(RtsockError::Truncated(format!(
+                "rtm_msglen {len} with {at_hand} bytes at hand"
+            ))));
         }
         let (msg, rest) = buf.split_at(len);
         buf = rest;
         if msg[OFF_VERSION] != RTM_VERSION {
-            return Err(RtsockError::Version(msg[OFF_VERSION]));
+            buf = &[];
+            return Some(Err(RtsockError::Version(msg[OFF_VERSION])));
         }
+        Some(Ok(msg))
+    })
+}
+
+/// The sockaddrs present in `msg` from byte `at` on, as its `rtm_addrs` bit mask `addrs`
+/// says, in `RTAX_*` order: each its index and the bytes it claims itself (its padding to
+/// `SA_SIZE` is not part of it); after the first error, nothing more.
+fn sockaddrs(
+    msg: &[u8],
+    mut at: usize,
+    addrs: i32,
+) -> impl Iterator<Item = Result<(usize, &[u8]), RtsockError>> {
+    let mut present = (0..RTAX_MAX).filter(move |&i| addrs & (1 << i) != 0);
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let i = present.next()?;
+        let Some(&sa_len) = msg.get(at) else {
+            failed = true;
+            return Some(Err(RtsockError::Truncated(format!("sockaddr {i} missing at byte {at}"))));
+        };
+        let size = sa_size(sa_len);
+        let Some(sa) = msg.get(at..at + size) else {
+            failed = true;
+            return Some(Err(RtsockError::Truncated(format!(
+                "sockaddr {i} of {size} bytes runs past the message ({} bytes)",
+                msg.len()
+            ))));
+        };
+        at += size;
+        Some(Ok((i, &sa[..usize::from(sa_len).min(size)])))
+    })
+}
+
+/// Every message in `buf` (a `read` of a routing socket brings one; a sysctl dump many).
+pub fn parse(buf: &[u8]) -> Result<Vec<Message>, RtsockError> {
+    let mut out = Vec::new();
+    for msg in messages(buf) {
+        let msg = msg?;
         let msg_type = msg[OFF_TYPE];
         if msg_type == 0 || msg_type > RTM_LAST_RT {
             out.push(Message::Other { msg_type });
@@ -287,31 +334,14 @@ fn parse_route(msg: &[u8]) -> Result<RtMsg, RtsockError> {
         gateway: None,
         prefix_len: None,
     };
-    let mut at = RT_MSGHDR_LEN;
     let mut netmask: Option<&[u8]> = None;
-    for i in 0..RTAX_MAX {
-        if addrs & (1 << i) == 0 {
-            continue;
-        }
-        let Some(&sa_len) = msg.get(at) else {
-            return Err(RtsockError::Truncated(format!("sockaddr {i} missing at byte {at}")));
-        };
-        let size = sa_size(sa_len);
-        let Some(sa) = msg.get(at..at + size) else {
-            return Err(RtsockError::Truncated(format!(
-                "sockaddr {i} of {size} bytes runs past the message ({} bytes)",
-                msg.len()
-            )));
-        };
-        // The bytes the sockaddr itself claims (its padding is not part of it).
-        let sa = &sa[..usize::from(sa_len).min(size)];
-        match i {
-            RTAX_DST => m.dst = sockaddr_ip(sa)?,
-            RTAX_GATEWAY => m.gateway = Some(gateway(sa)?),
-            RTAX_NETMASK => netmask = Some(sa),
+    for sa in sockaddrs(msg, RT_MSGHDR_LEN, addrs) {
+        match sa? {
+            (RTAX_DST, sa) => m.dst = sockaddr_ip(sa)?,
+            (RTAX_GATEWAY, sa) => m.gateway = Some(gateway(sa)?),
+            (RTAX_NETMASK, sa) => netmask = Some(sa),
             _ => {}
         }
-        at += size;
     }
     if let Some(mask) = netmask {
         m.prefix_len = Some(prefix_len(mask, m.dst)?);
@@ -445,25 +475,11 @@ const _: () = {
 /// IPv4 and IPv6, IPv6 link-local ones left out (never a NAT address), with the interface's
 /// name from `RTA_IFP` when the kernel includes it. Pure; what the routing socket's reader
 /// gives the address book (`routes::addrs`).
-pub fn parse_addresses(mut buf: &[u8]) -> Result<Vec<crate::routes::addrs::AddrMsg>, RtsockError> {
+pub fn parse_addresses(buf: &[u8]) -> Result<Vec<crate::routes::addrs::AddrMsg>, RtsockError> {
     use crate::routes::addrs::AddrMsg;
     let mut out = Vec::new();
-    while !buf.is_empty() {
-        if buf.len() < 4 {
-            return Err(RtsockError::Truncated(format!("{} bytes left over", buf.len())));
-        }
-        let len = usize::from(ne_u16(buf, OFF_MSGLEN));
-        if len < 4 || len > buf.len() {
-            return Err(RtsockError::Truncated(format!(
-                "rtm_msglen {len} with {} bytes at hand",
-                buf.len()
-            )));
-        }
-        let (msg, rest) = buf.split_at(len);
-        buf = rest;
-        if msg[OFF_VERSION] != RTM_VERSION {
-            return Err(RtsockError::Version(msg[OFF_VERSION]));
-        }
+    for msg in messages(buf) {
+        let msg = msg?;
         let kind = msg[OFF_TYPE];
         if kind != RTM_NEWADDR && kind != RTM_DELADDR {
             continue;
@@ -477,28 +493,12 @@ pub fn parse_addresses(mut buf: &[u8]) -> Result<Vec<crate::routes::addrs::AddrM
         let addrs = ne_i32(msg, IFAM_ADDRS);
         let ifindex = u32::from(ne_u16(msg, IFAM_INDEX));
         let (mut address, mut name) = (None, None);
-        let mut at = IFA_MSGHDR_LEN;
-        for i in 0..RTAX_MAX {
-            if addrs & (1 << i) == 0 {
-                continue;
-            }
-            let Some(&sa_len) = msg.get(at) else {
-                return Err(RtsockError::Truncated(format!("sockaddr {i} missing at byte {at}")));
-            };
-            let size = sa_size(sa_len);
-            let Some(sa) = msg.get(at..at + size) else {
-                return Err(RtsockError::Truncated(format!(
-                    "sockaddr {i} of {size} bytes runs past the message ({} bytes)",
-                    msg.len()
-                )));
-            };
-            let sa = &sa[..usize::from(sa_len).min(size)];
-            match i {
-                RTAX_IFA => address = sockaddr_ip(sa)?,
-                RTAX_IFP if family(sa) == AF_LINK => name = link_name(sa)?,
+        for sa in sockaddrs(msg, IFA_MSGHDR_LEN, addrs) {
+            match sa? {
+                (RTAX_IFA, sa) => address = sockaddr_ip(sa)?,
+                (RTAX_IFP, sa) if family(sa) == AF_LINK => name = link_name(sa)?,
                 _ => {}
             }
-            at += size;
         }
         let Some(address) = address else { continue };
         if let IpAddr::V6(a) = address

@@ -55,7 +55,7 @@ impl Netns {
 
     /// `ip -n NS ARGS...`, which must succeed.
     pub(crate) fn ip(&self, args: &[&str]) {
-        run(Command::new("ip").args(["-n", &self.name]).args(args));
+        ip_in(&self.name, args);
     }
 
     /// A program run inside the namespace, which must succeed.
@@ -91,6 +91,11 @@ impl Drop for Netns {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// `ip -n NAME ARGS...`, which must succeed: for a thread that cannot borrow the [`Netns`].
+pub(crate) fn ip_in(name: &str, args: &[&str]) {
+    run(Command::new("ip").args(["-n", name]).args(args));
 }
 
 fn run(cmd: &mut Command) {

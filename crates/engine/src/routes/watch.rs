@@ -542,7 +542,7 @@ mod live {
 
     use statecull_proto::Prefix;
 
-    use crate::routes::testkit::{Netns, skip};
+    use crate::routes::testkit::{Netns, ip_in, skip};
     use crate::routes::{Route, RouteWatcher, default_routes_via};
 
     fn ip(s: &str) -> IpAddr {
@@ -588,17 +588,8 @@ mod live {
                 assert_eq!(b.current("wan1"), [ip("203.0.113.77")]);
                 assert!(b.current("lo").is_empty(), "host scope is never a NAT address");
                 // DHCP renumbers wan0: the new address comes, the old one goes.
-                for args in [
-                    ["addr", "add", "198.51.100.21/24", "dev", "wan0"],
-                    ["addr", "del", "198.51.100.20/24", "dev", "wan0"],
-                ] {
-                    let ok = std::process::Command::new("ip")
-                        .args(["-n", &name])
-                        .args(args)
-                        .status()
-                        .is_ok_and(|s| s.success());
-                    assert!(ok, "ip {args:?}");
-                }
+                ip_in(&name, &["addr", "add", "198.51.100.21/24", "dev", "wan0"]);
+                ip_in(&name, &["addr", "del", "198.51.100.20/24", "dev", "wan0"]);
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 while w.book().current("wan0").contains(&ip("198.51.100.20")) {
                     tokio::time::timeout_at(deadline, w.changed(now)).await.unwrap().unwrap();
@@ -614,11 +605,7 @@ mod live {
                     !w.book().selectable("wan0", at + RETAIN_MS).contains(&ip("198.51.100.20"))
                 );
                 // The link goes (PPPoE down): its address is kept as departed.
-                let ok = std::process::Command::new("ip")
-                    .args(["-n", &name, "link", "del", "wan1"])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                assert!(ok);
+                ip_in(&name, &["link", "del", "wan1"]);
                 while !w.book().current("wan1").is_empty() {
                     tokio::time::timeout_at(deadline, w.changed(now)).await.unwrap().unwrap();
                 }
@@ -648,12 +635,7 @@ mod live {
             let name = name.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(delay_ms));
-                let ok = std::process::Command::new("ip")
-                    .args(["-n", &name])
-                    .args(args)
-                    .status()
-                    .is_ok_and(|s| s.success());
-                assert!(ok, "ip {args:?}");
+                ip_in(&name, args);
             })
         };
 

@@ -1,18 +1,25 @@
-//! An in-process fake broker speaking the real frame protocol (`statecull_proto::frame`),
-//! one thread per connection, that logs what it is asked, per connection, in order of
-//! arrival. A Count takes as long as the test says, unless the client hangs up first (as
-//! the engine does when it abandons a background count); kills answer at once with a
-//! per-selector report.
+//! What the engine's in-process tests share. An in-process fake broker speaking the real
+//! frame protocol (`statecull_proto::frame`), one thread per connection, that logs what it
+//! is asked, per connection, in order of arrival. A Count takes as long as the test says,
+//! unless the client hangs up first (as the engine does when it abandons a background
+//! count); kills answer at once with a per-selector report. The engine against it (shared
+//! state and executor, with its timer and control socket when a test wants them), control
+//! requests as the CLI sends them, and the two-WAN policy most of these tests run.
 #![allow(dead_code, unreachable_pub)] // each test file uses a part
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use statecull_control::{ControlReply, ControlRequest, Event, GatewayAction};
+use statecull_engine::broker::BrokerLink;
+use statecull_engine::executor::Executor;
+use statecull_engine::state::Shared;
 use statecull_testkit::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use statecull_proto::frame::{decode_request, encode_response, payload_len};
 use statecull_proto::{
@@ -190,6 +197,16 @@ impl FakeBroker {
         self.log().iter().filter(|e| e.split('#').next() == Some(verb)).count()
     }
 
+    /// Entries starting with `prefix`, in order.
+    pub fn entries(&self, prefix: &str) -> Vec<String> {
+        self.log().into_iter().filter(|e| e.starts_with(prefix)).collect()
+    }
+
+    /// Kill requests so far.
+    pub fn kills(&self) -> usize {
+        self.entries("kill").len()
+    }
+
     /// Position of the first entry starting with `prefix`.
     pub fn position(&self, prefix: &str) -> Option<usize> {
         self.log().iter().position(|e| e.starts_with(prefix))
@@ -212,5 +229,130 @@ impl FakeBroker {
             assert!(Instant::now() < deadline, "no {prefix} within {limit:?}: {:?}", self.log());
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+/// The engine's shared state for `policy` (TOML) against `broker`, with its executor running.
+pub fn engine(broker: &FakeBroker, policy: &str) -> Arc<Shared> {
+    let policy = statecull_policy::load::parse(policy, "test policy").unwrap();
+    let (shared, decisions, _metrics) = Shared::new(policy, BrokerLink::new(broker.path.clone()));
+    let shared = Arc::new(shared);
+    tokio::spawn(Executor::new(Arc::clone(&shared), decisions, None).run());
+    shared
+}
+
+/// Tick the engine's timer every 100 ms, as the daemon does (hold-downs, routing deadlines).
+pub fn run_timer(shared: &Arc<Shared>) {
+    let s = Arc::clone(shared);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            s.tick();
+        }
+    });
+}
+
+/// Serve the engine's control socket at `dir/engine.sock`; its path.
+pub fn serve_control(shared: &Arc<Shared>, dir: &TempDir) -> PathBuf {
+    let path = dir.path().join("engine.sock");
+    let listener = statecull_engine::control::bind(&path).unwrap();
+    tokio::spawn(statecull_engine::control::serve(listener, Arc::clone(shared)));
+    path
+}
+
+/// How long a control request may take before the test fails.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// One request line (without its newline) on a fresh control connection; the engine's
+/// answer, within `within`.
+pub async fn ask_within(path: &Path, line: &str, within: Duration) -> ControlReply {
+    let mut s = BufReader::new(tokio::net::UnixStream::connect(path).await.unwrap());
+    s.get_mut().write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(within, s.read_line(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    serde_json::from_str(&answer).unwrap()
+}
+
+/// One request line (without its newline); the engine's answer.
+pub async fn ask_line(path: &Path, line: &str) -> ControlReply {
+    ask_within(path, line, ANSWER_WITHIN).await
+}
+
+/// `req` as the CLI sends it; the engine's answer.
+pub async fn ask(path: &Path, req: &ControlRequest) -> ControlReply {
+    ask_line(path, &serde_json::to_string(req).unwrap()).await
+}
+
+/// `statecull gateway NAME ACTION`; the engine's message (anything but `Done` fails).
+pub async fn verdict(path: &Path, name: &str, action: GatewayAction) -> String {
+    match ask(path, &ControlRequest::Gateway { name: name.into(), action }).await {
+        ControlReply::Done { message } => message,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The value of an event's field `name`.
+pub fn field<'e>(e: &'e Event, name: &str) -> Option<&'e str> {
+    e.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// The policy most of these tests run: states never counted in the background, no sweep;
+/// WAN1 (tier 1, `igb1`, 198.51.100.254) and WAN2 (tier 2, `igb2`, 203.0.113.254, external
+/// health, recognised by its route) in the group `failover`, which kills a failed
+/// gateway's states.
+#[derive(Clone, Copy, Debug)]
+pub struct TwoWans<'a> {
+    /// The `[routing]` lines before `sweep_delay`: `confirm` and `settle_timeout`.
+    pub routing: &'a str,
+    /// WAN1's settings after its address, its health source first. They start at line 14
+    /// (errors name lines).
+    pub wan1: &'a str,
+    /// WAN1's `[gateway.states]` lines.
+    pub wan1_states: &'a str,
+    /// More settings of the group.
+    pub group: &'a str,
+}
+
+/// Routing confirmed after 50 ms.
+pub const CONFIRM_DELAY_50MS: &str = "confirm = \"delay\"\nsettle_timeout = \"50ms\"";
+
+impl TwoWans<'_> {
+    pub fn policy(&self) -> String {
+        let TwoWans { routing, wan1, wan1_states, group } = self;
+        format!(
+            r#"
+[engine]
+states_refresh = "off"
+
+[routing]
+{routing}
+sweep_delay = "0s"
+
+[[gateway]]
+name = "WAN1"
+interface = "igb1"
+address = "198.51.100.254"
+{wan1}
+[gateway.states]
+{wan1_states}
+
+[[gateway]]
+name = "WAN2"
+interface = "igb2"
+address = "203.0.113.254"
+health_source = "external"
+[gateway.states]
+rt_addr = "203.0.113.254"
+
+[[group]]
+name = "failover"
+members = [ {{ gateway = "WAN1", tier = 1 }}, {{ gateway = "WAN2", tier = 2 }} ]
+on_down = "gateway"
+{group}"#
+        )
     }
 }
