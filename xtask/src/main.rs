@@ -354,7 +354,7 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    // Before any thread: Ctrl-C removes namespaces and puts kernel knobs back.
+    // Ctrl-C (and SIGTERM, SIGHUP) removes namespaces and puts kernel knobs back.
     if let Err(e) = statecull_tests::cleanup::install_signal_cleanup() {
         eprintln!("xtask: cannot install the cleanup handler: {e}");
         return ExitCode::FAILURE;

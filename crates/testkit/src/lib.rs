@@ -124,6 +124,10 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
+        // Whoever makes a namespace removes it also when interrupted (test binaries too).
+        if let Err(e) = cleanup::install_signal_cleanup() {
+            eprintln!("warning: no cleanup on Ctrl-C for namespace {name}: {e}");
+        }
         run(Command::new("ip").args(["netns", "add", &name]))?;
         cleanup::register_namespace(&name);
         let ns = Self { name };
@@ -502,7 +506,7 @@ pub mod cleanup {
     use std::process::{Command, Stdio};
     use std::sync::Mutex;
 
-    use nix::sys::signal::{SigSet, Signal, kill};
+    use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
     static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -563,17 +567,31 @@ pub mod cleanup {
     }
 
     /// Make SIGINT, SIGTERM and SIGHUP remove every live namespace and run every pending
-    /// hook before the process exits (status 130). Call first thing in `main`, before any
-    /// thread starts, so the signals are blocked everywhere and handled by one thread.
+    /// hook before the process exits (status 130). Idempotent; [`crate::Netns`] calls it
+    /// for every process that makes a namespace (test binaries too), xtask at start.
+    ///
+    /// Signal handlers that wake a thread (signal-hook's self-pipe), not a mask blocked in
+    /// every thread and a `sigwait`: a blocked mask is inherited by every program the
+    /// process spawns (std's `Command` does not reset it), so none of them could then be
+    /// stopped with SIGTERM. Handlers are reset to the default by `exec`.
     pub fn install_signal_cleanup() -> std::io::Result<()> {
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGINT);
-        set.add(Signal::SIGTERM);
-        set.add(Signal::SIGHUP);
-        set.thread_block().map_err(std::io::Error::from)?;
+        static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        INSTALLED
+            .get_or_init(|| install().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(std::io::Error::other)
+    }
+
+    fn install() -> std::io::Result<()> {
+        let mut signals = signal_hook::iterator::Signals::new([
+            Signal::SIGINT as i32,
+            Signal::SIGTERM as i32,
+            Signal::SIGHUP as i32,
+        ])?;
         std::thread::Builder::new().name("cleanup-on-signal".into()).spawn(move || {
-            let sig = set.wait().map(|s| s.as_str()).unwrap_or("a signal");
-            eprintln!("\ninterrupted by {sig}; cleaning up ...");
+            let Some(sig) = signals.forever().next() else { return };
+            let name = Signal::try_from(sig).map_or("a signal", Signal::as_str);
+            eprintln!("\ninterrupted by {name}; cleaning up ...");
             let names: Vec<String> = NAMESPACES.lock().map(|v| v.clone()).unwrap_or_default();
             for n in names {
                 delete_namespace(&n);
