@@ -92,15 +92,16 @@ enum Command {
     /// Have the engine read its policy file again and use it (as SIGHUP does); says what
     /// changed, or why not
     #[command(
-        after_help = "The file is loaded as `statecull check-policy` loads it; a policy that does not load,\n\
+        after_help = concat!("The file is loaded as `statecull check-policy` loads it; a policy that does not load,\n\
         or that changes what the engine opened at start-up (its sockets, the metrics listener,\n\
         dpinger sockets, ICMP probes of a gateway, readable_paths, routing.confirm,\n\
         states_refresh), is refused naming the key, and the policy in force stays. A plan in\n\
         flight finishes under its policy first (the reload waits up to 30 s for it). Gateways\n\
         kept by name keep their health; new ones start as at start-up; removed ones are dropped.\n\
         Exit status 0: reloaded; 1: refused (the answer says why).\n\n\
-        EXAMPLES:\n  statecull check-policy /etc/statecull/policy.toml && statecull reload\n  \
-        systemctl reload statecull-engine      # the unit runs statecull reload"
+        EXAMPLES:\n  statecull check-policy ", statecull_proto::policy_file!(), " && statecull reload\n  \
+        systemctl reload statecull-engine      # Linux: the unit runs statecull reload\n  \
+        service statecull_engine reload        # FreeBSD: SIGHUP to the engine")
     )]
     Reload(EngineArgs),
     /// Print the engine's events: the recent ones, and with --follow every new one
