@@ -165,6 +165,7 @@ pub fn bench_hostile(
     seconds: u64,
     broker_bin: Option<PathBuf>,
     json: bool,
+    report_only: bool,
 ) -> Result<()> {
     util::require_root("the hostile-peer benchmark (attackers run as nobody)")?;
     let bin = match broker_bin {
@@ -245,12 +246,14 @@ pub fn bench_hostile(
                 secs(count_goal)
             ),
             worst <= count_goal,
+            true,
         ),
         (
             format!(
                 "the flood grows the broker's memory by at most 100 MiB (peak +{rss_growth_mib} MiB)"
             ),
             rss_growth_mib <= 100,
+            false,
         ),
         (
             format!(
@@ -259,6 +262,7 @@ pub fn bench_hostile(
                 secs(stalled_goal)
             ),
             stalled_count <= stalled_goal,
+            true,
         ),
     ];
     if json {
@@ -275,7 +279,7 @@ pub fn bench_hostile(
             "count_with_stalled_reader_s": stalled_count.as_secs_f64(),
             "kill_killed": report.killed,
             "attackers_report": attacker_lines,
-            "goals": goals.iter().map(|(g, ok)| serde_json::json!({"goal": g, "pass": ok})).collect::<Vec<_>>(),
+            "goals": goals.iter().map(|(g, ok, timing)| serde_json::json!({"goal": g, "pass": ok, "timing": timing})).collect::<Vec<_>>(),
         });
         println!("{v}");
     } else {
@@ -303,10 +307,18 @@ pub fn bench_hostile(
             secs(kill_total)
         );
         println!("goals:");
-        for (g, ok) in &goals {
+        for (g, ok, _) in &goals {
             println!("  {} {g}", if *ok { "PASS" } else { "FAIL" });
         }
     }
     drop(broker);
-    if goals.iter().all(|(_, ok)| *ok) { Ok(()) } else { Err(msg("a goal was missed")) }
+    // --report-only (CI's smoke run, on a machine shared with builds): a latency depends on
+    // what else runs, so a missed timing goal is reported, not failed; memory still fails.
+    let excused = |timing: bool| report_only && timing;
+    let fatal = goals.iter().filter(|(_, ok, timing)| !*ok && !excused(*timing)).count();
+    let reported = goals.iter().filter(|(_, ok, _)| !ok).count() - fatal;
+    if reported > 0 {
+        eprintln!("{reported} timing goal(s) missed (--report-only: not a failure)");
+    }
+    if fatal == 0 { Ok(()) } else { Err(msg("a goal was missed")) }
 }
