@@ -5,6 +5,8 @@
 // clippy.toml allows these inside #[test] functions only; the fakes and helpers assert too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,14 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::hello_reply;
 use statecull_control::{
     BrokerStatus, ControlReply, ControlRequest, Event, EventKind, GatewayStatus, PlanReply,
     PlanStepSummary, StatusReply,
 };
 use statecull_proto::frame::{decode_request, encode_response, payload_len};
 use statecull_proto::{
-    BackendInfo, BackendKind, Capabilities, CountReply, HEADER_LEN, HelloReply, KillPath,
-    KillReport, L4, Limits, PROTOCOL_VERSION, Request, Response, SnapshotDone, StateDetail,
+    CountReply, HEADER_LEN, KillPath, KillReport, L4, Request, Response, SnapshotDone, StateDetail,
     StateHandle, StateKey, StateRecord,
 };
 
@@ -226,29 +228,6 @@ fn record(i: u32) -> StateRecord {
         detail: StateDetail::Conntrack { reply, mark: 1, zone: 0, status: 0xe, tcp_state: Some(3) },
         expires_in_secs: Some(431_000),
         counters: None,
-    }
-}
-
-fn hello_reply() -> HelloReply {
-    HelloReply {
-        protocol_version: PROTOCOL_VERSION,
-        broker_version: "0.0.0".into(),
-        backend: BackendInfo {
-            kind: BackendKind::Conntrack,
-            kernel: "6.1.0".into(),
-            capabilities: Capabilities {
-                selector_fields: vec![],
-                kernel_mark_flush: true,
-                kernel_tuple_flush: vec![],
-                kernel_tuple_broken: vec![],
-                listing_only: vec![],
-                match_opposite: false,
-                flush_by_interface: false,
-                ruleset_ticket: false,
-            },
-        },
-        limits: Limits::default(),
-        protected: vec![],
     }
 }
 

@@ -5,16 +5,16 @@
 // clippy.toml allows these inside #[test] functions only; the fakes and helpers assert too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::hello_reply;
 use statecull_proto::frame::{decode_request, encode_response, payload_len};
-use statecull_proto::{
-    BackendInfo, BackendKind, Capabilities, ErrorCode, ErrorReply, HEADER_LEN, HelloReply, Limits,
-    PROTOCOL_VERSION, Request, Response,
-};
+use statecull_proto::{ErrorCode, ErrorReply, HEADER_LEN, Request, Response};
 
 struct Scratch(PathBuf);
 
@@ -47,29 +47,6 @@ fn run(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn hello_reply() -> HelloReply {
-    HelloReply {
-        protocol_version: PROTOCOL_VERSION,
-        broker_version: "0.0.0".into(),
-        backend: BackendInfo {
-            kind: BackendKind::Conntrack,
-            kernel: "6.1.0".into(),
-            capabilities: Capabilities {
-                selector_fields: vec![],
-                kernel_mark_flush: true,
-                kernel_tuple_flush: vec![],
-                kernel_tuple_broken: vec![],
-                listing_only: vec![],
-                match_opposite: false,
-                flush_by_interface: false,
-                ruleset_ticket: false,
-            },
-        },
-        limits: Limits::default(),
-        protected: vec![],
-    }
 }
 
 /// What the broker does with a peer: a frame whose length is out of bounds (a JSON line's

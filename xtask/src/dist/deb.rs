@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::read_root;
 use crate::util::{self, IoContext, Result, msg, run};
 
 /// Debian revision 1 of the workspace's version.
@@ -95,11 +96,6 @@ impl DebPackage {
         c.truncate(c.len() - 3);
         c
     }
-}
-
-fn read_root(rel: &str) -> Result<Vec<u8>> {
-    let path = util::root().join(rel);
-    std::fs::read(&path).context(format!("read {}", path.display()))
 }
 
 fn file(path: &str, mode: u32, data: Vec<u8>) -> DebFile {
@@ -272,19 +268,8 @@ pub fn packages(
         conffiles: Vec::new(),
         scripts: [script("statecull", "postinst")?, script("statecull", "postrm")?].into(),
     };
-    let examples = util::root().join("policy/examples");
-    let mut names: Vec<String> = std::fs::read_dir(&examples)
-        .context(format!("read {}", examples.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".toml"))
-        .collect();
-    names.sort();
-    for n in names {
-        cli.files.push(file(
-            &format!("/usr/share/doc/statecull/examples/{n}"),
-            0o644,
-            read_root(&format!("policy/examples/{n}"))?,
-        ));
+    for (n, text) in super::policy_examples()? {
+        cli.files.push(file(&format!("/usr/share/doc/statecull/examples/{n}"), 0o644, text));
     }
     cli.files.extend(doc("statecull")?);
 

@@ -351,21 +351,7 @@ fn run_engine(script: &[u8], arg: &str, root: &Path, range: &str) -> (String, St
             &template.display().to_string(),
         )
         .replace("/proc/sys/net/ipv4/ping_group_range", &root.join("range").display().to_string());
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(&text)
-        .arg("script")
-        .arg(arg)
-        .env("PATH", path)
-        .env_remove("DPKG_ROOT")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (
-        std::fs::read_to_string(&log).unwrap_or_default(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_with_stubs(&text, &[arg], &bin, &log)
 }
 
 #[test]
@@ -430,10 +416,16 @@ fn run_unit_script(script: &[u8], args: &[&str], root: &Path) -> (String, String
         )
         // Not the sysctl part (its own test covers it).
         .replace("/proc/sys/net/ipv4/ping_group_range", "/nonexistent");
+    run_with_stubs(&text, args, &bin, &log)
+}
+
+/// Run a maintainer script (`text`, paths already pointed into the scratch root) with
+/// `args`, the stub programs in `bin` first on PATH; what the stubs logged, and stderr.
+fn run_with_stubs(text: &str, args: &[&str], bin: &Path, log: &Path) -> (String, String) {
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let out = Command::new("sh")
         .arg("-c")
-        .arg(&text)
+        .arg(text)
         .arg("script")
         .args(args)
         .env("PATH", path)
@@ -442,7 +434,7 @@ fn run_unit_script(script: &[u8], args: &[&str], root: &Path) -> (String, String
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     (
-        std::fs::read_to_string(&log).unwrap_or_default(),
+        std::fs::read_to_string(log).unwrap_or_default(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

@@ -81,9 +81,29 @@ pub fn build() -> Result<PathBuf> {
     Ok(util::target_dir().join(TARGET).join("release"))
 }
 
-fn read_root(rel: &str) -> Result<Vec<u8>> {
+/// A file of the source tree, by its path from the root.
+pub(crate) fn read_root(rel: &str) -> Result<Vec<u8>> {
     let path = util::root().join(rel);
     std::fs::read(&path).context(format!("read {}", path.display()))
+}
+
+/// The example policies (`policy/examples/*.toml`) as (file name, contents), sorted by
+/// name: the FreeBSD and the Debian packages both ship them.
+pub(crate) fn policy_examples() -> Result<Vec<(String, Vec<u8>)>> {
+    let examples = util::root().join("policy/examples");
+    let mut names: Vec<String> = std::fs::read_dir(&examples)
+        .context(format!("read {}", examples.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let text = read_root(&format!("policy/examples/{n}"))?;
+            Ok((n, text))
+        })
+        .collect()
 }
 
 fn text(rel: &str) -> Result<String> {
@@ -219,19 +239,8 @@ pub fn packages(programs: Programs) -> Result<Vec<Package>> {
             read_root("policy/examples/pfsense-two-wan.toml")?,
         ),
     ];
-    let examples = util::root().join("policy/examples");
-    let mut names: Vec<String> = std::fs::read_dir(&examples)
-        .context(format!("read {}", examples.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".toml"))
-        .collect();
-    names.sort();
-    for n in names {
-        engine.files.push(file(
-            &format!("share/examples/statecull-engine/{n}"),
-            0o644,
-            read_root(&format!("policy/examples/{n}"))?,
-        ));
+    for (n, text) in policy_examples()? {
+        engine.files.push(file(&format!("share/examples/statecull-engine/{n}"), 0o644, text));
     }
     engine.directories = vec![
         format!("{PREFIX}/etc/statecull"),
